@@ -1,0 +1,178 @@
+"""Image transforms of DeeperCluster (arXiv 1905.01278, Sec. 4 of ALGORITHM.md).
+
+- Training: random-resized crop + horizontal flip, then (in the view) the rotation, then
+  ToTensor + ImageNet normalisation. We normalise before rotating: a 90° rotation only
+  permutes pixel positions and normalisation acts per channel, so the two commute
+  (``tests/unit/data/test_transforms.py`` checks it) and the result equals the paper's order.
+- Clustering: resize the shorter side to 256/224 × resolution, centre crop, normalise. No
+  rotation: features for k-means come from upright images.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms import InterpolationMode
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ClusterTransform",
+    "TrainTransform",
+    "normalize",
+    "rotate",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+
+
+def rotate(x: Tensor, r: int) -> Tensor:
+    """Rotate the last two dimensions by ``r * 90`` degrees counter-clockwise.
+
+    Args:
+        x: Tensor of shape (..., H, W), e.g. one image (3, H, W) or a batch (B, 3, H, W).
+        r: Rotation index in {0, 1, 2, 3} (the RotNet / DeeperCluster rotation label).
+
+    Returns:
+        Tensor of shape (..., W, H) for odd ``r``, (..., H, W) otherwise.
+
+    Raises:
+        ValueError: ``r`` is not in 0..3.
+    """
+    if isinstance(r, bool) or int(r) != r or not 0 <= r <= 3:
+        raise ValueError(f"rotation must be 0, 1, 2 or 3 (multiples of 90 degrees), got {r!r}")
+    return x if r == 0 else torch.rot90(x, int(r), dims=(-2, -1))
+
+
+def normalize(x: Tensor) -> Tensor:
+    """ImageNet mean/std normalisation of (3, H, W) or (B, 3, H, W) values in [0, 1]."""
+    return (x - _MEAN.to(x.device)) / _STD.to(x.device)
+
+
+def to_normalized_tensor(img: Image.Image) -> Tensor:
+    """RGB ``PIL.Image`` (H, W) → float32 tensor (3, H, W), ImageNet-normalised."""
+    # np.array copies: torch.from_numpy warns on the read-only view np.asarray gives.
+    pixels = torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8))
+    return normalize(pixels.permute(2, 0, 1).to(torch.float32).div_(255.0))
+
+
+class TrainTransform:
+    """Random-resized crop + horizontal flip + normalisation, driven by a numpy generator.
+
+    Randomness comes only from the ``rng`` argument, never from torch's or numpy's global
+    state: the training view derives one generator per epoch position, so a sample's
+    augmentation is the same whatever the number of DataLoader workers and when a run
+    resumes mid-epoch.
+
+    Args:
+        resolution: Output side R in pixels (224 in the paper).
+        scale: Range of the crop area as a fraction of the image area.
+        ratio: Range of the crop aspect ratio (width / height), sampled log-uniformly.
+    """
+
+    def __init__(
+        self,
+        resolution: int,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    ) -> None:
+        if resolution <= 0:
+            raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
+        self.resolution = resolution
+        self.scale = scale
+        self.ratio = ratio
+
+    def crop_params(
+        self, width: int, height: int, rng: np.random.Generator
+    ) -> tuple[int, int, int, int]:
+        """Crop box ``(top, left, height, width)``, as torchvision's ``RandomResizedCrop``.
+
+        Up to 10 tries of a random area and log-uniform aspect ratio that fits the image;
+        otherwise the largest central crop whose ratio lies within ``ratio``.
+        """
+        area = height * width
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target_area = area * rng.uniform(self.scale[0], self.scale[1])
+            aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(rng.integers(0, height - h + 1))
+                left = int(rng.integers(0, width - w + 1))
+                return top, left, h, w
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            w, h = width, int(round(width / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            h, w = height, int(round(height * self.ratio[1]))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, max(h, 1), max(w, 1)
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator) -> Tensor:
+        """Augment one image.
+
+        Args:
+            img: RGB image of any size.
+            rng: Source of all randomness for this sample.
+
+        Returns:
+            Float32 tensor of shape (3, R, R), ImageNet-normalised.
+        """
+        top, left, h, w = self.crop_params(img.width, img.height, rng)
+        size = [self.resolution, self.resolution]
+        crop: Image.Image = TF.resized_crop(
+            img, top, left, h, w, size, interpolation=InterpolationMode.BILINEAR, antialias=True
+        )
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return to_normalized_tensor(crop)
+
+    def __repr__(self) -> str:
+        return f"TrainTransform(resolution={self.resolution}, scale={self.scale}, ratio={self.ratio})"
+
+
+class ClusterTransform:
+    """Deterministic resize + centre crop + normalisation for feature extraction.
+
+    Args:
+        resolution: Output side R in pixels (224 in the paper).
+        resize: Shorter side before cropping; default ``round(R * 256 / 224)`` (256 for 224).
+    """
+
+    def __init__(self, resolution: int, resize: int | None = None) -> None:
+        if resolution <= 0:
+            raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
+        resize = round(resolution * 256 / 224) if resize is None else resize
+        if resize < resolution:
+            raise ValueError(
+                f"resize ({resize}) must be at least resolution ({resolution}), otherwise the "
+                f"centre crop would pad with black; use resize >= resolution"
+            )
+        self.resolution = resolution
+        self.resize = resize
+
+    def __call__(self, img: Image.Image) -> Tensor:
+        """Image of any size → float32 tensor (3, R, R), ImageNet-normalised."""
+        resized: Image.Image = TF.resize(
+            img, self.resize, interpolation=InterpolationMode.BILINEAR, antialias=True
+        )
+        cropped: Image.Image = TF.center_crop(resized, [self.resolution, self.resolution])
+        return to_normalized_tensor(cropped)
+
+    def __repr__(self) -> str:
+        return f"ClusterTransform(resolution={self.resolution}, resize={self.resize})"

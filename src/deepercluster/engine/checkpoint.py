@@ -1,0 +1,170 @@
+"""Checkpoints as plain data, written atomically, loaded with ``weights_only=True``.
+
+A checkpoint holds everything needed to continue a run bit-for-bit: model and head weights,
+optimizer state, the position in the run (epoch, iteration inside the epoch), RNG states, and
+the current targets (PCA, centroids, assignments, which images are readable), plus the resolved
+config as a nested dict and the package version. Numpy arrays are stored as tensors so the
+file loads with ``torch.load(..., weights_only=True)`` (no pickled objects).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepercluster import __version__
+from deepercluster.config import diff_configs
+
+CHECKPOINT_NAME = "checkpoint.pth"
+
+# Settings that may change between an interrupted run and its resumption without making the
+# saved state wrong: where/how it runs, and extending the number of epochs.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "out",
+        "data.path",
+        "data.workers",
+        "train.device",
+        "train.threads",
+        "train.checkpoint_every",
+        "train.epochs",
+        "train.precision",
+    }
+)
+
+
+class IncompatibleCheckpointError(ValueError):
+    """The run folder holds a checkpoint made with settings that change the results."""
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """Position of a run, saved with every checkpoint.
+
+    Attributes:
+        epoch: epoch in progress (0-based).
+        iteration: next training iteration inside ``epoch`` (0 = the epoch has not trained).
+        clustered_epoch: the epoch whose clustering produced the current targets (-1: none).
+    """
+
+    epoch: int
+    iteration: int
+    clustered_epoch: int
+
+
+def arrays_to_tensors(tree: Any) -> Any:
+    """Recursively turn numpy arrays (and numpy scalars) into tensors / Python numbers."""
+    if isinstance(tree, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(tree))
+    if isinstance(tree, np.generic):
+        return tree.item()
+    if isinstance(tree, dict):
+        return {k: arrays_to_tensors(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(arrays_to_tensors(v) for v in tree)
+    return tree
+
+
+def tensors_to_arrays(tree: Any) -> Any:
+    """Inverse of :func:`arrays_to_tensors` (tensors become numpy arrays)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.numpy()
+    if isinstance(tree, dict):
+        return {k: tensors_to_arrays(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(tensors_to_arrays(v) for v in tree)
+    return tree
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (plus the package version) to ``path`` atomically.
+
+    Written to a temporary file in the same folder, flushed to disk, then renamed over the old
+    checkpoint: a run killed mid-write leaves the previous checkpoint intact.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as fh:
+            torch.save({**payload, "version": __version__}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain data only)."""
+    payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    return payload
+
+
+def check_compatible(saved_config: dict[str, Any], config: dict[str, Any], path: Path) -> list[str]:
+    """Refuse to resume with settings that would make the saved state wrong.
+
+    Returns:
+        The tolerated differences (see :data:`RESUMABLE_CHANGES`), for the log.
+
+    Raises:
+        IncompatibleCheckpointError: naming every setting that differs and the two ways out.
+    """
+    changed = diff_configs(saved_config, config)
+    blocking = [key for key in changed if key not in RESUMABLE_CHANGES]
+    if blocking:
+        details = ", ".join(
+            f"{key}: {_lookup(saved_config, key)!r} in the checkpoint "
+            f"vs {_lookup(config, key)!r} now"
+            for key in blocking
+        )
+        raise IncompatibleCheckpointError(
+            f"{path} was written with different settings ({details}). Resume with the original "
+            f"settings, or choose a new output folder to start a fresh run."
+        )
+    return changed
+
+
+def _lookup(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def rng_state() -> dict[str, Any]:
+    """Torch RNG states (CPU and, when present, CUDA); dropout is the only global-RNG user."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_backbone(path: Path, backbone: torch.nn.Module, cfg: Any) -> None:
+    """Write the trained trunk alone, with what is needed to rebuild it (for users and probes).
+
+    The file holds ``arch``, ``sobel``, ``resolution``, ``state_dict`` and the run config; the
+    network expects RGB input normalised with ImageNet mean/std (the Sobel front is inside).
+    """
+    save_checkpoint(
+        path,
+        {
+            "arch": cfg.model.arch,
+            "sobel": cfg.model.sobel,
+            "resolution": cfg.data.resolution,
+            "state_dict": backbone.state_dict(),
+            "config": cfg.to_dict(),
+        },
+    )

@@ -1,0 +1,225 @@
+"""The re-clustering stage: extract, PCA-whiten, hierarchical k-means (ALGORITHM.md section 2).
+
+DeeperCluster, Caron et al. 2019 (https://arxiv.org/abs/1905.01278), section 3.2: every
+``cluster.reassign`` epochs the targets are recomputed from the current network's features.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from deepercluster.cluster import HierarchicalResult, PCAWhitening, fit_pca, hierarchical_kmeans
+from deepercluster.config import RunConfig
+from deepercluster.data import ClusterTransform, ClusterView, Collection
+from deepercluster.evaluation.nmi import nmi
+from deepercluster.features import extract_features
+from deepercluster.log import get_logger
+
+log = get_logger("cluster")
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """Targets of every image of the collection after one re-clustering.
+
+    Attributes:
+        labels: (N,) int64 global sub-cluster id in [0, k), -1 for unreadable images.
+        super_clusters: (N,) int64 super-cluster in [0, m) (0 for unreadable images).
+        sub_clusters: (N,) int64 sub-cluster inside its super-cluster (0 for unreadable).
+        valid: (N,) bool, readable images (the only ones ever sampled for training).
+        result: the k-means result over the valid images (centroids, for warm starts).
+        pca: the PCA-whitening fitted on this round's features.
+        metrics: numbers for the log (objective, sizes, NMI with the previous round, speed).
+    """
+
+    labels: np.ndarray
+    super_clusters: np.ndarray
+    sub_clusters: np.ndarray
+    valid: np.ndarray
+    result: HierarchicalResult | None
+    pca: PCAWhitening | None
+    metrics: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain arrays and numbers for a checkpoint."""
+        out: dict[str, Any] = {
+            "labels": self.labels,
+            "super_clusters": self.super_clusters,
+            "sub_clusters": self.sub_clusters,
+            "valid": self.valid,
+            "metrics": dict(self.metrics),
+        }
+        if self.result is not None:
+            out["result"] = self.result.to_dict()
+        if self.pca is not None:
+            out["pca"] = self.pca.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Clustering:
+        return cls(
+            labels=np.asarray(data["labels"]),
+            super_clusters=np.asarray(data["super_clusters"]),
+            sub_clusters=np.asarray(data["sub_clusters"]),
+            valid=np.asarray(data["valid"]),
+            result=HierarchicalResult.from_dict(data["result"]) if "result" in data else None,
+            pca=PCAWhitening.from_dict(data["pca"]) if "pca" in data else None,
+            metrics=dict(data["metrics"]),
+        )
+
+
+def trivial_clustering(n_images: int) -> Clustering:
+    """RotNet (k = m = 1): every image is in the single cluster; nothing to extract or fit."""
+    zeros = np.zeros(n_images, dtype=np.int64)
+    return Clustering(zeros, zeros, zeros, np.ones(n_images, dtype=bool), None, None, {})
+
+
+def recluster(
+    model: nn.Module,
+    feature_dim: int,
+    collection: Collection,
+    cfg: RunConfig,
+    *,
+    epoch: int,
+    device: torch.device,
+    previous: Clustering | None,
+    progress: bool = True,
+) -> tuple[Clustering, list[tuple[int, str]]]:
+    """Compute new targets with the current network.
+
+    Args:
+        model: the backbone, (B, 3, H, W) -> (B, D); run in eval mode on centre crops.
+        feature_dim: D.
+        collection: the images.
+        cfg: run configuration (data, cluster and train sections are used).
+        epoch: current epoch, mixed into the k-means seed so every round draws new inits.
+        device: where the model runs.
+        previous: last round's clustering (warm start, NMI between rounds), or None.
+        progress: show progress bars.
+
+    Returns:
+        The new :class:`Clustering` and the (index, reason) of images that could not be read.
+
+    Raises:
+        ValueError: no readable image, or fewer readable images than ``cluster.k``.
+    """
+    n = len(collection)
+    c = cfg.cluster
+    view = ClusterView(collection, ClusterTransform(cfg.data.resolution, cfg.data.resize or None))
+    loader = DataLoader(
+        view,
+        batch_size=max(cfg.train.batch_size, 64),
+        shuffle=False,
+        num_workers=cfg.data.workers,
+    )
+    tic = time.perf_counter()
+    extracted = extract_features(
+        model,
+        loader,
+        n,
+        feature_dim,
+        device=device,
+        precision=cfg.train.precision,
+        progress=progress,
+    )
+    t_extract = time.perf_counter() - tic
+    n_valid = int(extracted.valid.sum())
+    if n_valid == 0:
+        raise ValueError(
+            f"none of the {n} images could be read (see skipped.csv in the run folder); "
+            "check data.path points at image files"
+        )
+    if n_valid < c.k:
+        raise ValueError(
+            f"only {n_valid} of {n} images are readable, fewer than cluster.k ({c.k}); "
+            f"lower cluster.k to at most {n_valid - n_valid % c.super_clusters}"
+        )
+
+    tic = time.perf_counter()
+    x = extracted.features[extracted.valid]
+    pca_dim = min(c.pca_dim, x.shape[1], n_valid - 1)
+    if pca_dim < c.pca_dim:
+        log.warning(
+            "cluster.pca_dim=%d is more than the data supports (feature dim %d, %d images); "
+            "using %d",
+            c.pca_dim,
+            x.shape[1],
+            n_valid,
+            pca_dim,
+        )
+    pca = fit_pca(
+        x, dim=pca_dim, power=c.whiten_power, sample=c.pca_sample or None, seed=cfg.train.seed
+    )
+    reduced = pca.apply(x)
+    t_pca = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    warm = previous.result if (c.warm_start and previous is not None) else None
+    if warm is not None and warm.super_centroids.shape[1] != reduced.shape[1]:
+        warm = None  # PCA dimension changed (fewer readable images): cold start
+    result = hierarchical_kmeans(
+        reduced,
+        k=c.k,
+        m=c.super_clusters,
+        niter=c.niter,
+        seed=cfg.train.seed * 100_003 + epoch,
+        init=warm,
+        threads=cfg.train.threads or None,
+    )
+    t_kmeans = time.perf_counter() - tic
+
+    labels = np.full(n, -1, dtype=np.int64)
+    super_clusters = np.zeros(n, dtype=np.int64)
+    sub_clusters = np.zeros(n, dtype=np.int64)
+    labels[extracted.valid] = result.labels
+    super_clusters[extracted.valid] = result.super_assignments
+    sub_clusters[extracted.valid] = result.sub_assignments
+    sizes = np.bincount(result.labels, minlength=c.k)
+    metrics = {
+        "cluster/epoch": float(epoch),
+        "cluster/objective": float(result.objective),
+        "cluster/super_objective": float(result.super_objective),
+        "cluster/size_min": float(sizes.min()),
+        "cluster/size_median": float(np.median(sizes)),
+        "cluster/size_max": float(sizes.max()),
+        "cluster/reseeded": float(result.n_reseeded),
+        "cluster/moved": float(result.n_moved),
+        "cluster/pca_dim": float(pca_dim),
+        "cluster/images": float(n_valid),
+        "time/extract_s": t_extract,
+        "time/pca_s": t_pca,
+        "time/kmeans_s": t_kmeans,
+        "speed/extract_images_per_s": extracted.images_per_second,
+        "speed/kmeans_images_per_s": n_valid / max(t_kmeans, 1e-9),
+    }
+    if previous is not None and previous.result is not None:
+        both = extracted.valid & previous.valid
+        metrics["cluster/nmi_previous"] = nmi(labels[both], previous.labels[both])
+    log.info(
+        "clustered %d images into %d x %d clusters: objective %.4g, sizes %d/%g/%d "
+        "(min/median/max), %d re-seeded, %d moved between super-clusters; "
+        "extract %.1fs, pca %.1fs, k-means %.1fs",
+        n_valid,
+        c.super_clusters,
+        c.sub_per_super,
+        result.objective,
+        sizes.min(),
+        np.median(sizes),
+        sizes.max(),
+        result.n_reseeded,
+        result.n_moved,
+        t_extract,
+        t_pca,
+        t_kmeans,
+    )
+    clustering = Clustering(
+        labels, super_clusters, sub_clusters, extracted.valid.copy(), result, pca, metrics
+    )
+    return clustering, extracted.skipped

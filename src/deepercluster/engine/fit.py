@@ -1,0 +1,333 @@
+"""The DeeperCluster recipe, top to bottom.
+
+Caron, Bojanowski, Mairal, Joulin, "Unsupervised Pre-Training of Image Features on Non-Curated
+Data", ICCV 2019 (https://arxiv.org/abs/1905.01278). Every ``cluster.reassign`` epochs: extract
+features of all images, PCA-whiten them, cluster them hierarchically (m super-clusters, k/m
+sub-clusters in each) and re-initialise the heads; every epoch: draw images uniformly over the
+sub-clusters, rotate each by a random multiple of 90 degrees, and train the network to predict
+(rotation, super-cluster) and the sub-cluster. RotNet (k = m = 1) and DeepCluster (no rotation,
+m = 1) are the same loop with other settings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from deepercluster.config import RunConfig
+from deepercluster.data import (
+    Collection,
+    SkipLog,
+    TrainTransform,
+    TrainView,
+    open_collection,
+    uniform_epoch_plan,
+)
+from deepercluster.engine.checkpoint import (
+    CHECKPOINT_NAME,
+    TrainingState,
+    arrays_to_tensors,
+    check_compatible,
+    load_checkpoint,
+    rng_state,
+    save_backbone,
+    save_checkpoint,
+    set_rng_state,
+    tensors_to_arrays,
+)
+from deepercluster.engine.clustering import Clustering, recluster, trivial_clustering
+from deepercluster.engine.schedules import lr_schedule
+from deepercluster.engine.train import EpochStats, Targets, train_one_epoch
+from deepercluster.log import MetricsWriter, format_record, get_logger, setup_logging
+from deepercluster.models import Backbone, HierarchicalHeads, build_backbone
+
+log = get_logger("fit")
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a finished (or resumed-and-finished) run leaves behind.
+
+    Attributes:
+        out_dir: the run folder (checkpoint.pth, backbone.pth, metrics.*, skipped.csv, tb/).
+        backbone: the trained network (on the training device, eval mode).
+        clustering: the last targets (labels by image, -1 for unreadable images).
+        history: one metrics record per epoch trained in this call.
+        n_skipped: unreadable images over the whole run.
+    """
+
+    out_dir: Path
+    backbone: Backbone
+    clustering: Clustering
+    history: list[dict[str, Any]]
+    n_skipped: int
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is an error with the fix."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
+    return torch.device(name)
+
+
+def fit(
+    cfg: RunConfig, *, collection: Collection | None = None, progress: bool = True
+) -> FitResult:
+    """Pre-train a convnet with DeeperCluster; resume if ``cfg.out`` holds a checkpoint.
+
+    Args:
+        cfg: the resolved configuration.
+        collection: images to train on; by default opened from ``cfg.data.path``.
+        progress: show progress bars on the console.
+
+    Returns:
+        A :class:`FitResult`.
+    """
+    # ============ setting up the run ============
+    out_dir = Path(cfg.out)
+    setup_logging(out_dir)
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+
+    # ============ preparing data ============
+    if collection is None:
+        collection = open_collection(
+            cfg.data.path, max_pixels=cfg.data.max_pixels, path_column=cfg.data.path_column
+        )
+    n_images = len(collection)
+    if cfg.cluster.k > n_images:
+        raise ValueError(
+            f"cluster.k ({cfg.cluster.k}) is larger than the number of images ({n_images}); "
+            f"lower cluster.k (a few images per cluster at least, e.g. {max(1, n_images // 10)})"
+        )
+    epoch_size = cfg.train.epoch_size or n_images
+    iters_per_epoch = math.ceil(epoch_size / cfg.train.batch_size)
+    train_transform = TrainTransform(cfg.data.resolution, scale=(cfg.data.crop_scale_min, 1.0))
+    skip_log = SkipLog()
+
+    # ============ building the network and heads ============
+    backbone = build_backbone(
+        cfg.model.arch, sobel=cfg.model.sobel, resolution=cfg.data.resolution
+    ).to(device)
+    heads = HierarchicalHeads(
+        backbone.feature_dim, cfg.cluster.n_super_classes, cfg.cluster.sub_per_super
+    ).to(device)
+    heads.reset_parameters(_generator(cfg.train.seed, -1))
+    # Frozen Sobel weights are not parameters, so the optimizer never touches them.
+    optimizer = torch.optim.SGD(
+        [p for p in [*backbone.parameters(), *heads.parameters()] if p.requires_grad],
+        lr=cfg.train.lr,
+        momentum=cfg.train.momentum,
+        weight_decay=cfg.train.weight_decay,
+    )
+    lrs = lr_schedule(
+        base_lr=cfg.train.lr,
+        epochs=cfg.train.epochs,
+        iters_per_epoch=iters_per_epoch,
+        kind=cfg.train.schedule,
+        warmup_epochs=cfg.train.warmup_epochs,
+        step_epochs=cfg.train.step_epochs,
+    )
+    log.info(
+        "%s | %s (sobel=%s, feature dim %d) | %d super-classes x %d sub-clusters | %s",
+        _describe(collection),
+        cfg.model.arch,
+        cfg.model.sobel,
+        backbone.feature_dim,
+        cfg.cluster.n_super_classes,
+        cfg.cluster.sub_per_super,
+        device,
+    )
+
+    # ============ resuming from a checkpoint ============
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    state = TrainingState(epoch=0, iteration=0, clustered_epoch=-1)
+    clustering: Clustering | None = None
+    stats: EpochStats | None = None
+    if ckpt_path.exists():
+        payload = load_checkpoint(ckpt_path)
+        tolerated = check_compatible(payload["config"], cfg.to_dict(), ckpt_path)
+        if payload["n_images"] != n_images:
+            raise ValueError(
+                f"{ckpt_path} was trained on {payload['n_images']} images but the data now has "
+                f"{n_images}; point data.path at the original images or use a new output folder"
+            )
+        backbone.load_state_dict(payload["model"])
+        heads.load_state_dict(payload["heads"])
+        optimizer.load_state_dict(payload["optimizer"])
+        set_rng_state(payload["rng"])
+        state = TrainingState(**payload["state"])
+        if payload["clustering"] is not None:
+            clustering = Clustering.from_dict(tensors_to_arrays(payload["clustering"]))
+        stats = EpochStats(**payload["stats"]) if payload["stats"] else None
+        for path, reason in payload["skipped"]:
+            skip_log.record(path, reason)
+        log.info(
+            "resuming from %s at epoch %d, iteration %d%s",
+            ckpt_path,
+            state.epoch,
+            state.iteration,
+            f" (changed: {', '.join(tolerated)})" if tolerated else "",
+        )
+    (out_dir / "config.json").write_text(cfg.to_json() + "\n")
+
+    def checkpoint(st: TrainingState, epoch_stats: EpochStats | None) -> None:
+        save_checkpoint(
+            ckpt_path,
+            {
+                "model": backbone.state_dict(),
+                "heads": heads.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng_state(),
+                "state": asdict(st),
+                "stats": asdict(epoch_stats) if epoch_stats is not None else {},
+                "clustering": arrays_to_tensors(clustering.to_dict()) if clustering else None,
+                "skipped": [list(e) for e in skip_log.entries],
+                "n_images": n_images,
+                "config": cfg.to_dict(),
+            },
+        )
+        skip_log.write_csv(out_dir / "skipped.csv")
+
+    history: list[dict[str, Any]] = []
+    with MetricsWriter(out_dir) as writer:
+        for epoch in range(state.epoch, cfg.train.epochs):
+            # ============ clustering: new targets every `reassign` epochs ============
+            if not cfg.cluster.needs_clustering:
+                clustering = clustering or trivial_clustering(n_images)
+            elif clustering is None or (
+                epoch % cfg.cluster.reassign == 0 and state.clustered_epoch != epoch
+            ):
+                clustering, unreadable = recluster(
+                    backbone,
+                    backbone.feature_dim,
+                    collection,
+                    cfg,
+                    epoch=epoch,
+                    device=device,
+                    previous=clustering,
+                    progress=progress,
+                )
+                for index, reason in unreadable:
+                    skip_log.record(collection.path(index), reason)
+                # Cluster ids change meaning: the heads start again from scratch, and so does
+                # the momentum that pushed them towards the old ids.
+                heads.reset_parameters(_generator(cfg.train.seed, epoch))
+                for p in heads.parameters():
+                    optimizer.state.pop(p, None)
+                state = TrainingState(epoch=epoch, iteration=0, clustered_epoch=epoch)
+                stats = None
+                checkpoint(state, None)  # a restart never redoes a finished clustering
+
+            # ============ training one epoch ============
+            plan = uniform_epoch_plan(
+                clustering.labels,
+                size=epoch_size,
+                seed=cfg.train.seed,
+                epoch=epoch,
+                rotation=cfg.cluster.rotation,
+            )
+            start_it = state.iteration if state.epoch == epoch else 0
+            view = TrainView(
+                collection,
+                train_transform,
+                plan,
+                seed=cfg.train.seed,
+                epoch=epoch,
+                start=start_it * cfg.train.batch_size,
+            )
+            loader = DataLoader(
+                view, batch_size=cfg.train.batch_size, shuffle=False, num_workers=cfg.data.workers
+            )
+            targets = Targets(
+                super_clusters=torch.from_numpy(clustering.super_clusters),
+                sub_clusters=torch.from_numpy(clustering.sub_clusters),
+                n_super_clusters=cfg.cluster.super_clusters,
+                rotation=cfg.cluster.rotation,
+            )
+
+            here = TrainingState(epoch, start_it, state.clustered_epoch)
+
+            def on_step(done: int, st: EpochStats, here: TrainingState = here) -> None:
+                # Mid-epoch checkpoints let a killed run lose at most `checkpoint_every` steps.
+                it = here.iteration + done
+                every = cfg.train.checkpoint_every
+                if every and it % every == 0 and it < iters_per_epoch:
+                    checkpoint(TrainingState(here.epoch, it, here.clustered_epoch), st)
+
+            stats = train_one_epoch(
+                backbone,
+                heads,
+                loader,
+                optimizer,
+                targets=targets,
+                lrs=lrs[epoch * iters_per_epoch + start_it : (epoch + 1) * iters_per_epoch],
+                device=device,
+                precision=cfg.train.precision,
+                stats=stats if state.epoch == epoch else None,
+                on_step=on_step,
+                on_skip=lambda i, reason: skip_log.record(collection.path(i), reason),
+                progress=progress,
+            )
+
+            # ============ logging and checkpointing ============
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "lr": float(lrs[(epoch + 1) * iters_per_epoch - 1]),
+            }
+            record.update(stats.summary())
+            record.update(clustering.metrics)
+            record["data/skipped"] = len(skip_log)
+            writer.write(record, step=epoch)
+            history.append(record)
+            log.info(
+                "epoch %d/%d %s",
+                epoch + 1,
+                cfg.train.epochs,
+                format_record(
+                    record,
+                    [
+                        "train/loss",
+                        "train/super_acc",
+                        "train/sub_acc",
+                        "cluster/objective",
+                        "cluster/nmi_previous",
+                        "train/images_per_s",
+                    ],
+                ),
+            )
+            state = TrainingState(epoch + 1, 0, state.clustered_epoch)
+            stats = None
+            checkpoint(state, None)
+
+    # ============ finishing ============
+    save_backbone(out_dir / "backbone.pth", backbone, cfg)
+    skip_log.write_csv(out_dir / "skipped.csv")
+    if len(skip_log):
+        log.warning("%s", skip_log.summary())
+    (out_dir / "summary.json").write_text(
+        json.dumps(history[-1] if history else {}, indent=2, sort_keys=True, default=float)
+    )
+    assert clustering is not None
+    backbone.eval()
+    return FitResult(out_dir, backbone, clustering, history, len(skip_log))
+
+
+def _generator(seed: int, epoch: int) -> torch.Generator:
+    """Reproducible head initialisation per (seed, clustering round)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
+
+
+def _describe(collection: Collection) -> str:
+    describe = getattr(collection, "describe", None)
+    return describe() if callable(describe) else f"{len(collection):,} images"

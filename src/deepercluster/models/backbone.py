@@ -1,0 +1,128 @@
+"""The interface every convnet trunk implements, and the shared forward logic.
+
+A backbone maps ImageNet-normalised RGB images to the feature vector that both the clustering
+and the classification heads use (DeeperCluster, Caron et al., ICCV 2019, arXiv 1905.01278:
+fc7 of VGG-16, before its ReLU). It also exposes its intermediate conv activations by name for
+the per-layer linear probes of the paper's evaluation (section 7 of docs/ALGORITHM.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from torch import Tensor, nn
+
+from deepercluster.models.sobel import Sobel
+
+__all__ = ["Backbone", "tag_relu_outputs"]
+
+
+class Backbone(nn.Module):
+    """Base class: optional Sobel front, a chain of layers, then pooling/projection to features.
+
+    Subclasses set ``feature_dim`` and ``conv_layer_names`` and implement ``_trunk`` (the layers in
+    order, tagging those whose output is a named conv activation) and ``_project`` (trunk output
+    to the feature vector). ``forward`` and ``forward_conv`` are shared, so a probe on "conv5"
+    sees exactly the tensor that flows through the network at that point.
+
+    ``_trunk`` is a generator re-read at each call rather than a list built once: module
+    replacement such as ``nn.SyncBatchNorm.convert_sync_batchnorm`` swaps submodules in place and
+    a cached list would silently keep the old ones.
+
+    Attributes:
+        feature_dim: D, the size of ``forward``'s output.
+        conv_layer_names: names accepted by ``forward_conv``, shallow to deep.
+        sobel: the frozen Sobel front, or None when the first conv sees RGB directly.
+    """
+
+    feature_dim: int
+    conv_layer_names: tuple[str, ...]
+
+    def __init__(self, *, sobel: bool) -> None:
+        super().__init__()
+        # First child, so the state_dict and printouts read in data-flow order.
+        self.sobel: Sobel | None = Sobel() if sobel else None
+
+    @property
+    def in_channels(self) -> int:
+        """Channels seen by the first conv: 2 Sobel gradients, or 3 RGB channels."""
+        return 2 if self.sobel is not None else 3
+
+    def _trunk(self) -> Iterator[tuple[str | None, nn.Module]]:
+        """Yield ``(name, layer)`` in forward order; name is set where the output is probed."""
+        raise NotImplementedError
+
+    def _project(self, x: Tensor) -> Tensor:
+        """Map the last trunk activation to the (B, feature_dim) feature vector."""
+        raise NotImplementedError
+
+    def _front(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(
+                f"{type(self).__name__} expects ImageNet-normalised RGB images (B, 3, H, W), "
+                f"got shape {tuple(x.shape)}; the Sobel front (if any) is part of the backbone, "
+                "so always pass RGB"
+            )
+        return self.sobel(x) if self.sobel is not None else x
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Compute the features that the heads and the clustering use.
+
+        Args:
+            x: (B, 3, H, W) ImageNet-normalised RGB images.
+
+        Returns:
+            (B, feature_dim) features, pre-activation (the heads apply the ReLU).
+        """
+        x = self._front(x)
+        for _, layer in self._trunk():
+            x = layer(x)
+        return self._project(x)
+
+    def forward_conv(self, x: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
+        """Return the post-ReLU activation maps of the named conv layers.
+
+        Stops after the deepest requested layer, so probing "conv1" costs one conv, not the net.
+
+        Args:
+            x: (B, 3, H, W) ImageNet-normalised RGB images.
+            names: a subset of ``conv_layer_names``, in any order.
+
+        Returns:
+            ``{name: (B, C, h, w)}`` for every requested name.
+        """
+        wanted = set(names)
+        unknown = wanted.difference(self.conv_layer_names)
+        if unknown:
+            raise ValueError(
+                f"unknown conv layer(s) {sorted(unknown)} for {type(self).__name__}; "
+                f"choose from {list(self.conv_layer_names)}"
+            )
+        out: dict[str, Tensor] = {}
+        if not wanted:
+            return out
+        x = self._front(x)
+        for name, layer in self._trunk():
+            x = layer(x)
+            if name in wanted:
+                out[name] = x
+                if len(out) == len(wanted):
+                    break
+        return out
+
+
+def tag_relu_outputs(
+    layers: nn.Sequential, names: Sequence[str]
+) -> Iterator[tuple[str | None, nn.Module]]:
+    """Walk a VGG-style conv+BN+ReLU stack, naming the i-th ReLU's output ``names[i]``.
+
+    This is the reference's probe convention (count ReLUs in ``features``), shared by the
+    VGG-16 and small backbones so "conv5" means the same thing in both.
+    """
+    count = 0
+    for layer in layers:
+        name = None
+        if isinstance(layer, nn.ReLU):
+            name = names[count]
+            count += 1
+        yield name, layer

@@ -1,0 +1,103 @@
+"""Configuration: presets, TOML, overrides, validation messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deepercluster.config import PRESETS, RunConfig, config_from_dict, diff_configs, load_config
+
+
+def test_defaults_are_the_paper_settings() -> None:
+    cfg = load_config()
+    assert cfg.model.arch == "vgg16" and cfg.model.sobel
+    assert cfg.data.resolution == 224
+    assert cfg.cluster.reassign == 3 and cfg.cluster.niter == 10
+    assert cfg.train.lr == 0.1 and cfg.train.weight_decay == 1e-5 and cfg.train.batch_size == 48
+
+
+@pytest.mark.parametrize(
+    ("preset", "rotation", "m", "k", "n_super"),
+    [
+        ("deepercluster", True, 4, 10_000, 16),
+        ("rotnet", True, 1, 1, 4),
+        ("deepcluster", False, 1, 10_000, 1),
+    ],
+)
+def test_presets(preset: str, rotation: bool, m: int, k: int, n_super: int) -> None:
+    cfg = load_config(preset=preset)
+    assert (cfg.cluster.rotation, cfg.cluster.super_clusters, cfg.cluster.k) == (rotation, m, k)
+    assert cfg.cluster.n_super_classes == n_super
+    assert cfg.cluster.sub_per_super == k // m
+    assert cfg.cluster.needs_clustering == (k > 1)
+
+
+def test_every_preset_is_listed() -> None:
+    assert set(PRESETS) == {"deepercluster", "rotnet", "deepcluster"}
+
+
+def test_toml_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "my.toml"
+    path.write_text(
+        'preset = "deepcluster"\nout = "runs/x"\n[cluster]\nk = 500\n[train]\nepochs = 7\n'
+    )
+    cfg = load_config(
+        toml_path=path, overrides=["cluster.k=200", "model.sobel=false", "train.lr=0.5"]
+    )
+    assert cfg.out == "runs/x"
+    assert cfg.cluster.k == 200 and not cfg.cluster.rotation  # preset from the file, k from --set
+    assert cfg.train.epochs == 7 and cfg.train.lr == 0.5 and cfg.model.sobel is False
+
+
+def test_override_value_types_are_coerced() -> None:
+    cfg = load_config(overrides=["train.lr=1", "data.path=/some/photos", "cluster.rotation=off"])
+    assert isinstance(cfg.train.lr, float) and cfg.train.lr == 1.0
+    assert cfg.data.path == "/some/photos"
+    assert cfg.cluster.rotation is False
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["cluster.k=10", "cluster.super_clusters=3"],
+            r"cluster.k \(10\) must be divisible by cluster.super_clusters \(3\)",
+        ),
+        (["cluster.kk=3"], "unknown setting cluster.kk"),
+        (["clusters.k=3"], "unknown setting 'clusters'"),
+        (["model.arch=vgg19"], "model.arch .* must be one of"),
+        (["train.epochs=ten"], "train.epochs expects a int"),
+        (["data.resolution=100"], "divisible by 32"),
+        (["cluster.k"], "section.key=value"),
+        (["train.lr=-1"], r"train.lr \(-1.0\) must be > 0"),
+    ],
+)
+def test_invalid_settings_name_the_fix(overrides: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_config(overrides=overrides)
+
+
+def test_unknown_preset() -> None:
+    with pytest.raises(ValueError, match="unknown preset 'simclr'"):
+        load_config(preset="simclr")
+
+
+def test_toml_round_trip(tmp_path: Path) -> None:
+    cfg = load_config(preset="rotnet", overrides=["data.path=a b/c", "train.epochs=3"])
+    path = tmp_path / "resolved.toml"
+    path.write_text(cfg.to_toml())
+    assert load_config(toml_path=path) == cfg
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_diff_configs_lists_dotted_keys() -> None:
+    a = load_config().to_dict()
+    b = load_config(overrides=["cluster.k=100", "train.epochs=2"]).to_dict()
+    assert diff_configs(a, b) == ["cluster.k", "train.epochs"]
+
+
+def test_config_is_frozen() -> None:
+    cfg = RunConfig()
+    with pytest.raises(AttributeError):
+        cfg.out = "x"  # type: ignore[misc]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -16,3 +18,36 @@ def _seed() -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if "gpu" in item.keywords and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
+
+
+def write_pattern_images(root: Path, n: int = 64, size: int = 32, seed: int = 0) -> Path:
+    """``n`` PNG images of 4 kinds (horizontal/vertical stripes, blob, checker) with noise.
+
+    Real files on disk, with some structure for the clustering to find.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(n):
+        kind = i % 4
+        period = rng.integers(4, 9)
+        if kind == 0:
+            img = (np.sin(yy * 2 * np.pi / period) > 0) * 200.0
+        elif kind == 1:
+            img = (np.sin(xx * 2 * np.pi / period) > 0) * 200.0
+        elif kind == 2:
+            cy, cx = rng.integers(8, size - 8, 2)
+            img = ((yy - cy) ** 2 + (xx - cx) ** 2 < (size // 4) ** 2) * 220.0
+        else:
+            img = (((yy // period) + (xx // period)) % 2) * 200.0
+        img = img + rng.normal(0, 20, (size, size))
+        rgb = np.stack([img, img * rng.uniform(0.5, 1), img * rng.uniform(0.5, 1)], -1)
+        Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(root / f"img_{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_image_dir(tmp_path: Path) -> Path:
+    return write_pattern_images(tmp_path / "images")

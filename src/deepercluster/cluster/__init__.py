@@ -1,1 +1,55 @@
-"""cluster subpackage."""
+"""Clustering of (N, D) float32 features: PCA whitening, k-means, DeeperCluster's hierarchy.
+
+Works on numpy arrays only (numpy, scipy, faiss); never imports torch, models or data.
+"""
+
+from deepercluster.cluster.hierarchical import (
+    HierarchicalResult,
+    balance_super_clusters,
+    cluster_size_stats,
+    hierarchical_kmeans,
+    subcluster_seed,
+)
+from deepercluster.cluster.kmeans import (
+    KMeansResult,
+    accumulate,
+    assign,
+    check_features,
+    faiss_threads,
+    kmeans,
+    squared_distances,
+    update_centroids,
+)
+from deepercluster.cluster.preprocess import (
+    PCAWhitening,
+    feature_moments,
+    fit_pca,
+    l2_normalize,
+    pca_from_moments,
+)
+from deepercluster.cluster.reseed import SPLIT_EPS, fill_empty, reseed_empty, split_members
+
+__all__ = [
+    "SPLIT_EPS",
+    "HierarchicalResult",
+    "KMeansResult",
+    "PCAWhitening",
+    "accumulate",
+    "assign",
+    "balance_super_clusters",
+    "check_features",
+    "cluster_size_stats",
+    "faiss_threads",
+    "feature_moments",
+    "fill_empty",
+    "fit_pca",
+    "hierarchical_kmeans",
+    "kmeans",
+    "l2_normalize",
+    "pca_from_moments",
+    "reseed_empty",
+    "split_members",
+    "squared_distances",
+    "subcluster_seed",
+    "update_centroids",
+]

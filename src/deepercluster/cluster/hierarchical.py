@@ -77,7 +77,9 @@ class HierarchicalResult:
     @property
     def labels(self) -> np.ndarray:
         """(N,) int64 global sub-cluster id ``super * (k // m) + sub``, in [0, k)."""
-        return self.super_assignments * self.sub_centroids.shape[1] + self.sub_assignments
+        per_super = self.sub_centroids.shape[1]
+        labels: np.ndarray = self.super_assignments * per_super + self.sub_assignments
+        return labels
 
     def cluster_sizes(self) -> np.ndarray:
         """(k,) int64 number of images per global sub-cluster."""
@@ -198,7 +200,7 @@ def balance_super_clusters(
         deficit = int(min_size - counts[s])
         surplus = counts - min_size
         candidates = np.flatnonzero(surplus[assignments] > 0)
-        distance = sq_norms[candidates] - 2.0 * (x[candidates] @ centroids[s])
+        distance = sq_norms[candidates] - 2.0 * (x @ centroids[s])[candidates]
         donor = assignments[candidates]
         # Rank every candidate inside its donor by distance; a donor gives at most its surplus.
         order = np.lexsort((distance, donor))

@@ -40,7 +40,8 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
         (N, d) float32 with unit-norm rows.
     """
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32, copy=False)
+    out: np.ndarray = (x / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32)
+    return out
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ instead of crashing a long run.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -39,6 +40,11 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".webp",
 )
 
+# Pillow formats we decode. Pillow can open ~40 formats, and some delegate to external
+# programs (EPS → Ghostscript) or exotic parsers; an uncurated crawl contains files of any
+# kind under any name, so only photo formats are tried. Everything else is "not an image".
+_PHOTO_FORMATS = ("AVIF", "BMP", "DIB", "GIF", "JPEG", "JPEG2000", "PNG", "PPM", "TIFF", "WEBP")
+
 # Exceptions Pillow's decoders raise on damaged data. zlib/struct errors escape from the PNG
 # and TIFF plugins, SyntaxError is Pillow's historical "broken file" signal.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, IndexError)
@@ -68,8 +74,9 @@ def decode_image(
 ) -> Image.Image:
     """Decode encoded image bytes (or a file) into a fully loaded RGB image.
 
-    EXIF orientation is applied, animated images give their first frame, and every Pillow
-    mode is converted to 8-bit RGB (see ``to_rgb``).
+    Photo formats only (JPEG, PNG, GIF, BMP, TIFF, WebP, PPM/PGM/PBM, JPEG 2000, AVIF when
+    Pillow has it); EXIF orientation is applied, animated images give their first frame, and
+    every Pillow mode is converted to 8-bit RGB (see ``to_rgb``).
 
     Args:
         data: The encoded file content, or a path to read it from.
@@ -93,11 +100,13 @@ def decode_image(
     # transparency given as bytes, images above MAX_IMAGE_PIXELS). Our explicit max_pixels check
     # below replaces the bomb warning (an "error" filter would also reject images the caller
     # allowed with a larger max_pixels), and the rest would only repeat in every DataLoader
-    # worker. catch_warnings restores the caller's filters, so nothing global changes.
+    # worker. catch_warnings restores the caller's filters, so nothing global changes (it
+    # swaps process-wide state meanwhile: decode in processes, e.g. DataLoader workers,
+    # rather than threads).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=_available_formats())
         except UnidentifiedImageError:
             raise BadImageError("not an image: cannot identify image file") from None
         except Image.DecompressionBombError as err:
@@ -170,6 +179,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img.convert("RGB")
     except ValueError:
         raise BadImageError(f"unsupported image mode: {mode}") from None
+
+
+@functools.cache
+def _available_formats() -> tuple[str, ...]:
+    Image.init()  # registers every plugin; optional ones (AVIF) may be missing from a build
+    return tuple(f for f in _PHOTO_FORMATS if f in Image.OPEN)
 
 
 def _read_file(path: str | os.PathLike[str]) -> bytes:

@@ -86,7 +86,7 @@ def scan_folder(root: str) -> FolderScan:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = os.path.relpath(folder, root)
         prefix = () if rel == "." else tuple(rel.split(os.sep))
-        found.extend(prefix + (name,) for name in filenames if is_image_name(name))
+        found.extend((*prefix, name) for name in filenames if is_image_name(name))
     if not found:
         raise ValueError(no_images_message(root))
     found.sort()
@@ -189,7 +189,9 @@ def expand_braces(pattern: str) -> list[str]:
         start = open_at + 1
     head, tail = pattern[:open_at], pattern[close_at + 1 :]
     tails = expand_braces(tail)
-    return [head + alt + t for option in alternatives for alt in expand_braces(option) for t in tails]
+    return [
+        head + alt + t for option in alternatives for alt in expand_braces(option) for t in tails
+    ]
 
 
 def resolve_pattern(spec: str) -> list[str]:

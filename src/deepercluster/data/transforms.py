@@ -26,10 +26,14 @@ __all__ = [
     "TrainTransform",
     "normalize",
     "rotate",
+    "to_normalized_tensor",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# ClusterTransform trims the long side of extreme panoramas/strips to this many short sides.
+_MAX_ASPECT = 4
 
 _MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
@@ -108,17 +112,17 @@ class TrainTransform:
         for _ in range(10):
             target_area = area * rng.uniform(self.scale[0], self.scale[1])
             aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
-            w = int(round(math.sqrt(target_area * aspect)))
-            h = int(round(math.sqrt(target_area / aspect)))
+            w = round(math.sqrt(target_area * aspect))
+            h = round(math.sqrt(target_area / aspect))
             if 0 < w <= width and 0 < h <= height:
                 top = int(rng.integers(0, height - h + 1))
                 left = int(rng.integers(0, width - w + 1))
                 return top, left, h, w
         in_ratio = width / height
         if in_ratio < self.ratio[0]:
-            w, h = width, int(round(width / self.ratio[0]))
+            w, h = width, round(width / self.ratio[0])
         elif in_ratio > self.ratio[1]:
-            h, w = height, int(round(height * self.ratio[1]))
+            h, w = height, round(height * self.ratio[1])
         else:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, max(h, 1), max(w, 1)
@@ -143,7 +147,9 @@ class TrainTransform:
         return to_normalized_tensor(crop)
 
     def __repr__(self) -> str:
-        return f"TrainTransform(resolution={self.resolution}, scale={self.scale}, ratio={self.ratio})"
+        return (
+            f"TrainTransform(resolution={self.resolution}, scale={self.scale}, ratio={self.ratio})"
+        )
 
 
 class ClusterTransform:
@@ -168,6 +174,13 @@ class ClusterTransform:
 
     def __call__(self, img: Image.Image) -> Tensor:
         """Image of any size → float32 tensor (3, R, R), ImageNet-normalised."""
+        short, long = sorted(img.size)
+        if long > _MAX_ASPECT * short:
+            # A 1×20000 spacer GIF resized to a 256-pixel short side would be 256×5M pixels.
+            # The centre crop only keeps the middle `short` pixels of the long side, so cutting
+            # the long side to a few times that first changes nothing we keep.
+            keep = _MAX_ASPECT * short
+            img = TF.center_crop(img, [min(img.height, keep), min(img.width, keep)])
         resized: Image.Image = TF.resize(
             img, self.resize, interpolation=InterpolationMode.BILINEAR, antialias=True
         )

@@ -60,7 +60,8 @@ class TrainingState:
 def arrays_to_tensors(tree: Any) -> Any:
     """Recursively turn numpy arrays (and numpy scalars) into tensors / Python numbers."""
     if isinstance(tree, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(tree))
+        # np.ascontiguousarray would turn 0-d arrays into 1-d ones; copy keeps the shape.
+        return torch.from_numpy(tree.copy(order="C"))
     if isinstance(tree, np.generic):
         return tree.item()
     if isinstance(tree, dict):

@@ -39,6 +39,7 @@ def test_round_trip_with_weights_only(tmp_path: Path) -> None:
     back = tensors_to_arrays(loaded["clustering"])
     np.testing.assert_array_equal(back["labels"], np.arange(5))
     assert back["nested"]["c"].dtype == np.float32 and back["n"] == 3
+    assert back["zero_d"].shape == () and float(back["zero_d"]) == 2.5
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
 
 

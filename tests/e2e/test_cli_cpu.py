@@ -1,0 +1,205 @@
+"""End to end on generated images: train through the CLI, interrupt, resume, bad files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from deepercluster import cli
+from deepercluster.config import load_config
+from deepercluster.engine import fit as fit_module
+from deepercluster.engine.checkpoint import load_checkpoint
+
+SMALL = [
+    "--set", "model.arch=small",
+    "--set", "data.resolution=32",
+    "--set", "data.workers=0",
+    "--set", "data.crop_scale_min=0.3",
+    "--set", "cluster.k=8",
+    "--set", "cluster.super_clusters=2",
+    "--set", "cluster.reassign=1",
+    "--set", "cluster.pca_dim=16",
+    "--set", "train.epochs=2",
+    "--set", "train.batch_size=16",
+    "--set", "train.lr=0.05",
+    "--set", "train.checkpoint_every=2",
+    "--no-progress",
+]  # fmt: skip
+
+
+def _train(data: Path, out: Path, *extra: str) -> int:
+    return cli.main(["train", "--data", str(data), "--out", str(out), *SMALL, *extra])
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = load_checkpoint(out / "checkpoint.pth")["model"]
+    return state
+
+
+def test_train_writes_a_complete_run(tiny_image_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert _train(tiny_image_dir, out, "--preset", "deepercluster") == 0
+    ck = load_checkpoint(out / "checkpoint.pth")
+    assert ck["state"] == {"epoch": 2, "iteration": 0, "clustered_epoch": 1}
+    assert ck["config"]["cluster"]["k"] == 8 and ck["version"]
+    labels = ck["clustering"]["labels"]
+    assert labels.shape == (64,) and int(labels.min()) >= 0 and int(labels.max()) < 8
+    assert len(torch.unique(labels)) == 8  # no empty cluster
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1]
+    for key in (
+        "train/loss", "train/super_acc", "train/sub_acc", "cluster/objective",
+        "cluster/size_min", "cluster/size_median", "cluster/size_max", "cluster/reseeded",
+        "speed/extract_images_per_s", "train/images_per_s",
+    ):  # fmt: skip
+        assert key in records[1], key
+    assert "cluster/nmi_previous" in records[1]
+    assert (out / "metrics.csv").exists() and list((out / "tb").iterdir())
+    backbone = load_checkpoint(out / "backbone.pth")
+    assert backbone["arch"] == "small" and backbone["resolution"] == 32
+    assert json.loads((out / "config.json").read_text())["cluster"]["super_clusters"] == 2
+
+
+@pytest.mark.parametrize("preset", ["rotnet", "deepcluster"])
+def test_other_presets_run_through_the_same_loop(
+    preset: str, tiny_image_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / preset
+    extra = ["--preset", preset, "--set", "train.epochs=1"]
+    if preset == "deepcluster":
+        extra += ["--set", "cluster.k=8", "--set", "cluster.super_clusters=1"]
+    else:
+        extra += ["--set", "cluster.k=1", "--set", "cluster.super_clusters=1"]
+    assert _train(tiny_image_dir, out, *extra) == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    if preset == "rotnet":
+        assert "cluster/objective" not in record  # no clustering at all
+        assert record["train/sub_loss"] == 0.0  # one sub-class: the term is identically zero
+    else:
+        assert record["cluster/objective"] > 0
+
+
+def test_resume_after_interruption_equals_uninterrupted(
+    tiny_image_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    straight = tmp_path / "straight"
+    assert _train(tiny_image_dir, straight) == 0
+
+    real = fit_module.train_one_epoch
+    calls = {"n": 0}
+
+    def crash_in_second_epoch(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        on_step = kwargs["on_step"]
+
+        def step(done: int, stats: Any) -> None:
+            on_step(done, stats)
+            if calls["n"] == 2 and done == 3:  # after the checkpoint at iteration 2
+                raise KeyboardInterrupt
+
+        return real(*args, **{**kwargs, "on_step": step})
+
+    monkeypatch.setattr(fit_module, "train_one_epoch", crash_in_second_epoch)
+    broken = tmp_path / "broken"
+    assert _train(tiny_image_dir, broken) == 130
+    ck = load_checkpoint(broken / "checkpoint.pth")
+    assert ck["state"] == {"epoch": 1, "iteration": 2, "clustered_epoch": 1}
+    monkeypatch.setattr(fit_module, "train_one_epoch", real)
+    assert _train(tiny_image_dir, broken) == 0
+
+    a, b = _weights(straight), _weights(broken)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the resumed epoch reports the whole epoch, as the uninterrupted one does
+    last = [
+        json.loads((s / "metrics.jsonl").read_text().splitlines()[-1]) for s in (straight, broken)
+    ]
+    assert last[0]["train/loss"] == pytest.approx(last[1]["train/loss"])
+
+
+def test_finished_clustering_is_not_redone(
+    tiny_image_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    assert _train(tiny_image_dir, out, "--set", "train.epochs=1") == 0
+
+    def no_clustering(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("clustering redone")
+
+    monkeypatch.setattr(fit_module, "recluster", no_clustering)
+    # extending the run by one epoch: epoch 1 needs a new clustering (reassign=1) ...
+    with pytest.raises(AssertionError, match="clustering redone"):
+        fit_module.fit(
+            load_config(overrides=_overrides(tiny_image_dir, out, "train.epochs=2")), progress=False
+        )
+    # ... but with reassign=2 the epoch-0 clustering is reused; a changed reassign is refused
+    assert (
+        _train(tiny_image_dir, out, "--set", "train.epochs=2", "--set", "cluster.reassign=2") == 2
+    )
+
+
+def _overrides(data: Path, out: Path, *extra: str) -> list[str]:
+    sets = [SMALL[i + 1] for i in range(0, len(SMALL) - 1, 2) if SMALL[i] == "--set"]
+    return [f'data.path="{data}"', f'out="{out}"', *sets, *extra]
+
+
+def test_bad_files_are_skipped_and_reported(tiny_image_dir: Path, tmp_path: Path) -> None:
+    (tiny_image_dir / "empty.png").write_bytes(b"")
+    (tiny_image_dir / "text.jpg").write_text("this is not an image")
+    good = (tiny_image_dir / "img_000.png").read_bytes()
+    (tiny_image_dir / "cut.png").write_bytes(good[: len(good) // 2])
+    out = tmp_path / "run"
+    assert _train(tiny_image_dir, out, "--set", "train.epochs=1") == 0
+    lines = (out / "skipped.csv").read_text().splitlines()
+    assert lines[0] == "path,reason"
+    skipped = {Path(line.split(",")[0]).name for line in lines[1:]}
+    assert skipped == {"empty.png", "text.jpg", "cut.png"}
+    labels = load_checkpoint(out / "checkpoint.pth")["clustering"]["labels"]
+    assert int((labels == -1).sum()) == 3  # excluded from clustering and sampling
+
+
+def test_bad_settings_fail_before_any_work(
+    tiny_image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert (
+        _train(tiny_image_dir, out, "--set", "cluster.k=100", "--set", "cluster.super_clusters=1")
+        == 2
+    )
+    assert "cluster.k (100) is larger than the number of images (64)" in capsys.readouterr().err
+    assert not (out / "checkpoint.pth").exists()
+    assert cli.main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["train", "--data", str(empty), "--out", str(out)]) == 2
+    assert "no image files" in capsys.readouterr().err
+
+
+def test_unreadable_collection_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "junk"
+    data.mkdir()
+    for i in range(10):
+        (data / f"{i}.jpg").write_text("not an image")
+    assert (
+        _train(data, tmp_path / "run", "--set", "cluster.k=2", "--set", "cluster.super_clusters=1")
+        == 2
+    )
+    assert "none of the 10 images could be read" in capsys.readouterr().err
+
+
+def test_config_command_prints_loadable_toml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["config", "--preset", "rotnet", "--set", "train.epochs=3"]) == 0
+    text = capsys.readouterr().out
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    cfg = load_config(toml_path=path)
+    assert cfg.cluster.k == 1 and cfg.cluster.super_clusters == 1 and cfg.train.epochs == 3

@@ -1,0 +1,182 @@
+"""Hierarchical heads: grouped sub-logits equal a per-sample reference, values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from deepercluster.models import HierarchicalHeads
+
+D, S, N_SUB = 6, 4, 5
+
+
+def _heads(*, seed: int = 0) -> HierarchicalHeads:
+    heads = HierarchicalHeads(D, S, N_SUB).double()
+    with torch.no_grad():  # larger than the 0.01 init, so differences are not hidden by scale
+        g = torch.Generator().manual_seed(seed)
+        for p in heads.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return heads
+
+
+def _naive_sub_logits(
+    heads: HierarchicalHeads, feats: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    x = feats.relu()
+    rows = [x[i] @ heads.sub_weight[t[i]].T + heads.sub_bias[t[i]] for i in range(len(t))]
+    return torch.stack(rows)
+
+
+def _grads(
+    heads: HierarchicalHeads, feats: torch.Tensor, logits: torch.Tensor, seed: int
+) -> dict[str, torch.Tensor]:
+    upstream = torch.randn(
+        logits.shape, generator=torch.Generator().manual_seed(seed), dtype=logits.dtype
+    )
+    heads.zero_grad(set_to_none=True)
+    feats.grad = None
+    (logits * upstream).sum().backward()  # type: ignore[no-untyped-call]
+    assert heads.sub_weight.grad is not None and heads.sub_bias.grad is not None
+    assert feats.grad is not None
+    return {
+        "w": heads.sub_weight.grad.clone(),
+        "b": heads.sub_bias.grad.clone(),
+        "x": feats.grad.clone(),
+    }
+
+
+TARGET_CASES = {
+    "mixed": [3, 0, 2, 0, 1, 3, 3],
+    "batch_of_one": [2],
+    "all_same": [1, 1, 1, 1],
+    "some_absent": [0, 2, 2, 0, 2],
+}
+
+
+@pytest.mark.parametrize("case", sorted(TARGET_CASES))
+def test_grouped_sub_logits_match_per_sample_reference(case: str) -> None:
+    targets = torch.tensor(TARGET_CASES[case])
+    heads = _heads()
+    feats = torch.randn(len(targets), D, dtype=torch.float64, requires_grad=True)
+
+    grouped = heads.sub_logits(feats, targets)
+    naive = _naive_sub_logits(heads, feats, targets)
+    assert grouped.shape == (len(targets), N_SUB)
+    torch.testing.assert_close(grouped, naive, rtol=1e-12, atol=1e-12)
+
+    g_grouped = _grads(heads, feats, grouped, seed=1)
+    g_naive = _grads(heads, feats, naive, seed=1)
+    for key in g_grouped:
+        torch.testing.assert_close(g_grouped[key], g_naive[key], rtol=1e-12, atol=1e-12)
+
+    absent = sorted(set(range(S)) - set(TARGET_CASES[case]))
+    assert torch.equal(g_grouped["w"][absent], torch.zeros_like(g_grouped["w"][absent]))
+    assert torch.equal(g_grouped["b"][absent], torch.zeros_like(g_grouped["b"][absent]))
+
+
+def test_super_logits_and_forward() -> None:
+    heads = _heads()
+    feats = torch.randn(5, D, dtype=torch.float64)
+    targets = torch.tensor([0, 3, 3, 1, 0])
+    expected = feats.relu() @ heads.super_head.weight.T + heads.super_head.bias
+    torch.testing.assert_close(heads.super_logits(feats), expected)
+    sup, sub = heads(feats, targets)
+    torch.testing.assert_close(sup, expected)
+    torch.testing.assert_close(sub, heads.sub_logits(feats, targets))
+
+
+def test_heads_rectify_the_features() -> None:
+    heads = _heads()
+    negative = -torch.rand(3, D, dtype=torch.float64)
+    targets = torch.tensor([2, 0, 2])
+    assert torch.equal(heads.super_logits(negative), heads.super_head.bias.expand(3, S))
+    assert torch.equal(heads.sub_logits(negative, targets), heads.sub_bias[targets])
+
+
+def test_each_sample_costs_only_its_own_sub_head() -> None:
+    heads = HierarchicalHeads(D, S, N_SUB)
+    batch = 9
+    targets = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 0])
+    with FlopCounterMode(display=False) as counter:
+        heads.sub_logits(torch.randn(batch, D), targets)
+    assert counter.get_total_flops() == 2 * batch * N_SUB * D  # not 2 * B * S * n_sub * D
+
+
+class _LargestOutput(TorchDispatchMode):  # type: ignore[no-untyped-call]
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_no_per_sample_weight_or_flat_logit_tensor_is_materialised() -> None:
+    heads = HierarchicalHeads(D, S, N_SUB)
+    batch = 8
+    feats = torch.randn(batch, D, requires_grad=True)
+    targets = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
+    with _LargestOutput() as probe:
+        heads.sub_logits(feats, targets)
+    # (B, S * n_sub) = 160 and (B, n_sub, D) = 240 elements; the grouped path stays below both.
+    assert probe.largest < min(batch * S * N_SUB, batch * N_SUB * D)
+
+
+def test_empty_batch() -> None:
+    heads = HierarchicalHeads(D, S, N_SUB)
+    out = heads.sub_logits(torch.randn(0, D), torch.zeros(0, dtype=torch.int64))
+    assert out.shape == (0, N_SUB)
+
+
+def test_reset_parameters_is_reproducible_and_changes_weights() -> None:
+    a, b = HierarchicalHeads(D, S, N_SUB), HierarchicalHeads(D, S, N_SUB)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.fill_(1.0)
+    a.reset_parameters(torch.Generator().manual_seed(7))
+    b.reset_parameters(torch.Generator().manual_seed(7))
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb), name
+        assert not torch.equal(pa, torch.ones_like(pa)), name
+    assert torch.equal(a.sub_bias, torch.zeros_like(a.sub_bias))
+    assert torch.equal(a.super_head.bias, torch.zeros_like(a.super_head.bias))
+    b.reset_parameters(torch.Generator().manual_seed(8))
+    assert not torch.equal(a.sub_weight, b.sub_weight)
+
+
+def test_reset_parameters_can_keep_the_super_head() -> None:
+    heads = HierarchicalHeads(D, S, N_SUB)
+    before = heads.super_head.weight.clone()
+    heads.reset_parameters(torch.Generator().manual_seed(1), super_head=False)
+    assert torch.equal(heads.super_head.weight, before)
+
+
+def test_reference_init_scale() -> None:
+    heads = HierarchicalHeads(256, 4, 256)
+    assert heads.sub_weight.std().item() == pytest.approx(0.01, rel=0.02)
+    assert heads.super_head.weight.std().item() == pytest.approx(0.01, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    ("targets", "match"),
+    [
+        (torch.tensor([0, S]), "n_super"),
+        (torch.tensor([0, 1], dtype=torch.int32), "int64"),
+        (torch.tensor([0]), "shape"),
+    ],
+)
+def test_bad_targets_are_rejected(targets: torch.Tensor, match: str) -> None:
+    heads = HierarchicalHeads(D, S, N_SUB)
+    with pytest.raises(ValueError, match=match):
+        heads.sub_logits(torch.randn(2, D), targets)
+
+
+def test_bad_sizes_are_rejected() -> None:
+    with pytest.raises(ValueError, match="n_sub >= 1"):
+        HierarchicalHeads(D, S, 0)

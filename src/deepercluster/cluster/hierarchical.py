@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepercluster.cluster.kmeans import check_features, faiss_threads, kmeans
+from deepercluster.cluster.kmeans import (
+    KMeansResult,
+    check_features,
+    faiss_threads,
+    kmeans,
+    squared_distances,
+)
 
 __all__ = [
     "HierarchicalResult",
@@ -27,6 +33,8 @@ __all__ = [
     "hierarchical_kmeans",
     "subcluster_seed",
 ]
+
+_BLOCK_ROWS = 65536
 
 _KEYS = (
     "super_assignments",
@@ -214,6 +222,22 @@ def balance_super_clusters(
     return assignments, n_moved
 
 
+def _one_cluster(x: np.ndarray) -> KMeansResult:
+    """Level 1 with m == 1: the mean, without running k-means."""
+    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    objective = 0.0
+    for start in range(0, x.shape[0], _BLOCK_ROWS):
+        block = squared_distances(x[start : start + _BLOCK_ROWS], mean)
+        objective += float(block.sum(dtype=np.float64))
+    return KMeansResult(
+        centroids=mean[None],
+        assignments=np.zeros(x.shape[0], dtype=np.int64),
+        objective=objective,
+        n_reseeded=0,
+        objectives=(),
+    )
+
+
 def _check_init(init: HierarchicalResult, k: int, m: int, dim: int) -> None:
     if init.m != m or init.k != k or init.super_centroids.shape[1] != dim:
         raise ValueError(
@@ -272,14 +296,16 @@ def hierarchical_kmeans(
     per_super = k // m
     with faiss_threads(threads):
         # ============ level 1: super-clusters ============
-        # m == 1 needs a single iteration: the only centroid is the mean.
-        level1 = kmeans(
-            x,
-            m,
-            niter=niter if m > 1 else min(niter, 1),
-            seed=seed,
-            init=None if init is None else init.super_centroids,
-        )
+        if m == 1:
+            level1 = _one_cluster(x)
+        else:
+            level1 = kmeans(
+                x,
+                m,
+                niter=niter,
+                seed=seed,
+                init=None if init is None else init.super_centroids,
+            )
         super_assignments, n_moved = balance_super_clusters(
             x, level1.assignments, level1.centroids, per_super
         )
@@ -292,7 +318,7 @@ def hierarchical_kmeans(
         for s in range(m):
             members = np.flatnonzero(super_assignments == s)
             level2 = kmeans(
-                x[members],
+                x if m == 1 else x[members],
                 per_super,
                 niter=niter,
                 seed=subcluster_seed(seed, s),

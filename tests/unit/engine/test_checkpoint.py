@@ -25,6 +25,7 @@ def test_round_trip_with_weights_only(tmp_path: Path) -> None:
         "labels": np.arange(5),
         "nested": {"c": np.ones((2, 3), np.float32)},
         "n": np.int64(3),
+        "zero_d": np.asarray(2.5),
     }
     payload = {
         "model": {"w": torch.randn(3)},

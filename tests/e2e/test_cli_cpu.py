@@ -12,7 +12,7 @@ import torch
 from deepercluster import cli
 from deepercluster.config import load_config
 from deepercluster.engine import fit as fit_module
-from deepercluster.engine.checkpoint import load_checkpoint
+from deepercluster.engine.checkpoint import load_backbone, load_checkpoint
 
 SMALL = [
     "--set", "model.arch=small",
@@ -62,6 +62,11 @@ def test_train_writes_a_complete_run(tiny_image_dir: Path, tmp_path: Path) -> No
     backbone = load_checkpoint(out / "backbone.pth")
     assert backbone["arch"] == "small" and backbone["resolution"] == 32
     assert json.loads((out / "config.json").read_text())["cluster"]["super_clusters"] == 2
+    # the exported trunk and the full checkpoint rebuild the same network
+    x = torch.randn(2, 3, 32, 32)
+    a, b = load_backbone(out / "backbone.pth"), load_backbone(out / "checkpoint.pth")
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x)) and a(x).shape == (2, 512)
 
 
 @pytest.mark.parametrize("preset", ["rotnet", "deepcluster"])

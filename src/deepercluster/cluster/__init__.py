@@ -27,10 +27,9 @@ from deepercluster.cluster.preprocess import (
     l2_normalize,
     pca_from_moments,
 )
-from deepercluster.cluster.reseed import SPLIT_EPS, fill_empty, reseed_empty, split_members
+from deepercluster.cluster.reseed import fill_empty, reseed_empty, split_members
 
 __all__ = [
-    "SPLIT_EPS",
     "HierarchicalResult",
     "KMeansResult",
     "PCAWhitening",

@@ -91,9 +91,12 @@ def check_features(x: np.ndarray, *, name: str = "x") -> np.ndarray:
         raise ValueError(f"{name} must be float32, got {x.dtype}; pass {name}.astype(np.float32)")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {x.shape}); extract features first")
-    if not np.isfinite(x).all():
-        # faiss returns label -1 for NaN queries, which would corrupt the M-step much later.
-        raise ValueError(f"{name} contains NaN or inf; check the feature extraction")
+    # faiss returns label -1 for NaN queries, which would corrupt the M-step much later.
+    # Checked in blocks: a whole-array mask would be as large as x / 4.
+    rows = max(_BLOCK_VALUES // x.shape[1], 1)
+    for start in range(0, x.shape[0], rows):
+        if not np.isfinite(x[start : start + rows]).all():
+            raise ValueError(f"{name} contains NaN or inf; check the feature extraction")
     return np.ascontiguousarray(x)
 
 
@@ -143,7 +146,7 @@ def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray
         centroids: (k, D) float32 centroids.
 
     Returns:
-        assignments: (N,) int64 index of the nearest centroid (ties: lowest index).
+        assignments: (N,) int64 index of the nearest centroid.
         sq_distances: (N,) float32 squared L2 distance to it, clipped at 0.
     """
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)

@@ -169,3 +169,28 @@ def save_backbone(path: Path, backbone: torch.nn.Module, cfg: Any) -> None:
             "config": cfg.to_dict(),
         },
     )
+
+
+def load_backbone(path: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild a trunk saved by a run (``backbone.pth``, or a full ``checkpoint.pth``).
+
+    Returns:
+        The backbone in eval mode; (B, 3, H, W) ImageNet-normalised RGB -> (B, feature_dim).
+    """
+    from deepercluster.models import build_backbone
+
+    payload = load_checkpoint(Path(path))
+    if "state_dict" in payload:
+        arch, sobel, res, state = (
+            payload["arch"],
+            payload["sobel"],
+            payload["resolution"],
+            payload["state_dict"],
+        )
+    else:
+        cfg = payload["config"]
+        arch, sobel, res = cfg["model"]["arch"], cfg["model"]["sobel"], cfg["data"]["resolution"]
+        state = payload["model"]
+    model = build_backbone(arch, sobel=sobel, resolution=res)
+    model.load_state_dict(state)
+    return model.to(device).eval()

@@ -1,1 +1,5 @@
 """evaluation subpackage."""
+
+from deepercluster.evaluation.nmi import nmi
+
+__all__ = ["nmi"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepercluster.cluster import SPLIT_EPS, fill_empty, reseed_empty, split_members
+from deepercluster.cluster import fill_empty, reseed_empty, split_members
+from deepercluster.cluster.reseed import SPLIT_EPS
 
 
 def test_nothing_to_do_without_empty_clusters() -> None:

@@ -59,6 +59,8 @@ class EpochStats:
             "train/super_acc": self.super_correct / n,
             "train/sub_acc": self.sub_correct / n,
             "train/images_per_s": self.images / max(self.seconds, 1e-9),
+            "train/images": float(self.images),
+            "time/train_s": self.seconds,
         }
 
 

@@ -79,7 +79,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from deepercluster.demo import run_demo
 
-    run_demo(out=args.out, epochs=args.epochs, progress=not args.no_progress)
+    run_demo(
+        out=args.out, epochs=args.epochs, overrides=args.overrides, progress=not args.no_progress
+    )
     return 0
 
 
@@ -116,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     demo.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    demo.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="change a demo setting, e.g. --set cluster.rotation=false (DeepCluster)",
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
     return parser

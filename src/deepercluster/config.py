@@ -44,6 +44,8 @@ class DataConfig:
     """Clustering-time resize of the shorter side before the centre crop; 0 = resolution*256/224."""
     crop_scale_min: float = 0.08
     """Lower bound of the random-resized-crop area fraction (torchvision default 0.08)."""
+    hflip: bool = True
+    """Random horizontal flips in training (paper: on); off for chiral data (digits, text)."""
     workers: int = 2
     """DataLoader worker processes (one is enough on CPU: decoding is ~2% of the work)."""
     max_pixels: int = 89_478_485

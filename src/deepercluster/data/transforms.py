@@ -81,6 +81,8 @@ class TrainTransform:
         resolution: Output side R in pixels (224 in the paper).
         scale: Range of the crop area as a fraction of the image area.
         ratio: Range of the crop aspect ratio (width / height), sampled log-uniformly.
+        hflip: Flip horizontally with probability 1/2 (the paper does). Turn it off for chiral
+            data such as digits or text, where a mirrored image is not a plausible image.
     """
 
     def __init__(
@@ -88,6 +90,8 @@ class TrainTransform:
         resolution: int,
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        *,
+        hflip: bool = True,
     ) -> None:
         if resolution <= 0:
             raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
@@ -98,6 +102,7 @@ class TrainTransform:
         self.resolution = resolution
         self.scale = scale
         self.ratio = ratio
+        self.hflip = hflip
 
     def crop_params(
         self, width: int, height: int, rng: np.random.Generator
@@ -142,13 +147,15 @@ class TrainTransform:
         crop: Image.Image = TF.resized_crop(
             img, top, left, h, w, size, interpolation=InterpolationMode.BILINEAR, antialias=True
         )
-        if rng.random() < 0.5:
+        # The coin is always drawn so the crop stream does not depend on the setting.
+        if rng.random() < 0.5 and self.hflip:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return to_normalized_tensor(crop)
 
     def __repr__(self) -> str:
         return (
-            f"TrainTransform(resolution={self.resolution}, scale={self.scale}, ratio={self.ratio})"
+            f"TrainTransform(resolution={self.resolution}, scale={self.scale}, "
+            f"ratio={self.ratio}, hflip={self.hflip})"
         )
 
 

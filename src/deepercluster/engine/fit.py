@@ -112,7 +112,9 @@ def fit(
         )
     epoch_size = cfg.train.epoch_size or n_images
     iters_per_epoch = math.ceil(epoch_size / cfg.train.batch_size)
-    train_transform = TrainTransform(cfg.data.resolution, scale=(cfg.data.crop_scale_min, 1.0))
+    train_transform = TrainTransform(
+        cfg.data.resolution, scale=(cfg.data.crop_scale_min, 1.0), hflip=cfg.data.hflip
+    )
     skip_log = SkipLog()
 
     # ============ building the network and heads ============
@@ -221,9 +223,15 @@ def fit(
                 for index, reason in unreadable:
                     skip_log.record(collection.path(index), reason)
                 # Cluster ids change meaning: the heads start again from scratch, and so does
-                # the momentum that pushed them towards the old ids.
-                heads.reset_parameters(_generator(cfg.train.seed, epoch))
-                for p in heads.parameters():
+                # the momentum that pushed them towards the old ids. With m = 1 the super-classes
+                # are the rotations alone, whose meaning is stable: that head is kept (as in the
+                # reference).
+                keep_super = cfg.cluster.super_clusters == 1
+                heads.reset_parameters(_generator(cfg.train.seed, epoch), super_head=not keep_super)
+                reset = [heads.sub_weight, heads.sub_bias]
+                if not keep_super:
+                    reset += list(heads.super_head.parameters())
+                for p in reset:
                     optimizer.state.pop(p, None)
                 state = TrainingState(epoch=epoch, iteration=0, clustered_epoch=epoch)
                 stats = None

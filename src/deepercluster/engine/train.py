@@ -126,7 +126,7 @@ def train_one_epoch(
                     features = model(images.to(device, non_blocking=True))
                 out = hierarchical_loss(heads, features.float(), super_t, sub_t)
                 optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
+                out.loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
                 n = int(ok.sum())
                 stats.images += n

@@ -8,6 +8,7 @@ the per-layer linear probes of the paper's evaluation (section 7 of docs/ALGORIT
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 from torch import Tensor, nn
@@ -126,3 +127,24 @@ def tag_relu_outputs(
             name = names[count]
             count += 1
         yield name, layer
+
+
+def reference_init(module: nn.Module) -> None:
+    """The DeepCluster/DeeperCluster reference initialisation, applied to every sub-module.
+
+    Conv: N(0, sqrt(2 / n)) with n = kh * kw * out_channels (fan-out, as in the reference code),
+    bias 0; BatchNorm: weight 1, bias 0; Linear: N(0, 0.01), bias 0. Shared by VGG-16 and the
+    small convnet so that learning-rate settings transfer between the two.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)

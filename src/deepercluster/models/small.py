@@ -11,12 +11,11 @@ image folder takes minutes, not hours.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 from torch import Tensor, nn
 
-from deepercluster.models.backbone import Backbone, tag_relu_outputs
+from deepercluster.models.backbone import Backbone, reference_init, tag_relu_outputs
 
 __all__ = ["SmallConvNet", "small_convnet"]
 
@@ -73,20 +72,7 @@ class SmallConvNet(Backbone):
         )
         self.pool = nn.AdaptiveAvgPool2d(_POOL_SIDE)
         self.fc = nn.Linear(channels * _POOL_SIDE**2, feature_dim)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # Same scheme as the VGG-16 reference, so lr/wd settings transfer between the two.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        reference_init(self)
 
     def _trunk(self) -> Iterator[tuple[str | None, nn.Module]]:
         return tag_relu_outputs(self.features, self.conv_layer_names)

@@ -9,12 +9,11 @@ load by key.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 from torch import Tensor, nn
 
-from deepercluster.models.backbone import Backbone, tag_relu_outputs
+from deepercluster.models.backbone import Backbone, reference_init, tag_relu_outputs
 
 __all__ = ["VGG16", "vgg16"]
 
@@ -77,22 +76,7 @@ class VGG16(Backbone):
             nn.Dropout(dropout),
             nn.Linear(_FC_DIM, _FC_DIM),  # fc7: no ReLU, the heads apply it
         )
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # Reference init. Note n counts *output* channels (fan-out), as in the reference code.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        reference_init(self)
 
     def _trunk(self) -> Iterator[tuple[str | None, nn.Module]]:
         return tag_relu_outputs(self.features, self.conv_layer_names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +209,20 @@ def test_config_command_prints_loadable_toml(
     path.write_text(text)
     cfg = load_config(toml_path=path)
     assert cfg.cluster.k == 1 and cfg.cluster.super_clusters == 1 and cfg.train.epochs == 3
+
+
+def test_train_from_tar_shards_with_worker_processes(tiny_image_dir: Path, tmp_path: Path) -> None:
+    """Brace-pattern shards, read in place by 2 DataLoader worker processes."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    files = sorted(tiny_image_dir.iterdir())
+    for s in range(2):
+        with tarfile.open(shards / f"train-{s:03d}.tar", "w") as tar:
+            for f in files[s::2]:
+                tar.add(f, arcname=f"imgs/{f.name}")
+    out = tmp_path / "run"
+    pattern = str(shards / "train-{000..001}.tar")
+    assert _train(Path(pattern), out, "--set", "train.epochs=1", "--set", "data.workers=2") == 0
+    labels = load_checkpoint(out / "checkpoint.pth")["clustering"]["labels"]
+    assert labels.shape == (64,) and int(labels.min()) >= 0
+    assert not list(shards.glob("**/*.png"))  # nothing was extracted

@@ -14,6 +14,7 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -256,6 +257,7 @@ def hierarchical_kmeans(
     seed: int = 0,
     init: HierarchicalResult | None = None,
     threads: int | None = None,
+    on_level_done: Callable[[int, int], None] | None = None,
 ) -> HierarchicalResult:
     """Two-level k-means of DeeperCluster (paper [0] section 3).
 
@@ -274,6 +276,8 @@ def hierarchical_kmeans(
         init: previous clustering to warm-start from: its super-centroids initialise level 1
             and its sub-centroids of super-cluster s initialise s's level 2.
         threads: faiss OpenMP threads for this call (None: leave the current setting).
+        on_level_done: called with (k-means runs done, m + 1) after level 1 and after each
+            super-cluster's level 2 (progress bars; at paper scale level 2 takes hours).
 
     Returns:
         The :class:`HierarchicalResult`.
@@ -309,6 +313,8 @@ def hierarchical_kmeans(
         super_assignments, n_moved = balance_super_clusters(
             x, level1.assignments, level1.centroids, per_super
         )
+        if on_level_done is not None:
+            on_level_done(1, m + 1)
 
         # ============ level 2: sub-clusters inside each super-cluster ============
         sub_assignments = np.empty(n, dtype=np.int64)
@@ -328,6 +334,8 @@ def hierarchical_kmeans(
             sub_centroids[s] = level2.centroids
             objective += level2.objective
             n_reseeded += level2.n_reseeded
+            if on_level_done is not None:
+                on_level_done(s + 2, m + 1)
     return HierarchicalResult(
         super_assignments=super_assignments,
         sub_assignments=sub_assignments,

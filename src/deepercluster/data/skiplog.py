@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -62,9 +61,11 @@ class SkipLog:
         """
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        # A pid-named temp file opened normally (not mkstemp) gets the usual umask permissions,
+        # so skipped.csv is as readable as the other files of the run folder.
+        tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
         try:
-            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f)
                 writer.writerow(["path", "reason"])
                 writer.writerows(self._reasons.items())

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from deepercluster.cluster import HierarchicalResult, PCAWhitening, fit_pca, hierarchical_kmeans
 from deepercluster.config import RunConfig
@@ -164,15 +165,17 @@ def recluster(
     warm = previous.result if (c.warm_start and previous is not None) else None
     if warm is not None and warm.super_centroids.shape[1] != reduced.shape[1]:
         warm = None  # PCA dimension changed (fewer readable images): cold start
-    result = hierarchical_kmeans(
-        reduced,
-        k=c.k,
-        m=c.super_clusters,
-        niter=c.niter,
-        seed=cfg.train.seed * 100_003 + epoch,
-        init=warm,
-        threads=cfg.train.threads or None,
-    )
+    with tqdm(total=c.super_clusters + 1, desc="k-means", unit="run", disable=not progress) as bar:
+        result = hierarchical_kmeans(
+            reduced,
+            k=c.k,
+            m=c.super_clusters,
+            niter=c.niter,
+            seed=cfg.train.seed * 100_003 + epoch,
+            init=warm,
+            threads=cfg.train.threads or None,
+            on_level_done=lambda done, total: bar.update(done - bar.n),
+        )
     t_kmeans = time.perf_counter() - tic
 
     labels = np.full(n, -1, dtype=np.int64)

@@ -173,3 +173,11 @@ def test_subcluster_seeds_differ() -> None:
 def test_cluster_size_stats() -> None:
     stats = cluster_size_stats(np.array([0, 0, 0, 2]), 4)
     assert stats == {"min": 0.0, "median": 0.5, "max": 3.0, "n_empty": 2.0}
+
+
+def test_progress_callback_counts_every_kmeans_run() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8)).astype(np.float32)
+    calls: list[tuple[int, int]] = []
+    hierarchical_kmeans(x, k=12, m=3, niter=2, on_level_done=lambda d, t: calls.append((d, t)))
+    assert calls == [(1, 4), (2, 4), (3, 4), (4, 4)]

@@ -1,0 +1,199 @@
+"""Everything that talks to ``torch.distributed``: the only module that imports it.
+
+A run started by ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK in the environment) joins a
+process group: NCCL on CUDA, gloo on CPU. A plain ``python``/``deepercluster`` process joins
+nothing, and every collective below is then the identity, so the algorithms run unchanged on a
+laptop (lightly's habit: ``if world_size > 1: all_reduce(...)``).
+
+Collectives take an optional ``group`` (None = all ranks) and accept CPU tensors or numpy
+arrays whatever the backend: NCCL needs CUDA tensors, so data is moved to the collective device
+and back. Ranks never exchange data through files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+ProcessGroup = Any  # torch.distributed.ProcessGroup; Any keeps mypy quiet across versions
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job.
+
+    Attributes:
+        rank: global rank in [0, world_size).
+        world_size: number of processes (1 without torchrun).
+        local_rank: rank on this machine (selects the GPU).
+        device: the device this process computes on.
+        backend: ``nccl``, ``gloo``, or None for a single process.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes checkpoints, logs and metric files."""
+        return self.rank == 0
+
+
+def init_from_env(device: str = "auto", *, timeout_s: float = 600.0) -> DistEnv:
+    """Join the process group described by torchrun's variables, or run alone.
+
+    Args:
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        timeout_s: collective timeout. A rank that dies makes the others fail after at most
+            this long instead of hanging forever (gloo and NCCL both honour it).
+
+    Returns:
+        The :class:`DistEnv` of this process.
+    """
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1 or "RANK" not in os.environ:
+        return DistEnv(device=torch.device("cuda" if use_cuda else "cpu"))
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        dev, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend=backend,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=dev if use_cuda else None,
+        )
+    return DistEnv(rank, world_size, local_rank, dev, backend)
+
+
+def shutdown() -> None:
+    """Leave the process group (no-op when alone)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank(group: ProcessGroup | None = None) -> int:
+    """Rank in ``group`` (0 when not distributed)."""
+    return dist.get_rank(group) if is_distributed() else 0
+
+
+def world_size(group: ProcessGroup | None = None) -> int:
+    """Size of ``group`` (1 when not distributed)."""
+    return dist.get_world_size(group) if is_distributed() else 1
+
+
+def _collective_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: Tensor, group: ProcessGroup | None = None) -> Tensor:
+    """Sum ``tensor`` over the ranks of ``group``; returns a new tensor on the input's device."""
+    if world_size(group) == 1:
+        return tensor
+    work = tensor.detach().to(_collective_device(), copy=True)
+    dist.all_reduce(work, op=dist.ReduceOp.SUM, group=group)
+    return work.to(tensor.device)
+
+
+def all_reduce_sum_np(array: np.ndarray, group: ProcessGroup | None = None) -> np.ndarray:
+    """:func:`all_reduce_sum` for numpy arrays (the clustering code is numpy-only)."""
+    if world_size(group) == 1:
+        return array
+    return all_reduce_sum(torch.from_numpy(np.ascontiguousarray(array)), group).numpy()
+
+
+def all_gather_cat(tensor: Tensor, group: ProcessGroup | None = None) -> Tensor:
+    """Concatenate every rank's ``tensor`` along dim 0, in rank order; sizes may differ.
+
+    Args:
+        tensor: (n_r, ...) on this rank; the trailing shape must match across ranks.
+
+    Returns:
+        (sum_r n_r, ...) on the input's device, identical on every rank.
+    """
+    n = world_size(group)
+    if n == 1:
+        return tensor
+    dev = _collective_device()
+    local = tensor.detach().to(dev).contiguous()
+    sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(n)]
+    dist.all_gather(
+        sizes, torch.tensor([local.shape[0]], dtype=torch.int64, device=dev), group=group
+    )
+    counts = [int(s) for s in sizes]
+    biggest = max(counts)
+    padded = local.new_zeros((biggest, *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in range(n)]
+    dist.all_gather(parts, padded, group=group)
+    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)]).to(tensor.device)
+
+
+def all_gather_cat_np(array: np.ndarray, group: ProcessGroup | None = None) -> np.ndarray:
+    """:func:`all_gather_cat` for numpy arrays."""
+    if world_size(group) == 1:
+        return array
+    return all_gather_cat(torch.from_numpy(np.ascontiguousarray(array)), group).numpy()
+
+
+def broadcast_object(obj: Any, src: int = 0, group: ProcessGroup | None = None) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (small picklable objects: configs, states)."""
+    if world_size(group) == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, group=group)
+    return box[0]
+
+
+def barrier(group: ProcessGroup | None = None) -> None:
+    if world_size(group) > 1:
+        dist.barrier(group=group)
+
+
+def all_ranks_ok(ok: bool, group: ProcessGroup | None = None) -> bool:
+    """True when ``ok`` is True on every rank: lets all ranks raise together, not hang."""
+    flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
+    return int(all_reduce_sum(flag, group)) == 0
+
+
+def all_reduce_sum_autograd(tensor: Tensor, group: ProcessGroup | None = None) -> Tensor:
+    """Differentiable sum over ranks: the backward pass sums the gradients over ranks too.
+
+    Used by synchronised batch norm, whose statistics depend on every rank's inputs.
+    Needs a tensor on the collective device (CPU for gloo, CUDA for NCCL).
+    """
+    if world_size(group) == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_reduce
+
+    out: Tensor = all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)  # type: ignore[no-untyped-call]
+    return out
+
+
+def new_group(ranks: list[int]) -> ProcessGroup | None:
+    """A sub-group of ranks; every rank must call this for every group, in the same order."""
+    if not is_distributed():
+        return None
+    return dist.new_group(ranks=ranks)

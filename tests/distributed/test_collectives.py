@@ -1,0 +1,51 @@
+"""Collectives on 2 and 4 gloo ranks, and their identity behaviour in a single process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deepercluster import distributed
+from tests.distributed.harness import run_ranks
+
+pytestmark = pytest.mark.distributed
+
+
+def _collectives(rank: int, world: int) -> dict[str, object]:
+    local = torch.full((rank + 1, 2), float(rank))  # ranks hold different numbers of rows
+    return {
+        "sum": distributed.all_reduce_sum(torch.tensor([rank + 1.0])).item(),
+        "sum_np": distributed.all_reduce_sum_np(np.array([rank, 1], dtype=np.int64)).tolist(),
+        "gather": distributed.all_gather_cat(local).tolist(),
+        "gather_np": distributed.all_gather_cat_np(np.array([rank])).tolist(),
+        "object": distributed.broadcast_object({"rank": rank}),
+        "all_ok": distributed.all_ranks_ok(True),
+        "one_bad": distributed.all_ranks_ok(rank != world - 1),
+        "rank": distributed.rank(),
+        "world": distributed.world_size(),
+    }
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_collectives_across_ranks(world: int) -> None:
+    results = run_ranks(_collectives, world)
+    expected_gather = [[float(r), float(r)] for r in range(world) for _ in range(r + 1)]
+    for rank, res in enumerate(results):
+        assert res["sum"] == world * (world + 1) / 2
+        assert res["sum_np"] == [world * (world - 1) // 2, world]
+        assert res["gather"] == expected_gather  # rank order, uneven sizes
+        assert res["gather_np"] == list(range(world))
+        assert res["object"] == {"rank": 0}
+        assert res["all_ok"] is True and res["one_bad"] is False
+        assert (res["rank"], res["world"]) == (rank, world)
+
+
+def test_single_process_collectives_are_the_identity() -> None:
+    t = torch.arange(3.0)
+    assert distributed.all_reduce_sum(t) is t
+    assert distributed.all_gather_cat(t) is t
+    assert distributed.broadcast_object("x") == "x"
+    assert distributed.rank() == 0 and distributed.world_size() == 1
+    env = distributed.init_from_env("cpu")
+    assert env.world_size == 1 and env.backend is None and env.is_main

@@ -58,13 +58,21 @@ def _quote(value: str) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from deepercluster import distributed
     from deepercluster.engine.fit import fit
 
     cfg = _config_from_args(args)
     if not cfg.data.path:
         raise ValueError("no data: pass --data PATH (or set data.path in the --config file)")
-    result = fit(cfg, progress=not args.no_progress)
-    print(f"done: {len(result.history)} epochs trained, run folder {result.out_dir}")
+    # Under torchrun this joins the process group (gloo on CPU, NCCL on GPU); alone, it is a
+    # no-op and the run is single-process.
+    env = distributed.init_from_env(cfg.train.device, timeout_s=args.timeout)
+    try:
+        result = fit(cfg, progress=not args.no_progress, env=env)
+    finally:
+        distributed.shutdown()
+    if env.is_main:
+        print(f"done: {len(result.history)} epochs trained, run folder {result.out_dir}")
     return 0
 
 
@@ -100,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bars (batch jobs)")
+    train.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="distributed runs: a rank that stops answering makes the others exit with an "
+        "error after this long instead of hanging (must exceed the longest clustering step)",
+    )
     train.set_defaults(func=_cmd_train)
 
     config = sub.add_parser(

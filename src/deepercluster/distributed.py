@@ -178,6 +178,27 @@ def all_ranks_ok(ok: bool, group: ProcessGroup | None = None) -> bool:
     return int(all_reduce_sum(flag, group)) == 0
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward also sums over ranks.
+
+    If y = sum_r x_r is used by every rank's loss L_q, then dL/dx_r = sum_q dL_q/dy: the
+    gradient arriving on each rank must itself be summed over the ranks.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, group: ProcessGroup | None) -> Tensor:
+        ctx.group = group
+        out = tensor.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        out = grad.contiguous().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=ctx.group)
+        return out, None
+
+
 def all_reduce_sum_autograd(tensor: Tensor, group: ProcessGroup | None = None) -> Tensor:
     """Differentiable sum over ranks: the backward pass sums the gradients over ranks too.
 
@@ -186,9 +207,7 @@ def all_reduce_sum_autograd(tensor: Tensor, group: ProcessGroup | None = None) -
     """
     if world_size(group) == 1:
         return tensor
-    from torch.distributed.nn.functional import all_reduce
-
-    out: Tensor = all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)  # type: ignore[no-untyped-call]
+    out: Tensor = _AllReduceSum.apply(tensor, group)
     return out
 
 
@@ -197,3 +216,40 @@ def new_group(ranks: list[int]) -> ProcessGroup | None:
     if not is_distributed():
         return None
     return dist.new_group(ranks=ranks)
+
+
+def all_gather_object(obj: Any, group: ProcessGroup | None = None) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (small picklable objects)."""
+    n = world_size(group)
+    if n == 1:
+        return [obj]
+    out: list[Any] = [None] * n
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def all_reduce_grads(params: list[torch.nn.Parameter], group: ProcessGroup | None = None) -> None:
+    """Sum the gradients of ``params`` over the ranks, in one flat buffer.
+
+    Parameters without a gradient on this rank (e.g. nothing in its batch reached them)
+    contribute zeros, so every rank takes part in the same collective and none waits forever.
+    The sum (not the mean) is right because each rank's loss is already divided by the global
+    number of samples of the step.
+    """
+    if world_size(group) == 1 or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = all_reduce_sum(flat, group)
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+        offset += n
+
+
+def shard_range(n: int, group: ProcessGroup | None = None) -> tuple[int, int]:
+    """This rank's contiguous slice [lo, hi) of n items; concatenating the slices in rank
+    order gives back 0..n-1, so gathered results are in collection order."""
+    r, w = rank(group), world_size(group)
+    return n * r // w, n * (r + 1) // w

@@ -51,6 +51,7 @@ def extract_features(
     *,
     device: torch.device,
     precision: str = "fp32",
+    offset: int = 0,
     progress: bool = True,
 ) -> ExtractedFeatures:
     """Run ``model`` over ``loader`` and gather features by dataset index.
@@ -59,14 +60,17 @@ def extract_features(
         model: maps (B, 3, H, W) normalised images to (B, D) features.
         loader: yields (images (B, 3, H, W), indices (B,), errors: list of B strings, "" = ok),
             as produced by :class:`deepercluster.data.ClusterView` batches.
-        n_images: N, the size of the collection (indices are in [0, N)).
+        n_images: N, the number of images the loader covers (indices in [offset, offset + N)).
         feature_dim: D.
         device: where the model runs.
         precision: ``fp32`` or ``bf16`` (autocast; features are stored as float32).
+        offset: first collection index of the loader's contiguous shard (distributed runs:
+            each rank extracts its own slice of the collection).
         progress: show a progress bar.
 
     Returns:
-        :class:`ExtractedFeatures` with (N, D) features in collection order.
+        :class:`ExtractedFeatures` with (N, D) features in collection order; ``skipped``
+        holds collection indices.
     """
     was_training = model.training
     model.eval()
@@ -85,7 +89,7 @@ def extract_features(
                 batch = images[ok].to(device, non_blocking=True)
                 with autocast(device, precision):
                     out = model(batch)
-                idx = indices[ok].numpy()
+                idx = indices[ok].numpy() - offset
                 features[idx] = out.float().cpu().numpy()
                 valid[idx] = True
             seen += len(errors)

@@ -56,12 +56,14 @@ class MetricsWriter:
     Args:
         out_dir: run folder; files are created on first write.
         tensorboard: also write TensorBoard event files under ``out_dir/tb``.
+        enabled: False makes every call a no-op (ranks other than 0 of a distributed run).
     """
 
-    def __init__(self, out_dir: Path, *, tensorboard: bool = True) -> None:
+    def __init__(self, out_dir: Path, *, tensorboard: bool = True, enabled: bool = True) -> None:
         self.out_dir = out_dir
+        self.enabled = enabled
         self._tb: Any = None
-        if tensorboard:
+        if tensorboard and enabled:
             # Imported lazily: tensorboard pulls in protobuf and takes ~1 s to import.
             from torch.utils.tensorboard import SummaryWriter
 
@@ -69,6 +71,8 @@ class MetricsWriter:
 
     def write(self, record: dict[str, Any], *, step: int) -> None:
         """Append one record (flat dict of str -> number/str) at global ``step`` (the epoch)."""
+        if not self.enabled:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         clean = {k: _jsonable(v) for k, v in record.items()}
         with (self.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:

@@ -45,7 +45,7 @@ def test_train_writes_a_complete_run(tiny_image_dir: Path, tmp_path: Path) -> No
     out = tmp_path / "run"
     assert _train(tiny_image_dir, out, "--preset", "deepercluster") == 0
     ck = load_checkpoint(out / "checkpoint.pth")
-    assert ck["state"] == {"epoch": 2, "iteration": 0, "clustered_epoch": 1}
+    assert ck["state"] == {"epoch": 2, "iteration": 0, "clustered_epoch": 1, "position": 0}
     assert ck["config"]["cluster"]["k"] == 8 and ck["version"]
     labels = ck["clustering"]["labels"]
     assert labels.shape == (64,) and int(labels.min()) >= 0 and int(labels.max()) < 8
@@ -113,7 +113,7 @@ def test_resume_after_interruption_equals_uninterrupted(
     broken = tmp_path / "broken"
     assert _train(tiny_image_dir, broken) == 130
     ck = load_checkpoint(broken / "checkpoint.pth")
-    assert ck["state"] == {"epoch": 1, "iteration": 2, "clustered_epoch": 1}
+    assert ck["state"] == {"epoch": 1, "iteration": 2, "clustered_epoch": 1, "position": 32}
     monkeypatch.setattr(fit_module, "train_one_epoch", real)
     assert _train(tiny_image_dir, broken) == 0
 

@@ -3,6 +3,11 @@
 Works on numpy arrays only (numpy, scipy, faiss); never imports torch, models or data.
 """
 
+from deepercluster.cluster.distributed_kmeans import (
+    fit_pca_distributed,
+    hierarchical_kmeans_distributed,
+    kmeans_distributed,
+)
 from deepercluster.cluster.hierarchical import (
     HierarchicalResult,
     balance_super_clusters,
@@ -27,7 +32,13 @@ from deepercluster.cluster.preprocess import (
     l2_normalize,
     pca_from_moments,
 )
-from deepercluster.cluster.reseed import fill_empty, reseed_empty, split_members
+from deepercluster.cluster.reseed import (
+    fill_empty,
+    halve_one_sided,
+    reseed_empty,
+    split_members,
+    split_sides,
+)
 
 __all__ = [
     "HierarchicalResult",
@@ -42,12 +53,17 @@ __all__ = [
     "feature_moments",
     "fill_empty",
     "fit_pca",
+    "fit_pca_distributed",
+    "halve_one_sided",
     "hierarchical_kmeans",
+    "hierarchical_kmeans_distributed",
     "kmeans",
+    "kmeans_distributed",
     "l2_normalize",
     "pca_from_moments",
     "reseed_empty",
     "split_members",
+    "split_sides",
     "squared_distances",
     "subcluster_seed",
     "update_centroids",

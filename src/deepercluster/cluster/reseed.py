@@ -9,7 +9,8 @@ The work is split so that a distributed k-means can run it on every rank:
 
 - :func:`reseed_empty` only reads the (all-reduced) counts and the centroids and draws from a
   numpy Generator, so every rank holding the same seed makes the same choices;
-- :func:`split_members` only touches the local points;
+- :func:`split_members` only touches the local points (its two steps, :func:`split_sides`
+  and :func:`halve_one_sided`, let a distributed version sum per-donor counts in between);
 - :func:`fill_empty` loops the two until no cluster is empty (single process: the counts are
   exact after each round; distributed: all-reduce them between rounds).
 
@@ -22,7 +23,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SPLIT_EPS", "fill_empty", "reseed_empty", "split_members"]
+__all__ = [
+    "SPLIT_EPS",
+    "fill_empty",
+    "halve_one_sided",
+    "reseed_empty",
+    "split_members",
+    "split_sides",
+]
 
 # faiss' EPS: small enough to keep both halves near the donor's centroid, large enough to
 # survive float32 rounding (the float32 resolution is 2**-24).
@@ -82,6 +90,73 @@ def reseed_empty(
     return centroids, np.stack([empty, donors], axis=1).astype(np.int64)
 
 
+def split_sides(
+    x: np.ndarray, assignments: np.ndarray, centroids: np.ndarray, pairs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First half of :func:`split_members`: which side of its split each donor member prefers.
+
+    Args:
+        x: (N, D) float32 points.
+        assignments: (N,) int64 cluster ids.
+        centroids: (k, D) float32 centroids re-seeded by :func:`reseed_empty`.
+        pairs: (p, 2) int64 ``(empty, donor)`` rows from :func:`reseed_empty`.
+
+    Returns:
+        members: (n,) int64 indices of the donors' members, ascending.
+        new: (n,) int64 the new (formerly empty) cluster paired with each member's donor.
+        move: (n,) bool True where the member is strictly nearer the new centroid.
+    """
+    k = centroids.shape[0]
+    partner = np.full(k, -1, dtype=np.int64)
+    partner[pairs[:, 1]] = pairs[:, 0]
+    members = np.flatnonzero(partner[assignments] >= 0)
+    donor = assignments[members]
+    new = partner[donor]
+    points = x[members]
+    to_donor = points - centroids[donor]
+    to_new = points - centroids[new]
+    move = np.einsum("ij,ij->i", to_new, to_new) < np.einsum("ij,ij->i", to_donor, to_donor)
+    return members, new, move
+
+
+def halve_one_sided(
+    donor: np.ndarray,
+    move: np.ndarray,
+    size: np.ndarray,
+    n_move: np.ndarray,
+    offset: np.ndarray | None = None,
+) -> np.ndarray:
+    """Second half of :func:`split_members`: the ``ceil(n / 2)`` fallback of one-sided donors.
+
+    Args:
+        donor: (n,) int64 donor of each member, members in ascending index order.
+        move: (n,) bool output of :func:`split_sides`.
+        size: (k,) int64 members per cluster (global ones when distributed).
+        n_move: (k,) int64 members per cluster with ``move`` set (global ones when distributed).
+        offset: (k,) int64 members of each cluster that come before these ones in the global
+            index order (on lower ranks); None means 0 (single process).
+
+    Returns:
+        (n,) bool ``move`` with the donors whose members all chose one side halved in index
+        order: the first ``ceil(size / 2)`` stay.
+    """
+    one_sided = (n_move == 0) | (n_move == size)
+    fallback = one_sided[donor]
+    if not fallback.any():
+        return move
+    local_size = np.bincount(donor, minlength=size.shape[0])
+    # Rank of each member inside its donor, in index order (donor's members are ascending).
+    order = np.argsort(donor, kind="stable")
+    starts = np.cumsum(local_size) - local_size
+    rank = np.empty_like(donor)
+    rank[order] = np.arange(donor.size) - starts[donor[order]]
+    if offset is not None:
+        rank += offset[donor]
+    move = move.copy()
+    move[fallback] = rank[fallback] >= (size[donor[fallback]] + 1) // 2
+    return move
+
+
 def split_members(
     x: np.ndarray, assignments: np.ndarray, centroids: np.ndarray, pairs: np.ndarray
 ) -> np.ndarray:
@@ -90,7 +165,8 @@ def split_members(
     If all of a donor's members fall on one side (duplicated points, or a centroid at the
     origin that the relative perturbation cannot move), the donor keeps the first
     ``ceil(n / 2)`` of them in index order and the new cluster takes the rest, so both end up
-    non-empty. A distributed version must apply that fallback with global positions.
+    non-empty. A distributed version runs :func:`split_sides`, sums the per-donor counts over
+    ranks and calls :func:`halve_one_sided` with its members' global offsets.
 
     Args:
         x: (N, D) float32 points.
@@ -105,27 +181,11 @@ def split_members(
     if pairs.shape[0] == 0:
         return assignments
     k = centroids.shape[0]
-    partner = np.full(k, -1, dtype=np.int64)
-    partner[pairs[:, 1]] = pairs[:, 0]
-    members = np.flatnonzero(partner[assignments] >= 0)
+    members, new, move = split_sides(x, assignments, centroids, pairs)
     donor = assignments[members]
-    new = partner[donor]
-    points = x[members]
-    to_donor = points - centroids[donor]
-    to_new = points - centroids[new]
-    move = np.einsum("ij,ij->i", to_new, to_new) < np.einsum("ij,ij->i", to_donor, to_donor)
-
     size = np.bincount(donor, minlength=k)
-    n_move = np.bincount(donor, weights=move, minlength=k)
-    one_sided = (n_move == 0) | (n_move == size)
-    if one_sided[donor].any():
-        # Rank of each member inside its donor, in index order (members is ascending).
-        order = np.argsort(donor, kind="stable")
-        starts = np.cumsum(size) - size
-        rank = np.empty_like(members)
-        rank[order] = np.arange(members.size) - starts[donor[order]]
-        fallback = one_sided[donor]
-        move[fallback] = rank[fallback] >= (size[donor[fallback]] + 1) // 2
+    n_move = np.bincount(donor[move], minlength=k)
+    move = halve_one_sided(donor, move, size, n_move)
     assignments[members[move]] = new[move]
     return assignments
 

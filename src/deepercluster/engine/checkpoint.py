@@ -50,11 +50,14 @@ class TrainingState:
         epoch: epoch in progress (0-based).
         iteration: next training iteration inside ``epoch`` (0 = the epoch has not trained).
         clustered_epoch: the epoch whose clustering produced the current targets (-1: none).
+        position: images of the epoch's sampling plan already consumed; a resume on another
+            world size (another global batch, so another iteration count) starts from here.
     """
 
     epoch: int
     iteration: int
     clustered_epoch: int
+    position: int = 0
 
 
 def arrays_to_tensors(tree: Any) -> Any:

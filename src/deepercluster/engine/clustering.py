@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from deepercluster import distributed
 from deepercluster.cluster import HierarchicalResult, PCAWhitening, fit_pca, hierarchical_kmeans
 from deepercluster.config import RunConfig
 from deepercluster.data import ClusterTransform, ClusterView, Collection
@@ -113,7 +114,13 @@ def recluster(
     """
     n = len(collection)
     c = cfg.cluster
-    view = ClusterView(collection, ClusterTransform(cfg.data.resolution, cfg.data.resize or None))
+    # ============ sharded extraction: each rank its slice of the collection ============
+    lo, hi = distributed.shard_range(n)
+    view = ClusterView(
+        collection,
+        ClusterTransform(cfg.data.resolution, cfg.data.resize or None),
+        indices=np.arange(lo, hi),
+    )
     loader = DataLoader(
         view,
         batch_size=max(cfg.train.batch_size, 64),
@@ -124,14 +131,17 @@ def recluster(
     extracted = extract_features(
         model,
         loader,
-        n,
+        hi - lo,
         feature_dim,
         device=device,
         precision=cfg.train.precision,
+        offset=lo,
         progress=progress,
     )
     t_extract = time.perf_counter() - tic
-    n_valid = int(extracted.valid.sum())
+    valid = distributed.all_gather_cat_np(extracted.valid)  # (N,), the same on every rank
+    skipped = [e for part in distributed.all_gather_object(extracted.skipped) for e in part]
+    n_valid = int(valid.sum())
     if n_valid == 0:
         raise ValueError(
             f"none of the {n} images could be read (see skipped.csv in the run folder); "
@@ -142,9 +152,32 @@ def recluster(
             f"only {n_valid} of {n} images are readable, fewer than cluster.k ({c.k}); "
             f"lower cluster.k to at most {n_valid - n_valid % c.super_clusters}"
         )
+    x = distributed.all_gather_cat_np(extracted.features[extracted.valid])
+    # Rank 0 clusters and broadcasts the result: BLAS and faiss may round differently on
+    # different machines, and ranks must never disagree about the targets.
+    clustering = None
+    if distributed.rank() == 0:
+        clustering = _cluster(x, valid, cfg, epoch=epoch, previous=previous, progress=progress)
+        clustering.metrics["time/extract_s"] = t_extract
+        clustering.metrics["speed/extract_images_per_s"] = extracted.images_per_second
+    clustering = distributed.broadcast_object(clustering)
+    assert clustering is not None
+    return clustering, skipped
 
+
+def _cluster(
+    x: np.ndarray,
+    valid: np.ndarray,
+    cfg: RunConfig,
+    *,
+    epoch: int,
+    previous: Clustering | None,
+    progress: bool,
+) -> Clustering:
+    """PCA-whiten and cluster the (n_valid, D) features of the readable images."""
+    c = cfg.cluster
+    n, n_valid = len(valid), len(x)
     tic = time.perf_counter()
-    x = extracted.features[extracted.valid]
     pca_dim = min(c.pca_dim, x.shape[1], n_valid - 1)
     if pca_dim < c.pca_dim:
         log.warning(
@@ -181,9 +214,9 @@ def recluster(
     labels = np.full(n, -1, dtype=np.int64)
     super_clusters = np.zeros(n, dtype=np.int64)
     sub_clusters = np.zeros(n, dtype=np.int64)
-    labels[extracted.valid] = result.labels
-    super_clusters[extracted.valid] = result.super_assignments
-    sub_clusters[extracted.valid] = result.sub_assignments
+    labels[valid] = result.labels
+    super_clusters[valid] = result.super_assignments
+    sub_clusters[valid] = result.sub_assignments
     sizes = np.bincount(result.labels, minlength=c.k)
     metrics = {
         "cluster/epoch": float(epoch),
@@ -196,19 +229,17 @@ def recluster(
         "cluster/moved": float(result.n_moved),
         "cluster/pca_dim": float(pca_dim),
         "cluster/images": float(n_valid),
-        "time/extract_s": t_extract,
         "time/pca_s": t_pca,
         "time/kmeans_s": t_kmeans,
-        "speed/extract_images_per_s": extracted.images_per_second,
         "speed/kmeans_images_per_s": n_valid / max(t_kmeans, 1e-9),
     }
     if previous is not None and previous.result is not None:
-        both = extracted.valid & previous.valid
+        both = valid & previous.valid
         metrics["cluster/nmi_previous"] = nmi(labels[both], previous.labels[both])
     log.info(
         "clustered %d images into %d x %d clusters: objective %.4g, sizes %d/%g/%d "
         "(min/median/max), %d re-seeded, %d moved between super-clusters; "
-        "extract %.1fs, pca %.1fs, k-means %.1fs",
+        "pca %.1fs, k-means %.1fs",
         n_valid,
         c.super_clusters,
         c.sub_per_super,
@@ -218,11 +249,7 @@ def recluster(
         sizes.max(),
         result.n_reseeded,
         result.n_moved,
-        t_extract,
         t_pca,
         t_kmeans,
     )
-    clustering = Clustering(
-        labels, super_clusters, sub_clusters, extracted.valid.copy(), result, pca, metrics
-    )
-    return clustering, extracted.skipped
+    return Clustering(labels, super_clusters, sub_clusters, valid.copy(), result, pca, metrics)

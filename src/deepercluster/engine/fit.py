@@ -12,14 +12,17 @@ m = 1) are the same loop with other settings.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
+from deepercluster import distributed
 from deepercluster.config import RunConfig
 from deepercluster.data import (
     Collection,
@@ -29,6 +32,7 @@ from deepercluster.data import (
     open_collection,
     uniform_epoch_plan,
 )
+from deepercluster.distributed import DistEnv
 from deepercluster.engine.checkpoint import (
     CHECKPOINT_NAME,
     TrainingState,
@@ -43,11 +47,24 @@ from deepercluster.engine.checkpoint import (
 )
 from deepercluster.engine.clustering import Clustering, recluster, trivial_clustering
 from deepercluster.engine.schedules import lr_schedule
-from deepercluster.engine.train import EpochStats, Targets, train_one_epoch
+from deepercluster.engine.train import (
+    EpochStats,
+    Targets,
+    rank_positions,
+    reduce_stats,
+    steps_left,
+    train_one_epoch,
+)
 from deepercluster.log import MetricsWriter, format_record, get_logger, setup_logging
-from deepercluster.models import Backbone, HierarchicalHeads, build_backbone
+from deepercluster.models import (
+    Backbone,
+    HierarchicalHeads,
+    build_backbone,
+    convert_sync_batchnorm,
+)
 
 log = get_logger("fit")
+_INFO, _WARNING = logging.INFO, logging.WARNING
 
 
 @dataclass(frozen=True)
@@ -79,22 +96,30 @@ def resolve_device(name: str) -> torch.device:
 
 
 def fit(
-    cfg: RunConfig, *, collection: Collection | None = None, progress: bool = True
+    cfg: RunConfig,
+    *,
+    collection: Collection | None = None,
+    progress: bool = True,
+    env: DistEnv | None = None,
 ) -> FitResult:
     """Pre-train a convnet with DeeperCluster; resume if ``cfg.out`` holds a checkpoint.
 
     Args:
         cfg: the resolved configuration.
         collection: images to train on; by default opened from ``cfg.data.path``.
-        progress: show progress bars on the console.
+        progress: show progress bars on the console (rank 0 only).
+        env: this process's place in a distributed job (:func:`distributed.init_from_env`);
+            None runs in a single process on ``cfg.train.device``.
 
     Returns:
         A :class:`FitResult`.
     """
     # ============ setting up the run ============
+    env = env or DistEnv(device=resolve_device(cfg.train.device))
     out_dir = Path(cfg.out)
-    setup_logging(out_dir)
-    device = resolve_device(cfg.train.device)
+    setup_logging(out_dir if env.is_main else None, level=_INFO if env.is_main else _WARNING)
+    progress = progress and env.is_main
+    device = env.device
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
@@ -111,7 +136,9 @@ def fit(
             f"lower cluster.k (a few images per cluster at least, e.g. {max(1, n_images // 10)})"
         )
     epoch_size = cfg.train.epoch_size or n_images
-    iters_per_epoch = math.ceil(epoch_size / cfg.train.batch_size)
+    # train.batch_size is per process (the paper: 48 per GPU); a step sees all ranks' batches.
+    global_batch = cfg.train.batch_size * env.world_size
+    iters_per_epoch = math.ceil(epoch_size / global_batch)
     train_transform = TrainTransform(
         cfg.data.resolution, scale=(cfg.data.crop_scale_min, 1.0), hflip=cfg.data.hflip
     )
@@ -125,6 +152,11 @@ def fit(
         backbone.feature_dim, cfg.cluster.n_super_classes, cfg.cluster.sub_per_super
     ).to(device)
     heads.reset_parameters(_generator(cfg.train.seed, -1))
+    if env.world_size > 1:
+        # Each process sees a slice of the batch: batch norm must see all of it, on CPU too.
+        backbone = cast(Backbone, convert_sync_batchnorm(backbone))
+    # Weights were drawn identically on every rank; dropout masks must not be.
+    torch.manual_seed(cfg.train.seed * 1_000_003 + env.rank)
     # Frozen Sobel weights are not parameters, so the optimizer never touches them.
     optimizer = torch.optim.SGD(
         [p for p in [*backbone.parameters(), *heads.parameters()] if p.requires_grad],
@@ -150,14 +182,25 @@ def fit(
         cfg.cluster.sub_per_super,
         device,
     )
+    if env.world_size > 1:
+        log.info(
+            "%d processes (%s): replicated heads, data parallel, batch %d per process = %d "
+            "per step, batch norm synchronised over all processes",
+            env.world_size,
+            env.backend,
+            cfg.train.batch_size,
+            global_batch,
+        )
 
     # ============ resuming from a checkpoint ============
     ckpt_path = out_dir / CHECKPOINT_NAME
     state = TrainingState(epoch=0, iteration=0, clustered_epoch=-1)
     clustering: Clustering | None = None
     stats: EpochStats | None = None
-    if ckpt_path.exists():
-        payload = load_checkpoint(ckpt_path)
+    # Rank 0 reads the checkpoint and sends it to the others: no shared disk needed.
+    payload = load_checkpoint(ckpt_path) if env.is_main and ckpt_path.exists() else None
+    payload = distributed.broadcast_object(payload)
+    if payload is not None:
         tolerated = check_compatible(payload["config"], cfg.to_dict(), ckpt_path)
         if payload["n_images"] != n_images:
             raise ValueError(
@@ -167,11 +210,15 @@ def fit(
         backbone.load_state_dict(payload["model"])
         heads.load_state_dict(payload["heads"])
         optimizer.load_state_dict(payload["optimizer"])
-        set_rng_state(payload["rng"])
+        rngs = payload["rng"]
+        if len(rngs) == env.world_size:
+            set_rng_state(rngs[env.rank])
         state = TrainingState(**payload["state"])
         if payload["clustering"] is not None:
             clustering = Clustering.from_dict(tensors_to_arrays(payload["clustering"]))
-        stats = EpochStats(**payload["stats"]) if payload["stats"] else None
+        # The epoch's sums so far are global; rank 0 carries them, the others start at zero.
+        if payload["stats"] and env.is_main:
+            stats = EpochStats(**payload["stats"])
         for path, reason in payload["skipped"]:
             skip_log.record(path, reason)
         log.info(
@@ -181,18 +228,27 @@ def fit(
             state.iteration,
             f" (changed: {', '.join(tolerated)})" if tolerated else "",
         )
-    (out_dir / "config.json").write_text(cfg.to_json() + "\n")
+    if env.is_main:
+        (out_dir / "config.json").write_text(cfg.to_json() + "\n")
 
     def checkpoint(st: TrainingState, epoch_stats: EpochStats | None) -> None:
+        # Every rank calls this at the same point: the gathers below are collectives.
+        rngs = distributed.all_gather_object(rng_state())
+        total = reduce_stats(epoch_stats) if epoch_stats is not None else None
+        for entries in distributed.all_gather_object(skip_log.entries):
+            for path, reason in entries:
+                skip_log.record(path, reason)
+        if not env.is_main:
+            return
         save_checkpoint(
             ckpt_path,
             {
                 "model": backbone.state_dict(),
                 "heads": heads.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "rng": rng_state(),
+                "rng": rngs,
                 "state": asdict(st),
-                "stats": asdict(epoch_stats) if epoch_stats is not None else {},
+                "stats": asdict(total) if total is not None else {},
                 "clustering": arrays_to_tensors(clustering.to_dict()) if clustering else None,
                 "skipped": [list(e) for e in skip_log.entries],
                 "n_images": n_images,
@@ -202,7 +258,7 @@ def fit(
         skip_log.write_csv(out_dir / "skipped.csv")
 
     history: list[dict[str, Any]] = []
-    with MetricsWriter(out_dir) as writer:
+    with MetricsWriter(out_dir, enabled=env.is_main) as writer:
         for epoch in range(state.epoch, cfg.train.epochs):
             # ============ clustering: new targets every `reassign` epochs ============
             if not cfg.cluster.needs_clustering:
@@ -245,17 +301,21 @@ def fit(
                 epoch=epoch,
                 rotation=cfg.cluster.rotation,
             )
-            start_it = state.iteration if state.epoch == epoch else 0
-            view = TrainView(
-                collection,
-                train_transform,
-                plan,
-                seed=cfg.train.seed,
-                epoch=epoch,
-                start=start_it * cfg.train.batch_size,
+            start = state.position if state.epoch == epoch else 0
+            start_it = start // global_batch
+            positions = rank_positions(
+                start,
+                epoch_size,
+                batch_size=cfg.train.batch_size,
+                rank=env.rank,
+                world=env.world_size,
             )
+            view = TrainView(collection, train_transform, plan, seed=cfg.train.seed, epoch=epoch)
             loader = DataLoader(
-                view, batch_size=cfg.train.batch_size, shuffle=False, num_workers=cfg.data.workers
+                Subset(view, positions.tolist()),
+                batch_size=cfg.train.batch_size,
+                shuffle=False,
+                num_workers=cfg.data.workers,
             )
             targets = Targets(
                 super_clusters=torch.from_numpy(clustering.super_clusters),
@@ -263,15 +323,19 @@ def fit(
                 n_super_clusters=cfg.cluster.super_clusters,
                 rotation=cfg.cluster.rotation,
             )
-
-            here = TrainingState(epoch, start_it, state.clustered_epoch)
+            n_steps = steps_left(start, epoch_size, global_batch=global_batch)
+            first_lr = min(epoch * iters_per_epoch + start_it, len(lrs) - 1)
+            epoch_lrs = lrs[first_lr : first_lr + n_steps]
+            epoch_lrs = np.pad(epoch_lrs, (0, n_steps - len(epoch_lrs)), mode="edge")
+            here = TrainingState(epoch, start_it, state.clustered_epoch, start)
 
             def on_step(done: int, st: EpochStats, here: TrainingState = here) -> None:
                 # Mid-epoch checkpoints let a killed run lose at most `checkpoint_every` steps.
                 it = here.iteration + done
                 every = cfg.train.checkpoint_every
                 if every and it % every == 0 and it < iters_per_epoch:
-                    checkpoint(TrainingState(here.epoch, it, here.clustered_epoch), st)
+                    position = here.position + done * global_batch
+                    checkpoint(TrainingState(here.epoch, it, here.clustered_epoch, position), st)
 
             stats = train_one_epoch(
                 backbone,
@@ -279,14 +343,16 @@ def fit(
                 loader,
                 optimizer,
                 targets=targets,
-                lrs=lrs[epoch * iters_per_epoch + start_it : (epoch + 1) * iters_per_epoch],
+                lrs=epoch_lrs,
                 device=device,
                 precision=cfg.train.precision,
                 stats=stats if state.epoch == epoch else None,
                 on_step=on_step,
                 on_skip=lambda i, reason: skip_log.record(collection.path(i), reason),
+                image_shape=(3, cfg.data.resolution, cfg.data.resolution),
                 progress=progress,
             )
+            stats = reduce_stats(stats)
 
             # ============ logging and checkpointing ============
             record: dict[str, Any] = {
@@ -319,13 +385,14 @@ def fit(
             checkpoint(state, None)
 
     # ============ finishing ============
-    save_backbone(out_dir / "backbone.pth", backbone, cfg)
-    skip_log.write_csv(out_dir / "skipped.csv")
-    if len(skip_log):
-        log.warning("%s", skip_log.summary())
-    (out_dir / "summary.json").write_text(
-        json.dumps(history[-1] if history else {}, indent=2, sort_keys=True, default=float)
-    )
+    if env.is_main:
+        save_backbone(out_dir / "backbone.pth", backbone, cfg)
+        skip_log.write_csv(out_dir / "skipped.csv")
+        if len(skip_log):
+            log.warning("%s", skip_log.summary())
+        (out_dir / "summary.json").write_text(
+            json.dumps(history[-1] if history else {}, indent=2, sort_keys=True, default=float)
+        )
     assert clustering is not None
     backbone.eval()
     return FitResult(out_dir, backbone, clustering, history, len(skip_log))

@@ -7,6 +7,7 @@ reported; they never stop the epoch.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from deepercluster import distributed
 from deepercluster.features import autocast
 from deepercluster.losses import hierarchical_loss, super_class_targets
 from deepercluster.models import HierarchicalHeads
@@ -77,6 +79,7 @@ def train_one_epoch(
     stats: EpochStats | None = None,
     on_step: Callable[[int, EpochStats], None] | None = None,
     on_skip: Callable[[int, str], None] | None = None,
+    image_shape: tuple[int, int, int] = (3, 32, 32),
     progress: bool = True,
 ) -> EpochStats:
     """Train ``model`` and ``heads`` over one epoch's loader.
@@ -88,13 +91,15 @@ def train_one_epoch(
             errors: list of B strings, "" = ok), see :class:`deepercluster.data.TrainView`.
         optimizer: SGD over model and heads.
         targets: pseudo-labels by dataset index.
-        lrs: learning rate of each remaining iteration of this epoch (len >= batches).
+        lrs: learning rate of each remaining step of this epoch; one step per entry (on every
+            rank when distributed).
         device: where to train.
         precision: ``fp32`` or ``bf16`` autocast.
         stats: sums carried over from before an interruption (resumed epoch).
         on_step: called after every optimizer step with (iterations done in this call, stats);
             the driver checkpoints from here.
         on_skip: called with (index, reason) for each unreadable image.
+        image_shape: (3, R, R), the shape of an empty batch on a rank with no share of a step.
         progress: show a progress bar.
 
     Returns:
@@ -103,38 +108,64 @@ def train_one_epoch(
     stats = stats if stats is not None else EpochStats()
     model.train()
     heads.train()
+    params = [p for p in [*model.parameters(), *heads.parameters()] if p.requires_grad]
+    distributed_run = distributed.world_size() > 1
     bar = tqdm(total=len(lrs), desc="train", unit="it", disable=not progress, leave=False)
+    batches = iter(loader)
     tic = time.perf_counter()
     try:
-        for step, (images, indices, rotations, errors) in enumerate(loader):
+        # Exactly len(lrs) steps on every rank: a rank whose share of the last global batch is
+        # empty still takes part in the step's collectives (batch-norm sync, gradient sum).
+        for step in range(len(lrs)):
+            batch = next(batches, None)
+            if batch is None and not distributed_run:
+                break
+            if batch is None:
+                images = torch.zeros((0, *image_shape))
+                indices = rotations = torch.zeros(0, dtype=torch.int64)
+                errors: list[str] = []
+            else:
+                images, indices, rotations, errors = batch
             ok = torch.tensor([not e for e in errors], dtype=torch.bool)
             if on_skip is not None:
                 for i in torch.nonzero(~ok).flatten().tolist():
                     on_skip(int(indices[i]), errors[i])
             for group in optimizer.param_groups:
                 group["lr"] = float(lrs[step])
-            if ok.any():
+            n = int(ok.sum())
+            # The step's loss is the mean over the samples of all ranks: each rank divides its
+            # sum by the global count and the gradients are then summed over ranks. One rank
+            # with batch 2b and two ranks with batch b then compute the same update.
+            n_step = int(distributed.all_reduce_sum(torch.tensor([n]))) if distributed_run else n
+            # n_step == 0: nothing readable anywhere in this step (same on every rank).
+            if n_step > 0:
+                optimizer.zero_grad(set_to_none=True)
                 images, indices, rotations = images[ok], indices[ok], rotations[ok]
-                super_t = super_class_targets(
-                    rotations,
-                    targets.super_clusters[indices],
-                    n_super_clusters=targets.n_super_clusters,
-                    rotation=targets.rotation,
-                ).to(device)
-                sub_t = targets.sub_clusters[indices].to(device)
                 with autocast(device, precision):
                     features = model(images.to(device, non_blocking=True))
-                out = hierarchical_loss(heads, features.float(), super_t, sub_t)
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()  # type: ignore[no-untyped-call]
+                if n > 0:
+                    super_t = super_class_targets(
+                        rotations,
+                        targets.super_clusters[indices],
+                        n_super_clusters=targets.n_super_clusters,
+                        rotation=targets.rotation,
+                    ).to(device)
+                    sub_t = targets.sub_clusters[indices].to(device)
+                    out = hierarchical_loss(heads, features.float(), super_t, sub_t)
+                    loss = out.loss * (n / n_step) if distributed_run else out.loss
+                    stats.images += n
+                    stats.loss_sum += float(out.loss.detach()) * n
+                    stats.super_loss_sum += float(out.super_loss) * n
+                    stats.sub_loss_sum += float(out.sub_loss) * n
+                    stats.super_correct += out.super_correct
+                    stats.sub_correct += out.sub_correct
+                else:
+                    # An empty share: a zero loss that still runs the backward collectives.
+                    loss = features.float().sum() * 0.0
+                loss.backward()  # type: ignore[no-untyped-call]
+                if distributed_run:
+                    distributed.all_reduce_grads(params)
                 optimizer.step()
-                n = int(ok.sum())
-                stats.images += n
-                stats.loss_sum += float(out.loss.detach()) * n
-                stats.super_loss_sum += float(out.super_loss) * n
-                stats.sub_loss_sum += float(out.sub_loss) * n
-                stats.super_correct += out.super_correct
-                stats.sub_correct += out.sub_correct
             toc = time.perf_counter()
             stats.seconds += toc - tic
             bar.update(1)
@@ -145,3 +176,45 @@ def train_one_epoch(
     finally:
         bar.close()
     return stats
+
+
+def rank_positions(start: int, size: int, *, batch_size: int, rank: int, world: int) -> np.ndarray:
+    """This rank's positions of an epoch plan, from ``start`` to ``size``.
+
+    Global step t covers plan positions [start + t*B, start + (t+1)*B) with B = batch_size *
+    world; rank r takes the r-th slice of batch_size of each. Concatenating the ranks' batches
+    of a step gives exactly the batch a single process with batch B would see.
+
+    Returns:
+        (n_r,) int64 positions into the epoch plan, in training order.
+    """
+    positions = np.arange(start, size, dtype=np.int64)
+    slot = ((positions - start) % (batch_size * world)) // batch_size
+    mine: np.ndarray = positions[slot == rank]
+    return mine
+
+
+def steps_left(start: int, size: int, *, global_batch: int) -> int:
+    """Optimizer steps from plan position ``start`` to the end of an epoch of ``size``."""
+    return max(0, math.ceil((size - start) / global_batch))
+
+
+def reduce_stats(stats: EpochStats) -> EpochStats:
+    """The epoch's sums over all ranks (identity in one process); seconds are averaged."""
+    world = distributed.world_size()
+    if world == 1:
+        return stats
+    values = torch.tensor(
+        [
+            stats.images,
+            stats.loss_sum,
+            stats.super_loss_sum,
+            stats.sub_loss_sum,
+            stats.super_correct,
+            stats.sub_correct,
+            stats.seconds,
+        ],
+        dtype=torch.float64,
+    )
+    v = distributed.all_reduce_sum(values).tolist()
+    return EpochStats(int(v[0]), v[1], v[2], v[3], int(v[4]), int(v[5]), v[6] / world)

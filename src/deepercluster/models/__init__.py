@@ -13,6 +13,7 @@ from deepercluster.models.heads import HierarchicalHeads
 from deepercluster.models.resnet import ResNet, resnet18, resnet50
 from deepercluster.models.small import SmallConvNet, small_convnet
 from deepercluster.models.sobel import Sobel
+from deepercluster.models.syncbn import SyncBatchNorm2d, convert_sync_batchnorm
 from deepercluster.models.vgg import VGG16, vgg16
 
 __all__ = [
@@ -23,7 +24,9 @@ __all__ = [
     "ResNet",
     "SmallConvNet",
     "Sobel",
+    "SyncBatchNorm2d",
     "build_backbone",
+    "convert_sync_batchnorm",
     "resnet18",
     "resnet50",
     "small_convnet",

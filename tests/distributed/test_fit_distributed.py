@@ -1,0 +1,60 @@
+"""Training on several gloo ranks equals training in one process with the combined batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepercluster import distributed
+from deepercluster.config import load_config
+from deepercluster.engine.checkpoint import load_checkpoint
+from deepercluster.engine.fit import fit
+from tests.conftest import write_pattern_images
+from tests.distributed.harness import run_ranks
+
+pytestmark = pytest.mark.distributed
+
+SETTINGS = [
+    "model.arch=small",
+    "data.resolution=32",
+    "data.workers=0",
+    "data.crop_scale_min=0.3",
+    "cluster.k=8",
+    "cluster.super_clusters=2",
+    "cluster.reassign=1",
+    "cluster.pca_dim=16",
+    "train.epochs=1",
+    "train.lr=0.05",
+]
+
+
+def _fit(rank: int, world: int, data: str, out: str, batch: int) -> None:
+    cfg = load_config(
+        overrides=[f'data.path="{data}"', f'out="{out}"', *SETTINGS, f"train.batch_size={batch}"]
+    )
+    env = distributed.init_from_env("cpu")
+    fit(cfg, progress=False, env=env)
+
+
+@pytest.mark.parametrize("world", [2])
+def test_ranks_times_batch_equals_one_process(world: int, tmp_path: Path) -> None:
+    data = write_pattern_images(tmp_path / "images", n=60)  # 60: the last step is uneven
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    torch.set_num_threads(1)
+    fit(
+        load_config(
+            overrides=[f'data.path="{data}"', f'out="{single}"', *SETTINGS, "train.batch_size=16"]
+        ),
+        progress=False,
+    )
+    run_ranks(_fit, world, str(data), str(multi), 16 // world)
+    a, b = load_checkpoint(single / "checkpoint.pth"), load_checkpoint(multi / "checkpoint.pth")
+    # same targets (rank 0 clustered the features the ranks extracted from their shards)
+    assert torch.equal(a["clustering"]["labels"], b["clustering"]["labels"])
+    # same parameters and batch-norm statistics, up to float32 summation order
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    for key, value in a["heads"].items():
+        torch.testing.assert_close(b["heads"][key], value, rtol=1e-4, atol=1e-5, msg=key)

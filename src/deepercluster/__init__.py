@@ -7,8 +7,6 @@ The public API, in three lines::
     result.backbone, result.clustering.labels
 """
 
-__version__ = "0.1.0"
-
 from deepercluster.config import (
     PRESETS,
     ClusterConfig,
@@ -23,6 +21,7 @@ from deepercluster.engine.checkpoint import load_backbone
 from deepercluster.engine.clustering import Clustering
 from deepercluster.engine.fit import FitResult, fit
 from deepercluster.models import BACKBONES, build_backbone
+from deepercluster.version import __version__
 
 train = fit
 """``deepercluster.train(config)``: the same function as :func:`fit`."""

@@ -197,6 +197,8 @@ class TrainConfig:
             raise ValueError(f"train.precision ({self.precision!r}) must be one of {PRECISIONS}")
         if self.checkpoint_every < 0:
             raise ValueError(f"train.checkpoint_every ({self.checkpoint_every}) must be >= 0")
+        if self.seed < 0:
+            raise ValueError(f"train.seed ({self.seed}) must be >= 0")
         if self.threads < 0:
             raise ValueError(f"train.threads ({self.threads}) must be >= 0")
 
@@ -212,6 +214,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if not self.cluster.rotation and self.cluster.k == 1:
+            raise ValueError(
+                "cluster.rotation=false with cluster.k=1 leaves nothing to predict; "
+                "set cluster.k > 1 (DeepCluster) or cluster.rotation=true (RotNet)"
+            )
         if self.model.arch == "vgg16" and self.data.resolution % 32:
             raise ValueError(
                 f"model.arch=vgg16 needs data.resolution divisible by 32 (five 2x poolings); "

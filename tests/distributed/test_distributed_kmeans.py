@@ -59,7 +59,8 @@ def _cases(data: dict[str, Any], run_kmeans: Any, run_hierarchical: Any) -> dict
             data["blobs"], 10, niter=4, init=data["far_init"].astype(np.float32), seed=2
         ),
         "hier": run_hierarchical(data["tiny"], k=10, m=2, niter=5, seed=4),
-        "hier_dup": run_hierarchical(data["duplicated"], k=12, m=3, niter=3, seed=5),
+        # k close to N on duplicates: many re-seeding rounds, and balancing among exact ties.
+        "hier_dup": run_hierarchical(data["duplicated"], k=240, m=2, niter=3, seed=5),
         "flat": run_hierarchical(data["blobs"], k=6, m=1, niter=3, seed=6),
     }
 
@@ -142,7 +143,8 @@ def test_distributed_equals_single_process(
     # The cases exercise what they are meant to.
     assert expected["kmeans"].n_reseeded == 0
     assert expected["dup"].n_reseeded > 0 and expected["far"].n_reseeded > 0
-    assert expected["hier"].n_moved > 0 and expected["hier_dup"].n_reseeded > 0
+    assert expected["hier"].n_moved > 0
+    assert expected["hier_dup"].n_moved > 0 and expected["hier_dup"].n_reseeded > 0
 
     pcas = {
         "pca": fit_pca(data["pca"], dim=6),

@@ -89,11 +89,13 @@ def test_other_presets_run_through_the_same_loop(
         assert record["cluster/objective"] > 0
 
 
+@pytest.mark.parametrize("arch", ["small", "vgg16"])  # vgg16: dropout draws from the RNG
 def test_resume_after_interruption_equals_uninterrupted(
-    tiny_image_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    arch: str, tiny_image_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    extra = ("--set", f"model.arch={arch}")
     straight = tmp_path / "straight"
-    assert _train(tiny_image_dir, straight) == 0
+    assert _train(tiny_image_dir, straight, *extra) == 0
 
     real = fit_module.train_one_epoch
     calls = {"n": 0}
@@ -111,16 +113,21 @@ def test_resume_after_interruption_equals_uninterrupted(
 
     monkeypatch.setattr(fit_module, "train_one_epoch", crash_in_second_epoch)
     broken = tmp_path / "broken"
-    assert _train(tiny_image_dir, broken) == 130
+    assert _train(tiny_image_dir, broken, *extra) == 130
     ck = load_checkpoint(broken / "checkpoint.pth")
     assert ck["state"] == {"epoch": 1, "iteration": 2, "clustered_epoch": 1, "position": 32}
     monkeypatch.setattr(fit_module, "train_one_epoch", real)
-    assert _train(tiny_image_dir, broken) == 0
+    assert _train(tiny_image_dir, broken, *extra) == 0
 
-    a, b = _weights(straight), _weights(broken)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    a, b = load_checkpoint(straight / "checkpoint.pth"), load_checkpoint(broken / "checkpoint.pth")
+    for part in ("model", "heads"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    for p, q in zip(
+        a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
+    ):
+        assert torch.equal(p["momentum_buffer"], q["momentum_buffer"])
     # the resumed epoch reports the whole epoch, as the uninterrupted one does
     last = [
         json.loads((s / "metrics.jsonl").read_text().splitlines()[-1]) for s in (straight, broken)
@@ -132,21 +139,31 @@ def test_finished_clustering_is_not_redone(
     tiny_image_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "run"
-    assert _train(tiny_image_dir, out, "--set", "train.epochs=1") == 0
+
+    def killed_before_training(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt  # right after the post-clustering checkpoint of epoch 0
+
+    monkeypatch.setattr(fit_module, "train_one_epoch", killed_before_training)
+    assert _train(tiny_image_dir, out, "--set", "train.epochs=1") == 130
+    assert load_checkpoint(out / "checkpoint.pth")["state"]["clustered_epoch"] == 0
+    monkeypatch.undo()
 
     def no_clustering(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("clustering redone")
 
     monkeypatch.setattr(fit_module, "recluster", no_clustering)
-    # extending the run by one epoch: epoch 1 needs a new clustering (reassign=1) ...
+    assert _train(tiny_image_dir, out, "--set", "train.epochs=1") == 0
+    # extending the run: epoch 1 needs a new clustering (reassign=1) ...
     with pytest.raises(AssertionError, match="clustering redone"):
         fit_module.fit(
-            load_config(overrides=_overrides(tiny_image_dir, out, "train.epochs=2")), progress=False
+            load_config(overrides=_overrides(tiny_image_dir, out, "train.epochs=2")),
+            progress=False,
         )
-    # ... but with reassign=2 the epoch-0 clustering is reused; a changed reassign is refused
+    # ... and a changed reassign, or a longer cosine schedule, is refused
     assert (
         _train(tiny_image_dir, out, "--set", "train.epochs=2", "--set", "cluster.reassign=2") == 2
     )
+    assert _train(tiny_image_dir, out, "--set", "train.schedule=cosine") == 2
 
 
 def _overrides(data: Path, out: Path, *extra: str) -> list[str]:
@@ -186,18 +203,18 @@ def test_bad_settings_fail_before_any_work(
     assert "no image files" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("preset", ["deepercluster", "rotnet"])
 def test_unreadable_collection_is_a_clear_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    preset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "junk"
     data.mkdir()
     for i in range(10):
         (data / f"{i}.jpg").write_text("not an image")
-    assert (
-        _train(data, tmp_path / "run", "--set", "cluster.k=2", "--set", "cluster.super_clusters=1")
-        == 2
-    )
-    assert "none of the 10 images could be read" in capsys.readouterr().err
+    k = "1" if preset == "rotnet" else "2"
+    sets = ["--set", f"cluster.k={k}", "--set", "cluster.super_clusters=1", "--preset", preset]
+    assert _train(data, tmp_path / "run", *sets) == 2
+    assert "could be read" in capsys.readouterr().err
 
 
 def test_config_command_prints_loadable_toml(

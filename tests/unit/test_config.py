@@ -71,6 +71,11 @@ def test_override_value_types_are_coerced() -> None:
         (["data.resolution=100"], "divisible by 32"),
         (["cluster.k"], "section.key=value"),
         (["train.lr=-1"], r"train.lr \(-1.0\) must be > 0"),
+        (["train.seed=-1"], r"train.seed \(-1\) must be >= 0"),
+        (
+            ["cluster.rotation=false", "cluster.k=1", "cluster.super_clusters=1"],
+            "nothing to predict",
+        ),
     ],
 )
 def test_invalid_settings_name_the_fix(overrides: list[str], message: str) -> None:

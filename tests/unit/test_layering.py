@@ -16,6 +16,7 @@ import deepercluster
 ROOT = Path(deepercluster.__file__).parent
 
 LAYER = {
+    "version": 0,
     "config": 0,
     "log": 0,
     "distributed": 0,
@@ -46,6 +47,8 @@ def _imports(path: Path) -> list[str]:
             names.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.append(node.module)
+            if node.module == "deepercluster":  # `from deepercluster import distributed`
+                names.extend(f"deepercluster.{alias.name}" for alias in node.names)
     return names
 
 
@@ -64,8 +67,7 @@ def test_imports_point_down() -> None:
             other = name.split(".")[1]
             if other == me:
                 continue
-            if other not in LAYER:
-                continue  # e.g. `from deepercluster import __version__` is handled below
+            assert other in LAYER, f"{path}: unknown part {name}; add it to LAYER"
             if LAYER[other] >= LAYER[me]:
                 errors.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not errors, "imports that point up or sideways:\n" + "\n".join(errors)

@@ -1,16 +1,13 @@
 """PCA, k-means and DeeperCluster's two-level k-means over features sharded across ranks.
 
-Every rank holds a shard of the rows, (n_r, D) float32; shards may differ in size and may be
-empty, and the collection is their concatenation in rank order (of ``group``). Only per-cluster
-statistics travel: SwAV's ``cluster_memory`` scheme (local E-step, all-reduced sums and counts)
-plus a few small collectives for initialisation, re-seeding and balancing. Every function
-returns the result of its single-process counterpart on the concatenated rows, with the same
-seed: the same assignments (this rank's part) and the same centroids up to float rounding
-(only the order of float64 summation differs), identical on every rank.
-
-Each function is collective: every rank of ``group`` must call it with the same parameters.
-With one process every collective is the identity and the functions reduce to the
-single-process ones.
+Every rank holds a shard of the rows, (n_r, D) float32, possibly empty; the collection is the
+concatenation of the shards in the rank order of ``group``. Only per-cluster statistics travel
+(SwAV's ``cluster_memory``: local E-step, all-reduced sums and counts), plus small collectives
+for initialisation, re-seeding and balancing. Each function returns what its single-process
+counterpart returns on the concatenated rows from the same seed: the same assignments (this
+rank's part) and, identical on every rank, the same centroids up to the rounding of float64
+sums taken in another order. Every rank of ``group`` must make the same calls; with one process
+the collectives are the identity.
 
 References:
     - [0] DeeperCluster: Caron et al., "Unsupervised Pre-Training of Image Features on
@@ -28,6 +25,7 @@ import numpy as np
 from deepercluster.cluster.hierarchical import HierarchicalResult, _check_init, subcluster_seed
 from deepercluster.cluster.kmeans import (
     KMeansResult,
+    _initial_centroids,
     accumulate,
     assign,
     check_features,
@@ -37,12 +35,7 @@ from deepercluster.cluster.kmeans import (
 )
 from deepercluster.cluster.preprocess import PCAWhitening, feature_moments, pca_from_moments
 from deepercluster.cluster.reseed import halve_one_sided, reseed_empty, split_sides
-from deepercluster.distributed import (
-    ProcessGroup,
-    all_gather_cat_np,
-    all_reduce_sum_np,
-    rank,
-)
+from deepercluster.distributed import ProcessGroup, all_gather_cat_np, all_reduce_sum_np, rank
 
 __all__ = ["fit_pca_distributed", "hierarchical_kmeans_distributed", "kmeans_distributed"]
 
@@ -92,6 +85,13 @@ def _shards(
     return x_local, shards
 
 
+def _check_k_fits(k: int, n: int) -> None:
+    if k > n:
+        raise ValueError(
+            f"cluster.k ({k}) is larger than the number of images ({n}); lower cluster.k"
+        )
+
+
 def _local_rows(rows: np.ndarray, shards: _Shards) -> tuple[np.ndarray, np.ndarray]:
     """Split sorted global row ids into (positions in ``rows``, local row ids) of this rank."""
     lo, hi = np.searchsorted(rows, [shards.offset, shards.offset + shards.n_local])
@@ -133,14 +133,9 @@ def fit_pca_distributed(
         x_local = x_local[_local_rows(rows, shards)[1]]
     n, total, total_outer = feature_moments(x_local)
     packed = all_reduce_sum_np(np.concatenate([[float(n)], total, total_outer.ravel()]), group)
-    d = total.shape[0]
-    return pca_from_moments(
-        round(float(packed[0])),
-        packed[1 : d + 1],
-        packed[d + 1 :].reshape(d, d),
-        dim=dim,
-        power=power,
-    )
+    n, d = round(float(packed[0])), total.shape[0]
+    total, total_outer = packed[1 : d + 1], packed[d + 1 :].reshape(d, d)
+    return pca_from_moments(n, total, total_outer, dim=dim, power=power)
 
 
 def _assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +158,7 @@ def _reduce_stats(
     return packed[: k * dim].reshape(k, dim), counts, float(packed[-1])
 
 
-def _initial_centroids(
+def _shared_initial_centroids(
     x: np.ndarray,
     shards: _Shards,
     k: int,
@@ -179,14 +174,8 @@ def _initial_centroids(
         centroids = np.zeros((k, shards.dim), dtype=np.float32)
         centroids[where] = x[local]
         return all_reduce_sum_np(centroids, group)
-    if init.shape != (k, shards.dim):
-        raise ValueError(
-            f"init has shape {init.shape}, expected (k, D) = {(k, shards.dim)}; "
-            "warm-start only from a clustering with the same k and feature dimension"
-        )
-    if not np.isfinite(init).all():
-        raise ValueError("init contains NaN or inf; pass init=None to start from random points")
-    return np.array(init, dtype=np.float32, copy=True)
+    # With an init, kmeans' helper only checks it against D and copies it.
+    return _initial_centroids(x, k, init, rng)
 
 
 def _fill_empty(
@@ -282,14 +271,11 @@ def kmeans_distributed(
     x_local, shards = _shards(x_local, group)
     if k < 1:
         raise ValueError(f"cluster.k ({k}) must be at least 1")
-    if k > shards.n:
-        raise ValueError(
-            f"cluster.k ({k}) is larger than the number of images ({shards.n}); lower cluster.k"
-        )
+    _check_k_fits(k, shards.n)
     if niter < 0:
         raise ValueError(f"cluster.niter ({niter}) must be >= 0")
     rng = np.random.default_rng(seed)
-    centroids = _initial_centroids(x_local, shards, k, init, rng, group)
+    centroids = _shared_initial_centroids(x_local, shards, k, init, rng, group)
     n_reseeded = 0
     objectives: list[float] = []
     with faiss_threads(threads):
@@ -382,8 +368,9 @@ def _balance(
         triples = np.stack(
             [distance[mine], donor[mine], candidates[mine] + shards.offset], axis=1
         ).astype(np.float64)
+        # Rank order, and each shortlist lists equal (distance, donor) keys in index order:
+        # positions break ties by global index, as in the single-process candidate list.
         gathered = all_gather_cat_np(triples.reshape(-1, 3), group)
-        gathered = gathered[np.argsort(gathered[:, 2], kind="stable")]
         gathered_donor = gathered[:, 1].astype(np.int64)
         chosen = _nearest_within_surplus(gathered[:, 0], gathered_donor, surplus, deficit)
         rows = np.sort(gathered[chosen, 2].astype(np.int64))
@@ -452,10 +439,7 @@ def hierarchical_kmeans_distributed(
         raise ValueError(f"cluster.super_clusters ({m}) must be at least 1")
     if k < 1 or k % m != 0:
         raise ValueError(f"cluster.k ({k}) must be divisible by cluster.super_clusters ({m})")
-    if k > shards.n:
-        raise ValueError(
-            f"cluster.k ({k}) is larger than the number of images ({shards.n}); lower cluster.k"
-        )
+    _check_k_fits(k, shards.n)
     if init is not None:
         _check_init(init, k, m, shards.dim)
     per_super = k // m

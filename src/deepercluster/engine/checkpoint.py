@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepercluster import __version__
 from deepercluster.config import diff_configs
+from deepercluster.version import __version__
 
 CHECKPOINT_NAME = "checkpoint.pth"
 

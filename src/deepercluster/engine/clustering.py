@@ -126,6 +126,9 @@ def recluster(
         batch_size=max(cfg.train.batch_size, 64),
         shuffle=False,
         num_workers=cfg.data.workers,
+        # Its own generator: drawing worker seeds from the global RNG would shift dropout
+        # masks of the training that follows (and break resume-equals-uninterrupted).
+        generator=torch.Generator().manual_seed(cfg.train.seed),
     )
     tic = time.perf_counter()
     extracted = extract_features(
@@ -195,9 +198,9 @@ def _cluster(
     t_pca = time.perf_counter() - tic
 
     tic = time.perf_counter()
-    warm = previous.result if (c.warm_start and previous is not None) else None
-    if warm is not None and warm.super_centroids.shape[1] != reduced.shape[1]:
-        warm = None  # PCA dimension changed (fewer readable images): cold start
+    warm = None
+    if c.warm_start and previous is not None and previous.result is not None:
+        warm = _warm_start(reduced, valid, previous, k=c.k, m=c.super_clusters, seed=epoch)
     with tqdm(total=c.super_clusters + 1, desc="k-means", unit="run", disable=not progress) as bar:
         result = hierarchical_kmeans(
             reduced,
@@ -253,3 +256,47 @@ def _cluster(
         t_kmeans,
     )
     return Clustering(labels, super_clusters, sub_clusters, valid.copy(), result, pca, metrics)
+
+
+def _warm_start(
+    reduced: np.ndarray, valid: np.ndarray, previous: Clustering, *, k: int, m: int, seed: int
+) -> HierarchicalResult:
+    """Initial centroids from the previous round's clusters, expressed in this round's space.
+
+    PCA is refitted every round, so the previous centroids live in other coordinates; the means
+    of the previous clusters' members under the new features are the right starting point.
+    A cluster none of whose members is readable now starts from a random image.
+
+    Args:
+        reduced: (n_valid, d) this round's whitened features of the readable images.
+        valid: (N,) bool, readable images this round (rows of ``reduced``).
+        previous: the last round's clustering (labels by collection index).
+        k, m: sub-clusters in all and super-clusters.
+        seed: for the random fallback.
+    """
+    rng = np.random.default_rng(seed)
+    per_super = k // m
+    super_prev = previous.super_clusters[valid]
+    sub_prev = previous.sub_clusters[valid]
+    known = previous.valid[valid]
+    dim = reduced.shape[1]
+
+    def means(groups: np.ndarray, n_groups: int) -> np.ndarray:
+        sums = np.zeros((n_groups, dim))
+        np.add.at(sums, groups[known], reduced[known])
+        counts = np.bincount(groups[known], minlength=n_groups)
+        out = sums / np.maximum(counts, 1)[:, None]
+        empty = counts == 0
+        out[empty] = reduced[rng.integers(0, len(reduced), int(empty.sum()))]
+        return out.astype(np.float32)
+
+    return HierarchicalResult(
+        super_assignments=super_prev,
+        sub_assignments=sub_prev,
+        super_centroids=means(super_prev, m),
+        sub_centroids=means(super_prev * per_super + sub_prev, k).reshape(m, per_super, dim),
+        objective=0.0,
+        super_objective=0.0,
+        n_reseeded=0,
+        n_moved=0,
+    )

@@ -35,6 +35,7 @@ from deepercluster.data import (
 from deepercluster.distributed import DistEnv
 from deepercluster.engine.checkpoint import (
     CHECKPOINT_NAME,
+    IncompatibleCheckpointError,
     TrainingState,
     arrays_to_tensors,
     check_compatible,
@@ -133,7 +134,8 @@ def fit(
     if cfg.cluster.k > n_images:
         raise ValueError(
             f"cluster.k ({cfg.cluster.k}) is larger than the number of images ({n_images}); "
-            f"lower cluster.k (a few images per cluster at least, e.g. {max(1, n_images // 10)})"
+            f"lower cluster.k (a few images per cluster at least, e.g. "
+            f"{max(1, n_images // 10 // cfg.cluster.super_clusters) * cfg.cluster.super_clusters})"
         )
     epoch_size = cfg.train.epoch_size or n_images
     # train.batch_size is per process (the paper: 48 per GPU); a step sees all ranks' batches.
@@ -202,6 +204,12 @@ def fit(
     payload = distributed.broadcast_object(payload)
     if payload is not None:
         tolerated = check_compatible(payload["config"], cfg.to_dict(), ckpt_path)
+        if "train.epochs" in tolerated and cfg.train.schedule != "constant":
+            raise IncompatibleCheckpointError(
+                f"{ckpt_path}: train.epochs changed ({payload['config']['train']['epochs']} -> "
+                f"{cfg.train.epochs}) but the {cfg.train.schedule} learning-rate schedule is "
+                "computed from it, so the rate would jump; keep train.epochs, or start a new run"
+            )
         if payload["n_images"] != n_images:
             raise ValueError(
                 f"{ckpt_path} was trained on {payload['n_images']} images but the data now has "
@@ -316,6 +324,9 @@ def fit(
                 batch_size=cfg.train.batch_size,
                 shuffle=False,
                 num_workers=cfg.data.workers,
+                # A DataLoader draws its worker seed from the global RNG unless given its own
+                # generator; that draw would shift dropout masks after a mid-epoch resume.
+                generator=_generator(cfg.train.seed, epoch),
             )
             targets = Targets(
                 super_clusters=torch.from_numpy(clustering.super_clusters),
@@ -353,6 +364,11 @@ def fit(
                 progress=progress,
             )
             stats = reduce_stats(stats)
+            if stats.images == 0:
+                raise ValueError(
+                    f"epoch {epoch}: none of the {epoch_size} sampled images could be read "
+                    f"(see {out_dir / 'skipped.csv'}); check data.path points at image files"
+                )
 
             # ============ logging and checkpointing ============
             record: dict[str, Any] = {
@@ -360,7 +376,16 @@ def fit(
                 "lr": float(lrs[(epoch + 1) * iters_per_epoch - 1]),
             }
             record.update(stats.summary())
-            record.update(clustering.metrics)
+            # Timings of the clustering stage only on the epoch that ran it; the clusters'
+            # own numbers describe the current targets and are repeated every epoch.
+            reclustered = clustering.metrics.get("cluster/epoch") == epoch
+            record.update(
+                {
+                    k: v
+                    for k, v in clustering.metrics.items()
+                    if reclustered or k.startswith("cluster/")
+                }
+            )
             record["data/skipped"] = len(skip_log)
             writer.write(record, step=epoch)
             history.append(record)
@@ -390,9 +415,10 @@ def fit(
         skip_log.write_csv(out_dir / "skipped.csv")
         if len(skip_log):
             log.warning("%s", skip_log.summary())
-        (out_dir / "summary.json").write_text(
-            json.dumps(history[-1] if history else {}, indent=2, sort_keys=True, default=float)
-        )
+        if history:  # a re-run of a finished run trains nothing and keeps the old summary
+            (out_dir / "summary.json").write_text(
+                json.dumps(history[-1], indent=2, sort_keys=True, default=float)
+            )
     assert clustering is not None
     backbone.eval()
     return FitResult(out_dir, backbone, clustering, history, len(skip_log))

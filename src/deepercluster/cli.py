@@ -69,6 +69,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     env = distributed.init_from_env(cfg.train.device, timeout_s=args.timeout)
     try:
         result = fit(cfg, progress=not args.no_progress, env=env)
+    except Exception as exc:
+        if not distributed.is_communication_error(exc):
+            raise
+        print(
+            f"deepercluster: error: rank {env.rank} of {env.world_size} lost contact with the "
+            f"other processes ({type(exc).__name__}: {str(exc).splitlines()[0]}); a process "
+            "died or stopped answering within --timeout. Run the same command again to resume "
+            "from the last checkpoint.",
+            file=sys.stderr,
+        )
+        return 1
     finally:
         distributed.shutdown()
     if env.is_main:

@@ -253,3 +253,12 @@ def shard_range(n: int, group: ProcessGroup | None = None) -> tuple[int, int]:
     order gives back 0..n-1, so gathered results are in collection order."""
     r, w = rank(group), world_size(group)
     return n * r // w, n * (r + 1) // w
+
+
+def is_communication_error(exc: BaseException) -> bool:
+    """True for the errors a collective raises when another rank died or timed out."""
+    text = str(exc).lower()
+    return isinstance(exc, dist.DistError) or (
+        isinstance(exc, RuntimeError)
+        and any(s in text for s in ("connection", "timed out", "timeout", "gloo", "nccl"))
+    )

@@ -6,6 +6,7 @@ DeeperCluster, Caron et al. 2019 (https://arxiv.org/abs/1905.01278), section 3.2
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from deepercluster import distributed
-from deepercluster.cluster import HierarchicalResult, PCAWhitening, fit_pca, hierarchical_kmeans
+from deepercluster.cluster import (
+    HierarchicalResult,
+    PCAWhitening,
+    fit_pca,
+    fit_pca_distributed,
+    hierarchical_kmeans,
+    hierarchical_kmeans_distributed,
+)
 from deepercluster.config import RunConfig
 from deepercluster.data import ClusterTransform, ClusterView, Collection
 from deepercluster.evaluation.nmi import nmi
@@ -155,21 +163,26 @@ def recluster(
             f"only {n_valid} of {n} images are readable, fewer than cluster.k ({c.k}); "
             f"lower cluster.k to at most {n_valid - n_valid % c.super_clusters}"
         )
-    x = distributed.all_gather_cat_np(extracted.features[extracted.valid])
-    # Rank 0 clusters and broadcasts the result: BLAS and faiss may round differently on
-    # different machines, and ranks must never disagree about the targets.
-    clustering = None
-    if distributed.rank() == 0:
-        clustering = _cluster(x, valid, cfg, epoch=epoch, previous=previous, progress=progress)
-        clustering.metrics["time/extract_s"] = t_extract
-        clustering.metrics["speed/extract_images_per_s"] = extracted.images_per_second
-    clustering = distributed.broadcast_object(clustering)
-    assert clustering is not None
+    # Each rank keeps its own features: PCA from all-reduced moments, k-means with a local
+    # assignment step and all-reduced sums; only the labels travel (ALGORITHM.md section 6).
+    local_ids = np.arange(lo, hi)[extracted.valid]
+    clustering = _cluster(
+        extracted.features[extracted.valid],
+        local_ids,
+        valid,
+        cfg,
+        epoch=epoch,
+        previous=previous,
+        progress=progress,
+    )
+    clustering.metrics["time/extract_s"] = t_extract
+    clustering.metrics["speed/extract_images_per_s"] = extracted.images_per_second
     return clustering, skipped
 
 
 def _cluster(
     x: np.ndarray,
+    local_ids: np.ndarray,
     valid: np.ndarray,
     cfg: RunConfig,
     *,
@@ -177,9 +190,16 @@ def _cluster(
     previous: Clustering | None,
     progress: bool,
 ) -> Clustering:
-    """PCA-whiten and cluster the (n_valid, D) features of the readable images."""
+    """PCA-whiten and cluster the readable images' features, this rank holding some of them.
+
+    Args:
+        x: (n_local, D) features of this rank's readable images.
+        local_ids: (n_local,) their collection indices (contiguous shards, in rank order).
+        valid: (N,) bool, readable images of the whole collection (same on every rank).
+    """
     c = cfg.cluster
-    n, n_valid = len(valid), len(x)
+    n, n_valid = len(valid), int(valid.sum())
+    many = distributed.world_size() > 1
     tic = time.perf_counter()
     pca_dim = min(c.pca_dim, x.shape[1], n_valid - 1)
     if pca_dim < c.pca_dim:
@@ -191,27 +211,47 @@ def _cluster(
             n_valid,
             pca_dim,
         )
-    pca = fit_pca(
-        x, dim=pca_dim, power=c.whiten_power, sample=c.pca_sample or None, seed=cfg.train.seed
-    )
+    sample = c.pca_sample or None
+    if many:
+        pca = fit_pca_distributed(
+            x, dim=pca_dim, power=c.whiten_power, sample=sample, seed=cfg.train.seed
+        )
+        # eigh may round differently on different machines: rank 0's projection for all.
+        pca = distributed.broadcast_object(pca)
+    else:
+        pca = fit_pca(x, dim=pca_dim, power=c.whiten_power, sample=sample, seed=cfg.train.seed)
     reduced = pca.apply(x)
     t_pca = time.perf_counter() - tic
 
     tic = time.perf_counter()
     warm = None
     if c.warm_start and previous is not None and previous.result is not None:
-        warm = _warm_start(reduced, valid, previous, k=c.k, m=c.super_clusters, seed=epoch)
-    with tqdm(total=c.super_clusters + 1, desc="k-means", unit="run", disable=not progress) as bar:
-        result = hierarchical_kmeans(
-            reduced,
-            k=c.k,
-            m=c.super_clusters,
-            niter=c.niter,
-            seed=cfg.train.seed * 100_003 + epoch,
-            init=warm,
-            threads=cfg.train.threads or None,
-            on_level_done=lambda done, total: bar.update(done - bar.n),
+        warm = _warm_start(reduced, local_ids, previous, k=c.k, m=c.super_clusters, seed=epoch)
+    seed = cfg.train.seed * 100_003 + epoch
+    threads = cfg.train.threads or None
+    if many:
+        local = hierarchical_kmeans_distributed(
+            reduced, k=c.k, m=c.super_clusters, niter=c.niter, seed=seed, init=warm, threads=threads
         )
+        result = dataclasses.replace(
+            local,
+            super_assignments=distributed.all_gather_cat_np(local.super_assignments),
+            sub_assignments=distributed.all_gather_cat_np(local.sub_assignments),
+        )
+    else:
+        with tqdm(
+            total=c.super_clusters + 1, desc="k-means", unit="run", disable=not progress
+        ) as bar:
+            result = hierarchical_kmeans(
+                reduced,
+                k=c.k,
+                m=c.super_clusters,
+                niter=c.niter,
+                seed=seed,
+                init=warm,
+                threads=threads,
+                on_level_done=lambda done, total: bar.update(done - bar.n),
+            )
     t_kmeans = time.perf_counter() - tic
 
     labels = np.full(n, -1, dtype=np.int64)
@@ -259,35 +299,39 @@ def _cluster(
 
 
 def _warm_start(
-    reduced: np.ndarray, valid: np.ndarray, previous: Clustering, *, k: int, m: int, seed: int
+    reduced: np.ndarray, local_ids: np.ndarray, previous: Clustering, *, k: int, m: int, seed: int
 ) -> HierarchicalResult:
     """Initial centroids from the previous round's clusters, expressed in this round's space.
 
     PCA is refitted every round, so the previous centroids live in other coordinates; the means
-    of the previous clusters' members under the new features are the right starting point.
-    A cluster none of whose members is readable now starts from a random image.
+    of the previous clusters' members under the new features are the right starting point
+    (sums and counts are all-reduced, so every rank gets the same centroids). A cluster none of
+    whose members is readable now starts from a random unit vector.
 
     Args:
-        reduced: (n_valid, d) this round's whitened features of the readable images.
-        valid: (N,) bool, readable images this round (rows of ``reduced``).
+        reduced: (n_local, d) this round's whitened features of this rank's readable images.
+        local_ids: (n_local,) their collection indices.
         previous: the last round's clustering (labels by collection index).
         k, m: sub-clusters in all and super-clusters.
-        seed: for the random fallback.
+        seed: for the random fallback (the same on every rank).
     """
     rng = np.random.default_rng(seed)
     per_super = k // m
-    super_prev = previous.super_clusters[valid]
-    sub_prev = previous.sub_clusters[valid]
-    known = previous.valid[valid]
+    super_prev = previous.super_clusters[local_ids]
+    sub_prev = previous.sub_clusters[local_ids]
+    known = previous.valid[local_ids]
     dim = reduced.shape[1]
 
     def means(groups: np.ndarray, n_groups: int) -> np.ndarray:
         sums = np.zeros((n_groups, dim))
         np.add.at(sums, groups[known], reduced[known])
-        counts = np.bincount(groups[known], minlength=n_groups)
+        counts = np.bincount(groups[known], minlength=n_groups).astype(np.float64)
+        sums = distributed.all_reduce_sum_np(sums)
+        counts = distributed.all_reduce_sum_np(counts)
         out = sums / np.maximum(counts, 1)[:, None]
         empty = counts == 0
-        out[empty] = reduced[rng.integers(0, len(reduced), int(empty.sum()))]
+        fallback = rng.normal(size=(int(empty.sum()), dim))
+        out[empty] = fallback / np.linalg.norm(fallback, axis=1, keepdims=True)
         return out.astype(np.float32)
 
     return HierarchicalResult(

@@ -83,7 +83,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     finally:
         distributed.shutdown()
     if env.is_main:
-        print(f"done: {len(result.history)} epochs trained, run folder {result.out_dir}")
+        skipped = (
+            f", {result.n_skipped} unreadable images skipped (listed in "
+            f"{result.out_dir / 'skipped.csv'})"
+            if result.n_skipped
+            else ""
+        )
+        print(f"done: {len(result.history)} epochs trained{skipped}; run folder {result.out_dir}")
     return 0
 
 

@@ -171,13 +171,16 @@ def _overrides(data: Path, out: Path, *extra: str) -> list[str]:
     return [f'data.path="{data}"', f'out="{out}"', *sets, *extra]
 
 
-def test_bad_files_are_skipped_and_reported(tiny_image_dir: Path, tmp_path: Path) -> None:
+def test_bad_files_are_skipped_and_reported(
+    tiny_image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tiny_image_dir / "empty.png").write_bytes(b"")
     (tiny_image_dir / "text.jpg").write_text("this is not an image")
     good = (tiny_image_dir / "img_000.png").read_bytes()
     (tiny_image_dir / "cut.png").write_bytes(good[: len(good) // 2])
     out = tmp_path / "run"
     assert _train(tiny_image_dir, out, "--set", "train.epochs=1") == 0
+    assert "3 unreadable images skipped" in capsys.readouterr().out
     lines = (out / "skipped.csv").read_text().splitlines()
     assert lines[0] == "path,reason"
     skipped = {Path(line.split(",")[0]).name for line in lines[1:]}

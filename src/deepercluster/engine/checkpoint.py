@@ -133,6 +133,33 @@ def check_compatible(saved_config: dict[str, Any], config: dict[str, Any], path:
     return changed
 
 
+def check_resumable(payload: dict[str, Any], cfg: Any, *, n_images: int, path: Path) -> list[str]:
+    """All the reasons a checkpoint cannot continue this run, as errors naming the fix.
+
+    Args:
+        payload: the loaded checkpoint.
+        cfg: the current :class:`~deepercluster.config.RunConfig`.
+        n_images: size of the collection now.
+        path: the checkpoint file (for messages).
+
+    Returns:
+        The tolerated setting changes, for the log.
+    """
+    tolerated = check_compatible(payload["config"], cfg.to_dict(), path)
+    if "train.epochs" in tolerated and cfg.train.schedule != "constant":
+        raise IncompatibleCheckpointError(
+            f"{path}: train.epochs changed ({payload['config']['train']['epochs']} -> "
+            f"{cfg.train.epochs}) but the {cfg.train.schedule} learning-rate schedule is "
+            "computed from it, so the rate would jump; keep train.epochs, or start a new run"
+        )
+    if payload["n_images"] != n_images:
+        raise IncompatibleCheckpointError(
+            f"{path} was trained on {payload['n_images']} images but the data now has "
+            f"{n_images}; point data.path at the original images or use a new output folder"
+        )
+    return tolerated
+
+
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     node: Any = tree
     for part in dotted.split("."):

@@ -35,10 +35,9 @@ from deepercluster.data import (
 from deepercluster.distributed import DistEnv
 from deepercluster.engine.checkpoint import (
     CHECKPOINT_NAME,
-    IncompatibleCheckpointError,
     TrainingState,
     arrays_to_tensors,
-    check_compatible,
+    check_resumable,
     load_checkpoint,
     rng_state,
     save_backbone,
@@ -53,6 +52,7 @@ from deepercluster.engine.train import (
     Targets,
     rank_positions,
     reduce_stats,
+    reset_heads,
     steps_left,
     train_one_epoch,
 )
@@ -203,18 +203,7 @@ def fit(
     payload = load_checkpoint(ckpt_path) if env.is_main and ckpt_path.exists() else None
     payload = distributed.broadcast_object(payload)
     if payload is not None:
-        tolerated = check_compatible(payload["config"], cfg.to_dict(), ckpt_path)
-        if "train.epochs" in tolerated and cfg.train.schedule != "constant":
-            raise IncompatibleCheckpointError(
-                f"{ckpt_path}: train.epochs changed ({payload['config']['train']['epochs']} -> "
-                f"{cfg.train.epochs}) but the {cfg.train.schedule} learning-rate schedule is "
-                "computed from it, so the rate would jump; keep train.epochs, or start a new run"
-            )
-        if payload["n_images"] != n_images:
-            raise ValueError(
-                f"{ckpt_path} was trained on {payload['n_images']} images but the data now has "
-                f"{n_images}; point data.path at the original images or use a new output folder"
-            )
+        tolerated = check_resumable(payload, cfg, n_images=n_images, path=ckpt_path)
         backbone.load_state_dict(payload["model"])
         heads.load_state_dict(payload["heads"])
         optimizer.load_state_dict(payload["optimizer"])
@@ -286,17 +275,12 @@ def fit(
                 )
                 for index, reason in unreadable:
                     skip_log.record(collection.path(index), reason)
-                # Cluster ids change meaning: the heads start again from scratch, and so does
-                # the momentum that pushed them towards the old ids. With m = 1 the super-classes
-                # are the rotations alone, whose meaning is stable: that head is kept (as in the
-                # reference).
-                keep_super = cfg.cluster.super_clusters == 1
-                heads.reset_parameters(_generator(cfg.train.seed, epoch), super_head=not keep_super)
-                reset = [heads.sub_weight, heads.sub_bias]
-                if not keep_super:
-                    reset += list(heads.super_head.parameters())
-                for p in reset:
-                    optimizer.state.pop(p, None)
+                reset_heads(
+                    heads,
+                    optimizer,
+                    _generator(cfg.train.seed, epoch),
+                    keep_super=cfg.cluster.super_clusters == 1,
+                )
                 state = TrainingState(epoch=epoch, iteration=0, clustered_epoch=epoch)
                 stats = None
                 checkpoint(state, None)  # a restart never redoes a finished clustering

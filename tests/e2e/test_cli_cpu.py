@@ -135,6 +135,17 @@ def test_resume_after_interruption_equals_uninterrupted(
     assert last[0]["train/loss"] == pytest.approx(last[1]["train/loss"])
 
 
+def test_bf16_autocast_trains(tiny_image_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bf16"
+    assert (
+        _train(tiny_image_dir, out, "--set", "train.precision=bf16", "--set", "train.epochs=1") == 0
+    )
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["train/loss"] > 0 and record["cluster/objective"] > 0
+    weights = load_checkpoint(out / "checkpoint.pth")["model"]
+    assert all(v.dtype in (torch.float32, torch.int64) for v in weights.values())  # fp32 master
+
+
 def test_finished_clustering_is_not_redone(
     tiny_image_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepercluster.cluster.hierarchical import HierarchicalResult, _check_init, subcluster_seed
+from deepercluster.cluster.hierarchical import HierarchicalResult, _check_init, two_levels
 from deepercluster.cluster.kmeans import (
     KMeansResult,
     _initial_centroids,
@@ -442,50 +442,17 @@ def hierarchical_kmeans_distributed(
     _check_k_fits(k, shards.n)
     if init is not None:
         _check_init(init, k, m, shards.dim)
-    per_super = k // m
     with faiss_threads(threads):
-        # ============ level 1: super-clusters, all ranks ============
-        if m == 1:
-            level1 = _one_cluster(x_local, shards, group)
-        else:
-            level1 = kmeans_distributed(
-                x_local,
-                m,
-                niter=niter,
-                seed=seed,
-                init=None if init is None else init.super_centroids,
-                group=group,
-            )
-        super_assignments, n_moved = _balance(
-            x_local, level1.assignments, level1.centroids, per_super, shards, group
+        # Both levels over all ranks: each rank contributes its members of every cluster.
+        return two_levels(
+            x_local,
+            k=k,
+            m=m,
+            init=init,
+            cluster=lambda xs, kk, sd, ini: kmeans_distributed(
+                xs, kk, niter=niter, seed=sd, init=ini, group=group
+            ),
+            one_cluster=lambda xs: _one_cluster(xs, shards, group),
+            balance=lambda xs, a, c, size: _balance(xs, a, c, size, shards, group),
+            seed=seed,
         )
-
-        # ============ level 2: each super-cluster's members, all ranks ============
-        sub_assignments = np.empty(shards.n_local, dtype=np.int64)
-        sub_centroids = np.empty((m, per_super, shards.dim), dtype=np.float32)
-        objective = 0.0
-        n_reseeded = level1.n_reseeded
-        for s in range(m):
-            members = np.flatnonzero(super_assignments == s)
-            level2 = kmeans_distributed(
-                x_local if m == 1 else x_local[members],
-                per_super,
-                niter=niter,
-                seed=subcluster_seed(seed, s),
-                init=None if init is None else init.sub_centroids[s],
-                group=group,
-            )
-            sub_assignments[members] = level2.assignments
-            sub_centroids[s] = level2.centroids
-            objective += level2.objective
-            n_reseeded += level2.n_reseeded
-    return HierarchicalResult(
-        super_assignments=super_assignments,
-        sub_assignments=sub_assignments,
-        super_centroids=level1.centroids,
-        sub_centroids=sub_centroids,
-        objective=objective,
-        super_objective=level1.objective,
-        n_reseeded=n_reseeded,
-        n_moved=n_moved,
-    )

@@ -297,45 +297,75 @@ def hierarchical_kmeans(
         )
     if init is not None:
         _check_init(init, k, m, dim)
-    per_super = k // m
     with faiss_threads(threads):
-        # ============ level 1: super-clusters ============
-        if m == 1:
-            level1 = _one_cluster(x)
-        else:
-            level1 = kmeans(
-                x,
-                m,
-                niter=niter,
-                seed=seed,
-                init=None if init is None else init.super_centroids,
-            )
-        super_assignments, n_moved = balance_super_clusters(
-            x, level1.assignments, level1.centroids, per_super
+        return two_levels(
+            x,
+            k=k,
+            m=m,
+            init=init,
+            cluster=lambda xs, kk, sd, ini: kmeans(xs, kk, niter=niter, seed=sd, init=ini),
+            one_cluster=_one_cluster,
+            balance=balance_super_clusters,
+            seed=seed,
+            on_level_done=on_level_done,
         )
-        if on_level_done is not None:
-            on_level_done(1, m + 1)
 
-        # ============ level 2: sub-clusters inside each super-cluster ============
-        sub_assignments = np.empty(n, dtype=np.int64)
-        sub_centroids = np.empty((m, per_super, dim), dtype=np.float32)
-        objective = 0.0
-        n_reseeded = level1.n_reseeded
-        for s in range(m):
-            members = np.flatnonzero(super_assignments == s)
-            level2 = kmeans(
-                x if m == 1 else x[members],
-                per_super,
-                niter=niter,
-                seed=subcluster_seed(seed, s),
-                init=None if init is None else init.sub_centroids[s],
-            )
-            sub_assignments[members] = level2.assignments
-            sub_centroids[s] = level2.centroids
-            objective += level2.objective
-            n_reseeded += level2.n_reseeded
-            if on_level_done is not None:
-                on_level_done(s + 2, m + 1)
+
+def two_levels(
+    x: np.ndarray,
+    *,
+    k: int,
+    m: int,
+    init: HierarchicalResult | None,
+    cluster: Callable[[np.ndarray, int, int, np.ndarray | None], KMeansResult],
+    one_cluster: Callable[[np.ndarray], KMeansResult],
+    balance: Callable[[np.ndarray, np.ndarray, np.ndarray, int], tuple[np.ndarray, int]],
+    seed: int,
+    on_level_done: Callable[[int, int], None] | None = None,
+) -> HierarchicalResult:
+    """The two-level recipe, shared by the single-process and the distributed clustering.
+
+    Args:
+        x: (n, D) float32 rows (all of them, or this rank's shard).
+        k, m: total sub-clusters and super-clusters.
+        init: previous clustering to warm-start from, or None.
+        cluster: ``(rows, k, seed, init_centroids) -> KMeansResult`` (flat k-means).
+        one_cluster: the trivial level 1 when m == 1.
+        balance: tops up super-clusters with fewer than k/m members,
+            ``(rows, assignments, centroids, min_size) -> (assignments, n_moved)``.
+        seed: level-1 seed; level 2 of super-cluster s uses :func:`subcluster_seed`.
+        on_level_done: progress callback ``(runs done, m + 1)``.
+    """
+    per_super = k // m
+    dim = x.shape[1]
+    # ============ level 1: super-clusters ============
+    if m == 1:
+        level1 = one_cluster(x)
+    else:
+        level1 = cluster(x, m, seed, None if init is None else init.super_centroids)
+    super_assignments, n_moved = balance(x, level1.assignments, level1.centroids, per_super)
+    if on_level_done is not None:
+        on_level_done(1, m + 1)
+
+    # ============ level 2: sub-clusters inside each super-cluster ============
+    sub_assignments = np.empty(len(x), dtype=np.int64)
+    sub_centroids = np.empty((m, per_super, dim), dtype=np.float32)
+    objective = 0.0
+    n_reseeded = level1.n_reseeded
+    for s in range(m):
+        members = np.flatnonzero(super_assignments == s)
+        level2 = cluster(
+            x if m == 1 else x[members],
+            per_super,
+            subcluster_seed(seed, s),
+            None if init is None else init.sub_centroids[s],
+        )
+        sub_assignments[members] = level2.assignments
+        sub_centroids[s] = level2.centroids
+        objective += level2.objective
+        n_reseeded += level2.n_reseeded
+        if on_level_done is not None:
+            on_level_done(s + 2, m + 1)
     return HierarchicalResult(
         super_assignments=super_assignments,
         sub_assignments=sub_assignments,

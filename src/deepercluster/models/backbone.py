@@ -148,3 +148,27 @@ def reference_init(module: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, 0.01)
             nn.init.zeros_(m.bias)
+
+
+def vgg_style_stack(
+    cfg: Sequence[int | str], in_channels: int, *, conv_bias: bool
+) -> tuple[nn.Sequential, tuple[str, ...], int]:
+    """Conv3x3 + BN + ReLU blocks from a VGG-style plan (ints: channels, "M": 2x2 max-pool).
+
+    Returns:
+        The stack, the names ``conv1..convN`` of its conv layers, and its output channels.
+    """
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for v in cfg:
+        if isinstance(v, str):
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [
+                nn.Conv2d(channels, v, kernel_size=3, padding=1, bias=conv_bias),
+                nn.BatchNorm2d(v),
+                nn.ReLU(inplace=True),
+            ]
+            channels = v
+    n_convs = sum(isinstance(v, int) for v in cfg)
+    return nn.Sequential(*layers), tuple(f"conv{i + 1}" for i in range(n_convs)), channels

@@ -15,7 +15,12 @@ from collections.abc import Iterator
 
 from torch import Tensor, nn
 
-from deepercluster.models.backbone import Backbone, reference_init, tag_relu_outputs
+from deepercluster.models.backbone import (
+    Backbone,
+    reference_init,
+    tag_relu_outputs,
+    vgg_style_stack,
+)
 
 __all__ = ["SmallConvNet", "small_convnet"]
 
@@ -53,22 +58,9 @@ class SmallConvNet(Backbone):
             raise ValueError(f"feature_dim must be positive, got {feature_dim}")
         self.feature_dim = feature_dim
 
-        layers: list[nn.Module] = []
-        channels = self.in_channels
-        for v in _CFG:
-            if isinstance(v, str):
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                # No conv bias: the BN that follows would cancel it.
-                layers += [
-                    nn.Conv2d(channels, v, kernel_size=3, padding=1, bias=False),
-                    nn.BatchNorm2d(v),
-                    nn.ReLU(inplace=True),
-                ]
-                channels = v
-        self.features = nn.Sequential(*layers)
-        self.conv_layer_names = tuple(
-            f"conv{i + 1}" for i in range(sum(isinstance(v, int) for v in _CFG))
+        # No conv bias: the BN that follows would cancel it.
+        self.features, self.conv_layer_names, channels = vgg_style_stack(
+            _CFG, self.in_channels, conv_bias=False
         )
         self.pool = nn.AdaptiveAvgPool2d(_POOL_SIDE)
         self.fc = nn.Linear(channels * _POOL_SIDE**2, feature_dim)

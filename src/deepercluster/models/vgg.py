@@ -13,7 +13,12 @@ from collections.abc import Iterator
 
 from torch import Tensor, nn
 
-from deepercluster.models.backbone import Backbone, reference_init, tag_relu_outputs
+from deepercluster.models.backbone import (
+    Backbone,
+    reference_init,
+    tag_relu_outputs,
+    vgg_style_stack,
+)
 
 __all__ = ["VGG16", "vgg16"]
 
@@ -54,21 +59,10 @@ class VGG16(Backbone):
         self.final_size = resolution // _DOWNSAMPLING
         self.feature_dim = _FC_DIM
 
-        layers: list[nn.Module] = []
-        channels = self.in_channels
-        for v in _CFG:
-            if isinstance(v, str):
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                layers += [
-                    nn.Conv2d(channels, v, kernel_size=3, padding=1),
-                    nn.BatchNorm2d(v),
-                    nn.ReLU(inplace=True),
-                ]
-                channels = v
-        self.features = nn.Sequential(*layers)
-        n_convs = sum(isinstance(v, int) for v in _CFG)
-        self.conv_layer_names = tuple(f"conv{i + 1}" for i in range(n_convs))
+        # Conv biases kept (before BN) as in the reference, so its weights load as they are.
+        self.features, self.conv_layer_names, channels = vgg_style_stack(
+            _CFG, self.in_channels, conv_bias=True
+        )
 
         self.classifier = nn.Sequential(
             nn.Linear(channels * self.final_size**2, _FC_DIM),  # fc6

@@ -30,6 +30,7 @@ ARCHS = ("vgg16", "resnet18", "resnet50", "small")
 SCHEDULES = ("constant", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+LAYOUTS = ("auto", "replicated", "grouped")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,6 +170,9 @@ class TrainConfig:
     """Also checkpoint every this many training iterations (0 = only at epoch ends)."""
     threads: int = 0
     """CPU threads for torch and faiss (0 = leave the library defaults)."""
+    layout: str = "auto"
+    """Multi-process layout: replicated heads, the paper's grouped layout (a multiple of S
+    processes; each group holds one sub-head), or auto (grouped when the heads are big)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -197,6 +201,8 @@ class TrainConfig:
             raise ValueError(f"train.precision ({self.precision!r}) must be one of {PRECISIONS}")
         if self.checkpoint_every < 0:
             raise ValueError(f"train.checkpoint_every ({self.checkpoint_every}) must be >= 0")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"train.layout ({self.layout!r}) must be one of {LAYOUTS}")
         if self.seed < 0:
             raise ValueError(f"train.seed ({self.seed}) must be >= 0")
         if self.threads < 0:

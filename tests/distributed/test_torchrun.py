@@ -59,17 +59,25 @@ def _torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
-def test_torchrun_four_ranks_then_resume_on_two(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["replicated", "grouped"])
+def test_torchrun_four_ranks_then_resume_on_two(layout: str, tmp_path: Path) -> None:
     data = write_pattern_images(tmp_path / "images", n=48)
     out = tmp_path / "run"
-    first = _torchrun(4, _args(data, out, "train.epochs=1"))
+    # grouped: 4 super-classes (4 rotations x 1 super-cluster), one per process
+    extra = ["cluster.super_clusters=1"] if layout == "grouped" else []
+    first = _torchrun(4, _args(data, out, "train.epochs=1", f"train.layout={layout}", *extra))
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "4 processes (gloo)" in first.stderr
+    assert f"4 processes (gloo), {layout} layout" in first.stderr
     ck = load_checkpoint(out / "checkpoint.pth")
     assert ck["state"]["epoch"] == 1 and len(ck["rng"]) == 4
-    second = _torchrun(2, _args(data, out, "train.epochs=2"))
+    assert ck["layout"]["layout"] == layout
+    n_super = 4 if layout == "grouped" else 8
+    assert ck["heads"]["sub_weight"].shape == (n_super, 8 // (n_super // 4), 512)
+    # every sub-head was trained and saved, whichever process held it
+    assert all(float(w.abs().sum()) > 0 for w in ck["heads"]["sub_weight"])
+    second = _torchrun(2, _args(data, out, "train.epochs=2", "train.layout=auto", *extra))
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "resuming from" in second.stderr and "2 processes (gloo)" in second.stderr
+    assert "resuming from" in second.stderr and "2 processes (gloo), replicated" in second.stderr
     ck = load_checkpoint(out / "checkpoint.pth")
     assert ck["state"]["epoch"] == 2 and len(ck["rng"]) == 2
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EpochPlan", "uniform_epoch_plan"]
+__all__ = ["EpochPlan", "super_class_epoch_plan", "uniform_epoch_plan"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,6 +68,96 @@ def uniform_epoch_plan(
     Raises:
         ValueError: No valid label, labels below -1, or a non-positive size.
     """
+    labels = _check_labels(labels, size=size, seed=seed, epoch=epoch)
+    return _uniform_draw(labels, size, np.random.default_rng([seed, epoch]), rotation=rotation)
+
+
+def super_class_epoch_plan(
+    super_clusters: np.ndarray,
+    sub_clusters: np.ndarray,
+    valid: np.ndarray,
+    *,
+    super_class: int,
+    n_super_clusters: int,
+    rotation: bool,
+    size: int,
+    seed: int,
+    epoch: int,
+) -> EpochPlan:
+    """The epoch of one training group in the paper's grouped layout: super-class g only.
+
+    Super-class g = r * m + s (as in ``losses.super_class_targets``): super-cluster
+    s = g % m and rotation r = g // m with rotation (g in [0, 4m)); r = 0 and s = g without
+    (g in [0, m)). The ``size`` images are drawn by the rule of :func:`uniform_epoch_plan`
+    over the sub-clusters of super-cluster s only (the same count per non-empty sub-cluster,
+    with replacement for small ones, invalid images excluded), and every position is rotated
+    by r. The reference sets ``size`` to N / m / 4 with rotation, so that the S groups together
+    see about N images an epoch (section 4 of docs/ALGORITHM.md).
+
+    The generator is ``np.random.default_rng([seed, epoch, 1 + g])``, so the plan depends on
+    (seed, epoch, g) alone: every process of a group computes the same plan without
+    communicating, the groups draw independently (two rotations of one super-cluster do not
+    see the same images in the same order), and none shares the stream of the global plan
+    (the ``1 +``: a trailing zero word would give SeedSequence the same state as
+    ``[seed, epoch]``).
+
+    Args:
+        super_clusters: (N,) integer super-cluster per dataset id, in [0, m).
+        sub_clusters: (N,) integer sub-cluster per dataset id (local in [0, k/m), or global:
+            only equality matters).
+        valid: (N,) bool, False excludes an image (unreadable).
+        super_class: g, the super-class this group trains.
+        n_super_clusters: m.
+        rotation: whether the rotation task is on (S = 4m super-classes, else m).
+        size: Number of samples in the group's epoch.
+        seed: Run seed (>= 0).
+        epoch: Epoch number (>= 0).
+
+    Returns:
+        The ``EpochPlan``; ``rotations`` is r everywhere.
+
+    Raises:
+        ValueError: g out of range, super-cluster s without a valid image, mismatched
+            arrays, or a bad size/seed/epoch.
+    """
+    m = n_super_clusters
+    if m < 1:
+        raise ValueError(f"n_super_clusters must be >= 1, got {m}")
+    n_classes = 4 * m if rotation else m
+    if not 0 <= super_class < n_classes:
+        raise ValueError(
+            f"super_class must be in [0, {n_classes}) with m={m} and rotation={rotation}, "
+            f"got {super_class}"
+        )
+    super_clusters, sub_clusters, valid = (
+        np.asarray(a) for a in (super_clusters, sub_clusters, valid)
+    )
+    if not (super_clusters.ndim == 1 and super_clusters.shape == sub_clusters.shape == valid.shape):
+        raise ValueError(
+            f"super_clusters, sub_clusters and valid must be 1-D of equal length, got "
+            f"{super_clusters.shape}, {sub_clusters.shape} and {valid.shape}"
+        )
+    if valid.dtype != np.bool_:
+        raise ValueError(f"valid must be a bool array, got {valid.dtype}")
+    s, r = super_class % m, super_class // m
+    members = valid & (super_clusters == s)
+    if not members.any():
+        raise ValueError(
+            f"super-cluster {s} (super-class {super_class}) has no valid image, so its training "
+            "group has nothing to draw; check the clustering (empty super-clusters should have "
+            "been rebalanced) and the skip log"
+        )
+    # Only equality of labels matters downstream, so sub-cluster ids are used as they are;
+    # everything outside super-cluster s becomes -1, the excluded marker.
+    labels = np.where(members, sub_clusters, -1)
+    labels = _check_labels(labels, size=size, seed=seed, epoch=epoch)
+    rng = np.random.default_rng([seed, epoch, 1 + super_class])
+    plan = _uniform_draw(labels, size, rng, rotation=False)
+    return EpochPlan(indices=plan.indices, rotations=np.full(size, r, dtype=np.int64))
+
+
+def _check_labels(labels: np.ndarray, *, size: int, seed: int, epoch: int) -> np.ndarray:
+    """The labels as an array, after the checks shared by both plans (raises ValueError)."""
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
@@ -77,13 +167,19 @@ def uniform_epoch_plan(
         raise ValueError(f"seed and epoch must be >= 0, got seed={seed}, epoch={epoch}")
     if labels.size and labels.min() < -1:
         raise ValueError(f"labels must be >= -1 (-1 = excluded), found {labels.min()}")
-    valid = np.flatnonzero(labels >= 0)
-    if valid.size == 0:
+    if not (labels >= 0).any():
         raise ValueError(
             "no image has a valid pseudo-label (all are -1, i.e. excluded); check that the "
             "collection has readable images and that clustering ran before training"
         )
-    rng = np.random.default_rng([seed, epoch])
+    return labels
+
+
+def _uniform_draw(
+    labels: np.ndarray, size: int, rng: np.random.Generator, *, rotation: bool
+) -> EpochPlan:
+    """The draw of :func:`uniform_epoch_plan`, from checked labels and a given generator."""
+    valid = np.flatnonzero(labels >= 0)
 
     # Group ids by label with a random order inside each group: the first `per` members of a
     # group are then a uniform draw without replacement, for all labels in one vectorised pass

@@ -34,6 +34,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.checkpoint_every",
         "train.epochs",
         "train.precision",
+        "train.layout",
     }
 )
 

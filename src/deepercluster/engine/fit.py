@@ -11,6 +11,7 @@ m = 1) are the same loop with other settings.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from deepercluster.data import (
     TrainTransform,
     TrainView,
     open_collection,
+    super_class_epoch_plan,
     uniform_epoch_plan,
 )
 from deepercluster.distributed import DistEnv
@@ -46,6 +48,12 @@ from deepercluster.engine.checkpoint import (
     tensors_to_arrays,
 )
 from deepercluster.engine.clustering import Clustering, recluster, trivial_clustering
+from deepercluster.engine.layout import (
+    build_layout,
+    full_heads_state,
+    load_heads_state,
+    sync_gradients,
+)
 from deepercluster.engine.schedules import lr_schedule
 from deepercluster.engine.train import (
     EpochStats,
@@ -138,9 +146,6 @@ def fit(
             f"{max(1, n_images // 10 // cfg.cluster.super_clusters) * cfg.cluster.super_clusters})"
         )
     epoch_size = cfg.train.epoch_size or n_images
-    # train.batch_size is per process (the paper: 48 per GPU); a step sees all ranks' batches.
-    global_batch = cfg.train.batch_size * env.world_size
-    iters_per_epoch = math.ceil(epoch_size / global_batch)
     train_transform = TrainTransform(
         cfg.data.resolution, scale=(cfg.data.crop_scale_min, 1.0), hflip=cfg.data.hflip
     )
@@ -150,9 +155,28 @@ def fit(
     backbone = build_backbone(
         cfg.model.arch, sobel=cfg.model.sobel, resolution=cfg.data.resolution
     ).to(device)
+    layout = build_layout(
+        env,
+        layout=cfg.train.layout,
+        n_super=cfg.cluster.n_super_classes,
+        n_sub=cfg.cluster.sub_per_super,
+        dim=backbone.feature_dim,
+    )
     heads = HierarchicalHeads(
-        backbone.feature_dim, cfg.cluster.n_super_classes, cfg.cluster.sub_per_super
+        backbone.feature_dim,
+        cfg.cluster.n_super_classes,
+        cfg.cluster.sub_per_super,
+        owned=layout.owned(),
     ).to(device)
+    # Grouped: each training group draws its own super-class's plan of E/S images.
+    plan_size = (
+        math.ceil(epoch_size / cfg.cluster.n_super_classes) if layout.plan.grouped else epoch_size
+    )
+    share_rank, share_size = layout.share
+    # train.batch_size is per process (the paper: 48 per GPU); a step covers
+    # batch_size x share_size positions of this rank's plan (all ranks step together).
+    plan_batch = cfg.train.batch_size * share_size
+    iters_per_epoch = math.ceil(plan_size / plan_batch)
     heads.reset_parameters(_generator(cfg.train.seed, -1))
     if env.world_size > 1:
         # Each process sees a slice of the batch: batch norm must see all of it, on CPU too.
@@ -165,6 +189,12 @@ def fit(
         lr=cfg.train.lr,
         momentum=cfg.train.momentum,
         weight_decay=cfg.train.weight_decay,
+    )
+    grad_sync = functools.partial(
+        sync_gradients,
+        layout,
+        [*backbone.parameters(), *heads.super_head.parameters()],
+        [heads.sub_weight, heads.sub_bias],
     )
     lrs = lr_schedule(
         base_lr=cfg.train.lr,
@@ -186,12 +216,13 @@ def fit(
     )
     if env.world_size > 1:
         log.info(
-            "%d processes (%s): replicated heads, data parallel, batch %d per process = %d "
-            "per step, batch norm synchronised over all processes",
+            "%d processes (%s), %s layout: batch %d per process = %d per step, batch norm "
+            "synchronised over all processes",
             env.world_size,
             env.backend,
+            layout.plan.layout,
             cfg.train.batch_size,
-            global_batch,
+            cfg.train.batch_size * env.world_size,
         )
 
     # ============ resuming from a checkpoint ============
@@ -205,12 +236,19 @@ def fit(
     if payload is not None:
         tolerated = check_resumable(payload, cfg, n_images=n_images, path=ckpt_path)
         backbone.load_state_dict(payload["model"])
-        heads.load_state_dict(payload["heads"])
-        optimizer.load_state_dict(payload["optimizer"])
+        load_heads_state(heads, optimizer, payload["heads"], payload["optimizer"], layout)
         rngs = payload["rng"]
         if len(rngs) == env.world_size:
             set_rng_state(rngs[env.rank])
         state = TrainingState(**payload["state"])
+        saved_layout = payload.get("layout", {"layout": "replicated", "group_size": 0})
+        same_plan = saved_layout["layout"] == layout.plan.layout and (
+            not layout.plan.grouped or saved_layout["group_size"] == share_size
+        )
+        if state.position and not same_plan:
+            # Another layout samples other plans: the interrupted epoch starts over.
+            log.warning("layout changed to %s: epoch %d restarts", layout.plan.layout, state.epoch)
+            state = TrainingState(state.epoch, 0, state.clustered_epoch, 0)
         if payload["clustering"] is not None:
             clustering = Clustering.from_dict(tensors_to_arrays(payload["clustering"]))
         # The epoch's sums so far are global; rank 0 carries them, the others start at zero.
@@ -232,17 +270,19 @@ def fit(
         # Every rank calls this at the same point: the gathers below are collectives.
         rngs = distributed.all_gather_object(rng_state())
         total = reduce_stats(epoch_stats) if epoch_stats is not None else None
+        full = full_heads_state(heads, optimizer, layout)
         for entries in distributed.all_gather_object(skip_log.entries):
             for path, reason in entries:
                 skip_log.record(path, reason)
-        if not env.is_main:
+        if full is None:  # not rank 0
             return
         save_checkpoint(
             ckpt_path,
             {
                 "model": backbone.state_dict(),
-                "heads": heads.state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "heads": full[0],
+                "optimizer": full[1],
+                "layout": {"layout": layout.plan.layout, "group_size": share_size},
                 "rng": rngs,
                 "state": asdict(st),
                 "stats": asdict(total) if total is not None else {},
@@ -286,21 +326,30 @@ def fit(
                 checkpoint(state, None)  # a restart never redoes a finished clustering
 
             # ============ training one epoch ============
-            plan = uniform_epoch_plan(
-                clustering.labels,
-                size=epoch_size,
-                seed=cfg.train.seed,
-                epoch=epoch,
-                rotation=cfg.cluster.rotation,
-            )
+            if layout.super_class is None:
+                plan = uniform_epoch_plan(
+                    clustering.labels,
+                    size=plan_size,
+                    seed=cfg.train.seed,
+                    epoch=epoch,
+                    rotation=cfg.cluster.rotation,
+                )
+            else:
+                plan = super_class_epoch_plan(
+                    clustering.super_clusters,
+                    clustering.sub_clusters,
+                    clustering.valid,
+                    super_class=layout.super_class,
+                    n_super_clusters=cfg.cluster.super_clusters,
+                    rotation=cfg.cluster.rotation,
+                    size=plan_size,
+                    seed=cfg.train.seed,
+                    epoch=epoch,
+                )
             start = state.position if state.epoch == epoch else 0
-            start_it = start // global_batch
+            start_it = start // plan_batch
             positions = rank_positions(
-                start,
-                epoch_size,
-                batch_size=cfg.train.batch_size,
-                rank=env.rank,
-                world=env.world_size,
+                start, plan_size, batch_size=cfg.train.batch_size, rank=share_rank, world=share_size
             )
             view = TrainView(collection, train_transform, plan, seed=cfg.train.seed, epoch=epoch)
             loader = DataLoader(
@@ -318,7 +367,7 @@ def fit(
                 n_super_clusters=cfg.cluster.super_clusters,
                 rotation=cfg.cluster.rotation,
             )
-            n_steps = steps_left(start, epoch_size, global_batch=global_batch)
+            n_steps = steps_left(start, plan_size, global_batch=plan_batch)
             first_lr = min(epoch * iters_per_epoch + start_it, len(lrs) - 1)
             epoch_lrs = lrs[first_lr : first_lr + n_steps]
             epoch_lrs = np.pad(epoch_lrs, (0, n_steps - len(epoch_lrs)), mode="edge")
@@ -329,7 +378,7 @@ def fit(
                 it = here.iteration + done
                 every = cfg.train.checkpoint_every
                 if every and it % every == 0 and it < iters_per_epoch:
-                    position = here.position + done * global_batch
+                    position = here.position + done * plan_batch
                     checkpoint(TrainingState(here.epoch, it, here.clustered_epoch, position), st)
 
             stats = train_one_epoch(
@@ -345,6 +394,7 @@ def fit(
                 on_step=on_step,
                 on_skip=lambda i, reason: skip_log.record(collection.path(i), reason),
                 image_shape=(3, cfg.data.resolution, cfg.data.resolution),
+                sync=grad_sync if env.world_size > 1 else None,
                 progress=progress,
             )
             stats = reduce_stats(stats)

@@ -80,6 +80,7 @@ def train_one_epoch(
     on_step: Callable[[int, EpochStats], None] | None = None,
     on_skip: Callable[[int, str], None] | None = None,
     image_shape: tuple[int, int, int] = (3, 32, 32),
+    sync: Callable[[int, int], None] | None = None,
     progress: bool = True,
 ) -> EpochStats:
     """Train ``model`` and ``heads`` over one epoch's loader.
@@ -100,6 +101,8 @@ def train_one_epoch(
             the driver checkpoints from here.
         on_skip: called with (index, reason) for each unreadable image.
         image_shape: (3, R, R), the shape of an empty batch on a rank with no share of a step.
+        sync: distributed runs: ``sync(n_local, n_step)`` reduces the gradients after the
+            backward pass (see :func:`deepercluster.engine.layout.sync_gradients`).
         progress: show a progress bar.
 
     Returns:
@@ -108,7 +111,6 @@ def train_one_epoch(
     stats = stats if stats is not None else EpochStats()
     model.train()
     heads.train()
-    params = [p for p in [*model.parameters(), *heads.parameters()] if p.requires_grad]
     distributed_run = distributed.world_size() > 1
     bar = tqdm(total=len(lrs), desc="train", unit="it", disable=not progress, leave=False)
     batches = iter(loader)
@@ -163,8 +165,8 @@ def train_one_epoch(
                     # An empty share: a zero loss that still runs the backward collectives.
                     loss = features.float().sum() * 0.0
                 loss.backward()  # type: ignore[no-untyped-call]
-                if distributed_run:
-                    distributed.all_reduce_grads(params)
+                if sync is not None:
+                    sync(n, n_step)
                 optimizer.step()
             toc = time.perf_counter()
             stats.seconds += toc - tic

@@ -14,6 +14,8 @@ as the reference trainer does with ``relu(model(inp))`` before both prediction l
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -21,24 +23,35 @@ from torch import Tensor, nn
 __all__ = ["HierarchicalHeads"]
 
 _INIT_STD = 0.01  # reference init of every linear layer: N(0, 0.01), bias 0
+# Base seeds are drawn below 2**63 - 1: an int64 range, so base + g stays a valid seed.
+_MAX_SEED = 2**63 - 1
 
 
 class HierarchicalHeads(nn.Module):
     """Super-class head and one sub-class head per super-class, on ReLU(features).
 
-    The S sub-heads are stored as one weight (S, n_sub, D) and one bias (S, n_sub), so grouping
-    a batch by super-class is indexing, and the whole set checkpoints and re-initialises as two
-    tensors.
+    The sub-heads are stored as one weight (S_own, n_sub, D) and one bias (S_own, n_sub), so
+    grouping a batch by super-class is indexing, and the whole set checkpoints and
+    re-initialises as two tensors. By default every process owns all S sub-heads
+    (S_own = S). In the paper's grouped layout (section 6 of docs/ALGORITHM.md) a process
+    trains one super-class only, so it builds ``owned=[g]`` and holds one (1, n_sub, D) slice:
+    that is what makes k = 320 000 fit in memory. Targets are always global super-class ids
+    in [0, S); slot i of ``sub_weight``/``sub_bias`` holds sub-head ``owned[i]``. The
+    super-class head always has all S outputs.
 
     Args:
         feature_dim: D, the backbone's feature size.
         n_super: S, the number of super-classes (4m with rotation, m without).
         n_sub: sub-clusters per super-cluster, k / m (1 for RotNet: the sub term is then 0).
+        owned: super-classes whose sub-heads this module holds, distinct, in [0, S), in slot
+            order; None for all of them (0, 1, ..., S - 1).
 
     Reference: DeeperCluster (arXiv 1905.01278), ``main.py`` ``build_prediction_layer``.
     """
 
-    def __init__(self, feature_dim: int, n_super: int, n_sub: int) -> None:
+    def __init__(
+        self, feature_dim: int, n_super: int, n_sub: int, *, owned: Sequence[int] | None = None
+    ) -> None:
         super().__init__()
         for name, value in (("feature_dim", feature_dim), ("n_super", n_super), ("n_sub", n_sub)):
             if value < 1:
@@ -46,13 +59,26 @@ class HierarchicalHeads(nn.Module):
         self.feature_dim = feature_dim
         self.n_super = n_super
         self.n_sub = n_sub
+        self.owned: tuple[int, ...] = _check_owned(owned, n_super)
+        # Host copy of the slot table: the grouped path reads it with the per-class counts it
+        # already has on the host, so routing costs no extra device sync.
+        self._slots: tuple[int, ...] = _slot_table(self.owned, n_super)
+        # Device copy, for callers that index the stacked parameters per sample. Not
+        # persistent: it follows from `owned`, and the full heads' state_dict keeps its keys.
+        self.slot_of: Tensor
+        self.register_buffer(
+            "slot_of", torch.tensor(self._slots, dtype=torch.int64), persistent=False
+        )
         self.super_head = nn.Linear(feature_dim, n_super)
-        self.sub_weight = nn.Parameter(torch.empty(n_super, n_sub, feature_dim))
-        self.sub_bias = nn.Parameter(torch.empty(n_super, n_sub))
+        self.sub_weight = nn.Parameter(torch.empty(len(self.owned), n_sub, feature_dim))
+        self.sub_bias = nn.Parameter(torch.empty(len(self.owned), n_sub))
         self.reset_parameters()
 
     def extra_repr(self) -> str:
-        return f"feature_dim={self.feature_dim}, n_super={self.n_super}, n_sub={self.n_sub}"
+        text = f"feature_dim={self.feature_dim}, n_super={self.n_super}, n_sub={self.n_sub}"
+        if len(self.owned) < self.n_super:
+            text += f", owned={self.owned}"
+        return text
 
     @torch.no_grad()
     def reset_parameters(
@@ -60,33 +86,82 @@ class HierarchicalHeads(nn.Module):
     ) -> None:
         """Re-initialise the heads: weights N(0, 0.01), biases 0.
 
-        Call after every re-clustering, because cluster ids change meaning. The weights are drawn
-        on the generator's device and copied, so a seeded CPU generator gives the same heads on
-        CPU and GPU, and on every rank without a broadcast.
+        Call after every re-clustering, because cluster ids change meaning. The draws, in
+        order: one 63-bit base seed from ``generator``; sub-head g from its own CPU generator
+        seeded ``base + g``; then the super head from ``generator``. Sub-head g therefore gets
+        the same values whichever subset of sub-heads a process owns, so a run's result does
+        not depend on the process layout. Every draw is made on the generator's device (CPU
+        for the sub-heads) and copied, so a seeded CPU generator gives the same heads on CPU
+        and GPU, and on every rank without a broadcast.
 
         Args:
-            generator: source of randomness; None uses the global RNG.
+            generator: source of randomness; None uses the global RNG (the CPU one for the
+                base seed).
             super_head: also reset the super-class head. The reference keeps it when m == 1,
                 because the super-classes are then the 4 rotations, whose meaning is stable.
         """
-        params: list[Tensor] = [self.sub_weight]
-        if super_head:
-            params.append(self.super_head.weight)
-            nn.init.zeros_(self.super_head.bias)
+        device = generator.device if generator is not None else torch.device("cpu")
+        base = int(torch.randint(_MAX_SEED, (1,), generator=generator, device=device).item())
         nn.init.zeros_(self.sub_bias)
-        for p in params:
-            if generator is None or generator.device == p.device:
-                nn.init.normal_(p, 0.0, _INIT_STD, generator=generator)
-            else:
-                sample = torch.empty(p.shape, dtype=p.dtype, device=generator.device)
-                p.copy_(nn.init.normal_(sample, 0.0, _INIT_STD, generator=generator))
+        for slot, g in enumerate(self.owned):
+            sub_gen = torch.Generator().manual_seed(base + g)
+            sample = torch.empty((self.n_sub, self.feature_dim), dtype=self.sub_weight.dtype)
+            self.sub_weight[slot].copy_(nn.init.normal_(sample, 0.0, _INIT_STD, generator=sub_gen))
+        if not super_head:
+            return
+        nn.init.zeros_(self.super_head.bias)
+        p = self.super_head.weight
+        if generator is None or generator.device == p.device:
+            nn.init.normal_(p, 0.0, _INIT_STD, generator=generator)
+        else:
+            sample = torch.empty(p.shape, dtype=p.dtype, device=generator.device)
+            p.copy_(nn.init.normal_(sample, 0.0, _INIT_STD, generator=generator))
+
+    def sub_head(self, g: int) -> tuple[Tensor, Tensor]:
+        """The parameters of owned sub-head g, e.g. to assemble a full checkpoint.
+
+        Args:
+            g: global super-class id, in ``owned``.
+
+        Returns:
+            weight (n_sub, D) and bias (n_sub,): detached views, so they share storage with
+            the parameters (writing into them writes the heads).
+
+        Raises:
+            ValueError: g is not owned.
+        """
+        slot = self._slot(g)
+        return self.sub_weight.detach()[slot], self.sub_bias.detach()[slot]
+
+    @torch.no_grad()
+    def load_sub_head(self, g: int, weight: Tensor, bias: Tensor) -> None:
+        """Copy values into owned sub-head g (any device or floating dtype; converted).
+
+        Args:
+            g: global super-class id, in ``owned``.
+            weight: (n_sub, D).
+            bias: (n_sub,).
+
+        Raises:
+            ValueError: g is not owned, or a shape does not match.
+        """
+        slot = self._slot(g)
+        if weight.shape != (self.n_sub, self.feature_dim) or bias.shape != (self.n_sub,):
+            raise ValueError(
+                f"sub-head {g} needs weight ({self.n_sub}, {self.feature_dim}) and bias "
+                f"({self.n_sub},), got {tuple(weight.shape)} and {tuple(bias.shape)}; "
+                "load a checkpoint written with the same feature_dim and cluster.k / m"
+            )
+        self.sub_weight[slot].copy_(weight)
+        self.sub_bias[slot].copy_(bias)
 
     def forward(self, features: Tensor, super_targets: Tensor) -> tuple[Tensor, Tensor]:
         """Both heads' logits, rectifying the features once.
 
         Args:
             features: (B, D) backbone output, pre-activation.
-            super_targets: (B,) int64 super-class of each sample, selecting its sub-head.
+            super_targets: (B,) int64 global super-class of each sample, in [0, S), selecting
+                its sub-head (which must be owned).
 
         Returns:
             super logits (B, S) and sub logits (B, n_sub).
@@ -103,12 +178,25 @@ class HierarchicalHeads(nn.Module):
 
         Args:
             features: (B, D) backbone output, pre-activation.
-            super_targets: (B,) int64 in [0, S).
+            super_targets: (B,) int64 global super-class ids in [0, S), all owned.
 
         Returns:
             (B, n_sub) logits.
+
+        Raises:
+            ValueError: bad shapes or dtype, a target >= S, or a target whose sub-head is not
+                owned by this module.
         """
         return self._sub(F.relu(features), super_targets)
+
+    def _slot(self, g: int) -> int:
+        slot = self._slots[g] if 0 <= g < self.n_super else -1
+        if slot < 0:
+            raise ValueError(
+                f"sub-head of super-class {g} is not owned by these heads (owned={self.owned}, "
+                f"n_super={self.n_super}); ask the process that owns it"
+            )
+        return slot
 
     def _super(self, x: Tensor) -> Tensor:
         logits: Tensor = self.super_head(x)
@@ -134,27 +222,56 @@ class HierarchicalHeads(nn.Module):
                 f"n_super={self.n_super}; build the heads with the config's number of super-classes"
             )
         present = [s for s, c in enumerate(counts) if c > 0]
+        unowned = [s for s in present if self._slots[s] < 0]
+        if unowned:
+            raise ValueError(
+                f"super_targets contains super-class(es) {unowned} whose sub-heads these heads "
+                f"do not own (owned={self.owned}); route each sample to a process that owns "
+                "its super-class"
+            )
         if not present:  # empty batch (e.g. the tail of a sharded epoch)
             return x.new_zeros((0, self.n_sub))
         # unbind, not W[s] per group: its backward stacks the per-head gradients into one
-        # (S, n_sub, D) tensor (zeros for absent heads), whereas each W[s] would allocate a
+        # (S_own, n_sub, D) tensor (zeros for absent heads), whereas each W[s] would allocate a
         # full-size zero gradient of its own.
         weights = self.sub_weight.unbind(0)
         biases = self.sub_bias.unbind(0)
         if len(present) == 1:
             # Whole batch in one super-class: the distributed layout, where a rank owns one.
-            s = present[0]
-            return torch.addmm(biases[s], x, weights[s].t())
+            slot = self._slots[present[0]]
+            return torch.addmm(biases[slot], x, weights[slot].t())
+        # Sorting by global id groups the rows by sub-head; the slot only picks the parameters.
         order = torch.argsort(super_targets, stable=True)
         x_sorted = x.index_select(0, order)
         blocks: list[Tensor] = []
         start = 0
         for s in present:
             rows = x_sorted.narrow(0, start, counts[s])
-            blocks.append(torch.addmm(biases[s], rows, weights[s].t()))
+            slot = self._slots[s]
+            blocks.append(torch.addmm(biases[slot], rows, weights[slot].t()))
             start += counts[s]
         logits = torch.cat(blocks)
         # Scatter the rows back to batch order: out[order[j]] = logits[j].
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
         return logits.index_select(0, inverse)
+
+
+def _check_owned(owned: Sequence[int] | None, n_super: int) -> tuple[int, ...]:
+    if owned is None:
+        return tuple(range(n_super))
+    result = tuple(int(g) for g in owned)
+    if not result or len(set(result)) != len(result) or not all(0 <= g < n_super for g in result):
+        raise ValueError(
+            f"owned must list distinct super-classes in [0, {n_super}), at least one, got "
+            f"{list(owned)}; pass None to own every sub-head"
+        )
+    return result
+
+
+def _slot_table(owned: tuple[int, ...], n_super: int) -> tuple[int, ...]:
+    """(S,) slot of each super-class's sub-head in the stacked parameters, -1 where not owned."""
+    slots = [-1] * n_super
+    for slot, g in enumerate(owned):
+        slots[g] = slot
+    return tuple(slots)

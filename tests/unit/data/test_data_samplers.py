@@ -1,11 +1,11 @@
-"""uniform_epoch_plan: equal draws per pseudo-label, exclusions, determinism, rotations."""
+"""Epoch plans: equal draws per pseudo-label, exclusions, determinism, rotations, super-classes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from deepercluster.data import EpochPlan, uniform_epoch_plan
+from deepercluster.data import EpochPlan, super_class_epoch_plan, uniform_epoch_plan
 
 
 def _counts(plan: EpochPlan, labels: np.ndarray) -> dict[int, int]:
@@ -90,3 +90,131 @@ def test_errors() -> None:
         uniform_epoch_plan(np.zeros(5), size=5, seed=0, epoch=0, rotation=False)
     with pytest.raises(ValueError, match="equal length"):
         EpochPlan(indices=np.zeros(3, np.int64), rotations=np.zeros(2, np.int64))
+
+
+# ---- super_class_epoch_plan: one training group's epoch ----
+
+M = 3
+
+
+def _two_level() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # Super-cluster 1 has sub-clusters of 200, 20 and 2 images (one unreadable); the others
+    # reuse sub-cluster id 0, so a leak would hide in the counts but not in `sup`.
+    sup = np.array([0] * 100 + [1] * 222 + [2] * 50, dtype=np.int64)
+    sub = np.array([0] * 100 + [0] * 200 + [1] * 20 + [2] * 2 + [0] * 50, dtype=np.int64)
+    valid = np.ones(len(sup), dtype=bool)
+    valid[320] = False  # one of the two images of sub-cluster 2
+    return sup, sub, valid
+
+
+def _plan(
+    g: int, *, rotation: bool = True, size: int = 300, seed: int = 0, epoch: int = 0
+) -> EpochPlan:
+    sup, sub, valid = _two_level()
+    return super_class_epoch_plan(
+        sup,
+        sub,
+        valid,
+        super_class=g,
+        n_super_clusters=M,
+        rotation=rotation,
+        size=size,
+        seed=seed,
+        epoch=epoch,
+    )
+
+
+@pytest.mark.parametrize("rot", range(4))
+def test_super_class_plan_draws_only_its_super_cluster_and_rotation(rot: int) -> None:
+    sup, sub, valid = _two_level()
+    plan = _plan(rot * M + 1)  # super-cluster 1, rotation rot
+    assert len(plan) == 300 and plan.indices.dtype == np.int64
+    assert (sup[plan.indices] == 1).all() and valid[plan.indices].all()
+    assert plan.rotations.dtype == np.int64 and (plan.rotations == rot).all()
+    counts = dict(zip(*np.unique(sub[plan.indices], return_counts=True), strict=True))
+    assert counts == {0: 100, 1: 100, 2: 100}  # equal per sub-cluster, small ones re-used
+    assert set(plan.indices[sub[plan.indices] == 2].tolist()) == {321}  # not the invalid 320
+
+
+def test_super_class_plan_counts_never_differ_by_more_than_one() -> None:
+    _, sub, _ = _two_level()
+    plan = _plan(1, size=301)
+    counts = np.unique(sub[plan.indices], return_counts=True)[1]
+    assert counts.sum() == 301 and counts.max() - counts.min() <= 1
+
+
+def test_super_class_plan_is_deterministic_per_seed_epoch_and_class() -> None:
+    a = _plan(4, seed=2, epoch=5)
+    b = _plan(4, seed=2, epoch=5)
+    assert np.array_equal(a.indices, b.indices) and np.array_equal(a.rotations, b.rotations)
+    # Another rotation of the same super-cluster (g = 1 vs 4) draws its own images and order.
+    for other in (_plan(4, seed=2, epoch=6), _plan(4, seed=3, epoch=5), _plan(1, seed=2, epoch=5)):
+        assert not np.array_equal(a.indices, other.indices)
+
+
+def test_super_class_plan_without_rotation() -> None:
+    sup, _, _ = _two_level()
+    for g in range(M):
+        plan = _plan(g, rotation=False, size=40)
+        assert (sup[plan.indices] == g).all() and not plan.rotations.any()
+    with pytest.raises(ValueError, match=r"super_class must be in \[0, 3\)"):
+        _plan(M, rotation=False)
+
+
+def test_super_class_plan_errors() -> None:
+    sup, sub, valid = _two_level()
+    with pytest.raises(ValueError, match=r"super_class must be in \[0, 12\)"):
+        _plan(12)
+    with pytest.raises(ValueError, match=r"super_class must be in \[0, 12\)"):
+        _plan(-1)
+    valid[sup == 2] = False
+    with pytest.raises(ValueError, match=r"super-cluster 2 \(super-class 5\) has no valid image"):
+        super_class_epoch_plan(
+            sup,
+            sub,
+            valid,
+            super_class=5,
+            n_super_clusters=M,
+            rotation=True,
+            size=9,
+            seed=0,
+            epoch=0,
+        )
+    with pytest.raises(ValueError, match="equal length"):
+        super_class_epoch_plan(
+            sup,
+            sub[:-1],
+            valid,
+            super_class=0,
+            n_super_clusters=M,
+            rotation=True,
+            size=9,
+            seed=0,
+            epoch=0,
+        )
+    with pytest.raises(ValueError, match="bool"):
+        super_class_epoch_plan(
+            sup,
+            sub,
+            valid.astype(np.int64),
+            super_class=0,
+            n_super_clusters=M,
+            rotation=True,
+            size=9,
+            seed=0,
+            epoch=0,
+        )
+    with pytest.raises(ValueError, match="n_super_clusters must be >= 1"):
+        super_class_epoch_plan(
+            sup,
+            sub,
+            valid,
+            super_class=0,
+            n_super_clusters=0,
+            rotation=True,
+            size=9,
+            seed=0,
+            epoch=0,
+        )
+    with pytest.raises(ValueError, match="epoch size must be positive"):
+        _plan(0, size=0)

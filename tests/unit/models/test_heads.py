@@ -180,3 +180,122 @@ def test_bad_targets_are_rejected(targets: torch.Tensor, match: str) -> None:
 def test_bad_sizes_are_rejected() -> None:
     with pytest.raises(ValueError, match="n_sub >= 1"):
         HierarchicalHeads(D, S, 0)
+
+
+# ---- owning a subset of the sub-heads (the paper's grouped layout) ----
+
+OWNED = [3, 1]
+
+
+def test_full_heads_state_dict_is_unchanged() -> None:
+    heads = HierarchicalHeads(D, S, N_SUB)
+    shapes = {k: tuple(v.shape) for k, v in heads.state_dict().items()}
+    assert shapes == {
+        "super_head.weight": (S, D),
+        "super_head.bias": (S,),
+        "sub_weight": (S, N_SUB, D),
+        "sub_bias": (S, N_SUB),
+    }
+    assert heads.owned == tuple(range(S))
+    assert HierarchicalHeads(D, S, N_SUB, owned=None).owned == heads.owned
+
+
+def test_owned_subset_shapes() -> None:
+    heads = HierarchicalHeads(D, S, N_SUB, owned=OWNED)
+    assert heads.owned == (3, 1)
+    assert heads.sub_weight.shape == (2, N_SUB, D) and heads.sub_bias.shape == (2, N_SUB)
+    assert heads.super_head.out_features == S  # the super head stays full everywhere
+    assert set(heads.state_dict()) == set(HierarchicalHeads(D, S, N_SUB).state_dict())
+    assert heads.slot_of.tolist() == [-1, 1, -1, 0]
+    assert "owned=(3, 1)" in repr(heads)
+
+
+def test_sub_head_init_does_not_depend_on_the_owned_subset() -> None:
+    full = HierarchicalHeads(D, S, N_SUB)
+    part = HierarchicalHeads(D, S, N_SUB, owned=OWNED)
+    single = HierarchicalHeads(D, S, N_SUB, owned=[1])
+    for heads in (full, part, single):
+        heads.reset_parameters(torch.Generator().manual_seed(11))
+    for g in OWNED:
+        assert torch.equal(part.sub_head(g)[0], full.sub_head(g)[0]), g
+    assert torch.equal(single.sub_head(1)[0], full.sub_head(1)[0])
+    assert torch.equal(part.super_head.weight, full.super_head.weight)
+    assert not torch.equal(full.sub_head(1)[0], full.sub_head(3)[0])  # heads differ
+
+
+def test_owned_subset_gives_the_full_heads_logits() -> None:
+    full = HierarchicalHeads(D, S, N_SUB).double()
+    part = HierarchicalHeads(D, S, N_SUB, owned=OWNED).double()
+    for heads in (full, part):
+        heads.reset_parameters(torch.Generator().manual_seed(5))
+    feats = torch.randn(7, D, dtype=torch.float64)
+    for targets in (torch.tensor([3, 1, 1, 3, 3, 1, 3]), torch.full((7,), 1)):
+        sup_f, sub_f = full(feats, targets)
+        sup_p, sub_p = part(feats, targets)
+        torch.testing.assert_close(sup_p, sup_f, rtol=0, atol=0)
+        torch.testing.assert_close(sub_p, sub_f, rtol=0, atol=0)
+        torch.testing.assert_close(part.sub_logits(feats, targets), sub_f, rtol=0, atol=0)
+
+
+def test_owned_subset_gradients_land_in_the_right_slot() -> None:
+    part = HierarchicalHeads(D, S, N_SUB, owned=OWNED)
+    part.sub_logits(torch.rand(3, D), torch.tensor([1, 1, 1])).sum().backward()  # type: ignore[no-untyped-call]
+    assert part.sub_weight.grad is not None
+    assert part.sub_weight.grad[part.owned.index(1)].abs().sum() > 0
+    assert torch.equal(part.sub_weight.grad[part.owned.index(3)], torch.zeros(N_SUB, D))
+
+
+def test_unowned_target_is_rejected() -> None:
+    part = HierarchicalHeads(D, S, N_SUB, owned=OWNED)
+    with pytest.raises(ValueError, match=r"super-class\(es\) \[0, 2\].*owned=\(3, 1\)"):
+        part.sub_logits(torch.randn(4, D), torch.tensor([3, 0, 2, 1]))
+    with pytest.raises(ValueError, match=r"\[2\]"):
+        part(torch.randn(1, D), torch.tensor([2]))
+    with pytest.raises(ValueError, match="n_super"):
+        part.sub_logits(torch.randn(1, D), torch.tensor([S]))
+    with pytest.raises(ValueError, match="super-class 0 is not owned"):
+        part.sub_head(0)
+    with pytest.raises(ValueError, match=f"super-class {S} is not owned"):
+        part.load_sub_head(S, torch.zeros(N_SUB, D), torch.zeros(N_SUB))
+
+
+@pytest.mark.parametrize("owned", [[], [0, 0], [S], [-1]])
+def test_bad_owned_is_rejected(owned: list[int]) -> None:
+    with pytest.raises(ValueError, match="owned must list distinct super-classes"):
+        HierarchicalHeads(D, S, N_SUB, owned=owned)
+
+
+def test_owned_subset_reset_is_reproducible() -> None:
+    a = HierarchicalHeads(D, S, N_SUB, owned=OWNED)
+    b = HierarchicalHeads(D, S, N_SUB, owned=OWNED)
+    a.reset_parameters(torch.Generator().manual_seed(3))
+    b.reset_parameters(torch.Generator().manual_seed(3))
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb), name
+    assert torch.equal(a.sub_bias, torch.zeros_like(a.sub_bias))
+    b.reset_parameters(torch.Generator().manual_seed(4))
+    assert not torch.equal(a.sub_weight, b.sub_weight)
+    kept = b.super_head.weight.clone()
+    b.reset_parameters(torch.Generator().manual_seed(5), super_head=False)
+    assert torch.equal(b.super_head.weight, kept)
+    assert not torch.equal(a.sub_weight, b.sub_weight)
+
+
+def test_sub_head_round_trip_assembles_the_full_heads() -> None:
+    full = HierarchicalHeads(D, S, N_SUB)
+    with torch.no_grad():
+        full.sub_bias.normal_()
+    parts = [HierarchicalHeads(D, S, N_SUB, owned=[g]) for g in range(S)]
+    for g, part in enumerate(parts):
+        part.load_sub_head(g, *full.sub_head(g))
+    assembled = HierarchicalHeads(D, S, N_SUB)
+    for g, part in enumerate(parts):
+        assembled.load_sub_head(g, *part.sub_head(g))
+    assert torch.equal(assembled.sub_weight, full.sub_weight)
+    assert torch.equal(assembled.sub_bias, full.sub_bias)
+    # sub_head returns views of the parameters, without autograd history.
+    weight, bias = parts[2].sub_head(2)
+    assert not weight.requires_grad and weight.data_ptr() == parts[2].sub_weight.data_ptr()
+    assert not bias.requires_grad and bias.data_ptr() == parts[2].sub_bias.data_ptr()
+    with pytest.raises(ValueError, match=r"needs weight \(5, 6\)"):
+        parts[0].load_sub_head(0, torch.zeros(N_SUB, D + 1), torch.zeros(N_SUB))

@@ -286,6 +286,7 @@ class GroupPlan:
     world_size: int
     n_super_classes: int
     reason: str
+    n_super_clusters: int = 1
 
     @property
     def group_size(self) -> int:
@@ -302,6 +303,18 @@ class GroupPlan:
             raise ValueError("super_class_of needs the grouped layout")
         return rank // self.group_size
 
+    def clustering_groups(self) -> list[list[int]]:
+        """Ranks of the level-2 clustering group of each super-cluster (grouped layout).
+
+        Group s = ranks [s W/m, (s+1) W/m) clusters super-cluster s's images; W is a multiple
+        of S = 4m (or m), so of m. Empty when m == 1 (level 2 then uses every rank anyway).
+        """
+        m = self.n_super_clusters
+        if not self.grouped or m < 2:
+            return []
+        g = self.world_size // m
+        return [list(range(s * g, (s + 1) * g)) for s in range(m)]
+
     def training_groups(self) -> list[list[int]]:
         """Ranks of every training group, group g = super-class g (grouped layout)."""
         if not self.grouped:
@@ -311,7 +324,12 @@ class GroupPlan:
 
 
 def plan_groups(
-    world_size: int, n_super_classes: int, *, layout: str = "auto", head_bytes: int = 0
+    world_size: int,
+    n_super_classes: int,
+    *,
+    layout: str = "auto",
+    head_bytes: int = 0,
+    n_super_clusters: int = 1,
 ) -> GroupPlan:
     """Choose the training layout for ``world_size`` processes and S super-classes.
 
@@ -321,6 +339,7 @@ def plan_groups(
         layout: ``auto``, ``replicated`` or ``grouped`` (forced).
         head_bytes: memory of all sub-heads' weights (S * k/m * D * 4 bytes), which ``auto``
             weighs against :data:`GROUPED_ABOVE_BYTES`.
+        n_super_clusters: m, for the level-2 clustering groups of the grouped layout.
 
     Raises:
         ValueError: unknown layout, or ``grouped`` forced where S does not divide the world.
@@ -335,7 +354,9 @@ def plan_groups(
                 f"multiple of the number of super-classes ({n_super_classes}, at least 2); "
                 f"launch {max(2, n_super_classes)}*n processes or use train.layout=replicated"
             )
-        return GroupPlan("grouped", world_size, n_super_classes, "forced by train.layout")
+        return GroupPlan(
+            "grouped", world_size, n_super_classes, "forced by train.layout", n_super_clusters
+        )
     if layout == "replicated" or world_size == 1:
         why = "single process" if world_size == 1 else "forced by train.layout"
         return GroupPlan("replicated", world_size, n_super_classes, why)
@@ -352,12 +373,14 @@ def plan_groups(
         f"the sub-heads would take {3 * head_bytes / 2**30:.1f} GiB per process; each of the "
         f"{n_super_classes} groups of {world_size // n_super_classes} holds only its own"
     )
-    return GroupPlan("grouped", world_size, n_super_classes, why)
+    return GroupPlan("grouped", world_size, n_super_classes, why, n_super_clusters)
 
 
-def make_groups(plan: GroupPlan) -> list[ProcessGroup | None]:
-    """Create one process group per training group; every rank must call this."""
-    return [new_group(ranks) for ranks in plan.training_groups()]
+def make_groups(plan: GroupPlan) -> tuple[list[ProcessGroup | None], list[ProcessGroup | None]]:
+    """Create the training groups, then the clustering groups; every rank must call this."""
+    training = [new_group(ranks) for ranks in plan.training_groups()]
+    clustering = [new_group(ranks) for ranks in plan.clustering_groups()]
+    return training, clustering
 
 
 def gather_object(obj: Any, dst: int = 0, group: ProcessGroup | None = None) -> list[Any] | None:
@@ -368,3 +391,24 @@ def gather_object(obj: Any, dst: int = 0, group: ProcessGroup | None = None) -> 
     out: list[Any] | None = [None] * n if rank(group) == dst else None
     dist.gather_object(obj, out, dst=dst, group=group)
     return out
+
+
+def all_to_all_np(array: np.ndarray, send_counts: list[int], recv_counts: list[int]) -> np.ndarray:
+    """Personalised exchange over all ranks: rows [sum(send[:d]), sum(send[:d+1])) go to rank d.
+
+    Args:
+        array: (sum(send_counts), ...) rows grouped by destination rank, in rank order.
+        send_counts: rows for each destination rank.
+        recv_counts: rows coming from each source rank (every rank must know them).
+
+    Returns:
+        (sum(recv_counts), ...) received rows, grouped by source rank in rank order.
+    """
+    if world_size() == 1:
+        return array
+    dev = _collective_device()
+    src = torch.from_numpy(np.ascontiguousarray(array)).to(dev)
+    out = src.new_empty((sum(recv_counts), *array.shape[1:]))
+    dist.all_to_all_single(out, src, output_split_sizes=recv_counts, input_split_sizes=send_counts)
+    result: np.ndarray = out.cpu().numpy()
+    return result

@@ -63,16 +63,19 @@ def _torchrun(nproc: int, args: list[str]) -> subprocess.CompletedProcess[str]:
 def test_torchrun_four_ranks_then_resume_on_two(layout: str, tmp_path: Path) -> None:
     data = write_pattern_images(tmp_path / "images", n=48)
     out = tmp_path / "run"
-    # grouped: 4 super-classes (4 rotations x 1 super-cluster), one per process
-    extra = ["cluster.super_clusters=1"] if layout == "grouped" else []
+    # grouped: DeepCluster-style 2 super-classes (no rotation, m = 2): two training groups of
+    # two processes, and level 2 of k-means in two clustering groups
+    extra = ["cluster.rotation=false"] if layout == "grouped" else []
     first = _torchrun(4, _args(data, out, "train.epochs=1", f"train.layout={layout}", *extra))
     assert first.returncode == 0, first.stderr[-3000:]
     assert f"4 processes (gloo), {layout} layout" in first.stderr
+    if layout == "grouped":
+        assert "level 2 of k-means in 2 clustering groups" in first.stderr
     ck = load_checkpoint(out / "checkpoint.pth")
     assert ck["state"]["epoch"] == 1 and len(ck["rng"]) == 4
     assert ck["layout"]["layout"] == layout
-    n_super = 4 if layout == "grouped" else 8
-    assert ck["heads"]["sub_weight"].shape == (n_super, 8 // (n_super // 4), 512)
+    n_super = 2 if layout == "grouped" else 8  # S = m, or 4m with rotation
+    assert ck["heads"]["sub_weight"].shape == (n_super, 4, 512)  # k/m = 4 sub-clusters each
     # every sub-head was trained and saved, whichever process held it
     assert all(float(w.abs().sum()) > 0 for w in ck["heads"]["sub_weight"])
     second = _torchrun(2, _args(data, out, "train.epochs=2", "train.layout=auto", *extra))

@@ -3,6 +3,7 @@
 Works on numpy arrays only (numpy, scipy, faiss); never imports torch, models or data.
 """
 
+from deepercluster.cluster.clustering_groups import hierarchical_kmeans_grouped
 from deepercluster.cluster.distributed_kmeans import (
     fit_pca_distributed,
     hierarchical_kmeans_distributed,
@@ -57,6 +58,7 @@ __all__ = [
     "halve_one_sided",
     "hierarchical_kmeans",
     "hierarchical_kmeans_distributed",
+    "hierarchical_kmeans_grouped",
     "kmeans",
     "kmeans_distributed",
     "l2_normalize",

@@ -25,6 +25,7 @@ from deepercluster.cluster import (
     fit_pca_distributed,
     hierarchical_kmeans,
     hierarchical_kmeans_distributed,
+    hierarchical_kmeans_grouped,
 )
 from deepercluster.config import RunConfig
 from deepercluster.data import ClusterTransform, ClusterView, Collection
@@ -33,6 +34,9 @@ from deepercluster.features import extract_features
 from deepercluster.log import get_logger
 
 log = get_logger("cluster")
+
+# (ranks of each super-cluster's clustering group, the matching process groups)
+Level2Groups = tuple[list[list[int]], list[Any]]
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ def recluster(
     epoch: int,
     device: torch.device,
     previous: Clustering | None,
+    level2_groups: Level2Groups | None = None,
     progress: bool = True,
 ) -> tuple[Clustering, list[tuple[int, str]]]:
     """Compute new targets with the current network.
@@ -112,6 +117,8 @@ def recluster(
         epoch: current epoch, mixed into the k-means seed so every round draws new inits.
         device: where the model runs.
         previous: last round's clustering (warm start, NMI between rounds), or None.
+        level2_groups: (ranks, process groups) of one clustering group per super-cluster
+            (the paper's grouped layout): level 2 then runs in those groups, concurrently.
         progress: show progress bars.
 
     Returns:
@@ -173,6 +180,7 @@ def recluster(
         cfg,
         epoch=epoch,
         previous=previous,
+        level2_groups=level2_groups,
         progress=progress,
     )
     clustering.metrics["time/extract_s"] = t_extract
@@ -188,6 +196,7 @@ def _cluster(
     *,
     epoch: int,
     previous: Clustering | None,
+    level2_groups: Level2Groups | None,
     progress: bool,
 ) -> Clustering:
     """PCA-whiten and cluster the readable images' features, this rank holding some of them.
@@ -230,9 +239,28 @@ def _cluster(
     seed = cfg.train.seed * 100_003 + epoch
     threads = cfg.train.threads or None
     if many:
-        local = hierarchical_kmeans_distributed(
-            reduced, k=c.k, m=c.super_clusters, niter=c.niter, seed=seed, init=warm, threads=threads
-        )
+        if level2_groups is not None:
+            local = hierarchical_kmeans_grouped(
+                reduced,
+                k=c.k,
+                m=c.super_clusters,
+                groups=level2_groups[0],
+                process_groups=level2_groups[1],
+                niter=c.niter,
+                seed=seed,
+                init=warm,
+                threads=threads,
+            )
+        else:
+            local = hierarchical_kmeans_distributed(
+                reduced,
+                k=c.k,
+                m=c.super_clusters,
+                niter=c.niter,
+                seed=seed,
+                init=warm,
+                threads=threads,
+            )
         result = dataclasses.replace(
             local,
             super_assignments=distributed.all_gather_cat_np(local.super_assignments),

@@ -161,6 +161,12 @@ def fit(
         n_super=cfg.cluster.n_super_classes,
         n_sub=cfg.cluster.sub_per_super,
         dim=backbone.feature_dim,
+        n_super_clusters=cfg.cluster.super_clusters,
+    )
+    level2_groups = (
+        (layout.plan.clustering_groups(), list(layout.clustering_groups))
+        if layout.clustering_groups
+        else None
     )
     heads = HierarchicalHeads(
         backbone.feature_dim,
@@ -311,6 +317,7 @@ def fit(
                     epoch=epoch,
                     device=device,
                     previous=clustering,
+                    level2_groups=level2_groups,
                     progress=progress,
                 )
                 for index, reason in unreadable:

@@ -34,11 +34,13 @@ class TrainingLayout:
         plan: the layout of the whole job.
         rank: this process's global rank.
         group: this rank's training group (grouped layout), else None.
+        clustering_groups: the level-2 group of each super-cluster (grouped layout, m > 1).
     """
 
     plan: GroupPlan
     rank: int
     group: ProcessGroup | None = None
+    clustering_groups: tuple[ProcessGroup | None, ...] = ()
 
     @property
     def super_class(self) -> int | None:
@@ -57,17 +59,26 @@ class TrainingLayout:
 
 
 def build_layout(
-    env: DistEnv, *, layout: str, n_super: int, n_sub: int, dim: int
+    env: DistEnv, *, layout: str, n_super: int, n_sub: int, dim: int, n_super_clusters: int = 1
 ) -> TrainingLayout:
-    """Plan the layout, create the training groups (a collective), and log the choice."""
+    """Plan the layout, create the process groups (a collective), and log the choice."""
     plan = distributed.plan_groups(
-        env.world_size, n_super, layout=layout, head_bytes=n_super * n_sub * dim * 4
+        env.world_size,
+        n_super,
+        layout=layout,
+        head_bytes=n_super * n_sub * dim * 4,
+        n_super_clusters=n_super_clusters,
     )
-    groups = distributed.make_groups(plan)
-    group = groups[plan.super_class_of(env.rank)] if plan.grouped else None
+    training, clustering = distributed.make_groups(plan)
+    group = training[plan.super_class_of(env.rank)] if plan.grouped else None
     if env.world_size > 1:
-        log.info("layout: %s (%s)", plan.layout, plan.reason)
-    return TrainingLayout(plan, env.rank, group)
+        log.info(
+            "layout: %s (%s)%s",
+            plan.layout,
+            plan.reason,
+            f"; level 2 of k-means in {len(clustering)} clustering groups" if clustering else "",
+        )
+    return TrainingLayout(plan, env.rank, group, tuple(clustering))
 
 
 def sync_gradients(

@@ -33,6 +33,7 @@ class DistEnv:
         rank: global rank in [0, world_size).
         world_size: number of processes (1 without torchrun).
         local_rank: rank on this machine (selects the GPU).
+        local_world_size: processes on this machine (they share its CPU cores).
         device: the device this process computes on.
         backend: ``nccl``, ``gloo``, or None for a single process.
     """
@@ -40,6 +41,7 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
 
@@ -79,7 +81,24 @@ def init_from_env(device: str = "auto", *, timeout_s: float = 600.0) -> DistEnv:
             timeout=datetime.timedelta(seconds=timeout_s),
             device_id=dev if use_cuda else None,
         )
-    return DistEnv(rank, world_size, local_rank, dev, backend)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    return DistEnv(rank, world_size, local_rank, local_world, dev, backend)
+
+
+def current_env(device: torch.device) -> DistEnv:
+    """The :class:`DistEnv` of a process group the caller already joined, else single-process.
+
+    Lets ``deepercluster.train(cfg)`` called from a script under torchrun take part in the
+    group instead of training apart on every rank.
+    """
+    if not is_distributed():
+        return DistEnv(device=device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(dist.get_world_size())))
+    backend = str(dist.get_backend())
+    if backend == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, local_world, device, backend)
 
 
 def shutdown() -> None:

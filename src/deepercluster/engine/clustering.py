@@ -237,7 +237,7 @@ def _cluster(
     if c.warm_start and previous is not None and previous.result is not None:
         warm = _warm_start(reduced, local_ids, previous, k=c.k, m=c.super_clusters, seed=epoch)
     seed = cfg.train.seed * 100_003 + epoch
-    threads = cfg.train.threads or None
+    threads = cfg.train.threads or torch.get_num_threads()  # fit() set it for this process
     if many:
         if level2_groups is not None:
             local = hierarchical_kmeans_grouped(

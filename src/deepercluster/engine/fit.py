@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -124,13 +125,19 @@ def fit(
         A :class:`FitResult`.
     """
     # ============ setting up the run ============
-    env = env or DistEnv(device=resolve_device(cfg.train.device))
+    # Inside a process group joined by the caller, take part in it rather than train apart.
+    env = env or distributed.current_env(resolve_device(cfg.train.device))
     out_dir = Path(cfg.out)
     setup_logging(out_dir if env.is_main else None, level=_INFO if env.is_main else _WARNING)
     progress = progress and env.is_main
     device = env.device
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    # torchrun sets OMP_NUM_THREADS=1 per process; CPU stages (k-means, PCA) would then use one
+    # core per process on a GPU node: share the machine's cores among its processes instead.
+    threads = cfg.train.threads or (
+        max(1, (os.cpu_count() or 1) // env.local_world_size) if env.world_size > 1 else 0
+    )
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
 
     # ============ preparing data ============
@@ -257,9 +264,11 @@ def fit(
             state = TrainingState(state.epoch, 0, state.clustered_epoch, 0)
         if payload["clustering"] is not None:
             clustering = Clustering.from_dict(tensors_to_arrays(payload["clustering"]))
-        # The epoch's sums so far are global; rank 0 carries them, the others start at zero.
-        if payload["stats"] and env.is_main:
-            stats = EpochStats(**payload["stats"])
+        # The epoch's sums so far are global: rank 0 carries them, the others start at zero,
+        # except the (rank-averaged) seconds, which every rank carries so the mean stays right.
+        if payload["stats"] and state.position:
+            saved = EpochStats(**payload["stats"])
+            stats = saved if env.is_main else EpochStats(seconds=saved.seconds)
         for path, reason in payload["skipped"]:
             skip_log.record(path, reason)
         log.info(

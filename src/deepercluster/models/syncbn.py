@@ -44,9 +44,9 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     ``E[x^2] - E[x]^2`` (K = 0) loses all precision when |mean| >> std, as the two terms nearly
     cancel; with K close to the mean, d^2 is small next to var and nothing cancels. K is the
     running mean: it tracks the batch mean, costs nothing, and is the same on every rank because
-    every rank updates it from the same all-reduced sums (DDP's buffer broadcast keeps it so as
-    well). Per-rank means combined with Chan's formula would be exact from the first step, but
-    need an all-gather of N x (2C + 1) numbers instead of one all-reduce of 2C + 1. Stats are
+    every rank updates it from the same all-reduced sums. Per-rank means combined with Chan's
+    formula would be exact from the first step, but need an all-gather of N x (2C + 1)
+    numbers instead of one all-reduce of 2C + 1. Stats are
     accumulated in float32 at least (float64 inputs stay float64), also under bf16/fp16
     autocast, and the variance is clamped at 0 for the first steps, when K is still 0, and for
     modules without running statistics, which use K = 0 throughout.

@@ -119,7 +119,8 @@ def fit(
         collection: images to train on; by default opened from ``cfg.data.path``.
         progress: show progress bars on the console (rank 0 only).
         env: this process's place in a distributed job (:func:`distributed.init_from_env`);
-            None runs in a single process on ``cfg.train.device``.
+            None joins the process group the caller already set up, if any, else runs in a
+            single process on ``cfg.train.device``.
 
     Returns:
         A :class:`FitResult`.

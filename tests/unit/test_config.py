@@ -106,3 +106,16 @@ def test_config_is_frozen() -> None:
     cfg = RunConfig()
     with pytest.raises(AttributeError):
         cfg.out = "x"  # type: ignore[misc]
+
+
+def test_shipped_configs_load() -> None:
+    root = Path(__file__).resolve().parents[2] / "configs"
+    paper = load_config(toml_path=root / "paper.toml")
+    assert (paper.cluster.k, paper.cluster.super_clusters, paper.cluster.n_super_classes) == (
+        320_000,
+        4,
+        16,
+    )
+    assert paper.model.arch == "vgg16" and paper.cluster.pca_dim == 4096
+    smoke = load_config(toml_path=root / "smoke.toml")
+    assert smoke.model.arch == "small" and smoke.cluster.k == 8

@@ -259,7 +259,12 @@ def all_reduce_grads(params: list[torch.nn.Parameter], group: ProcessGroup | Non
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
-    flat = all_reduce_sum(flat, group)
+    # `flat` is a fresh buffer: reduce it in place (this runs every step) unless it must move
+    # to the collective device first.
+    if flat.device == _collective_device():
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    else:
+        flat = all_reduce_sum(flat, group)
     offset = 0
     for p, g in zip(params, grads, strict=True):
         n = g.numel()

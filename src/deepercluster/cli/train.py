@@ -1,0 +1,83 @@
+"""``deepercluster train`` (pre-training, resumable) and ``deepercluster config``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from deepercluster.cli.common import CONFIG_HELP, add_config_args, config_from_args
+
+
+def register(sub: Any) -> None:
+    train = sub.add_parser(
+        "train",
+        help="pre-train a convnet (resumes when --out holds a run)",
+        epilog=CONFIG_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_args(train)
+    train.add_argument("--no-progress", action="store_true", help="no progress bars (batch jobs)")
+    train.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="distributed runs: a rank that stops answering makes the others exit with an "
+        "error after this long instead of hanging (must exceed the longest clustering step)",
+    )
+    train.set_defaults(func=_cmd_train)
+
+    config = sub.add_parser(
+        "config",
+        help="print the fully resolved configuration",
+        epilog=CONFIG_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_args(config)
+    config.add_argument("--format", choices=("toml", "json"), default="toml")
+    config.set_defaults(func=_cmd_config)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from deepercluster import distributed
+    from deepercluster.engine.fit import fit
+
+    cfg = config_from_args(args)
+    if not cfg.data.path:
+        raise ValueError("no data: pass --data PATH (or set data.path in the --config file)")
+    # Under torchrun this joins the process group (gloo on CPU, NCCL on GPU); alone, it is a
+    # no-op and the run is single-process.
+    env = distributed.init_from_env(cfg.train.device, timeout_s=args.timeout)
+    try:
+        result = fit(cfg, progress=not args.no_progress, env=env)
+    except Exception as exc:
+        if not distributed.is_communication_error(exc):
+            raise
+        print(
+            f"deepercluster: error: rank {env.rank} of {env.world_size} lost contact with the "
+            f"other processes ({type(exc).__name__}: {str(exc).splitlines()[0]}); a process "
+            "died or stopped answering within --timeout. Run the same command again to resume "
+            "from the last checkpoint.",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        distributed.shutdown()
+    if env.is_main:
+        skipped = (
+            f", {result.n_skipped} unreadable images skipped (listed in "
+            f"{result.out_dir / 'skipped.csv'})"
+            if result.n_skipped
+            else ""
+        )
+        print(f"done: {len(result.history)} epochs trained{skipped}; run folder {result.out_dir}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    print(cfg.to_json() if args.format == "json" else cfg.to_toml(), end="")
+    if args.format == "json":
+        print()
+    return 0

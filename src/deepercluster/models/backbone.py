@@ -42,7 +42,8 @@ class Backbone(nn.Module):
     def __init__(self, *, sobel: bool) -> None:
         super().__init__()
         # First child, so the state_dict and printouts read in data-flow order.
-        self.sobel: Sobel | None = Sobel() if sobel else None
+        # A Sobel, or after `fold_sobel` the equivalent RGB nn.Conv2d; None for plain RGB.
+        self.sobel: nn.Module | None = Sobel() if sobel else None
 
     @property
     def in_channels(self) -> int:

@@ -436,3 +436,116 @@ def all_to_all_np(array: np.ndarray, send_counts: list[int], recv_counts: list[i
     dist.all_to_all_single(out, src, output_split_sizes=recv_counts, input_split_sizes=send_counts)
     result: np.ndarray = out.cpu().numpy()
     return result
+
+
+# Large tensors travel in pieces of this many bytes: with NCCL every piece is staged in GPU
+# memory, so a 20 GB head or a 96 M-image label array never needs a 20 GB GPU buffer.
+_CHUNK_BYTES = 256 * 2**20
+
+
+def broadcast_tensor(tensor: Tensor, src: int = 0, group: ProcessGroup | None = None) -> None:
+    """Overwrite ``tensor`` (a CPU tensor of the same shape and dtype on every rank) with rank
+    ``src``'s values, in chunks of at most 256 MiB."""
+    if world_size(group) == 1:
+        return
+    flat = _bytes_view(tensor).view(-1)
+    dev = _collective_device()
+    step = max(1, _CHUNK_BYTES // max(tensor.element_size(), 1))
+    for start in range(0, flat.numel(), step):
+        piece = flat[start : start + step].to(dev, copy=True)
+        dist.broadcast(piece, src=src, group=group)
+        flat[start : start + step] = piece.to(flat.device)
+
+
+def _bytes_view(t: Tensor) -> Tensor:
+    # Not every backend reduces or sends bool: move those as the bytes they are.
+    return t.view(torch.uint8) if t.dtype == torch.bool else t
+
+
+def send_tensor(tensor: Tensor, dst: int) -> None:
+    """Point-to-point: send ``tensor`` to global rank ``dst`` (which calls :func:`recv_tensor`)."""
+    flat = _bytes_view(tensor.detach().contiguous()).view(-1)
+    dev = _collective_device()
+    step = max(1, _CHUNK_BYTES // max(tensor.element_size(), 1))
+    for start in range(0, flat.numel(), step):
+        dist.send(flat[start : start + step].to(dev), dst=dst)
+
+
+def recv_tensor(out: Tensor, src: int) -> None:
+    """Point-to-point: fill the contiguous CPU tensor ``out`` with what rank ``src`` sends."""
+    flat = _bytes_view(out).view(-1)
+    dev = _collective_device()
+    step = max(1, _CHUNK_BYTES // max(out.element_size(), 1))
+    for start in range(0, flat.numel(), step):
+        piece = torch.empty(min(step, flat.numel() - start), dtype=flat.dtype, device=dev)
+        dist.recv(piece, src=src)
+        flat[start : start + step] = piece.to(flat.device)
+
+
+def broadcast_tree(tree: Any, src: int = 0, min_bytes: int = 2**20) -> Any:
+    """Rank ``src``'s nested dict/list ``tree`` on every rank, big arrays sent as tensors.
+
+    Tensors and numpy arrays of at least ``min_bytes`` are replaced by placeholders in the
+    pickled skeleton and then broadcast with :func:`broadcast_tensor` (chunked), so a
+    checkpoint's model weights and per-image label arrays never go through one huge pickle.
+    Other ranks pass anything (their ``tree`` is ignored).
+    """
+    if world_size() == 1:
+        return tree
+    big: list[Tensor] = []
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return type(node)(strip(v) for v in node)
+        is_array = isinstance(node, np.ndarray)
+        if (is_array or isinstance(node, Tensor)) and node.nbytes >= min_bytes:
+            t = torch.from_numpy(np.ascontiguousarray(node)) if is_array else node.cpu()
+            big.append(t.contiguous())
+            return _Placeholder(len(big) - 1, tuple(t.shape), t.dtype, is_array)
+        return node
+
+    skeleton = broadcast_object(strip(tree) if rank() == src else None, src=src)
+    if skeleton is None:
+        return None
+    holes: list[_Placeholder] = []
+
+    def collect(node: Any) -> None:
+        if isinstance(node, dict):
+            for v in node.values():
+                collect(v)
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                collect(v)
+        elif isinstance(node, _Placeholder):
+            holes.append(node)
+
+    collect(skeleton)
+    filled: dict[int, Tensor] = {}
+    for hole in sorted(holes, key=lambda h: h.index):
+        t = big[hole.index] if rank() == src else torch.empty(hole.shape, dtype=hole.dtype)
+        broadcast_tensor(t, src=src)
+        filled[hole.index] = t
+
+    def fill(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: fill(v) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            return type(node)(fill(v) for v in node)
+        if isinstance(node, _Placeholder):
+            t = filled[node.index]
+            return t.numpy() if node.is_array else t
+        return node
+
+    return fill(skeleton)
+
+
+@dataclass(frozen=True)
+class _Placeholder:
+    """Where :func:`broadcast_tree` cut a big tensor out of the pickled skeleton."""
+
+    index: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    is_array: bool

@@ -244,13 +244,15 @@ def fit(
     state = TrainingState(epoch=0, iteration=0, clustered_epoch=-1)
     clustering: Clustering | None = None
     stats: EpochStats | None = None
-    # Rank 0 reads the checkpoint and sends it to the others: no shared disk needed.
+    # Rank 0 reads the checkpoint and sends it to the others: no shared disk needed. The
+    # sub-heads travel apart, as tensors, so each group receives only its own slice.
     payload = load_checkpoint(ckpt_path) if env.is_main and ckpt_path.exists() else None
-    payload = distributed.broadcast_object(payload)
+    saved_heads = (payload.pop("heads"), payload.pop("optimizer")) if payload else None
+    payload = distributed.broadcast_tree(payload)
     if payload is not None:
         tolerated = check_resumable(payload, cfg, n_images=n_images, path=ckpt_path)
         backbone.load_state_dict(payload["model"])
-        load_heads_state(heads, optimizer, payload["heads"], payload["optimizer"], layout)
+        load_heads_state(heads, optimizer, saved_heads, layout)
         rngs = payload["rng"]
         if len(rngs) == env.world_size:
             set_rng_state(rngs[env.rank])

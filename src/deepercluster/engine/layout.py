@@ -112,8 +112,10 @@ def full_heads_state(
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """Heads and optimizer state in the replicated shapes, on rank 0 (None elsewhere).
 
-    In the grouped layout, each group's first rank sends its sub-head (weights and momentum)
-    to rank 0, which assembles the (S, k/m, D) tensors. Every rank must call this.
+    In the grouped layout, the first rank of each group sends its sub-head (weights and
+    momentum) to rank 0 as tensors, one after the other, and rank 0 writes them into the
+    (S, k/m, D) CPU tensors: at the paper's k = 320,000 this is ~21 GB with momentum, so it
+    never goes through a pickle or a whole-head GPU buffer. Every rank must call this.
     """
     heads_state = heads.state_dict()
     optim_state = optimizer.state_dict()
@@ -121,35 +123,35 @@ def full_heads_state(
         return (heads_state, optim_state) if layout.rank == 0 else None
     g = layout.super_class
     assert g is not None
-    mine = None
-    if layout.share[0] == 0:
-        weight, bias = heads.sub_head(g)
-        mine = (g, weight.detach().cpu(), bias.detach().cpu(), *_momenta(heads, optimizer))
-    parts = distributed.gather_object(mine)
-    if parts is None:
+    owners = [ranks[0] for ranks in layout.plan.training_groups()]
+    m_weight, m_bias = _momenta(heads, optimizer)
+    # Momentum is missing before the first step; keep the state consistent over all groups.
+    flags = distributed.all_gather_object(m_weight is not None and m_bias is not None)
+    have_momentum = all(flags[owner] for owner in owners)
+    mine = list(heads.sub_head(g))
+    if have_momentum:
+        assert m_weight is not None and m_bias is not None
+        mine += [m_weight, m_bias]
+    if layout.rank != 0:
+        if layout.rank in owners:
+            for tensor in mine:
+                distributed.send_tensor(tensor, dst=0)
         return None
     s, n_sub, dim = heads.n_super, heads.n_sub, heads.feature_dim
-    full = {
-        "weight": torch.zeros(s, n_sub, dim),
-        "bias": torch.zeros(s, n_sub),
-        "m_weight": torch.zeros(s, n_sub, dim),
-        "m_bias": torch.zeros(s, n_sub),
-    }
-    have_momentum = True
-    for part in parts:
-        if part is None:
-            continue
-        cls, weight, bias, m_weight, m_bias = part
-        full["weight"][cls], full["bias"][cls] = weight, bias
-        if m_weight is None or m_bias is None:
-            have_momentum = False
-        else:
-            full["m_weight"][cls], full["m_bias"][cls] = m_weight, m_bias
-    heads_state["sub_weight"], heads_state["sub_bias"] = full["weight"], full["bias"]
+    full = [torch.zeros(s, n_sub, dim), torch.zeros(s, n_sub)]
+    if have_momentum:
+        full += [torch.zeros(s, n_sub, dim), torch.zeros(s, n_sub)]
+    for cls, owner in enumerate(owners):
+        for i, target in enumerate(full):
+            if owner == 0:
+                target[cls] = mine[i]
+            else:
+                distributed.recv_tensor(target[cls], src=owner)
+    heads_state["sub_weight"], heads_state["sub_bias"] = full[0], full[1]
     i_w, i_b = _param_index(optimizer, heads.sub_weight), _param_index(optimizer, heads.sub_bias)
-    for index, key in ((i_w, "m_weight"), (i_b, "m_bias")):
+    for index, j in ((i_w, 2), (i_b, 3)):
         if have_momentum:
-            optim_state["state"][index] = {"momentum_buffer": full[key]}
+            optim_state["state"][index] = {"momentum_buffer": full[j]}
         else:
             optim_state["state"].pop(index, None)
     return heads_state, optim_state
@@ -158,26 +160,63 @@ def full_heads_state(
 def load_heads_state(
     heads: HierarchicalHeads,
     optimizer: torch.optim.Optimizer,
-    heads_state: dict[str, Any],
-    optim_state: dict[str, Any],
+    saved: tuple[dict[str, Any], dict[str, Any]] | None,
     layout: TrainingLayout,
 ) -> None:
-    """Load replicated-shape states, keeping only this rank's sub-head when grouped."""
+    """Load a checkpoint's replicated-shape (heads, optimizer) states on every rank.
+
+    Only rank 0 needs ``saved`` (others pass None; every rank must call this). The small parts
+    (super-class head, body momentum) are broadcast; the sub-heads move as tensors: broadcast
+    whole when replicated, and when grouped each rank receives only its own super-class's
+    slice from rank 0, so no rank ever holds more than its share.
+    """
+    i_w, i_b = _param_index(optimizer, heads.sub_weight), _param_index(optimizer, heads.sub_bias)
+    big: list[torch.Tensor | None] = [None, None, None, None]
+    small = None
+    if saved is not None:
+        heads_state, optim_state = saved
+        moms = [optim_state["state"].get(i, {}).get("momentum_buffer") for i in (i_w, i_b)]
+        big = [heads_state["sub_weight"], heads_state["sub_bias"], *moms]
+        small = (
+            {k: v for k, v in heads_state.items() if k not in ("sub_weight", "sub_bias")},
+            {
+                **optim_state,
+                "state": {i: v for i, v in optim_state["state"].items() if i not in (i_w, i_b)},
+            },
+            big[2] is not None and big[3] is not None,
+        )
+    small = distributed.broadcast_object(small)
+    assert small is not None
+    heads_small, optim_small, have_momentum = small
+    n_parts = 4 if have_momentum else 2
+    local = [heads.sub_weight, heads.sub_bias] * 2  # the shapes this rank holds
     g = layout.super_class
-    if g is not None:
-        heads_state = dict(heads_state)
-        heads_state["sub_weight"] = heads_state["sub_weight"][g : g + 1]
-        heads_state["sub_bias"] = heads_state["sub_bias"][g : g + 1]
-        optim_state = {**optim_state, "state": dict(optim_state["state"])}
-        for p in (heads.sub_weight, heads.sub_bias):
-            index = _param_index(optimizer, p)
-            entry = optim_state["state"].get(index)
-            if entry is not None and "momentum_buffer" in entry:
-                optim_state["state"][index] = {
-                    "momentum_buffer": entry["momentum_buffer"][g : g + 1]
-                }
-    heads.load_state_dict(heads_state)
-    optimizer.load_state_dict(optim_state)
+    mine: list[torch.Tensor] = []
+    for i in range(n_parts):
+        if layout.rank == 0:
+            tensor = big[i]
+            assert tensor is not None
+            mine.append(tensor if g is None else tensor[g : g + 1].clone())
+        else:
+            mine.append(torch.empty(local[i].shape, dtype=local[i].dtype))
+    if g is None:
+        for tensor in mine:
+            distributed.broadcast_tensor(tensor)
+    elif layout.rank == 0:
+        for dst in range(1, layout.plan.world_size):
+            cls = layout.plan.super_class_of(dst)
+            for i in range(n_parts):
+                part = big[i]
+                assert part is not None
+                distributed.send_tensor(part[cls : cls + 1], dst=dst)
+    else:
+        for tensor in mine:
+            distributed.recv_tensor(tensor, src=0)
+    heads.load_state_dict({**heads_small, "sub_weight": mine[0], "sub_bias": mine[1]})
+    state = dict(optim_small["state"])
+    if have_momentum:
+        state[i_w], state[i_b] = {"momentum_buffer": mine[2]}, {"momentum_buffer": mine[3]}
+    optimizer.load_state_dict({**optim_small, "state": state})
 
 
 def _momenta(

@@ -28,6 +28,7 @@ LAYER = {
     "evaluation": 2,
     "engine": 3,
     "demo": 4,
+    "inspect": 4,
     "cli": 5,
     "__main__": 6,
     "__init__": 6,

@@ -203,25 +203,46 @@ def save_backbone(path: Path, backbone: torch.nn.Module, cfg: Any) -> None:
 
 
 def load_backbone(path: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild a trunk saved by a run (``backbone.pth``, or a full ``checkpoint.pth``).
+    """Rebuild a trained trunk from any of the files that hold one.
+
+    Accepted: a run's ``backbone.pth`` or full ``checkpoint.pth``; a plain ``state_dict``
+    written by ``deepercluster export`` (RGB-folded or not: the architecture is read from the
+    keys and shapes); a ``{"state_dict": ...}`` file in the authors' released layout
+    (``module.body.features.*``), converted on the fly. Always loaded with
+    ``weights_only=True``.
 
     Returns:
         The backbone in eval mode; (B, 3, H, W) ImageNet-normalised RGB -> (B, feature_dim).
+
+    Raises:
+        ValueError: the file holds no backbone we can rebuild (the message says why).
     """
     from deepercluster.models import build_backbone
+    from deepercluster.models.convert import (
+        backbone_from_state_dict,
+        convert_reference_state_dict,
+    )
 
     payload = load_checkpoint(Path(path))
-    if "state_dict" in payload:
-        arch, sobel, res, state = (
-            payload["arch"],
-            payload["sobel"],
-            payload["resolution"],
-            payload["state_dict"],
+    model: torch.nn.Module
+    if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        model = backbone_from_state_dict(payload)  # an exported plain state_dict
+    elif "state_dict" in payload and "arch" not in payload:
+        model = backbone_from_state_dict(convert_reference_state_dict(payload["state_dict"]))
+    elif "state_dict" in payload:
+        model = build_backbone(
+            payload["arch"], sobel=payload["sobel"], resolution=payload["resolution"]
         )
-    else:
+        model.load_state_dict(payload["state_dict"])
+    elif "model" in payload and "config" in payload:
         cfg = payload["config"]
-        arch, sobel, res = cfg["model"]["arch"], cfg["model"]["sobel"], cfg["data"]["resolution"]
-        state = payload["model"]
-    model = build_backbone(arch, sobel=sobel, resolution=res)
-    model.load_state_dict(state)
+        model = build_backbone(
+            cfg["model"]["arch"], sobel=cfg["model"]["sobel"], resolution=cfg["data"]["resolution"]
+        )
+        model.load_state_dict(payload["model"])
+    else:
+        raise ValueError(
+            f"{path} holds no backbone (keys {sorted(payload)[:6]}); pass a run's backbone.pth "
+            "or checkpoint.pth, or a file written by `deepercluster export`"
+        )
     return model.to(device).eval()

@@ -216,7 +216,8 @@ def load_heads_state(
     state = dict(optim_small["state"])
     if have_momentum:
         state[i_w], state[i_b] = {"momentum_buffer": mine[2]}, {"momentum_buffer": mine[3]}
-    optimizer.load_state_dict({**optim_small, "state": state})
+    # Parameter order, as a state_dict has it (a later checkpoint then lists them the same way).
+    optimizer.load_state_dict({**optim_small, "state": dict(sorted(state.items()))})
 
 
 def _momenta(

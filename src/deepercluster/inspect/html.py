@@ -95,10 +95,18 @@ def page_name(page: int) -> str:
     return f"page-{page:04d}.html"
 
 
+# A missing thumbnail or figure shows in the browser console (and so fails the browser test).
+_IMAGE_ERRORS = (
+    "document.addEventListener('error',function(e){var t=e.target;"
+    "if(t&&t.tagName==='IMG'){console.error('missing image: '+t.getAttribute('src'));}},true);"
+)
+
+
 def _head(title: str) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<title>{escape(title)}</title><style>{_CSS}</style>"
+        f"<script>{_IMAGE_ERRORS}</script></head><body>"
     )
 
 

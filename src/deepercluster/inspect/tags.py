@@ -62,8 +62,9 @@ def match_tags(paths: Sequence[str], table: dict[str, list[str]]) -> list[list[s
             tags = table.get(path)
         if tags is None:
             parts = Path(member or path).parts
-            for j in range(1, min(len(parts), 5)):
-                tags = table.get("/".join(parts[j:]))
+            # The longest trailing part first: "images/a.jpg" before "a.jpg".
+            for j in range(min(len(parts), 6), 0, -1):
+                tags = table.get("/".join(parts[-j:]))
                 if tags is not None:
                     break
         out.append(tags or [])
@@ -110,6 +111,8 @@ def overrepresented_tags(
         ok = n_tag >= min(min_count, sizes[c])
         tag_ids, n_tag = tag_ids[ok], n_tag[ok]
         lift = (n_tag / max(sizes[c], 1.0)) / overall[tag_ids]
+        # A tag no more frequent here than everywhere (lift <= 1) says nothing about the cluster.
+        tag_ids, n_tag, lift = tag_ids[lift > 1], n_tag[lift > 1], lift[lift > 1]
         order = np.lexsort((-n_tag, -lift))[:top]
         result.append([TagScore(vocab[tag_ids[j]], int(n_tag[j]), float(lift[j])) for j in order])
     return result

@@ -26,6 +26,7 @@ LAYER = {
     "features": 2,
     "losses": 2,
     "evaluation": 2,
+    "protocols": 4,
     "engine": 3,
     "demo": 4,
     "inspect": 4,

@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS: tuple[str, ...] = ("train", "demo", "inspect")
+COMMANDS: tuple[str, ...] = ("train", "demo", "evaluate", "inspect")
 """Modules of this package that define commands (``deepercluster.cli.<name>.register``)."""
 
 

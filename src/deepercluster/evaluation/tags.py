@@ -1,0 +1,243 @@
+"""Clusters against multi-label metadata: many noisy tags per image (the paper's hashtags).
+
+NMI needs one label per image, so the paper's hashtag analysis (Caron et al., ICCV 2019,
+section 4.3) cannot be applied as is to images that carry 0 to 30 tags. We measure three
+things that handle many tags per image:
+
+- **per-tag mutual information** ``I(1[tag t]; cluster)`` between "the image has tag t" and
+  the cluster, in nats, and as the fraction of the tag's entropy the clusters explain;
+- **enrichment**: for cluster k and tag t, ``lift = P(t | k) / P(t)`` with the counts behind
+  it, to list the tags most over-represented in each cluster;
+- **NMI against each image's most specific tag**: the image's rarest tag among those used
+  at least ``min_count`` times (rarer tags are near-unique ids that inflate NMI), compared
+  with the same NMI for random clusters of the same sizes.
+
+Tags are held as (image, tag) pairs, so memory is O(number of pairs), not images x tags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepercluster.evaluation.nmi import nmi
+
+__all__ = [
+    "TagPairs",
+    "cluster_tag_counts",
+    "enrichment",
+    "most_specific_tag",
+    "random_nmi",
+    "tag_mutual_information",
+]
+
+
+@dataclass(frozen=True)
+class TagPairs:
+    """Which image carries which tag.
+
+    Attributes:
+        images: (P,) int64 image index of each (image, tag) pair, each pair at most once.
+        tags: (P,) int64 index into ``vocabulary``.
+        vocabulary: the distinct tags, sorted.
+        n_images: N.
+    """
+
+    images: np.ndarray
+    tags: np.ndarray
+    vocabulary: tuple[str, ...]
+    n_images: int
+
+    @classmethod
+    def from_strings(cls, rows: Sequence[str], *, sep: str = ",") -> TagPairs:
+        """Parse one ``"a,b,c"`` string per image; tags are stripped and lower-cased.
+
+        Empty strings give images without tags.
+        """
+        per_image = [
+            sorted({t.strip().lower() for t in row.split(sep) if t.strip()}) for row in rows
+        ]
+        vocabulary = tuple(sorted({t for tags in per_image for t in tags}))
+        lookup = {t: i for i, t in enumerate(vocabulary)}
+        images = [i for i, tags in enumerate(per_image) for _ in tags]
+        tags = [lookup[t] for row in per_image for t in row]
+        return cls(
+            np.asarray(images, dtype=np.int64),
+            np.asarray(tags, dtype=np.int64),
+            vocabulary,
+            len(rows),
+        )
+
+    def tag_counts(self) -> np.ndarray:
+        """(T,) number of images carrying each tag."""
+        return np.bincount(self.tags, minlength=len(self.vocabulary)).astype(np.int64)
+
+
+def cluster_tag_counts(
+    clusters: np.ndarray, pairs: TagPairs
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Non-zero (cluster, tag) co-occurrence counts.
+
+    Args:
+        clusters: (N,) int64 cluster id in [0, K) of every image.
+        pairs: the tags.
+
+    Returns:
+        ``(cluster_ids, tag_ids, counts)``, each (M,) int64: images of cluster ``cluster_ids[m]``
+        carrying tag ``tag_ids[m]``.
+    """
+    clusters = np.asarray(clusters, dtype=np.int64)
+    if clusters.shape != (pairs.n_images,):
+        raise ValueError(
+            f"need one cluster per image: {clusters.shape} for {pairs.n_images} images"
+        )
+    n_tags = max(len(pairs.vocabulary), 1)
+    keys, counts = np.unique(clusters[pairs.images] * n_tags + pairs.tags, return_counts=True)
+    cluster_ids, tag_ids = np.divmod(keys, n_tags)
+    return cluster_ids, tag_ids, counts.astype(np.int64)
+
+
+def _xlogx_ratio(joint: np.ndarray, a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """Elementwise ``p_ab * log(p_ab / (p_a p_b))`` from counts, 0 where the joint count is 0."""
+    out = np.zeros(np.broadcast(joint, a, b).shape, dtype=np.float64)
+    joint, a, b = np.broadcast_arrays(
+        joint.astype(np.float64), a.astype(np.float64), b.astype(np.float64)
+    )
+    ok = joint > 0
+    out[ok] = joint[ok] / n * np.log(joint[ok] * n / (a[ok] * b[ok]))
+    return out
+
+
+def tag_mutual_information(clusters: np.ndarray, pairs: TagPairs) -> tuple[np.ndarray, np.ndarray]:
+    """Mutual information between each tag's indicator and the clusters.
+
+    ``I(X_t; C) = sum_k sum_{x in {0,1}} p(k, x) log(p(k, x) / (p(k) p(x)))`` with
+    ``X_t = 1[image has tag t]``, natural log.
+
+    Args:
+        clusters: (N,) cluster ids in [0, K).
+        pairs: the tags.
+
+    Returns:
+        ``(mi, fraction)``: (T,) MI in nats, and (T,) MI divided by the entropy of ``X_t``
+        (the share of the tag's uncertainty that knowing the cluster removes; 0 for a tag on
+        every image).
+    """
+    clusters = np.asarray(clusters, dtype=np.int64)
+    n = pairs.n_images
+    k_ids, t_ids, with_tag = cluster_tag_counts(clusters, pairs)
+    sizes = np.bincount(clusters, minlength=int(clusters.max()) + 1 if n else 0)
+    tag_n = pairs.tag_counts()
+    n_k = sizes[k_ids]
+    n_t = tag_n[t_ids]
+    # Cells (k, x=1) from the co-occurrence counts; cells (k, x=0) are n_k - n_kt. Clusters
+    # with no image of tag t contribute only through their x=0 cell, which equals
+    # n_k * log(n / (n - n_t)) / n summed over those clusters: added in one go below.
+    present = _xlogx_ratio(with_tag, n_k, n_t, n) + _xlogx_ratio(
+        with_tag * 0 + n_k - with_tag, n_k, n - n_t, n
+    )
+    mi = np.bincount(t_ids, weights=present, minlength=len(pairs.vocabulary))
+    covered = np.bincount(
+        t_ids, weights=n_k, minlength=len(pairs.vocabulary)
+    )  # images in clusters touching t
+    rest = n - covered
+    absent_t = n - tag_n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mi += np.where(
+            (rest > 0) & (absent_t > 0), rest / n * np.log(n / np.maximum(absent_t, 1)), 0.0
+        )
+        p = tag_n / n
+        entropy = -(
+            np.where(p > 0, p * np.log(p), 0.0) + np.where(p < 1, (1 - p) * np.log(1 - p), 0.0)
+        )
+        fraction = np.where(entropy > 0, mi / entropy, 0.0)
+    return np.maximum(mi, 0.0), np.clip(fraction, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Enriched:
+    """One over-represented tag of a cluster."""
+
+    tag: str
+    count: int  # images of the cluster with the tag
+    cluster_size: int
+    tag_total: int  # images with the tag in the whole collection
+    lift: float  # P(tag | cluster) / P(tag)
+
+
+def enrichment(
+    clusters: np.ndarray, pairs: TagPairs, *, top: int = 5, min_count: int = 3
+) -> dict[int, list[Enriched]]:
+    """The ``top`` tags with the highest lift in each cluster.
+
+    Args:
+        clusters: (N,) cluster ids.
+        pairs: the tags.
+        top: tags listed per cluster.
+        min_count: a tag must occur at least this many times in the cluster to be listed (a
+            tag seen once in a small cluster has a huge but meaningless lift).
+
+    Returns:
+        ``{cluster: [Enriched, ...]}`` sorted by decreasing lift, then count; clusters with no
+        tag passing ``min_count`` map to an empty list.
+    """
+    clusters = np.asarray(clusters, dtype=np.int64)
+    n = pairs.n_images
+    k_ids, t_ids, counts = cluster_tag_counts(clusters, pairs)
+    sizes = np.bincount(clusters)
+    tag_n = pairs.tag_counts()
+    lift = (counts / sizes[k_ids]) / (tag_n[t_ids] / n)
+    out: dict[int, list[Enriched]] = {int(k): [] for k in np.unique(clusters)}
+    order = np.lexsort((-counts, -lift, k_ids))
+    for m in order:
+        k = int(k_ids[m])
+        if counts[m] < min_count or len(out[k]) >= top:
+            continue
+        out[k].append(
+            Enriched(
+                pairs.vocabulary[int(t_ids[m])],
+                int(counts[m]),
+                int(sizes[k]),
+                int(tag_n[t_ids[m]]),
+                float(lift[m]),
+            )
+        )
+    return out
+
+
+def most_specific_tag(pairs: TagPairs, *, min_count: int = 5) -> np.ndarray:
+    """Each image's rarest tag among the tags carried by at least ``min_count`` images.
+
+    Ties go to the alphabetically first tag. Rarer tags are left out because a tag on one or
+    two images acts as an image id: any clustering would look informative against it.
+
+    Returns:
+        (N,) int64 tag index, -1 for images with no tag passing ``min_count``.
+    """
+    tag_n = pairs.tag_counts()
+    eligible = tag_n[pairs.tags] >= min_count
+    images, tags = pairs.images[eligible], pairs.tags[eligible]
+    out = np.full(pairs.n_images, -1, dtype=np.int64)
+    # Sort by (image, count, tag) and keep each image's first row.
+    order = np.lexsort((tags, tag_n[tags], images))
+    images, tags = images[order], tags[order]
+    first = np.ones(len(images), dtype=bool)
+    first[1:] = images[1:] != images[:-1]
+    out[images[first]] = tags[first]
+    return out
+
+
+def random_nmi(
+    clusters: np.ndarray, labels: np.ndarray, *, repeats: int = 10, seed: int = 0
+) -> tuple[float, float]:
+    """NMI of randomly permuted clusters (same sizes) against ``labels``: the chance level.
+
+    Returns:
+        ``(mean, std)`` over ``repeats`` permutations.
+    """
+    rng = np.random.default_rng(seed)
+    clusters = np.asarray(clusters)
+    values = [nmi(rng.permutation(clusters), labels) for _ in range(repeats)]
+    return float(np.mean(values)), float(np.std(values))

@@ -10,6 +10,7 @@ file loads with ``torch.load(..., weights_only=True)`` (no pickled objects).
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,7 +224,15 @@ def load_backbone(path: str | Path, *, device: str | torch.device = "cpu") -> to
         convert_reference_state_dict,
     )
 
-    payload = load_checkpoint(Path(path))
+    try:
+        payload = load_checkpoint(Path(path))
+    except pickle.UnpicklingError:
+        # e.g. a training script's checkpoint that also pickled its argparse Namespace
+        raise ValueError(
+            f"{path} holds pickled Python objects besides tensors, which we never unpickle; "
+            "if you trust the file, save its weights alone: "
+            "torch.save({'state_dict': torch.load(F, weights_only=False)['state_dict']}, F2)"
+        ) from None
     model: torch.nn.Module
     if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
         model = backbone_from_state_dict(payload)  # an exported plain state_dict

@@ -85,3 +85,12 @@ def test_bad_reference_files_are_refused() -> None:
         convert_reference_state_dict(ref)
     with pytest.raises(ValueError, match="unexpected key"):
         convert_reference_state_dict({"module.body.head.weight": torch.zeros(1)})
+
+
+def test_files_with_pickled_objects_are_refused_with_the_fix(tmp_path: Path) -> None:
+    import argparse
+
+    torch.save({"state_dict": _reference_state(False), "args": argparse.Namespace(lr=0.1)},
+               tmp_path / "f.pth")  # fmt: skip
+    with pytest.raises(ValueError, match="save its weights alone"):
+        deepercluster.load_backbone(tmp_path / "f.pth")

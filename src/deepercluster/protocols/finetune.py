@@ -205,7 +205,7 @@ def finetune(
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             schedule.step()
-            total += float(loss) * len(y)
+            total += float(loss.detach()) * len(y)
             count += len(y)
         losses.append(total / max(count, 1))
         accs.append(_accuracy(model, test_loader, device))

@@ -25,7 +25,9 @@ def test_bottou_decay() -> None:
 def test_linear_probe_separates_separable_features() -> None:
     x, y = _separable(600, 32, 5, seed=0)
     x_test, y_test = _separable(300, 32, 5, seed=1)
-    probe = train_linear_probes(x, y, 5, [(0.1, 1e-4), (1e-6, 1e-4)], SGDSettings(epochs=10, batch_size=64))
+    probe = train_linear_probes(
+        x, y, 5, [(0.1, 1e-4), (1e-6, 1e-4)], SGDSettings(epochs=10, batch_size=64)
+    )
     acc = probe.accuracy(x_test, y_test)
     assert acc[0] >= 0.99  # the usable setting reaches ~100%
     assert acc[1] < 0.6  # a learning rate of 1e-6 barely moves: settings really are separate
@@ -44,7 +46,9 @@ def test_grid_settings_do_not_interact() -> None:
 
 def test_probe_rejects_out_of_range_labels() -> None:
     with pytest.raises(ValueError, match="labels must lie"):
-        train_linear_probes(np.zeros((4, 2), np.float32), np.array([0, 1, 2, 3]), 3, [(0.1, 0.0)], SGDSettings())
+        train_linear_probes(
+            np.zeros((4, 2), np.float32), np.array([0, 1, 2, 3]), 3, [(0.1, 0.0)], SGDSettings()
+        )
 
 
 def test_knn_on_synthetic_clusters() -> None:

@@ -27,15 +27,18 @@ CLUSTERS = np.array([0, 0, 0, 1, 1, 1])
 def test_parsing_normalises_and_counts() -> None:
     pairs = TagPairs.from_strings(ROWS)
     assert pairs.vocabulary == ("all", "food", "red", "soup")
-    assert dict(zip(pairs.vocabulary, pairs.tag_counts().tolist())) == {
-        "all": 6, "food": 2, "red": 3, "soup": 2,
+    assert dict(zip(pairs.vocabulary, pairs.tag_counts().tolist(), strict=False)) == {
+        "all": 6,
+        "food": 2,
+        "red": 3,
+        "soup": 2,
     }
 
 
 def test_per_tag_mutual_information_by_hand() -> None:
     pairs = TagPairs.from_strings(ROWS)
     mi, fraction = tag_mutual_information(CLUSTERS, pairs)
-    got = dict(zip(pairs.vocabulary, mi.tolist()))
+    got = dict(zip(pairs.vocabulary, mi.tolist(), strict=False))
     # "red" splits exactly like the clusters: I = H(C) = log 2, all of the tag's entropy.
     assert got["red"] == pytest.approx(math.log(2))
     assert fraction[pairs.vocabulary.index("red")] == pytest.approx(1.0)
@@ -44,8 +47,10 @@ def test_per_tag_mutual_information_by_hand() -> None:
     # "all" carries no information.
     assert got["all"] == pytest.approx(0.0, abs=1e-12)
     # "soup": P(k, x) = {(0,0): 3/6, (1,1): 2/6, (1,0): 1/6}, P(x=1) = 1/3, P(k) = 1/2.
-    soup = 0.5 * math.log(0.5 / (0.5 * 2 / 3)) + 2 / 6 * math.log((2 / 6) / (0.5 / 3)) + (
-        1 / 6 * math.log((1 / 6) / (0.5 * 2 / 3))
+    soup = (
+        0.5 * math.log(0.5 / (0.5 * 2 / 3))
+        + 2 / 6 * math.log((2 / 6) / (0.5 / 3))
+        + (1 / 6 * math.log((1 / 6) / (0.5 * 2 / 3)))
     )
     assert got["soup"] == pytest.approx(soup)
 
@@ -55,7 +60,8 @@ def test_enrichment_lists_lift_and_counts() -> None:
     top = enrichment(CLUSTERS, pairs, top=2, min_count=2)
     # cluster 0: red 3/3 vs 3/6 -> lift 2; all -> lift 1.
     assert [(e.tag, e.count, e.cluster_size, e.tag_total) for e in top[0]] == [
-        ("red", 3, 3, 3), ("all", 3, 3, 6),
+        ("red", 3, 3, 3),
+        ("all", 3, 3, 6),
     ]
     assert top[0][0].lift == pytest.approx(2.0)
     # cluster 1: soup 2/3 vs 2/6 -> lift 2; food has only 1 image there (< min_count).

@@ -71,6 +71,13 @@ def init_from_env(device: str = "auto", *, timeout_s: float = 600.0) -> DistEnv:
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
+        n_gpus = torch.cuda.device_count()
+        if local_rank >= n_gpus:
+            raise ValueError(
+                f"local rank {local_rank} has no GPU: this node sees {n_gpus} CUDA device(s); "
+                f"launch one process per GPU (torchrun --nproc_per_node={n_gpus}), or train on "
+                "the CPU with --set train.device=cpu"
+            )
         torch.cuda.set_device(local_rank)
         dev, backend = torch.device("cuda", local_rank), "nccl"
     else:

@@ -17,6 +17,7 @@ from tests.distributed.harness import run_ranks
 pytestmark = pytest.mark.distributed
 
 SETTINGS = [
+    "train.device=cpu",  # compared with CPU results (a GPU box would pick CUDA)
     "model.arch=small",
     "data.resolution=32",
     "data.workers=0",

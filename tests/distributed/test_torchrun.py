@@ -20,6 +20,7 @@ pytestmark = pytest.mark.distributed
 TIMEOUT = 8  # seconds; a frozen rank is detected only by this timeout
 
 SETTINGS = [
+    "train.device=cpu",  # compared with CPU results (a GPU box would pick CUDA)
     "model.arch=small",
     "data.resolution=32",
     "data.workers=0",

@@ -16,6 +16,7 @@ from deepercluster.engine import fit as fit_module
 from deepercluster.engine.checkpoint import load_backbone, load_checkpoint
 
 SMALL = [
+    "--set", "train.device=cpu",  # bitwise resume checks: CPU kernels are deterministic
     "--set", "model.arch=small",
     "--set", "data.resolution=32",
     "--set", "data.workers=0",

@@ -113,21 +113,23 @@ def decode_image(
             raise BadImageError(_bomb_reason(str(err), max_pixels)) from None
         except _DECODE_ERRORS as err:
             raise BadImageError(_classify(err)) from None
-        with img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise BadImageError(
-                    f"decompression bomb: {width * height} pixels > limit {max_pixels}"
-                )
-            try:
-                # load() forces the real decode: Image.open only parses the header, and a
-                # truncated file only fails here (we never set LOAD_TRUNCATED_IMAGES).
-                img.load()
-                return to_rgb(_exif_transpose(img))
-            except Image.DecompressionBombError as err:
-                raise BadImageError(_bomb_reason(str(err), max_pixels)) from None
-            except _DECODE_ERRORS as err:
-                raise BadImageError(_classify(err)) from None
+        # No `with img:` (which would close the image and force a copy of its pixels): the
+        # data is in memory, so there is no file handle to release.
+        width, height = img.size
+        if width * height > max_pixels:
+            raise BadImageError(f"decompression bomb: {width * height} pixels > limit {max_pixels}")
+        try:
+            # load() forces the real decode: Image.open only parses the header, and a
+            # truncated file only fails here (we never set LOAD_TRUNCATED_IMAGES).
+            img.load()
+            _exif_transpose(img)
+            if img.mode == "RGB" and "transparency" not in img.info:
+                return img  # the common case: already what we return, no copy
+            return to_rgb(img)
+        except Image.DecompressionBombError as err:
+            raise BadImageError(_bomb_reason(str(err), max_pixels)) from None
+        except _DECODE_ERRORS as err:
+            raise BadImageError(_classify(err)) from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -199,14 +201,14 @@ def _read_file(path: str | os.PathLike[str]) -> bytes:
         raise BadImageError(f"unreadable file: {err.strerror or err}") from None
 
 
-def _exif_transpose(img: Image.Image) -> Image.Image:
+def _exif_transpose(img: Image.Image) -> None:
+    """Apply the EXIF orientation in place (Pillow would otherwise return a copy)."""
     try:
-        rotated = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)
     except Exception:
         # EXIF parsers are fragile on crawled files and orientation is cosmetic: a broken
         # EXIF block should not cost us an otherwise good image.
-        return img
-    return img if rotated is None else rotated
+        return
 
 
 def _classify(err: BaseException) -> str:

@@ -15,6 +15,7 @@ as the reference trainer does with ``relu(model(inp))`` before both prediction l
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -231,30 +232,80 @@ class HierarchicalHeads(nn.Module):
             )
         if not present:  # empty batch (e.g. the tail of a sharded epoch)
             return x.new_zeros((0, self.n_sub))
-        # unbind, not W[s] per group: its backward stacks the per-head gradients into one
-        # (S_own, n_sub, D) tensor (zeros for absent heads), whereas each W[s] would allocate a
-        # full-size zero gradient of its own.
-        weights = self.sub_weight.unbind(0)
-        biases = self.sub_bias.unbind(0)
+        groups = [(self._slots[s], counts[s]) for s in present]
         if len(present) == 1:
             # Whole batch in one super-class: the distributed layout, where a rank owns one.
-            slot = self._slots[present[0]]
-            return torch.addmm(biases[slot], x, weights[slot].t())
+            return _grouped_linear(x, self.sub_weight, self.sub_bias, groups)
         # Sorting by global id groups the rows by sub-head; the slot only picks the parameters.
         order = torch.argsort(super_targets, stable=True)
-        x_sorted = x.index_select(0, order)
-        blocks: list[Tensor] = []
-        start = 0
-        for s in present:
-            rows = x_sorted.narrow(0, start, counts[s])
-            slot = self._slots[s]
-            blocks.append(torch.addmm(biases[slot], rows, weights[slot].t()))
-            start += counts[s]
-        logits = torch.cat(blocks)
+        logits = _grouped_linear(x.index_select(0, order), self.sub_weight, self.sub_bias, groups)
         # Scatter the rows back to batch order: out[order[j]] = logits[j].
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
         return logits.index_select(0, inverse)
+
+
+def _grouped_linear(
+    x: Tensor, weight: Tensor, bias: Tensor, groups: list[tuple[int, int]]
+) -> Tensor:
+    out: Tensor = _GroupedLinear.apply(x, weight, bias, groups)
+    return out
+
+
+class _GroupedLinear(torch.autograd.Function):
+    """Row groups through their own sub-heads: (B, D) sorted rows -> (B, n_sub) logits.
+
+    Autograd through per-group ``weight.unbind(0)[slot]`` products would give each group's
+    weight gradient its own tensor and then copy all of them into one (S_own, n_sub, D)
+    gradient with ``stack``: at k = 40 000, D = 512 that copy moves 328 MB per step and took
+    as long as the products themselves. Here the backward pass writes every group's gradient
+    straight into its slot of one buffer, and zeroes only the slots of absent groups.
+    ``bench/heads.py`` measures the difference.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, groups: list[tuple[int, int]]
+    ) -> Tensor:
+        """x: (B, D) rows sorted by group; weight (S_own, n_sub, D); bias (S_own, n_sub);
+        groups: (slot, number of rows) of each group in row order."""
+        out = x.new_empty((x.shape[0], weight.shape[1]))
+        start = 0
+        for slot, n in groups:
+            torch.addmm(
+                bias[slot], x.narrow(0, start, n), weight[slot].t(), out=out.narrow(0, start, n)
+            )
+            start += n
+        ctx.save_for_backward(x, weight)
+        ctx.groups = groups
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        groups: list[tuple[int, int]] = ctx.groups
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_w = torch.empty_like(weight) if need_w else None
+        grad_b = grad_out.new_empty(weight.shape[:2]) if need_b else None
+        start = 0
+        for slot, n in groups:
+            g = grad_out.narrow(0, start, n)
+            if grad_x is not None:
+                torch.mm(g, weight[slot], out=grad_x.narrow(0, start, n))
+            if grad_w is not None:
+                torch.mm(g.t(), x.narrow(0, start, n), out=grad_w[slot])
+            if grad_b is not None:
+                torch.sum(g, 0, out=grad_b[slot])
+            start += n
+        absent = sorted(set(range(weight.shape[0])) - {slot for slot, _ in groups})
+        for slot in absent:
+            if grad_w is not None:
+                grad_w[slot].zero_()
+            if grad_b is not None:
+                grad_b[slot].zero_()
+        return grad_x, grad_w, grad_b, None
 
 
 def _check_owned(owned: Sequence[int] | None, n_super: int) -> tuple[int, ...]:

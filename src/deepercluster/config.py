@@ -31,6 +31,27 @@ SCHEDULES = ("constant", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 LAYOUTS = ("auto", "replicated", "grouped")
+FEATURE_STORES = ("memory", "disk")
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_SIZE_UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str, name: str = "size") -> int:
+    """Bytes in a size such as ``20GB``, ``512MiB`` or ``1.5TB`` (decimal units, or KiB...).
+
+    Raises:
+        ValueError: not a positive number followed by B, KB, MB, GB, TB, KiB, MiB, GiB or TiB.
+    """
+    body = text.strip().upper().replace(" ", "")
+    digits = body.rstrip("KMGTIB")
+    unit = body[len(digits) :]
+    try:
+        value = float(digits)
+    except ValueError:
+        value = -1.0
+    if unit not in _SIZE_UNITS or value <= 0:
+        raise ValueError(f"{name} ({text!r}) must be a size such as 20GB, 512MB or 1.5TiB")
+    return int(value * _SIZE_UNITS[unit])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +126,16 @@ class ClusterConfig:
     """Lloyd iterations at each level (reference: 10)."""
     warm_start: bool = False
     """Start k-means from the previous centroids (reference flag warm_restart)."""
+    feature_store: str = "memory"
+    """memory: PCA and k-means hold the features in RAM (fastest); disk: they stream them from
+    the run folder in blocks, so RAM stays bounded whatever the collection size."""
+    feature_dtype: str = "float32"
+    """Features on disk as float32 or float16 (half the disk; k-means always sees float32)."""
+    chunk_images: int = 16384
+    """Images per extraction chunk, saved as it finishes: the most a crash can lose."""
+    memory_limit: str = ""
+    """RAM budget per process for the clustering data, e.g. "20GB" ("" = none): the disk
+    store sizes its blocks from it; the memory store refuses to start a round beyond it."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -127,6 +158,23 @@ class ClusterConfig:
             raise ValueError(f"cluster.niter ({self.niter}) must be >= 1")
         if self.pca_sample < 0:
             raise ValueError(f"cluster.pca_sample ({self.pca_sample}) must be >= 0")
+        if self.feature_store not in FEATURE_STORES:
+            raise ValueError(
+                f"cluster.feature_store ({self.feature_store!r}) must be one of {FEATURE_STORES}"
+            )
+        if self.feature_dtype not in ("float32", "float16"):
+            raise ValueError(
+                f"cluster.feature_dtype ({self.feature_dtype!r}) must be float32 or float16"
+            )
+        if self.chunk_images < 1:
+            raise ValueError(f"cluster.chunk_images ({self.chunk_images}) must be >= 1")
+        if self.memory_limit:
+            parse_size(self.memory_limit, "cluster.memory_limit")
+
+    @property
+    def memory_limit_bytes(self) -> int | None:
+        """``memory_limit`` in bytes, None when unlimited."""
+        return parse_size(self.memory_limit, "cluster.memory_limit") if self.memory_limit else None
 
     @property
     def n_super_classes(self) -> int:

@@ -6,14 +6,21 @@ import argparse
 import sys
 from typing import Any
 
-from deepercluster.cli.common import CONFIG_HELP, add_config_args, config_from_args
+from deepercluster.cli.common import CONFIG_HELP, add_config_args, config_from_args, quote
+
+EXIT_CODES = """
+Exit codes: 0 done; 1 lost contact with other processes (run again to resume); 2 bad settings
+or data; 75 stopped by SIGTERM/SIGUSR1 (e.g. SLURM pre-emption) after saving at the next safe
+point (training step, extraction chunk, PCA, k-means run): run the same command to continue;
+130 interrupted (Ctrl-C); a crash (kill -9) loses at most the work since the last save.
+"""
 
 
 def register(sub: Any) -> None:
     train = sub.add_parser(
         "train",
         help="pre-train a convnet (resumes when --out holds a run)",
-        epilog=CONFIG_HELP,
+        epilog=CONFIG_HELP + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(train)
@@ -25,6 +32,18 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="distributed runs: a rank that stops answering makes the others exit with an "
         "error after this long instead of hanging (must exceed the longest clustering step)",
+    )
+    train.add_argument(
+        "--feature-store",
+        choices=("memory", "disk"),
+        help="cluster.feature_store: disk streams the features from the run folder in blocks, "
+        "so clustering needs bounded RAM at any collection size (memory is faster)",
+    )
+    train.add_argument(
+        "--memory-limit",
+        metavar="SIZE",
+        help="cluster.memory_limit, e.g. 20GB: RAM budget per process for the clustering data "
+        "(check a setting first with `deepercluster plan`)",
     )
     train.set_defaults(func=_cmd_train)
 
@@ -42,7 +61,12 @@ def register(sub: Any) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from deepercluster import distributed
     from deepercluster.engine.fit import fit
+    from deepercluster.engine.preemption import EXIT_PREEMPTED, Preempted
 
+    if args.feature_store:
+        args.overrides = [f"cluster.feature_store={args.feature_store}", *args.overrides]
+    if args.memory_limit:
+        args.overrides = [f"cluster.memory_limit={quote(args.memory_limit)}", *args.overrides]
     cfg = config_from_args(args)
     if not cfg.data.path:
         raise ValueError("no data: pass --data PATH (or set data.path in the --config file)")
@@ -51,6 +75,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     env = distributed.init_from_env(cfg.train.device, timeout_s=args.timeout)
     try:
         result = fit(cfg, progress=not args.no_progress, env=env)
+    except Preempted as exc:
+        if env.is_main:
+            print(f"deepercluster: {exc}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except Exception as exc:
         if not distributed.is_communication_error(exc):
             raise

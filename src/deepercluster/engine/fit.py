@@ -55,7 +55,9 @@ from deepercluster.engine.layout import (
     load_heads_state,
     sync_gradients,
 )
+from deepercluster.engine.preemption import FaultPoints, StopSignal
 from deepercluster.engine.schedules import lr_schedule
+from deepercluster.engine.stages import clear_stage
 from deepercluster.engine.train import (
     EpochStats,
     Targets,
@@ -124,7 +126,24 @@ def fit(
 
     Returns:
         A :class:`FitResult`.
+
+    Raises:
+        Preempted: SIGTERM or SIGUSR1 arrived; the run saved its progress at the next safe
+            point (training step, extraction chunk, PCA, k-means run) and stopped. Calling
+            ``fit`` again with the same settings continues from there.
     """
+    with StopSignal() as stop:
+        return _fit(cfg, collection=collection, progress=progress, env=env, stop=stop)
+
+
+def _fit(
+    cfg: RunConfig,
+    *,
+    collection: Collection | None,
+    progress: bool,
+    env: DistEnv | None,
+    stop: StopSignal,
+) -> FitResult:
     # ============ setting up the run ============
     # Inside a process group joined by the caller, take part in it rather than train apart.
     env = env or distributed.current_env(resolve_device(cfg.train.device))
@@ -158,6 +177,12 @@ def fit(
         cfg.data.resolution, scale=(cfg.data.crop_scale_min, 1.0), hflip=cfg.data.hflip
     )
     skip_log = SkipLog()
+    faults = FaultPoints(out_dir, stop)
+
+    def safe_point(stage: str, what: str) -> None:
+        # Work up to here is saved: a test may crash us here, a stop signal ends the run here.
+        faults.reached(stage)
+        stop.check(what)
 
     # ============ building the network and heads ============
     backbone = build_backbone(
@@ -331,6 +356,8 @@ def fit(
                     previous=clustering,
                     level2_groups=level2_groups,
                     progress=progress,
+                    work_dir=out_dir,
+                    safe_point=safe_point,
                 )
                 for index, reason in unreadable:
                     skip_log.record(collection.path(index), reason)
@@ -343,6 +370,8 @@ def fit(
                 state = TrainingState(epoch=epoch, iteration=0, clustered_epoch=epoch)
                 stats = None
                 checkpoint(state, None)  # a restart never redoes a finished clustering
+                distributed.barrier()  # the targets are saved: the stage files can go
+                clear_stage(out_dir, env.rank)
 
             # ============ training one epoch ============
             if layout.super_class is None:
@@ -394,11 +423,20 @@ def fit(
 
             def on_step(done: int, st: EpochStats, here: TrainingState = here) -> None:
                 # Mid-epoch checkpoints let a killed run lose at most `checkpoint_every` steps.
+                # A stop signal saves here too (the last step's state is saved at epoch end).
                 it = here.iteration + done
                 every = cfg.train.checkpoint_every
-                if every and it % every == 0 and it < iters_per_epoch:
-                    position = here.position + done * plan_batch
-                    checkpoint(TrainingState(here.epoch, it, here.clustered_epoch, position), st)
+                mid = TrainingState(
+                    here.epoch, it, here.clustered_epoch, here.position + done * plan_batch
+                )
+                saved = bool(every and it % every == 0 and it < iters_per_epoch)
+                if saved:
+                    checkpoint(mid, st)
+                faults.reached("train")
+                if it < iters_per_epoch and stop.agreed():
+                    if not saved:
+                        checkpoint(mid, st)
+                    stop.check(f"epoch {here.epoch}, iteration {it}")
 
             stats = train_one_epoch(
                 backbone,
@@ -461,6 +499,8 @@ def fit(
             state = TrainingState(epoch + 1, 0, state.clustered_epoch)
             stats = None
             checkpoint(state, None)
+            if epoch + 1 < cfg.train.epochs:
+                stop.check(f"the end of epoch {epoch}")
 
     # ============ finishing ============
     if env.is_main:

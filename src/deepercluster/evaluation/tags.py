@@ -132,16 +132,13 @@ def tag_mutual_information(clusters: np.ndarray, pairs: TagPairs) -> tuple[np.nd
     tag_n = pairs.tag_counts()
     n_k = sizes[k_ids]
     n_t = tag_n[t_ids]
-    # Cells (k, x=1) from the co-occurrence counts; cells (k, x=0) are n_k - n_kt. Clusters
-    # with no image of tag t contribute only through their x=0 cell, which equals
-    # n_k * log(n / (n - n_t)) / n summed over those clusters: added in one go below.
-    present = _xlogx_ratio(with_tag, n_k, n_t, n) + _xlogx_ratio(
-        with_tag * 0 + n_k - with_tag, n_k, n - n_t, n
-    )
-    mi = np.bincount(t_ids, weights=present, minlength=len(pairs.vocabulary))
-    covered = np.bincount(
-        t_ids, weights=n_k, minlength=len(pairs.vocabulary)
-    )  # images in clusters touching t
+    # Cells (k, x=1) come from the co-occurrence counts and cells (k, x=0) hold n_k - n_kt.
+    # A cluster without any image of tag t has only its x=0 cell, worth
+    # (n_k / n) log(n / (n - n_t)); those clusters are summed in one go through `rest`.
+    cells = _xlogx_ratio(with_tag, n_k, n_t, n) + _xlogx_ratio(n_k - with_tag, n_k, n - n_t, n)
+    mi = np.bincount(t_ids, weights=cells, minlength=len(pairs.vocabulary))
+    # images in the clusters that hold at least one image of tag t
+    covered = np.bincount(t_ids, weights=n_k, minlength=len(pairs.vocabulary))
     rest = n - covered
     absent_t = n - tag_n
     with np.errstate(divide="ignore", invalid="ignore"):

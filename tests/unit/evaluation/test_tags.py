@@ -86,3 +86,17 @@ def test_random_baseline_is_below_a_real_match() -> None:
     mean, std = random_nmi(clusters, labels, repeats=5)
     assert mean < 0.05 < nmi(clusters, labels)
     assert std >= 0.0
+
+
+def test_per_tag_mutual_information_matches_sklearn_on_random_tags() -> None:
+    from sklearn.metrics import mutual_info_score
+
+    rng = np.random.default_rng(0)
+    vocab = [f"t{i}" for i in range(12)]
+    rows = [",".join(rng.choice(vocab, rng.integers(0, 5), replace=False)) for _ in range(300)]
+    clusters = rng.integers(0, 7, 300)
+    pairs = TagPairs.from_strings(rows)
+    mi, _ = tag_mutual_information(clusters, pairs)
+    for t, tag in enumerate(pairs.vocabulary):
+        has = np.array([tag in row.split(",") for row in rows])
+        assert mi[t] == pytest.approx(mutual_info_score(has, clusters), abs=1e-12)

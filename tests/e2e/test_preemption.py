@@ -1,0 +1,177 @@
+"""Crashes and pre-emption, with real signals sent to a real ``deepercluster train`` process.
+
+Each faulty run is a subprocess stopped at a chosen safe point: SIGKILL (``kill -9``) sent by
+the process itself through the ``DEEPERCLUSTER_FAULT`` test hook, or SIGTERM/SIGUSR1 sent by
+the test while the hook holds the process at that point. The same command is then run again
+(in this process) and the final checkpoint must equal an uninterrupted run's, bit for bit,
+while the work saved before the fault is not done again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from tests.conftest import write_pattern_images
+
+from deepercluster import cli
+from deepercluster.engine import extraction, pca_kmeans
+from deepercluster.engine.checkpoint import load_checkpoint
+from deepercluster.engine.preemption import EXIT_PREEMPTED, FAULT_ENV
+from deepercluster.engine.stages import STAGE_DIR
+
+SETTINGS = [
+    "train.device=cpu",
+    "train.threads=1",
+    "model.arch=small",
+    "data.resolution=32",
+    "data.workers=0",
+    "cluster.k=4",
+    "cluster.super_clusters=2",
+    "cluster.reassign=1",
+    "cluster.pca_dim=8",
+    "cluster.chunk_images=8",  # 24 images: 3 extraction chunks per round
+    "train.epochs=2",
+    "train.batch_size=8",
+    "train.checkpoint_every=2",
+]
+
+
+def _args(data: Path, out: Path) -> list[str]:
+    sets = [a for s in SETTINGS for a in ("--set", s)]
+    return ["train", "--data", str(data), "--out", str(out), "--no-progress", *sets]
+
+
+def _start(data: Path, out: Path, fault: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, FAULT_ENV: fault, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "deepercluster", *_args(data, out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    x, y = load_checkpoint(a / "checkpoint.pth"), load_checkpoint(b / "checkpoint.pth")
+    assert x["state"] == y["state"]
+    for part in ("model", "heads"):
+        for key in x[part]:
+            assert torch.equal(x[part][key], y[part][key]), (part, key)
+    for key in ("labels", "super_clusters", "sub_clusters"):
+        assert torch.equal(x["clustering"][key], y["clustering"][key]), key
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """24 tiny images and the uninterrupted run on them."""
+    root = tmp_path_factory.mktemp("preemption")
+    data = write_pattern_images(root / "images", n=24)
+    assert cli.main(_args(data, root / "straight")) == 0
+    assert not (root / "straight" / STAGE_DIR).exists()  # cleaned once the targets are saved
+    return data, root / "straight"
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts the chunks extracted and the k-means runs computed by the in-process resume."""
+    calls = {"chunks": 0, "kmeans": 0}
+    real_extract, real_kmeans = extraction.extract_features, pca_kmeans.kmeans
+
+    def extract(*args: Any, **kwargs: Any) -> Any:
+        calls["chunks"] += 1
+        return real_extract(*args, **kwargs)
+
+    def kmeans(*args: Any, **kwargs: Any) -> Any:
+        calls["kmeans"] += 1
+        return real_kmeans(*args, **kwargs)
+
+    monkeypatch.setattr(extraction, "extract_features", extract)
+    monkeypatch.setattr(pca_kmeans, "kmeans", kmeans)
+    return calls
+
+
+# An uninterrupted run: 2 rounds x (3 chunks, 1 PCA, 3 k-means runs), 2 epochs x 3 steps.
+@pytest.mark.parametrize(
+    ("fault", "chunks_left", "kmeans_left"),
+    [
+        ("extract:2", 1 + 3, 6),  # 2 of 3 chunks of round 0 were saved
+        ("pca:1", 3, 6),  # extraction of round 0 saved, PCA saved
+        ("kmeans:1", 3, 2 + 3),  # level 1 of round 0 saved
+        ("kmeans:2", 3, 1 + 3),  # level 1 and the first level-2 run saved
+        ("train:3", 3, 3),  # round 0 in the checkpoint; epoch 0 saved at iteration 2
+    ],
+)
+def test_kill_9_at_any_stage_then_resume_equals_uninterrupted(
+    fault: str,
+    chunks_left: int,
+    kmeans_left: int,
+    reference: tuple[Path, Path],
+    tmp_path: Path,
+    counted: dict[str, int],
+) -> None:
+    data, straight = reference
+    out = tmp_path / "run"
+    proc = _start(data, out, f"{fault}:kill")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    assert cli.main(_args(data, out)) == 0
+    assert (counted["chunks"], counted["kmeans"]) == (chunks_left, kmeans_left)
+    _assert_same_run(straight, out)
+
+
+@pytest.mark.parametrize(
+    ("fault", "sig", "state"),
+    [
+        ("train:1", signal.SIGTERM, {"epoch": 0, "iteration": 1, "clustered_epoch": 0}),
+        ("extract:1", signal.SIGUSR1, None),  # before any training checkpoint exists
+    ],
+)
+def test_stop_signal_saves_at_the_next_safe_point_and_exits_75(
+    fault: str,
+    sig: signal.Signals,
+    state: dict[str, int] | None,
+    reference: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    data, straight = reference
+    out = tmp_path / "run"
+    proc = _start(data, out, f"{fault}:pause")
+    marker = out / f".paused-{fault.split(':')[0]}"
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), proc.communicate()[1].decode()[-2000:]
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, err.decode()[-2000:]
+    assert "run the same command to continue" in err.decode()
+    if state is None:
+        assert not (out / "checkpoint.pth").exists()
+        features = out / STAGE_DIR / "rank-0" / "features" / "progress.json"
+        assert '"chunks_done": 1' in features.read_text()
+    else:
+        saved = load_checkpoint(out / "checkpoint.pth")["state"]
+        assert {k: saved[k] for k in state} == state
+    assert cli.main(_args(data, out)) == 0
+    _assert_same_run(straight, out)
+
+
+def test_disk_feature_store_gives_the_memory_store_clusters(
+    reference: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data, straight = reference
+    out = tmp_path / "disk"
+    args = [*_args(data, out), "--feature-store", "disk", "--memory-limit", "4MB"]
+    assert cli.main(args) == 0
+    a = load_checkpoint(straight / "checkpoint.pth")["clustering"]["labels"].numpy()
+    b = load_checkpoint(out / "checkpoint.pth")["clustering"]["labels"].numpy()
+    assert np.array_equal(a, b)

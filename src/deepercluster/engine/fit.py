@@ -177,7 +177,7 @@ def _fit(
         cfg.data.resolution, scale=(cfg.data.crop_scale_min, 1.0), hflip=cfg.data.hflip
     )
     skip_log = SkipLog()
-    faults = FaultPoints(out_dir, stop)
+    faults = FaultPoints(out_dir, stop, env.rank)
 
     def safe_point(stage: str, what: str) -> None:
         # Work up to here is saved: a test may crash us here, a stop signal ends the run here.

@@ -36,9 +36,10 @@ EXIT_PREEMPTED = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 FAULT_ENV = "DEEPERCLUSTER_FAULT"
-"""Test hook: ``<stage>:<n>:<kill|pause>`` acts at the n-th safe point of ``stage`` (extract,
-pca, kmeans, train) reached by this process: kill sends itself SIGKILL, pause writes
-``<run>/.paused-<stage>`` and waits (up to a minute) for a stop signal."""
+"""Test hook: ``<stage>:<n>:<kill|pause>[:<rank>]`` acts at the n-th safe point of ``stage``
+(extract, pca, kmeans, train) reached by this process (only on ``rank`` if given): kill sends
+itself SIGKILL, pause writes ``<run>/.paused-<stage>`` (holding its pid) and waits (up to a
+minute) for a stop signal."""
 
 
 class Preempted(Exception):
@@ -101,17 +102,18 @@ class StopSignal:
 class FaultPoints:
     """The :data:`FAULT_ENV` test hook: counts safe points per stage and acts at one of them."""
 
-    def __init__(self, run_dir: Path, stop: StopSignal) -> None:
+    def __init__(self, run_dir: Path, stop: StopSignal, rank: int = 0) -> None:
         self.run_dir = run_dir
         self.stop = stop
         self.counts: dict[str, int] = {}
         spec = os.environ.get(FAULT_ENV, "")
         self.target: tuple[str, int, str] | None = None
         if spec:
-            stage, n, action = spec.split(":")
+            stage, n, action, *only = spec.split(":")
             if action not in ("kill", "pause"):
                 raise ValueError(f"{FAULT_ENV}={spec!r}: the action must be kill or pause")
-            self.target = (stage, int(n), action)
+            if not only or int(only[0]) == rank:
+                self.target = (stage, int(n), action)
 
     def reached(self, stage: str) -> None:
         """Count one safe point of ``stage``; kill or pause here if the hook says so."""

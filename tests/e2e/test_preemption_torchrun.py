@@ -1,0 +1,79 @@
+"""Pre-emption of a 2-process job: a SIGTERM reaching one rank stops both at the same step."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tests.conftest import write_pattern_images
+from tests.distributed.harness import free_port
+
+from deepercluster.engine.checkpoint import load_checkpoint
+from deepercluster.engine.preemption import EXIT_PREEMPTED, FAULT_ENV
+
+pytestmark = pytest.mark.distributed
+
+SETTINGS = [
+    "train.device=cpu",
+    "train.threads=1",
+    "model.arch=small",
+    "data.resolution=32",
+    "data.workers=0",
+    "cluster.k=4",
+    "cluster.super_clusters=2",
+    "cluster.pca_dim=8",
+    "train.epochs=1",
+    "train.batch_size=4",  # per rank: 8 images per step, 6 steps in the epoch
+]
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> None:
+    data = write_pattern_images(tmp_path / "images", n=48)
+    out = tmp_path / "run"
+    port = str(free_port())
+    sets = [a for s in SETTINGS for a in ("--set", s)]
+    procs = []
+    for rank in range(2):
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            OMP_NUM_THREADS="1",
+            # rank 1 holds after its second step until a signal comes; rank 0 runs on
+            **{FAULT_ENV: "train:2:pause:1"},
+        )
+        cmd = [sys.executable, "-m", "deepercluster", "train", "--data", str(data)]
+        procs.append(
+            subprocess.Popen(
+                [*cmd, "--out", str(out), "--no-progress", "--timeout", "60", *sets],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        marker = out / ".paused-train"
+        deadline = time.monotonic() + 180
+        while not marker.exists() and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs), procs[0].communicate()[1][-2000:]
+            time.sleep(0.05)
+        assert int(marker.read_text()) == procs[1].pid
+        procs[1].send_signal(signal.SIGTERM)
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [EXIT_PREEMPTED] * 2, errors[0][-2000:]
+    assert "stopped by another rank at epoch 0, iteration 2" in errors[0]
+    state = load_checkpoint(out / "checkpoint.pth")["state"]
+    assert state == {"epoch": 0, "iteration": 2, "clustered_epoch": 0, "position": 16}

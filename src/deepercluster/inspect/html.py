@@ -215,6 +215,20 @@ def write_pages(out: Path, cards: Sequence[ClusterCard], pages: PageSet) -> Path
     tree.append("</ul></body></html>")
     (out / "tree.html").write_text("".join(tree), encoding="utf-8")
 
+    # One row per super-cluster: its clusters are contiguous ids, so a range of pages.
+    rows = []
+    for s in supers:
+        ids = [i for i, c in enumerate(cards) if c.super_cluster == s]
+        first = ids[0] // per + 1
+        rows.append(
+            f"<tr><td>{s}</td><td>{len(ids)}</td><td>{sum(cards[i].size for i in ids)}</td>"
+            f'<td><a href="clusters/{page_name(first)}#c{cards[ids[0]].cluster}">clusters '
+            f"{cards[ids[0]].cluster}-{cards[ids[-1]].cluster}</a></td></tr>"
+        )
+    super_table = (
+        "<table><tr><th>super-cluster</th><th>clusters</th><th>images</th><th>first page</th>"
+        f"</tr>{''.join(rows)}</table>"
+    )
     page_links = " ".join(
         f'<a href="clusters/{page_name(p)}">{(p - 1) * per}-{min(p * per, k) - 1}</a>'
         for p in range(1, n_pages + 1)
@@ -244,6 +258,7 @@ def write_pages(out: Path, cards: Sequence[ClusterCard], pages: PageSet) -> Path
         + skipped
         + f"<h2>Clusters ({k})</h2>"
         + '<p><a href="tree.html">super-cluster tree</a></p>'
+        + super_table
         + _search(k, per, "clusters/")
         + f"<nav>pages: {page_links}</nav></body></html>"
     )

@@ -3,7 +3,10 @@
 The CSV has a column of image paths (``file`` by default; a path as the run saw it, a path
 relative to the data folder, or a member name inside a tar shard) and a column of
 comma-separated tags. A tag is over-represented in a cluster when its share of the cluster's
-images is well above its share of all images (lift = share in cluster / share overall).
+images is above its share of all images (lift = share in cluster / share overall > 1). Tags
+are ranked by ``count x log(lift)`` (the tag's term in the mutual information between tags and
+clusters): lift alone would rank a tag seen twice in the whole collection first whenever both
+images fall in one cluster, above a tag carried by a third of the cluster.
 """
 
 from __future__ import annotations
@@ -79,7 +82,8 @@ def overrepresented_tags(
     top: int = 5,
     min_count: int = 2,
 ) -> list[list[TagScore]]:
-    """The ``top`` tags of each cluster by lift, among tags carried by ``min_count`` members.
+    """The ``top`` tags of each cluster by ``count x log(lift)``, among tags with lift > 1
+    carried by at least ``min_count`` members.
 
     Args:
         image_tags: tags of each of the N images.
@@ -87,7 +91,7 @@ def overrepresented_tags(
         k: number of clusters.
 
     Returns:
-        For each cluster, up to ``top`` :class:`TagScore`, highest lift first (ties: count).
+        For each cluster, up to ``top`` :class:`TagScore`, best first.
     """
     vocab = sorted({t for tags in image_tags for t in tags})
     index = {t: j for j, t in enumerate(vocab)}
@@ -113,6 +117,7 @@ def overrepresented_tags(
         lift = (n_tag / max(sizes[c], 1.0)) / overall[tag_ids]
         # A tag no more frequent here than everywhere (lift <= 1) says nothing about the cluster.
         tag_ids, n_tag, lift = tag_ids[lift > 1], n_tag[lift > 1], lift[lift > 1]
-        order = np.lexsort((-n_tag, -lift))[:top]
+        score = n_tag * np.log(lift)
+        order = np.lexsort((-n_tag, -score))[:top]
         result.append([TagScore(vocab[tag_ids[j]], int(n_tag[j]), float(lift[j])) for j in order])
     return result

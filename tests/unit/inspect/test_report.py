@@ -89,3 +89,15 @@ def test_tags_matching_and_lift() -> None:
     assert [(t.tag, t.count) for t in top[0]] == [("cat", 2)]
     assert top[0][0].lift == pytest.approx((2 / 2) / (2 / 5))
     assert [t.tag for t in top[1]] == ["dog"]
+
+
+def test_a_frequent_tag_outranks_a_rare_one() -> None:
+    # "rare" is on 2 of 20 images, both in cluster 0 (lift 0.25 / 0.1 = 2.5); "wide" is on 6 of
+    # cluster 0's 8 images and 2 of the 12 others (lift 0.75 / 0.4 = 1.875): lift alone would
+    # put "rare" first, count x log(lift) puts "wide" first.
+    tags = [["rare", "wide"], ["rare", "wide"], *[["wide"]] * 4, [], [], ["wide"], ["wide"]]
+    tags += [[]] * 10
+    labels = np.array([0] * 8 + [1] * 12)
+    top = overrepresented_tags(tags, labels, 2)
+    assert [t.tag for t in top[0]] == ["wide", "rare"]
+    assert top[0][1].lift == pytest.approx(2.5) and top[0][0].lift == pytest.approx(1.875)

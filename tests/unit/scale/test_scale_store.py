@@ -1,0 +1,115 @@
+"""The on-disk feature store and the chunked PCA / k-means that stream it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepercluster.cluster import fit_pca, hierarchical_kmeans, kmeans
+from deepercluster.cluster.chunked import (
+    fit_pca_chunked,
+    hierarchical_kmeans_chunked,
+    kmeans_chunked,
+)
+from deepercluster.cluster.store import FeatureStore
+from deepercluster.config import ClusterConfig, parse_size
+from deepercluster.engine.outofcore import check_memory
+
+
+def _filled(folder: Path, x: np.ndarray, chunk: int, dtype: str = "float32") -> FeatureStore:
+    store = FeatureStore(folder, rows=len(x), dim=x.shape[1], dtype=dtype, chunk_rows=chunk)
+    for c in range(store.n_chunks):
+        start, stop = store.chunk_range(c)
+        store.write_chunk(c, x[start:stop])
+    return store
+
+
+def _data(n: int = 600, dim: int = 12, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(6, dim)) * 4
+    return (centers[rng.integers(0, 6, n)] + rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def test_store_resumes_after_its_last_finished_chunk(tmp_path: Path) -> None:
+    x = _data(50, 4)
+    store = FeatureStore(tmp_path, rows=50, dim=4, chunk_rows=16)
+    valid = np.ones(16, bool)
+    valid[3] = False
+    store.write_chunk(0, x[:16], valid, [(3, "truncated file")])
+    store.write_chunk(1, x[16:32])
+    with pytest.raises(ValueError, match="out of order"):
+        store.write_chunk(3, x[48:])
+    again = FeatureStore(tmp_path, rows=50, dim=4, chunk_rows=16)  # a new process
+    assert (again.chunks_done, again.n_chunks, again.complete) == (2, 4, False)
+    assert again.skipped == [(3, "truncated file")]
+    again.write_chunk(2, x[32:48])
+    again.write_chunk(3, x[48:])
+    assert again.complete and np.array_equal(again.to_array(), x)
+    assert np.flatnonzero(~again.valid()).tolist() == [3]
+    assert np.array_equal(again.take(np.array([49, 0, 17])), x[[49, 0, 17]])
+    # another shape or dtype starts afresh
+    assert FeatureStore(tmp_path, rows=50, dim=4, dtype="float16", chunk_rows=16).chunks_done == 0
+
+
+def test_float16_store_halves_the_disk_and_reads_float32(tmp_path: Path) -> None:
+    x = _data(40, 8)
+    store = _filled(tmp_path, x, 16, "float16")
+    assert store.nbytes == 40 * 8 * 2
+    out = store.read(0, 40)
+    assert out.dtype == np.float32 and np.allclose(out, x, rtol=1e-3, atol=1e-2)
+
+
+def test_chunked_pca_equals_in_memory_pca(tmp_path: Path) -> None:
+    x = _data()
+    store = _filled(tmp_path, x, 128)
+    rows = np.flatnonzero(np.arange(len(x)) % 7 != 0)  # some unreadable images
+    for sample in (None, 200):
+        a = fit_pca(x[rows], dim=5, sample=sample, seed=3)
+        b = fit_pca_chunked(store, dim=5, rows=rows, sample=sample, seed=3, block_rows=50)
+        assert np.allclose(a.projection, b.projection, atol=1e-5)
+        assert np.allclose(a.mean, b.mean, atol=1e-6)
+
+
+@pytest.mark.parametrize("k", [6, 590])  # k close to N: empty clusters are re-seeded
+def test_chunked_kmeans_equals_in_memory_kmeans(tmp_path: Path, k: int) -> None:
+    x = _data()
+    x[:40] = x[0]  # duplicated points make clusters empty
+    store = _filled(tmp_path, x, 128)
+    a = kmeans(x, k, niter=4, seed=1)
+    b = kmeans_chunked(store, k, niter=4, seed=1, block_rows=100)
+    assert np.array_equal(a.assignments, b.assignments)
+    assert a.n_reseeded == b.n_reseeded and (k < 100 or a.n_reseeded > 0)
+    assert np.allclose(a.centroids, b.centroids, atol=1e-5)
+    assert a.objective == pytest.approx(b.objective, rel=1e-5)
+
+
+def test_chunked_hierarchy_equals_in_memory_hierarchy(tmp_path: Path) -> None:
+    x = _data()
+    store = _filled(tmp_path, x, 128)
+    a = hierarchical_kmeans(x, k=24, m=3, niter=5, seed=2)
+    b = hierarchical_kmeans_chunked(
+        store,
+        k=24,
+        m=3,
+        seed=2,
+        block_rows=100,
+        cluster=lambda rows, kk, sd, ini: kmeans_chunked(
+            store, kk, members=rows, niter=5, seed=sd, init=ini, block_rows=100
+        ),
+    )
+    assert np.array_equal(a.labels, b.labels) and a.n_moved == b.n_moved
+    assert a.objective == pytest.approx(b.objective, rel=1e-5)
+
+
+def test_memory_limit_refuses_a_round_that_cannot_fit() -> None:
+    assert parse_size("20GB") == 20 * 10**9 and parse_size("1.5GiB") == 3 * 2**29
+    with pytest.raises(ValueError, match="must be a size"):
+        ClusterConfig(memory_limit="lots")
+    memory = ClusterConfig(k=8, memory_limit="1GB")
+    check_memory(memory, rows=100_000, dim=512)  # 0.44 GB
+    with pytest.raises(ValueError, match=r"cluster\.feature_store=disk"):
+        check_memory(memory, rows=1_000_000, dim=4096)
+    disk = ClusterConfig(k=8, memory_limit="1GB", feature_store="disk")
+    check_memory(disk, rows=1_000_000, dim=4096)  # streamed: about 80 MB

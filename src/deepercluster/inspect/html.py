@@ -24,8 +24,8 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
 table{border-collapse:collapse;font-size:.9em}
 td,th{border:1px solid #ddd;padding:2px 8px;text-align:left}
 nav{margin:.6em 0}nav a{margin-right:.5em}
-.cards{display:flex;flex-wrap:wrap;gap:10px}
-.card{background:#fff;border:1px solid #ccc;border-radius:6px;padding:6px;width:430px}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(430px,1fr));gap:10px}
+.card{background:#fff;border:1px solid #ccc;border-radius:6px;padding:6px}
 .card h3{font-size:.95em;margin:0 0 4px 0}.tags{font-size:.8em;color:#555;margin:2px 0}
 .grid{display:flex;flex-wrap:wrap;gap:2px;margin:2px 0 4px 0}
 .grid img{width:70px;height:70px;object-fit:cover;background:#eee}

@@ -142,7 +142,8 @@ def train_one_epoch(
             # n_step == 0: nothing readable anywhere in this step (same on every rank).
             if n_step > 0:
                 optimizer.zero_grad(set_to_none=True)
-                images, indices, rotations = images[ok], indices[ok], rotations[ok]
+                if n < len(ok):  # boolean indexing copies the batch: only when there is a hole
+                    images, indices, rotations = images[ok], indices[ok], rotations[ok]
                 with autocast(device, precision):
                     features = model(images.to(device, non_blocking=True))
                 if n > 0:
@@ -155,10 +156,13 @@ def train_one_epoch(
                     sub_t = targets.sub_clusters[indices].to(device)
                     out = hierarchical_loss(heads, features.float(), super_t, sub_t)
                     loss = out.loss * (n / n_step) if distributed_run else out.loss
+                    # note: a CPU-GPU sync point; one transfer for the three losses, not three.
+                    losses = torch.stack([out.loss.detach(), out.super_loss, out.sub_loss])
+                    loss_value, super_value, sub_value = losses.tolist()
                     stats.images += n
-                    stats.loss_sum += float(out.loss.detach()) * n
-                    stats.super_loss_sum += float(out.super_loss) * n
-                    stats.sub_loss_sum += float(out.sub_loss) * n
+                    stats.loss_sum += loss_value * n
+                    stats.super_loss_sum += super_value * n
+                    stats.sub_loss_sum += sub_value * n
                     stats.super_correct += out.super_correct
                     stats.sub_correct += out.sub_correct
                 else:

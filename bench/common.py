@@ -1,0 +1,217 @@
+"""Shared pieces of the benchmark suite: the run context, timing, memory and result rows.
+
+Every figure is the median of several repetitions after warm-up. Two things compared in a
+ratio are timed *interleaved* (A, B, A, B, ...) in the same process, so that load from other
+processes on a shared machine hits both sides alike; the ratio is the median of the
+per-repetition ratios.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Context:
+    """How a benchmark runs.
+
+    Attributes:
+        device: where the torch work runs (``cpu`` or ``cuda``).
+        size: ``tiny`` (CI smoke test: seconds), ``quick`` (minutes on 2 cores) or ``full``.
+        reps: timed repetitions per figure (the median is reported).
+        warmup: untimed repetitions first.
+    """
+
+    device: torch.device
+    size: str = "quick"
+    reps: int = 5
+    warmup: int = 1
+
+    @property
+    def tiny(self) -> bool:
+        return self.size == "tiny"
+
+    @property
+    def full(self) -> bool:
+        return self.size == "full"
+
+    def pick(self, tiny: Any, quick: Any, full: Any) -> Any:
+        """The value for this run's size."""
+        return {"tiny": tiny, "quick": quick, "full": full}[self.size]
+
+
+@dataclass
+class Row:
+    """One reported figure.
+
+    Attributes:
+        bench: benchmark name (``train``, ``heads``, ...).
+        name: what is measured.
+        value: the figure.
+        unit: its unit (``x`` for ratios).
+        target: the acceptance bound in words, e.g. ``<= 1.10``; empty when informative only.
+        ok: whether ``value`` meets ``target`` (None without a target).
+        detail: the raw numbers behind a ratio, shapes, notes.
+    """
+
+    bench: str
+    name: str
+    value: float
+    unit: str
+    target: str = ""
+    ok: bool | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def at_most(bench: str, name: str, value: float, bound: float, **detail: Any) -> Row:
+    """A ratio row whose target is ``value <= bound``."""
+    return Row(bench, name, value, "x", f"<= {bound:g}", value <= bound, detail)
+
+
+def at_least(bench: str, name: str, value: float, bound: float, **detail: Any) -> Row:
+    """A ratio row whose target is ``value >= bound``."""
+    return Row(bench, name, value, "x", f">= {bound:g}", value >= bound, detail)
+
+
+def info(bench: str, name: str, value: float, unit: str, **detail: Any) -> Row:
+    """A figure without a target."""
+    return Row(bench, name, value, unit, "", None, detail)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work: CUDA kernels are asynchronous, timings must not be."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes, device work included."""
+    sync(device)
+    tic = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - tic
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], ctx: Context, *, reps: int | None = None
+) -> dict[str, list[float]]:
+    """Time several functions A, B, A, B, ... after ``ctx.warmup`` untimed rounds.
+
+    Returns:
+        The seconds of every timed call, per name, in repetition order.
+    """
+    for _ in range(ctx.warmup):
+        for fn in fns.values():
+            fn()
+    sync(ctx.device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps or ctx.reps):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, ctx.device))
+    return times
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def ratio(times: dict[str, list[float]], ours: str, limit: str) -> float:
+    """Median over repetitions of ours / limit (each repetition's pair ran back to back)."""
+    return median([a / b for a, b in zip(times[ours], times[limit], strict=True)])
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``n`` intra-op torch threads, then restore the previous count."""
+    if n is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class SavedTensorBytes:
+    """Bytes autograd keeps for the backward pass, counted without the allocator.
+
+    Inside the ``with`` block every tensor saved for backward passes through
+    ``torch.autograd.graph.saved_tensors_hooks``; we record its storage (deduplicated by
+    data pointer, since a view saved twice costs its storage once) and return it unchanged.
+    This is the activation memory of a step on any device, independent of caching
+    allocators; parameters saved by the graph (weights) are excluded, they are not
+    activations.
+    """
+
+    def __init__(self, exclude: list[torch.Tensor]) -> None:
+        self._exclude = {p.untyped_storage().data_ptr() for p in exclude}
+        self._seen: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in self._exclude:
+            self._seen[ptr] = storage.nbytes()
+        return t
+
+    def __enter__(self) -> SavedTensorBytes:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self._seen.values())
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on: CPU, threads, versions, load, GPU."""
+    import faiss
+    import numpy as np
+    import PIL
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    out: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "faiss": faiss.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "faiss_threads": faiss.omp_get_max_threads(),
+        "device": str(device),
+        "loadavg_1_5_15": list(os.getloadavg()),
+        # How idle OpenMP threads wait: on a shared, oversubscribed machine PASSIVE avoids
+        # threads spinning on cores another process needs (see docs/performance.md).
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", ""),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", ""),
+    }
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out

@@ -1,0 +1,143 @@
+"""One DeeperCluster cycle on CIFAR-10: extract, PCA, k-means, train; time and peak memory.
+
+The stages are the library functions ``engine.fit`` chains (``extract_features`` over a
+``ClusterView`` DataLoader, ``fit_pca`` + ``apply``, ``hierarchical_kmeans``, a uniform epoch
+plan and ``train_one_epoch``), called here one by one so that each gets its own clock and
+memory peak. ``--quick`` uses a subset of the images (``scripts/cifar_cycle.py`` runs the whole
+50,000 through ``deepercluster.train``). Memory is the peak resident set size of this process
+above its level when the stage started, sampled every 5 ms from ``/proc/self/statm`` (DataLoader
+worker processes not included); on CUDA also the peak allocated device memory.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from types import TracebackType
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from bench.common import Context, Row, info, sync
+from deepercluster.cluster.hierarchical import hierarchical_kmeans
+from deepercluster.cluster.preprocess import fit_pca
+from deepercluster.data import (
+    ClusterTransform,
+    ClusterView,
+    TrainTransform,
+    TrainView,
+    open_collection,
+    uniform_epoch_plan,
+)
+from deepercluster.engine.train import Targets, train_one_epoch
+from deepercluster.features import extract_features
+from deepercluster.models import HierarchicalHeads, build_backbone
+
+NAME = "cycle"
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+class Stage:
+    """Wall time and peak memory (RSS above the start, CUDA peak allocated) of a block."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds = 0.0
+        self.peak_rss = 0
+        self.cuda_peak = 0
+        self._stop = threading.Event()
+
+    def _poll(self, start: int) -> None:
+        while not self._stop.wait(0.005):
+            self.peak_rss = max(self.peak_rss, _rss() - start)
+
+    def __enter__(self) -> Stage:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._cuda_base = torch.cuda.memory_allocated(self.device)
+        self._thread = threading.Thread(target=self._poll, args=(_rss(),), daemon=True)
+        self._thread.start()
+        self._tic = time.perf_counter()
+        return self
+
+    def __exit__(
+        self, tp: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        sync(self.device)
+        self.seconds = time.perf_counter() - self._tic
+        self._stop.set()
+        self._thread.join()
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device) - self._cuda_base
+            self.cuda_peak = int(peak)
+
+
+def run(ctx: Context) -> list[Row]:
+    cifar = os.environ.get("BENCH_CIFAR", "/work/shared/data/cifar10/train.tar")
+    if not os.path.exists(cifar):
+        return []
+    collection = open_collection(cifar)
+    n = min(len(collection), ctx.pick(128, 5000, 50_000))
+    res, k, m, pca_dim = 32, ctx.pick(16, 256, 1000), 4, ctx.pick(16, 128, 128)
+    batch, workers, precision = 128, 1, "fp32"
+    torch.manual_seed(0)
+    model = build_backbone("small", sobel=True, resolution=res).to(ctx.device)
+    heads = HierarchicalHeads(model.feature_dim, 4 * m, k // m).to(ctx.device)
+    opt = torch.optim.SGD(
+        [*model.parameters(), *heads.parameters()], lr=0.05, momentum=0.9, weight_decay=1e-5
+    )
+    stages: dict[str, Stage] = {}
+
+    with Stage(ctx.device) as stages["extract"]:
+        view = ClusterView(collection, ClusterTransform(res), indices=np.arange(n))
+        loader = DataLoader(view, batch_size=256, num_workers=workers)
+        feats = extract_features(
+            model, loader, n, model.feature_dim, device=ctx.device, progress=False
+        ).features
+    with Stage(ctx.device) as stages["pca"]:
+        reduced = fit_pca(feats, dim=pca_dim).apply(feats)
+    with Stage(ctx.device) as stages["kmeans"]:
+        result = hierarchical_kmeans(reduced, k=k, m=m, niter=10, seed=0)
+    with Stage(ctx.device) as stages["train"]:
+        plan = uniform_epoch_plan(result.labels, size=n, seed=0, epoch=0, rotation=True)
+        train_view = TrainView(collection, TrainTransform(res, (0.2, 1.0)), plan, seed=0, epoch=0)
+        train_loader = DataLoader(train_view, batch_size=batch, num_workers=workers)
+        targets = Targets(
+            super_clusters=torch.from_numpy(result.super_assignments),
+            sub_clusters=torch.from_numpy(result.sub_assignments),
+            n_super_clusters=m,
+            rotation=True,
+        )
+        train_one_epoch(
+            model,
+            heads,
+            train_loader,
+            opt,
+            targets=targets,
+            lrs=np.full(-(-n // batch), 0.05),
+            device=ctx.device,
+            precision=precision,
+            progress=False,
+        )
+    total = sum(s.seconds for s in stages.values())
+    rows = [
+        info(
+            NAME,
+            f"{name}: seconds for {n} images (peak RSS +{s.peak_rss / 2**20:.0f} MiB)",
+            s.seconds,
+            "s",
+            peak_rss_bytes=s.peak_rss,
+            cuda_peak_bytes=s.cuda_peak,
+            images_per_s=n / s.seconds,
+        )
+        for name, s in stages.items()
+    ]
+    rows.append(info(NAME, f"cycle total for {n} images (k={k}, m={m}, {res}px)", total, "s"))
+    return rows

@@ -1,0 +1,138 @@
+"""Feature extraction over a collection vs bare batched inference of the same model.
+
+Ours: ``features.extract_features`` fed by a DataLoader over ``ClusterView`` (decode, resize,
+centre crop, normalise) of an ``ArrayCollection`` or of the CIFAR-10 JPEG tar, as
+``engine.clustering`` builds it. Bare: ``model(x)`` under ``torch.no_grad()`` in eval mode over
+the same number of images already in memory as one tensor. A third figure isolates the loop:
+``extract_features`` over batches already in memory, against the same bare inference.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from bench.common import Context, Row, at_most, info, interleaved, median, ratio
+from deepercluster.data import (
+    ArrayCollection,
+    ClusterTransform,
+    ClusterView,
+    Collection,
+    open_collection,
+)
+from deepercluster.features import autocast, extract_features
+from deepercluster.models import build_backbone
+
+NAME = "extract"
+
+
+def _model(ctx: Context, res: int, channels_last: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return build_backbone("small", sobel=True, resolution=res).to(ctx.device, memory_format=fmt)
+
+
+def _setting(
+    ctx: Context,
+    sources: dict[str, Collection],
+    n: int,
+    batch: int,
+    res: int,
+    precision: str,
+    cl: bool,
+    workers: int,
+) -> list[Row]:
+    """Rows of one (precision, memory format, workers) setting, all sides interleaved."""
+    rows: list[Row] = []
+    model = _model(ctx, res, cl)
+    dim = model.feature_dim  # type: ignore[attr-defined]
+    images = torch.randn(n, 3, res, res).to(ctx.device)
+    if cl:
+        images = images.contiguous(memory_format=torch.channels_last)
+    label = f"{precision}{' channels_last' if cl else ''}, {workers} worker(s)"
+
+    @torch.no_grad()
+    def bare(model: torch.nn.Module = model, images: torch.Tensor = images) -> object:
+        model.eval()
+        out = None
+        for start in range(0, n, batch):
+            with autocast(ctx.device, precision):
+                out = model(images[start : start + batch]).float().cpu()
+        return out
+
+    in_memory = [
+        (
+            images[s : s + batch].cpu(),
+            torch.arange(s, min(s + batch, n)),
+            [""] * len(images[s : s + batch]),
+        )
+        for s in range(0, n, batch)
+    ]
+
+    def ours_loop(model: torch.nn.Module = model) -> object:
+        return extract_features(
+            model, in_memory, n, dim, device=ctx.device, precision=precision, progress=False
+        )
+
+    fns: dict[str, Callable[[], object]] = {"bare": bare}
+    if workers == 0:
+        fns["loop"] = ours_loop
+    for src_name, collection in sources.items():
+        view = ClusterView(collection, ClusterTransform(res), indices=np.arange(n))
+
+        def ours(model: torch.nn.Module = model, view: ClusterView = view) -> object:
+            loader = DataLoader(view, batch_size=batch, num_workers=workers)
+            return extract_features(
+                model, loader, n, dim, device=ctx.device, precision=precision, progress=False
+            )
+
+        fns[src_name] = ours
+    times = interleaved(fns, ctx, reps=max(2, ctx.reps - 2))
+    bare_s = median(times["bare"])
+    if "loop" in times:
+        rows.append(
+            at_most(
+                NAME,
+                f"extract_features (batches in memory) / bare inference ({label})",
+                ratio(times, "loop", "bare"),
+                1.10,
+                bare_images_per_s=n / bare_s,
+            )
+        )
+    for src_name in sources:
+        rows.append(
+            at_most(
+                NAME,
+                f"extract_features over {src_name} / bare inference ({label})",
+                ratio(times, src_name, "bare"),
+                1.10,
+                ours_images_per_s=n / median(times[src_name]),
+                bare_images_per_s=n / bare_s,
+                N=n,
+                batch=batch,
+            )
+        )
+    rows.append(info(NAME, f"bare inference images/s ({label})", n / bare_s, "img/s"))
+    return rows
+
+
+def run(ctx: Context) -> list[Row]:
+    cifar = os.environ.get("BENCH_CIFAR", "/work/shared/data/cifar10/train.tar")
+    res = 32
+    n, batch = ctx.pick((128, 64), (2048, 256), (8192, 256))
+    rng = np.random.default_rng(0)
+    arrays = ArrayCollection(rng.integers(0, 256, (n, res, res, 3), dtype=np.uint8))
+    sources: dict[str, Collection] = {"ArrayCollection": arrays}
+    if os.path.exists(cifar) and not ctx.tiny:
+        sources["CIFAR-10 JPEG tar"] = open_collection(cifar)
+    rows: list[Row] = []
+    settings = [("fp32", False, 0), ("fp32", False, 1), ("bf16", True, 1)]
+    if ctx.tiny:
+        settings = settings[:1]
+    for precision, cl, workers in settings:
+        rows += _setting(ctx, sources, n, batch, res, precision, cl, workers)
+    return rows

@@ -1,0 +1,114 @@
+"""k-means: our engine vs ``faiss.Kmeans``, and hierarchical vs flat at the same total k.
+
+Ours: ``cluster.kmeans.kmeans`` (faiss exact search for the E-step, our M-step and
+re-seeding). faiss: ``faiss.Kmeans`` with ``max_points_per_centroid`` huge (no silent
+subsampling) and ``early_stop_threshold = -1`` (exactly ``niter`` iterations), started from
+the same initial centroids. Both objectives are measured the same way: the sum of squared
+distances of every point to its nearest final centroid. Then ``hierarchical_kmeans`` with m
+super-clusters against our flat engine at the same total k (target: at least m/2 faster).
+The data are L2-normalised points of a Gaussian mixture, as after PCA-whitening.
+Runs on the CPU whatever ``--device`` (both engines are CPU code; faiss-cpu).
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from bench.common import Context, Row, at_least, at_most, info, interleaved, median, ratio
+from deepercluster.cluster.hierarchical import hierarchical_kmeans
+from deepercluster.cluster.kmeans import assign, kmeans
+
+NAME = "kmeans"
+
+
+def mixture(n: int, dim: int, centres: int, seed: int = 0) -> np.ndarray:
+    """(n, dim) float32 L2-normalised points around ``centres`` random centres."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, dim)).astype(np.float32)
+    x = c[rng.integers(centres, size=n)] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def _objective(x: np.ndarray, centroids: np.ndarray) -> float:
+    _, d2 = assign(x, centroids)
+    return float(d2.sum(dtype=np.float64))
+
+
+def run(ctx: Context) -> list[Row]:
+    n, dim, k, niter = ctx.pick(
+        (2000, 16, 20, 5), (50_000, 128, 1024, 10), (200_000, 256, 4096, 10)
+    )
+    x = mixture(n, dim, centres=2 * k)
+    seed = 0
+    # Our engine's initial centroids: k distinct points drawn by the same generator.
+    rng = np.random.default_rng(seed)
+    init = x[np.sort(rng.choice(n, size=k, replace=False))].copy()
+    results: dict[str, np.ndarray] = {}
+
+    def ours() -> None:
+        results["ours"] = kmeans(x, k, niter=niter, seed=seed).centroids
+
+    def with_faiss() -> None:
+        km = faiss.Kmeans(
+            dim, k, niter=niter, seed=seed, max_points_per_centroid=10**9, verbose=False
+        )
+        km.cp.early_stop_threshold = -1.0
+        km.train(x, init_centroids=init)
+        results["faiss"] = km.centroids
+
+    times = interleaved({"ours": ours, "faiss": with_faiss}, ctx, reps=max(3, ctx.reps - 2))
+    obj_ours = _objective(x, results["ours"])
+    obj_faiss = _objective(x, results["faiss"])
+    shape = {"N": n, "D": dim, "k": k, "niter": niter}
+    rows = [
+        at_most(
+            NAME,
+            f"our k-means / faiss.Kmeans time (N={n}, D={dim}, k={k})",
+            ratio(times, "ours", "faiss"),
+            1.2,
+            ours_s=median(times["ours"]),
+            faiss_s=median(times["faiss"]),
+            **shape,
+        ),
+        Row(
+            NAME,
+            "our k-means / faiss.Kmeans final objective",
+            obj_ours / obj_faiss,
+            "x",
+            "1 +- 0.01",
+            abs(obj_ours / obj_faiss - 1) <= 0.01,
+            {"ours": obj_ours, "faiss": obj_faiss},
+        ),
+    ]
+    for m in ctx.pick((2,), (4, 16), (4, 16)):
+        objectives: dict[str, float] = {}
+
+        def flat(objectives: dict[str, float] = objectives) -> None:
+            objectives["flat"] = kmeans(x, k, niter=niter, seed=seed).objective
+
+        def hier(m: int = m, objectives: dict[str, float] = objectives) -> None:
+            objectives["hier"] = hierarchical_kmeans(x, k=k, m=m, niter=niter, seed=seed).objective
+
+        times = interleaved({"hier": hier, "flat": flat}, ctx, reps=3)
+        rows.append(
+            at_least(
+                NAME,
+                f"flat / hierarchical k-means time, m={m} (same total k={k})",
+                ratio(times, "flat", "hier"),
+                m / 2,
+                hier_s=median(times["hier"]),
+                flat_s=median(times["flat"]),
+                theory=k / (m + k / m),
+            )
+        )
+        rows.append(
+            info(
+                NAME,
+                f"hierarchical / flat objective, m={m}",
+                objectives["hier"] / objectives["flat"],
+                "x",
+            )
+        )
+    return rows

@@ -1,0 +1,49 @@
+"""The benchmark suite runs end to end on toy shapes (no thresholds: CI machines vary)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bench.__main__ import BENCHES, main
+from PIL import Image
+
+
+def _jpeg_tar(path: Path, sizes: list[tuple[int, int]], seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    with tarfile.open(path, "w") as tar:
+        for i, (w, h) in enumerate(sizes):
+            buf = io.BytesIO()
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(buf, format="JPEG")
+            info = tarfile.TarInfo(f"train/class{i % 3}/{i:04d}.jpg")
+            info.size = buf.tell()
+            buf.seek(0)
+            tar.addfile(info, buf)
+    return path
+
+
+@pytest.mark.slow
+def test_all_benchmarks_run_on_tiny_shapes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cifar = _jpeg_tar(tmp_path / "cifar.tar", [(32, 32)] * 160, seed=0)
+    food = _jpeg_tar(tmp_path / "food.tar", [(300, 200), (250, 260)] * 8, seed=1)
+    monkeypatch.setenv("BENCH_CIFAR", str(cifar))
+    monkeypatch.setenv("BENCH_FOOD", str(food))
+    out = tmp_path / "results"
+    assert main(["all", "--tiny", "--threads", "1", "--out", str(out)]) == 0
+    record = json.loads((out / "all-tiny-cpu.json").read_text())
+    rows = record["rows"]
+    assert {r["bench"] for r in rows} == set(BENCHES)
+    for r in rows:
+        assert math.isfinite(r["value"]) and r["value"] > 0, r
+        assert (r["ok"] is None) == (r["target"] == ""), r
+    assert record["machine_before"]["torch_threads"] == 1
+    printed = capsys.readouterr().out
+    assert "target" in printed and "written to" in printed

@@ -120,7 +120,9 @@ def _cmd_materialize(args: argparse.Namespace) -> int:
     from deepercluster.inspect.assignments import run_assignments
     from deepercluster.inspect.materialize import materialize
 
-    table = run_assignments(args.run, data=args.data, with_distances=False, progress=False)
+    # No feature extraction just to order files: nearest-first when `inspect` or
+    # `assignments` already cached the features, else in image-id order.
+    table = run_assignments(args.run, data=args.data, with_distances="cached", progress=False)
     written = materialize(table, args.to, mode=args.mode)
     print(f"{len(written)} {'list files' if args.mode == 'lists' else 'folders'} under {args.to}")
     return 0

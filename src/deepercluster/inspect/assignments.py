@@ -128,7 +128,7 @@ def run_assignments(
     run_dir: str | Path,
     *,
     data: str | None = None,
-    with_distances: bool = True,
+    with_distances: bool | str = True,
     batch_size: int = 64,
     workers: int = 0,
     device: str | torch.device = "cpu",
@@ -140,10 +140,11 @@ def run_assignments(
         run_dir: the run folder.
         data: the run's images, when they moved (same N images).
         with_distances: extract features to measure distances to the centroids (cached in
-            ``run_dir/report/cache``, shared with ``inspect``); False leaves them NaN.
+            ``run_dir/report/cache``, shared with ``inspect``); False leaves them NaN;
+            ``"cached"`` measures them only when that cache is already there.
         batch_size, workers, device, progress: feature extraction.
     """
-    from deepercluster.inspect.embed import run_embedding
+    from deepercluster.inspect.embed import has_cached_embedding, run_embedding
     from deepercluster.inspect.report import collection_paths
     from deepercluster.inspect.run import open_run
 
@@ -151,11 +152,14 @@ def run_assignments(
     collection = run.collection(data)
     c = run.clustering
     distances = np.full(run.n_images, np.nan, dtype=np.float32)
+    cache = run.path / "report" / "cache"
+    if with_distances == "cached":
+        with_distances = has_cached_embedding(run, cache)
     if with_distances:
         distances = run_embedding(
             run,
             collection,
-            cache_dir=run.path / "report" / "cache",
+            cache_dir=cache,
             batch_size=batch_size,
             workers=workers,
             device=device,

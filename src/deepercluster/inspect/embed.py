@@ -29,6 +29,7 @@ __all__ = [
     "assigned_distances",
     "embed_collection",
     "embed_new_images",
+    "has_cached_embedding",
     "nearest_clusters",
     "run_embedding",
     "write_embedding",
@@ -181,8 +182,7 @@ def run_embedding(
             f"{run.path} has no PCA or centroids (a RotNet run, k = m = 1, never clusters); "
             "there are no clusters to inspect"
         )
-    stat = (run.path / "checkpoint.pth").stat()
-    key = hashlib.sha1(f"{stat.st_size}-{stat.st_mtime_ns}".encode()).hexdigest()
+    key = _checkpoint_key(run)
     cached = _read_cache(cache_dir, key) if cache_dir is not None else None
     if cached is None:
         cfg = run.config.data
@@ -220,6 +220,16 @@ def run_embedding(
         c.labels,
         distances,
     )
+
+
+def has_cached_embedding(run: RunFolder, cache_dir: Path) -> bool:
+    """Whether ``cache_dir`` holds this checkpoint's features (no extraction needed)."""
+    return _read_cache(cache_dir, _checkpoint_key(run)) is not None
+
+
+def _checkpoint_key(run: RunFolder) -> str:
+    stat = (run.path / "checkpoint.pth").stat()
+    return hashlib.sha1(f"{stat.st_size}-{stat.st_mtime_ns}".encode()).hexdigest()
 
 
 def _read_cache(cache_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray] | None:

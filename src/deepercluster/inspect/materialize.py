@@ -3,11 +3,12 @@
 Layout under the target folder (c = global cluster id, s = its super-cluster)::
 
     super-<s>/cluster-<c>/<id>_<name>     (--link or --copy)
-    super-<s>/cluster-<c>.txt             (--lists: one path per line, nearest first)
+    super-<s>/cluster-<c>.txt             (--lists: one path per line)
     unreadable/ or unreadable.txt         (images the run could not read)
 
-Images inside tar shards cannot be symlinked; ``copy`` extracts them, ``lists`` names them as
-``<shard>.tar:<member>``.
+Members are ordered nearest to the centroid first when the assignments carry distances, else
+by image id. Images inside tar shards cannot be symlinked; ``copy`` extracts them, ``lists``
+names them as ``<shard>.tar:<member>``.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from tests.unit.inspect.conftest import TinyRun
@@ -55,3 +57,13 @@ def test_run_assignments_match_the_checkpoint(tiny_run: TinyRun) -> None:
     assert np.isfinite(table.distances[c.valid]).all() and (table.distances[c.valid] > 0).all()
     bare = run_assignments(tiny_run.path, with_distances=False)
     assert np.isnan(bare.distances).all()
+
+
+def test_cached_distances_only_when_features_are_cached(tiny_run: TinyRun, tmp_path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("checkpoint.pth", "config.json"):
+        shutil.copy2(tiny_run.path / name, run / name)
+    assert np.isnan(run_assignments(run, with_distances="cached").distances).all()
+    measured = run_assignments(run, progress=False).distances  # extracts and caches
+    np.testing.assert_array_equal(run_assignments(run, with_distances="cached").distances, measured)

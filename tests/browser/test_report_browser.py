@@ -74,6 +74,14 @@ def test_report_pages_load_cleanly_and_show_the_cards(tmp_path: Path) -> None:
         seen.append(len(re.findall(r'class="card"', dom)))
     assert seen == [0, 0, 4, 4, 2]
 
+    # the "go to cluster" box: submitting 9 opens the page that holds cluster 9
+    probe = index.parent / "probe.html"
+    submit = "<script>document.getElementById('cid').value='9';jump({preventDefault(){}});</script>"
+    probe.write_text(index.read_text().replace("</body>", submit + "</body>"))
+    dom, console = _browse(probe, tmp_path / "profile-jump", "--virtual-time-budget=5000",
+                           "--dump-dom")  # fmt: skip
+    assert console == [] and "<title>browser test: clusters 8-9</title>" in dom
+
     shot = tmp_path / "report-page.png"
     _browse(pages[0], tmp_path / "profile-shot", f"--screenshot={shot}")
     assert shot.stat().st_size > 10_000  # a rendered page of thumbnails, not a blank one

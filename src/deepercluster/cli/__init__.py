@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS: tuple[str, ...] = ("train", "demo", "evaluate", "inspect")
+COMMANDS: tuple[str, ...] = ("train", "demo", "evaluate", "inspect", "plan")
 """Modules of this package that define commands (``deepercluster.cli.<name>.register``)."""
 
 

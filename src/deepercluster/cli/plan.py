@@ -1,0 +1,96 @@
+"""``deepercluster plan``: RAM, GPU memory, disk and time of a run, before launching it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from typing import Any
+
+from deepercluster.cli.common import add_config_args, config_from_args, quote
+
+EPILOG = """\
+Examples:
+  deepercluster plan --images 96000000 --k 320000 --super-clusters 4 --dim-pca 256 \\
+      --world-size 64 --arch vgg16
+  deepercluster plan --data 'shards/{000000..009999}.tar' --config my.toml --world-size 8
+  deepercluster plan --images 1000000 --k 10000 --feature-store disk --memory-limit 8GB
+
+Sizes are counted from the arrays each stage holds; times divide the measured FLOPs of the
+network and of k-means by the throughputs given below (or measured with --calibrate).
+Exit code 2 when the configuration cannot run (each problem is listed with its fix).
+"""
+
+_SHORTCUTS = {
+    "k": ("cluster.k", int),
+    "super_clusters": ("cluster.super_clusters", int),
+    "dim_pca": ("cluster.pca_dim", int),
+    "arch": ("model.arch", str),
+    "resolution": ("data.resolution", int),
+    "batch_size": ("train.batch_size", int),
+    "epochs": ("train.epochs", int),
+    "feature_store": ("cluster.feature_store", str),
+    "memory_limit": ("cluster.memory_limit", str),
+}
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="estimate RAM, GPU memory, disk and time per stage and validate a configuration",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_args(p)
+    p.add_argument("--images", type=int, help="number of images (or give --data to count them)")
+    p.add_argument("--world-size", type=int, default=1, help="processes (GPUs) of the job")
+    p.add_argument("--k", type=int, help="cluster.k, sub-clusters in all (paper: 320000)")
+    p.add_argument("--super-clusters", type=int, help="cluster.super_clusters, m (paper: 4)")
+    p.add_argument("--dim-pca", type=int, help="cluster.pca_dim (256)")
+    p.add_argument("--arch", help="model.arch: vgg16, resnet18, resnet50, small")
+    p.add_argument("--resolution", type=int, help="data.resolution (224)")
+    p.add_argument("--batch-size", type=int, help="train.batch_size per process (48)")
+    p.add_argument("--epochs", type=int, help="train.epochs")
+    p.add_argument("--feature-store", choices=("memory", "disk"), help="cluster.feature_store")
+    p.add_argument("--memory-limit", metavar="SIZE", help="cluster.memory_limit, e.g. 20GB")
+    p.add_argument("--gpu-tflops", type=float, help="effective convnet TFLOPS per process (25)")
+    p.add_argument("--kmeans-gflops", type=float, help="k-means GFLOPS per process (250)")
+    p.add_argument("--gpu-memory", type=float, metavar="GB", help="accelerator memory (80)")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure the convnet and k-means throughputs on this machine first (seconds)",
+    )
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=_cmd_plan)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from deepercluster.data import open_collection
+    from deepercluster.engine.plan import Assumptions, calibrate, format_plan, make_plan
+
+    for name, (key, kind) in _SHORTCUTS.items():
+        value = getattr(args, name)
+        if value is not None:
+            text = quote(value) if kind is str else str(value)
+            args.overrides = [f"{key}={text}", *args.overrides]
+    cfg = config_from_args(args)
+    if args.images is None:
+        if not cfg.data.path:
+            raise ValueError("give --images N, or --data PATH to count the images")
+        collection = open_collection(
+            cfg.data.path, max_pixels=cfg.data.max_pixels, path_column=cfg.data.path_column
+        )
+        n_images = len(collection)
+    else:
+        n_images = args.images
+    assume = calibrate(cfg) if args.calibrate else Assumptions()
+    changes = {
+        "gpu_tflops": args.gpu_tflops,
+        "kmeans_gflops": args.kmeans_gflops,
+        "gpu_memory_gb": args.gpu_memory,
+    }
+    assume = replace(assume, **{k: v for k, v in changes.items() if v is not None})
+    plan = make_plan(cfg, n_images=n_images, world_size=args.world_size, assume=assume)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan, cfg))
+    return 2 if plan.problems else 0

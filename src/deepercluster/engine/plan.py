@@ -1,0 +1,382 @@
+"""What a run will cost before it starts: RAM, GPU memory, disk and time per stage per rank.
+
+Sizes are exact counts of the arrays each stage holds (features, whitened features,
+centroids, assignments, heads, optimizer state, checkpoint); the network's parameters, FLOPs
+and activation sizes are measured on PyTorch's ``meta`` device (no memory, no compute).
+Times divide FLOPs by throughputs that are stated assumptions (:class:`Assumptions`),
+so the numbers are only as good as those; the defaults are measured values of this
+project's machines or the usual ones of an A100-class GPU, and every one can be overridden.
+
+The whole configuration is validated on the way, so that an impossible setting (k above
+the number of images, a grouped layout that does not divide the processes, heads that do
+not fit in GPU memory, a memory store over the memory limit) is reported before launch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from deepercluster import distributed
+from deepercluster.config import RunConfig
+from deepercluster.engine.outofcore import PER_IMAGE_BYTES, block_rows
+from deepercluster.models import build_backbone
+
+# Bytes per image of the collection index, measured by scripts/out_of_core.py (``index``):
+# ids, the path table and the tar offsets; see the README.
+INDEX_BYTES_PER_IMAGE = 100
+# labels, super-clusters, sub-clusters (int64) and the readable flag, for every image.
+TARGET_BYTES_PER_IMAGE = 25
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """Throughputs that turn counts into seconds (override them with measured ones).
+
+    Attributes:
+        gpu_tflops: effective convnet TFLOPS per process (A100 bf16/TF32 convnets: ~25-60;
+            this project's 2-core CPU: 0.3 in fp32, 0.9 in bf16).
+        kmeans_gflops: faiss/BLAS GFLOPS of the k-means assignment step per process (CPU;
+            measured here: 200-370 on 2 cores).
+        pca_gflops: float64 GFLOPS of the covariance accumulation per process (CPU).
+        decode_per_worker: images/s one data-loading worker decodes and augments at 224 px
+            (measured here: 600-700).
+        gpu_memory_gb: memory of one accelerator.
+    """
+
+    gpu_tflops: float = 25.0
+    kmeans_gflops: float = 250.0
+    pca_gflops: float = 50.0
+    decode_per_worker: float = 650.0
+    gpu_memory_gb: float = 80.0
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """One stage's needs on one rank (bytes and seconds)."""
+
+    stage: str
+    ram: int
+    gpu: int
+    disk: int
+    seconds: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The estimate for a whole run."""
+
+    n_images: int
+    world_size: int
+    feature_dim: int
+    layout: str
+    layout_reason: str
+    stages: list[StageCost]
+    round_seconds: float
+    epoch_seconds: float
+    run_seconds: float
+    problems: list[str] = field(default_factory=list)
+    assumptions: Assumptions = field(default_factory=Assumptions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Measured on the meta device: feature dim D, parameters, forward FLOPs and the bytes
+    of all layer outputs for one image (what training keeps for the backward pass)."""
+
+    feature_dim: int
+    params: int
+    flops: float
+    activation_bytes: int
+
+
+@cache
+def model_stats(arch: str, sobel: bool, resolution: int) -> ModelStats:
+    """Parameters, FLOPs and activations of a backbone, without allocating it."""
+    with torch.device("meta"):
+        model = build_backbone(arch, sobel=sobel, resolution=resolution)
+        total = [0]
+        hooks = [
+            m.register_forward_hook(
+                lambda _m, _i, out: total.__setitem__(
+                    0, total[0] + (out.numel() if isinstance(out, torch.Tensor) else 0)
+                )
+            )
+            for m in model.modules()
+            if not list(m.children())
+        ]
+        with FlopCounterMode(display=False) as counter:
+            model(torch.empty(1, 3, resolution, resolution))
+    for h in hooks:
+        h.remove()
+    params = sum(p.numel() for p in model.parameters())
+    return ModelStats(model.feature_dim, params, float(counter.get_total_flops()), 4 * total[0])
+
+
+def make_plan(
+    cfg: RunConfig, *, n_images: int, world_size: int, assume: Assumptions | None = None
+) -> Plan:
+    """Estimate every stage of ``cfg`` on ``n_images`` images over ``world_size`` processes.
+
+    Raises:
+        ValueError: a setting no run can use (the message names it and the fix).
+    """
+    a = assume or Assumptions()
+    c, t = cfg.cluster, cfg.train
+    problems: list[str] = []
+    if n_images < 1 or world_size < 1:
+        raise ValueError("the number of images and of processes must be >= 1")
+    stats = model_stats(cfg.model.arch, cfg.model.sobel, cfg.data.resolution)
+    dim, n, w = stats.feature_dim, n_images, world_size
+    n_r = math.ceil(n / w)  # the largest shard
+    d = min(c.pca_dim, dim, max(n - 1, 1))
+    m, per_super, s_classes = c.super_clusters, c.sub_per_super, c.n_super_classes
+    if c.needs_clustering and c.k > n:
+        problems.append(
+            f"cluster.k ({c.k:,}) is larger than the number of images ({n:,}); lower cluster.k"
+        )
+    if n < w:
+        problems.append(f"{w} processes for {n} images: some processes would have no images")
+    if c.pca_dim > dim:
+        problems.append(
+            f"cluster.pca_dim ({c.pca_dim}) exceeds the feature dimension of {cfg.model.arch} "
+            f"({dim}); it would be lowered to {dim}: set cluster.pca_dim <= {dim}"
+        )
+    head_bytes = s_classes * per_super * dim * 4
+    plan = distributed.plan_groups(
+        w, s_classes, layout=t.layout, head_bytes=head_bytes, n_super_clusters=m
+    )
+    owned_heads = head_bytes // s_classes if plan.grouped else head_bytes
+    fwd = stats.flops / (a.gpu_tflops * 1e12)  # seconds per image, forward
+    decode = 1.0 / (a.decode_per_worker * max(cfg.data.workers, 1))
+    disk_store = c.feature_store == "disk"
+    value_bytes = 2 if c.feature_dtype == "float16" else 4
+    block = block_rows(c, dim)
+    stages: list[StageCost] = []
+
+    # ============ data ============
+    stages.append(
+        StageCost(
+            "data index + targets",
+            n * (INDEX_BYTES_PER_IMAGE + TARGET_BYTES_PER_IMAGE),
+            0,
+            0,
+            0.0,
+            "every rank indexes the whole collection and holds every image's targets",
+        )
+    )
+    # ============ one clustering round ============
+    batch_gpu = stats.params * 4 + max(t.batch_size, 64) * stats.activation_bytes // 4
+    if c.needs_clustering:
+        extract_ram = 2 * c.chunk_images * dim * 4 + (0 if disk_store else n_r * dim * 4)
+        stages.append(
+            StageCost(
+                "extraction",
+                extract_ram,
+                batch_gpu,
+                n_r * dim * value_bytes,
+                n_r * max(fwd, decode),
+                f"chunks of {c.chunk_images:,} images saved to the run folder as they finish",
+            )
+        )
+        moments = n_r * dim * dim * 2 / (a.pca_gflops * 1e9)
+        covariance = 3 * dim * dim * 8
+        whitened = n_r * d * 4
+        pca_ram = covariance + (3 * block * dim * 4 if disk_store else 2 * n_r * dim * 4 + whitened)
+        stages.append(
+            StageCost(
+                "PCA + whitening",
+                pca_ram,
+                0,
+                whitened if disk_store else 0,
+                moments + 10 * dim**3 / (a.pca_gflops * 1e9),
+                f"{dim} -> {d}, from float64 moments"
+                + (" streamed from disk" if disk_store else ""),
+            )
+        )
+        in_ram = 0 if disk_store and w == 1 else whitened
+        per_row = PER_IMAGE_BYTES + (4 * m if disk_store else 0)
+        level1 = 2.0 * (c.niter + 1) * n_r * m * d / (a.kmeans_gflops * 1e9)
+        stages.append(
+            StageCost(
+                "k-means level 1",
+                in_ram + n_r * per_row + m * d * 12,
+                0,
+                0,
+                level1,
+                f"{m} super-clusters, {c.niter} iterations",
+            )
+        )
+        level2 = 2.0 * (c.niter + 1) * n_r * per_super * d / (a.kmeans_gflops * 1e9)
+        stages.append(
+            StageCost(
+                "k-means level 2",
+                in_ram + n_r * per_row + per_super * d * 16 + per_super * 8,
+                0,
+                0,
+                level2,
+                f"{m} x {per_super:,} sub-clusters"
+                + (", one clustering group per super-cluster" if plan.clustering_groups() else ""),
+            )
+        )
+    # ============ training ============
+    epoch_size = t.epoch_size or n
+    steps = math.ceil(epoch_size / (t.batch_size * w))
+    train_gpu = stats.params * 4 * 3 + owned_heads * 3 + t.batch_size * stats.activation_bytes
+    train_s = steps * t.batch_size * max(3 * fwd, decode)
+    stages.append(
+        StageCost(
+            "training (one epoch)",
+            epoch_size // max(plan.group_size if plan.grouped else w, 1) * 8 * 2,
+            train_gpu,
+            0,
+            train_s,
+            f"{steps:,} steps of {t.batch_size} images per process; heads "
+            f"{owned_heads / 1e9:.2f} GB per process ({plan.layout})",
+        )
+    )
+    checkpoint = (stats.params + head_bytes // 4) * 4 * 2 + n * TARGET_BYTES_PER_IMAGE + c.k * d * 4
+    stages.append(
+        StageCost(
+            "checkpoint (rank 0)",
+            (head_bytes * 2 if w > 1 else 0),
+            0,
+            checkpoint,
+            0.0,
+            "weights, momentum, targets, centroids; rank 0 gathers the sub-heads",
+        )
+    )
+    if train_gpu > a.gpu_memory_gb * 1e9:
+        problems.append(
+            f"training needs about {train_gpu / 1e9:.1f} GB per accelerator, over "
+            f"{a.gpu_memory_gb:g} GB: lower train.batch_size"
+            + (
+                ""
+                if plan.grouped
+                else ", or use train.layout=grouped (a multiple of "
+                f"{s_classes} processes) so each process holds one sub-head"
+            )
+        )
+    limit = c.memory_limit_bytes
+    peak = stages[0].ram + max(s.ram for s in stages[1:])
+    if limit is not None and peak > limit:
+        fix = "--feature-store disk" if not disk_store else "more processes or a larger limit"
+        problems.append(
+            f"peak RAM per process about {peak / 1e9:.1f} GB is over cluster.memory_limit "
+            f"({c.memory_limit}); use {fix}"
+        )
+    round_s = sum(s.seconds for s in stages if s.stage.startswith(("extraction", "PCA", "k-means")))
+    rounds = math.ceil(t.epochs / c.reassign) if c.needs_clustering else 0
+    return Plan(
+        n_images=n,
+        world_size=w,
+        feature_dim=dim,
+        layout=plan.layout,
+        layout_reason=plan.reason,
+        stages=stages,
+        round_seconds=round_s,
+        epoch_seconds=train_s,
+        run_seconds=rounds * round_s + t.epochs * train_s,
+        problems=problems,
+        assumptions=a,
+    )
+
+
+def format_plan(plan: Plan, cfg: RunConfig) -> str:
+    """The plan as a table for the console."""
+    c = cfg.cluster
+    lines = [
+        f"{plan.n_images:,} images, k = {c.k:,} ({c.super_clusters} x {c.sub_per_super:,}), "
+        f"PCA {plan.feature_dim} -> {min(c.pca_dim, plan.feature_dim)}, {cfg.model.arch} at "
+        f"{cfg.data.resolution} px, {plan.world_size} process(es), {plan.layout} layout "
+        f"({plan.layout_reason}), feature store: {c.feature_store} ({c.feature_dtype})",
+        "",
+        f"{'stage (per rank)':<22}{'RAM':>10}{'GPU':>10}{'disk':>10}{'time':>10}  note",
+    ]
+    for s in plan.stages:
+        lines.append(
+            f"{s.stage:<22}{_size(s.ram):>10}{_size(s.gpu):>10}{_size(s.disk):>10}"
+            f"{_duration(s.seconds):>10}  {s.note}"
+        )
+    a = plan.assumptions
+    lines += [
+        "",
+        f"one clustering round {_duration(plan.round_seconds)}, one epoch "
+        f"{_duration(plan.epoch_seconds)}, the whole run ({cfg.train.epochs} epochs, re-clustering "
+        f"every {c.reassign}) {_duration(plan.run_seconds)}",
+        f"assumed: convnet {a.gpu_tflops:g} TFLOPS/process, k-means {a.kmeans_gflops:g} GFLOPS, "
+        f"PCA moments {a.pca_gflops:g} GFLOPS, decoding {a.decode_per_worker:g} images/s per "
+        f"worker x {max(cfg.data.workers, 1)}, {a.gpu_memory_gb:g} GB per accelerator",
+    ]
+    lines += (
+        ["", "problems:", *(f"  - {p}" for p in plan.problems)]
+        if plan.problems
+        else ["", "configuration OK"]
+    )
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    if n == 0:
+        return "-"
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _duration(s: float) -> str:
+    if s <= 0:
+        return "-"
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    if s < 86400 * 2:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
+
+
+def calibrate(cfg: RunConfig, *, seconds: float = 3.0) -> Assumptions:
+    """Measure the convnet and k-means throughputs on this machine (a few seconds each).
+
+    The convnet runs forward + backward on random images at ``data.resolution`` on the
+    configured device; k-means runs faiss' nearest-centroid search at the configured PCA
+    dimension. Both are reported as FLOPS, which :func:`make_plan` divides into.
+    """
+    import time
+
+    import numpy as np
+
+    from deepercluster.cluster import assign
+    from deepercluster.engine.fit import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    res = cfg.data.resolution
+    stats = model_stats(cfg.model.arch, cfg.model.sobel, res)
+    model = build_backbone(cfg.model.arch, sobel=cfg.model.sobel, resolution=res).to(device)
+    batch = torch.randn(4, 3, res, res, device=device)
+    done, tic = 0, time.perf_counter()
+    while done == 0 or time.perf_counter() - tic < seconds:
+        model(batch).sum().backward()
+        done += len(batch)
+    gpu_tflops = done * 3 * stats.flops / (time.perf_counter() - tic) / 1e12
+    rng = np.random.default_rng(0)
+    d = min(cfg.cluster.pca_dim, stats.feature_dim)
+    x = rng.standard_normal((20000, d), dtype=np.float32)
+    centroids = rng.standard_normal((1000, d), dtype=np.float32)
+    done, tic = 0, time.perf_counter()
+    while done == 0 or time.perf_counter() - tic < seconds / 3:
+        assign(x, centroids)
+        done += 1
+    kmeans_gflops = done * 2 * x.shape[0] * 1000 * d / (time.perf_counter() - tic) / 1e9
+    return Assumptions(gpu_tflops=gpu_tflops, kmeans_gflops=kmeans_gflops)

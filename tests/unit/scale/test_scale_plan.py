@@ -1,0 +1,73 @@
+"""``deepercluster plan``: sizes counted from the arrays, validation before launch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deepercluster import cli
+from deepercluster.cluster.store import FeatureStore
+from deepercluster.config import load_config
+from deepercluster.engine.plan import Assumptions, make_plan, model_stats
+from deepercluster.models import build_backbone
+
+PAPER = ["--images", "96000000", "--k", "320000", "--super-clusters", "4", "--dim-pca", "256"]
+
+
+def test_paper_setting_plans_the_grouped_layout(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["plan", *PAPER, "--world-size", "64", "--arch", "vgg16"]) == 0
+    text = capsys.readouterr().out
+    assert "grouped layout" in text and "configuration OK" in text
+    cfg = load_config(overrides=["cluster.k=320000", "model.arch=vgg16"])
+    plan = make_plan(cfg, n_images=96_000_000, world_size=64)
+    stages = {s.stage: s for s in plan.stages}
+    # 1.5 M images per rank, 4096 float32 features each
+    assert stages["extraction"].disk == 1_500_000 * 4096 * 4
+    # one sub-head of 80,000 x 4096 per process (weights, gradients, momentum)
+    assert "heads 1.31 GB per process (grouped)" in stages["training (one epoch)"].note
+    # the paper's 32 GB GPUs cannot hold all the heads without the grouped layout
+    replicated = make_plan(
+        load_config(overrides=["cluster.k=320000", "train.layout=replicated"]),
+        n_images=96_000_000,
+        world_size=64,
+        assume=Assumptions(gpu_memory_gb=32),
+    )
+    assert any("train.layout=grouped" in p for p in replicated.problems)
+
+
+def test_model_measurements_match_the_real_network() -> None:
+    stats = model_stats("small", True, 32)
+    real = build_backbone("small", sobel=True, resolution=32)
+    assert stats.feature_dim == real.feature_dim
+    assert stats.params == sum(p.numel() for p in real.parameters())
+    assert model_stats("vgg16", True, 224).flops == pytest.approx(30.9e9, rel=0.01)
+
+
+def test_disk_prediction_equals_the_store_written(tmp_path: Path) -> None:
+    cfg = load_config(
+        overrides=["model.arch=small", "data.resolution=32", "cluster.k=8",
+                   "cluster.feature_store=disk", "cluster.feature_dtype=float16"]
+    )  # fmt: skip
+    plan = make_plan(cfg, n_images=1001, world_size=2)
+    store = FeatureStore(tmp_path, rows=501, dim=512, dtype="float16", chunk_rows=64)
+    assert plan.stages[1].disk == store.nbytes == (tmp_path / "data.bin").stat().st_size
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--images", "100", "--k", "400"], "larger than the number of images"),
+        (["--images", "10**6", "--k", "10"], "must be divisible"),
+        (["--images", "1000000", "--k", "1000", "--memory-limit", "2GB"], "--feature-store disk"),
+        (["--images", "1000", "--world-size", "6", "--set", "train.layout=grouped"], "multiple"),
+        (["--images", "1000", "--k", "9", "--super-clusters", "2"], "divisible"),
+    ],
+)
+def test_impossible_settings_exit_2_with_the_fix(
+    extra: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = [e.replace("10**6", "1000000") for e in extra]
+    assert cli.main(["plan", "--arch", "small", "--resolution", "32", *extra]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.out + captured.err

@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # file output only: never try to open a window on a serve
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 __all__ = ["STAGES", "plot_clusters", "plot_sizes", "plot_stage_times", "plot_training"]
 
@@ -42,6 +43,7 @@ def _panel(ax: Any, records: Sequence[dict[str, Any]], keys: dict[str, str], tit
             ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)

@@ -253,7 +253,9 @@ def _summary(
         total = sum(float(r.get(key, 0.0)) for r in records)
         if total:
             rows.append((f"time: {name}", f"{total:.1f} s"))
-    rows.append(("time: report features", f"{t_features:.1f} s (cached for the next report)"))
+    rows.append(
+        ("time: features for this report", f"{t_features:.1f} s (extracted once per checkpoint)")
+    )
     summary_file = run.path / "summary.json"
     if summary_file.is_file():
         last = json.loads(summary_file.read_text())

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image
+from .pathtable import PathTable
 from .sources import (
     has_pattern,
     no_images_message,
@@ -76,7 +77,14 @@ class ImageCollection:
     ) -> None:
         if max_pixels <= 0:
             raise ValueError(f"max_pixels must be positive, got {max_pixels}")
-        self._files: list[str] = [] if tar is not None else [str(p) for p in paths]
+        # Compact: millions of paths would otherwise be millions of Python strings.
+        self._files: Sequence[str] = (
+            PathTable(())
+            if tar is not None
+            else paths
+            if isinstance(paths, PathTable)
+            else PathTable([str(p) for p in paths])
+        )
         self._tar = tar
         self._paths_cache: tuple[str, ...] | None = None
         n = len(self)

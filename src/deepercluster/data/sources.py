@@ -11,12 +11,14 @@ import csv
 import glob
 import os
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 
 import numpy as np
 
 from .decode import IMAGE_EXTENSIONS
+from .pathtable import PathTable, common_folder
 from .tarshards import is_image_name
 
 __all__ = [
@@ -40,7 +42,7 @@ _PATH_COLUMNS = ("path", "file", "filepath", "image")
 class FolderScan:
     """Images found under a folder, sorted by relative path."""
 
-    paths: list[str]
+    paths: Sequence[str]
     labels: np.ndarray | None  # (N,) int64 index into class_names, or None
     class_names: list[str] = field(default_factory=list)
 
@@ -49,7 +51,7 @@ class FolderScan:
 class TableScan:
     """Images named by a CSV file, with its other columns."""
 
-    paths: list[str]
+    paths: Sequence[str]
     metadata: dict[str, list[str]]
 
 
@@ -90,7 +92,9 @@ def scan_folder(root: str) -> FolderScan:
     if not found:
         raise ValueError(no_images_message(root))
     found.sort()
-    paths = [os.path.join(root, *parts) for parts in found]
+    paths = PathTable(
+        (os.path.join(root, *parts) for parts in found), prefix=os.path.join(root, "")
+    )
     if all(len(parts) >= 2 for parts in found):
         class_names = sorted({parts[0] for parts in found})
         lookup = {name: i for i, name in enumerate(class_names)}
@@ -99,22 +103,26 @@ def scan_folder(root: str) -> FolderScan:
     return FolderScan(paths, None, [])
 
 
-def read_list_file(list_file: str) -> list[str]:
+def read_list_file(list_file: str) -> PathTable:
     """Paths listed one per line; relative ones are resolved against the list's folder.
 
     Blank lines and lines starting with ``#`` are skipped. Files are not checked here (that
-    would stat millions of files up front); a missing one is reported when it is read.
+    would stat millions of files up front); a missing one is reported when it is read. The
+    file is read twice (shared folder, then the table), never held as a list of strings.
 
     Raises:
         ValueError: The list names no path.
     """
     base = os.path.dirname(os.path.abspath(list_file))
-    paths: list[str] = []
-    with open(list_file, encoding="utf-8") as f:
-        for line in f:
-            entry = line.strip()
-            if entry and not entry.startswith("#"):
-                paths.append(os.path.join(base, os.path.expanduser(entry)))
+
+    def entries() -> Iterator[str]:
+        with open(list_file, encoding="utf-8") as f:
+            for line in f:
+                entry = line.strip()
+                if entry and not entry.startswith("#"):
+                    yield os.path.join(base, os.path.expanduser(entry))
+
+    paths = PathTable(entries(), prefix=common_folder(entries()))
     if not paths:
         raise ValueError(
             f"list file {list_file} names no images; write one image path per line "
@@ -156,7 +164,7 @@ def read_csv_file(csv_file: str, path_column: str = "path") -> TableScan:
                 metadata[c].append(value if isinstance(value, str) else "")
     if not paths:
         raise ValueError(f"CSV file {csv_file} has a {column!r} column but no image rows")
-    return TableScan(paths, metadata)
+    return TableScan(PathTable(paths), metadata)
 
 
 def has_pattern(spec: str) -> bool:

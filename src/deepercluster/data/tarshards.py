@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .decode import IMAGE_EXTENSIONS, BadImageError
+from .pathtable import PathTable
 
 __all__ = ["COMPRESSED_TAR_SUFFIXES", "TarShards", "is_image_name"]
 
@@ -73,16 +74,17 @@ class TarShards:
         shard_ids: list[np.ndarray] = []
         offsets: list[int] = []
         sizes: list[int] = []
-        self.names: list[str] = []
+        names: list[str] = []
         for shard_id, shard in enumerate(self.shards):
             before = len(offsets)
             for member in _scan(shard):
-                self.names.append(member.name)
+                names.append(member.name)
                 offsets.append(member.offset_data)
                 sizes.append(member.size)
             shard_ids.append(np.full(len(offsets) - before, shard_id, dtype=np.int32))
         # Arrays rather than per-member objects: millions of members stay compact and pickle
         # quickly when a DataLoader spawns workers.
+        self.names = PathTable(names)
         self.shard_of = np.concatenate(shard_ids) if shard_ids else np.zeros(0, np.int32)
         self.offsets = np.asarray(offsets, dtype=np.int64)
         self.sizes = np.asarray(sizes, dtype=np.int64)
@@ -163,12 +165,22 @@ def _scan(shard: str) -> list[tarfile.TarInfo]:
     try:
         # "r:" refuses compressed streams: with "r:*" a .tar that is secretly gzipped would be
         # indexed, but its offsets would point into compressed data.
-        with tarfile.open(shard, mode="r:") as archive:
-            # Zero-byte image members are kept: reading them reports "zero-byte file" in the
-            # skip log, as for a folder, instead of the image silently vanishing.
-            return [m for m in archive if m.isreg() and not m.issparse() and is_image_name(m.name)]
+        archive = tarfile.open(shard, mode="r:")  # noqa: SIM115 (closed by the with below)
     except tarfile.ReadError as err:
         raise ValueError(
             f"{shard} is not a plain (uncompressed) tar archive ({err}); if it is compressed, "
             f"repack it as a plain .tar (e.g. `gzip -dc {shard} > shard.tar`)"
         ) from None
+    members: list[tarfile.TarInfo] = []
+    with archive:
+        try:
+            for m in archive:
+                # Zero-byte image members are kept: reading them reports "zero-byte file" in
+                # the skip log, as for a folder, instead of the image silently vanishing.
+                if m.isreg() and not m.issparse() and is_image_name(m.name):
+                    members.append(m)
+        except tarfile.ReadError:
+            # The shard ends inside a member (an interrupted copy): keep what was indexed;
+            # the cut member reads as "truncated image" and is skipped like any bad file.
+            pass
+    return members

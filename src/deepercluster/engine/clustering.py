@@ -22,7 +22,7 @@ from deepercluster.cluster import HierarchicalResult, PCAWhitening
 from deepercluster.config import RunConfig
 from deepercluster.data import ClusterTransform, Collection
 from deepercluster.engine.extraction import extract_to_store
-from deepercluster.engine.outofcore import check_memory
+from deepercluster.engine.outofcore import check_memory, extraction_chunk
 from deepercluster.engine.pca_kmeans import Features, Level2Groups, RoundResult, cluster_features
 from deepercluster.engine.stages import ClusteringStage, SafePoint, stage_root
 from deepercluster.evaluation.nmi import nmi
@@ -151,7 +151,10 @@ def recluster(
         stage = ClusteringStage(stage_root(work_dir, distributed.rank()), key)
         # ============ sharded extraction: each rank its slice, chunk by chunk ============
         store = stage.features(
-            rows=hi - lo, dim=feature_dim, dtype=c.feature_dtype, chunk_rows=c.chunk_images
+            rows=hi - lo,
+            dim=feature_dim,
+            dtype=c.feature_dtype,
+            chunk_rows=extraction_chunk(c, feature_dim),
         )
         tic = time.perf_counter()
         speed = extract_to_store(

@@ -27,20 +27,32 @@ def memory_need(c: ClusterConfig, *, rows: int, dim: int) -> int:
     """Bytes one process needs for a clustering round over ``rows`` images of dimension D.
 
     Memory store: the (rows, D) float32 features, their readable-row copy and the (rows, d)
-    whitened ones. Disk store: per-image bookkeeping plus one block of rows.
+    whitened ones. Disk store: per-image bookkeeping, a few blocks of rows and the D x D
+    float64 moments and eigen-decomposition of the PCA (which no store can avoid).
     """
     d = min(c.pca_dim, dim)
     if c.feature_store == "memory":
         return rows * (2 * dim * 4 + d * 4 + PER_IMAGE_BYTES)
-    return rows * (PER_IMAGE_BYTES + 4 * c.super_clusters) + 3 * block_rows(c, dim) * dim * 4
+    blocks = 3 * block_rows(c, dim) * dim * 4 + 2 * extraction_chunk(c, dim) * dim * 4
+    return rows * (PER_IMAGE_BYTES + 4 * c.super_clusters) + blocks + 6 * dim * dim * 8
 
 
 def block_rows(c: ClusterConfig, dim: int) -> int:
-    """Rows streamed at once: an eighth of the budget per block, at most 65,536 rows."""
+    """Rows streamed at once: 1/32 of the budget per block (a few are alive at once, and
+    most of the budget is left to the per-image arrays), at most 65,536 rows."""
     limit = c.memory_limit_bytes
     if limit is None:
         return MAX_BLOCK_ROWS
-    return int(np.clip(limit // 8 // (dim * 4), 256, MAX_BLOCK_ROWS))
+    return int(np.clip(limit // 32 // (dim * 4), 256, MAX_BLOCK_ROWS))
+
+
+def extraction_chunk(c: ClusterConfig, dim: int) -> int:
+    """Images per extraction chunk: ``cluster.chunk_images``, fewer if the budget needs it
+    (a chunk's features are held twice while it is written)."""
+    limit = c.memory_limit_bytes
+    if limit is None:
+        return c.chunk_images
+    return int(min(c.chunk_images, max(64, limit // 32 // (dim * 4))))
 
 
 def check_memory(c: ClusterConfig, *, rows: int, dim: int) -> None:

@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from deepercluster import distributed
 from deepercluster.config import RunConfig
-from deepercluster.engine.outofcore import PER_IMAGE_BYTES, block_rows
+from deepercluster.engine.outofcore import PER_IMAGE_BYTES, block_rows, extraction_chunk
 from deepercluster.models import build_backbone
 
 # Bytes per image of the collection index, measured by scripts/out_of_core.py (``index``):
@@ -177,7 +177,8 @@ def make_plan(
     # ============ one clustering round ============
     batch_gpu = stats.params * 4 + max(t.batch_size, 64) * stats.activation_bytes // 4
     if c.needs_clustering:
-        extract_ram = 2 * c.chunk_images * dim * 4 + (0 if disk_store else n_r * dim * 4)
+        chunk = extraction_chunk(c, dim)
+        extract_ram = 2 * chunk * dim * 4 + (0 if disk_store else n_r * dim * 4)
         stages.append(
             StageCost(
                 "extraction",
@@ -185,11 +186,11 @@ def make_plan(
                 batch_gpu,
                 n_r * dim * value_bytes,
                 n_r * max(fwd, decode),
-                f"chunks of {c.chunk_images:,} images saved to the run folder as they finish",
+                f"chunks of {chunk:,} images saved to the run folder as they finish",
             )
         )
         moments = n_r * dim * dim * 2 / (a.pca_gflops * 1e9)
-        covariance = 3 * dim * dim * 8
+        covariance = 6 * dim * dim * 8  # moments, covariance, eigh and their temporaries
         whitened = n_r * d * 4
         pca_ram = covariance + (3 * block * dim * 4 if disk_store else 2 * n_r * dim * 4 + whitened)
         stages.append(

@@ -1,0 +1,168 @@
+"""Before/after ratios of the optimised modules, old code loaded from a git revision.
+
+    python -m bench.before_after --rev 4a587de [--device cuda]
+
+Loads ``models/heads.py``, ``data/decode.py``, ``data/transforms.py`` and ``engine/train.py`` as
+they were at ``--rev`` (the commit before the optimisations) next to the installed ones, and
+times old against new interleaved on the same inputs: heads forward + backward at the scaled
+paper shapes, the 32 px and 224 px decode + training transform per image, and a training step
+of the small convnet. Prints and writes ``results/bench/before_after-<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.common import Context, Row, info, interleaved, machine, median, ratio
+
+_SRC = "src/deepercluster/"
+
+
+def _old_module(rev: str, rel: str, name: str) -> ModuleType:
+    source = subprocess.run(
+        ["git", "show", f"{rev}:{_SRC}{rel}"], capture_output=True, text=True, check=True
+    ).stdout
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    exec(compile(source, f"{rev}:{rel}", "exec"), module.__dict__)
+    return module
+
+
+def _heads(ctx: Context, rev: str) -> list[Row]:
+    from deepercluster.models import HierarchicalHeads
+
+    old = _old_module(rev, "models/heads.py", "_old_heads")
+    dim, n_super, n_sub, batch = 512, 16, 10_000, 256
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, dim, generator=gen).to(ctx.device).requires_grad_(True)
+    ys = torch.randint(n_super, (batch,), generator=gen).to(ctx.device)
+    yb = torch.randint(n_sub, (batch,), generator=gen).to(ctx.device)
+    fns: dict[str, Callable[[], object]] = {}
+    for name, cls in (("new", HierarchicalHeads), ("old", old.HierarchicalHeads)):
+        heads = cls(dim, n_super, n_sub).to(ctx.device)
+
+        def step(heads: torch.nn.Module = heads) -> object:
+            heads.zero_grad(set_to_none=True)
+            a, b = heads(x, ys)
+            (F.cross_entropy(a, ys) + F.cross_entropy(b, yb)).backward()  # type: ignore[no-untyped-call]
+            return None
+
+        fns[name] = step
+    t = interleaved(fns, ctx)
+    return [
+        info(
+            "heads",
+            "old / new heads forward + backward (D=512, S=16, n_sub=10000, B=256)",
+            ratio(t, "old", "new"),
+            "x",
+            old_s=median(t["old"]),
+            new_s=median(t["new"]),
+        )
+    ]
+
+
+def _data(ctx: Context, rev: str) -> list[Row]:
+    from deepercluster.data import TrainTransform
+    from deepercluster.data.decode import decode_image
+
+    old_decode = _old_module(rev, "data/decode.py", "_old_decode")
+    old_tf = _old_module(rev, "data/transforms.py", "_old_transforms")
+    rows: list[Row] = []
+    for label, path, res, n in (
+        ("CIFAR-10 32px", "/work/shared/data/cifar10/train.tar", 32, 2000),
+        ("food photos 224px", "/work/shared/data/food-photos/images.tar", 224, 200),
+    ):
+        if not Path(path).exists():
+            continue
+        with tarfile.open(path) as tar:
+            members = [m for m in tar.getmembers() if m.isfile()][:n]
+            blobs = [tar.extractfile(m).read() for m in members]  # type: ignore[union-attr]
+        new_t, old_t = TrainTransform(res), old_tf.TrainTransform(res)
+
+        def new(blobs: list[bytes] = blobs, t: TrainTransform = new_t) -> None:
+            rng = np.random.default_rng(0)
+            for b in blobs:
+                t(decode_image(b), rng)
+
+        def old(blobs: list[bytes] = blobs, t: object = old_t) -> None:
+            rng = np.random.default_rng(0)
+            for b in blobs:
+                t(old_decode.decode_image(b), rng)  # type: ignore[operator]
+
+        with torch.inference_mode():
+            prev = torch.get_num_threads()
+            torch.set_num_threads(1)
+            t = interleaved({"new": new, "old": old}, ctx, reps=3)
+            torch.set_num_threads(prev)
+        rows.append(
+            info(
+                "data",
+                f"old / new decode + training transform per image ({label})",
+                ratio(t, "old", "new"),
+                "x",
+                old_us=median(t["old"]) / n * 1e6,
+                new_us=median(t["new"]) / n * 1e6,
+            )
+        )
+    return rows
+
+
+def _train(ctx: Context, rev: str) -> list[Row]:
+    from bench.train_step import _setting
+    from deepercluster.engine import train as new_train
+
+    old = _old_module(rev, "engine/train.py", "_old_train")
+    fns: dict[str, Callable[[], object]] = {}
+    steps = 1
+    for name, module in (("new", new_train), ("old", old)):
+        fns[name], _, steps = _setting(
+            ctx, "small", 32, 128, "fp32", False, train_fn=module.train_one_epoch
+        )
+    t = interleaved(fns, ctx)
+    return [
+        info(
+            "train",
+            "old / new train_one_epoch step (small 32px b128 fp32, data in memory)",
+            ratio(t, "old", "new"),
+            "x",
+            old_s_per_step=median(t["old"]) / steps,
+            new_s_per_step=median(t["new"]) / steps,
+        )
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.before_after", description=__doc__)
+    p.add_argument("--rev", default="4a587de", help="git revision of the code before")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="results/bench")
+    args = p.parse_args(argv)
+    ctx = Context(device=torch.device(args.device), size="quick", reps=5, warmup=1)
+    rows = _heads(ctx, args.rev) + _data(ctx, args.rev) + _train(ctx, args.rev)
+    for r in rows:
+        print(f"{r.bench:6} {r.name:75} {r.value:.2f}x  {r.detail}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"before_after-{ctx.device.type}.json"
+    record = {"rev": args.rev, "machine": machine(ctx.device), "rows": [r.to_dict() for r in rows]}
+    path.write_text(json.dumps(record, indent=2, default=float) + "\n")
+    print(f"written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -170,7 +170,7 @@ def test_disk_feature_store_gives_the_memory_store_clusters(
 ) -> None:
     data, straight = reference
     out = tmp_path / "disk"
-    args = [*_args(data, out), "--feature-store", "disk", "--memory-limit", "4MB"]
+    args = [*_args(data, out), "--feature-store", "disk", "--memory-limit", "32MB"]
     assert cli.main(args) == 0
     a = load_checkpoint(straight / "checkpoint.pth")["clustering"]["labels"].numpy()
     b = load_checkpoint(out / "checkpoint.pth")["clustering"]["labels"].numpy()

@@ -22,7 +22,6 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
 
 from deepercluster import distributed
 from deepercluster.config import RunConfig
@@ -30,38 +29,31 @@ from deepercluster.data import (
     Collection,
     SkipLog,
     TrainTransform,
-    TrainView,
     open_collection,
-    super_class_epoch_plan,
-    uniform_epoch_plan,
 )
 from deepercluster.distributed import DistEnv
 from deepercluster.engine.checkpoint import (
     CHECKPOINT_NAME,
     TrainingState,
     arrays_to_tensors,
-    check_resumable,
-    load_checkpoint,
     rng_state,
     save_backbone,
     save_checkpoint,
-    set_rng_state,
-    tensors_to_arrays,
 )
 from deepercluster.engine.clustering import Clustering, recluster, trivial_clustering
+from deepercluster.engine.epoch import epoch_loader, seeded_generator
 from deepercluster.engine.layout import (
     build_layout,
     full_heads_state,
-    load_heads_state,
     sync_gradients,
 )
 from deepercluster.engine.preemption import FaultPoints, StopSignal
+from deepercluster.engine.resume import resume_from_checkpoint
 from deepercluster.engine.schedules import lr_schedule
 from deepercluster.engine.stages import clear_stage
 from deepercluster.engine.train import (
     EpochStats,
     Targets,
-    rank_positions,
     reduce_stats,
     reset_heads,
     steps_left,
@@ -211,12 +203,12 @@ def _fit(
     plan_size = (
         math.ceil(epoch_size / cfg.cluster.n_super_classes) if layout.plan.grouped else epoch_size
     )
-    share_rank, share_size = layout.share
+    share_size = layout.share[1]
     # train.batch_size is per process (the paper: 48 per GPU); a step covers
     # batch_size x share_size positions of this rank's plan (all ranks step together).
     plan_batch = cfg.train.batch_size * share_size
     iters_per_epoch = math.ceil(plan_size / plan_batch)
-    heads.reset_parameters(_generator(cfg.train.seed, -1))
+    heads.reset_parameters(seeded_generator(cfg.train.seed, -1))
     if env.world_size > 1:
         # Each process sees a slice of the batch: batch norm must see all of it, on CPU too.
         backbone = cast(Backbone, convert_sync_batchnorm(backbone))
@@ -266,46 +258,20 @@ def _fit(
 
     # ============ resuming from a checkpoint ============
     ckpt_path = out_dir / CHECKPOINT_NAME
-    state = TrainingState(epoch=0, iteration=0, clustered_epoch=-1)
-    clustering: Clustering | None = None
-    stats: EpochStats | None = None
-    # Rank 0 reads the checkpoint and sends it to the others: no shared disk needed. The
-    # sub-heads travel apart, as tensors, so each group receives only its own slice.
-    payload = load_checkpoint(ckpt_path) if env.is_main and ckpt_path.exists() else None
-    saved_heads = (payload.pop("heads"), payload.pop("optimizer")) if payload else None
-    payload = distributed.broadcast_tree(payload)
-    if payload is not None:
-        tolerated = check_resumable(payload, cfg, n_images=n_images, path=ckpt_path)
-        backbone.load_state_dict(payload["model"])
-        load_heads_state(heads, optimizer, saved_heads, layout)
-        rngs = payload["rng"]
-        if len(rngs) == env.world_size:
-            set_rng_state(rngs[env.rank])
-        state = TrainingState(**payload["state"])
-        saved_layout = payload.get("layout", {"layout": "replicated", "group_size": 0})
-        same_plan = saved_layout["layout"] == layout.plan.layout and (
-            not layout.plan.grouped or saved_layout["group_size"] == share_size
-        )
-        if state.position and not same_plan:
-            # Another layout samples other plans: the interrupted epoch starts over.
-            log.warning("layout changed to %s: epoch %d restarts", layout.plan.layout, state.epoch)
-            state = TrainingState(state.epoch, 0, state.clustered_epoch, 0)
-        if payload["clustering"] is not None:
-            clustering = Clustering.from_dict(tensors_to_arrays(payload["clustering"]))
-        # The epoch's sums so far are global: rank 0 carries them, the others start at zero,
-        # except the (rank-averaged) seconds, which every rank carries so the mean stays right.
-        if payload["stats"] and state.position:
-            saved = EpochStats(**payload["stats"])
-            stats = saved if env.is_main else EpochStats(seconds=saved.seconds)
-        for path, reason in payload["skipped"]:
-            skip_log.record(path, reason)
-        log.info(
-            "resuming from %s at epoch %d, iteration %d%s",
-            ckpt_path,
-            state.epoch,
-            state.iteration,
-            f" (changed: {', '.join(tolerated)})" if tolerated else "",
-        )
+    resumed = resume_from_checkpoint(
+        ckpt_path,
+        cfg,
+        env,
+        backbone=backbone,
+        heads=heads,
+        optimizer=optimizer,
+        layout=layout,
+        n_images=n_images,
+        skip_log=skip_log,
+    )
+    state = resumed.state if resumed else TrainingState(epoch=0, iteration=0, clustered_epoch=-1)
+    clustering: Clustering | None = resumed.clustering if resumed else None
+    stats: EpochStats | None = resumed.stats if resumed else None
     if env.is_main:
         (out_dir / "config.json").write_text(cfg.to_json() + "\n")
 
@@ -364,7 +330,7 @@ def _fit(
                 reset_heads(
                     heads,
                     optimizer,
-                    _generator(cfg.train.seed, epoch),
+                    seeded_generator(cfg.train.seed, epoch),
                     keep_super=cfg.cluster.super_clusters == 1,
                 )
                 state = TrainingState(epoch=epoch, iteration=0, clustered_epoch=epoch)
@@ -374,40 +340,17 @@ def _fit(
                 clear_stage(out_dir, env.rank)
 
             # ============ training one epoch ============
-            if layout.super_class is None:
-                plan = uniform_epoch_plan(
-                    clustering.labels,
-                    size=plan_size,
-                    seed=cfg.train.seed,
-                    epoch=epoch,
-                    rotation=cfg.cluster.rotation,
-                )
-            else:
-                plan = super_class_epoch_plan(
-                    clustering.super_clusters,
-                    clustering.sub_clusters,
-                    clustering.valid,
-                    super_class=layout.super_class,
-                    n_super_clusters=cfg.cluster.super_clusters,
-                    rotation=cfg.cluster.rotation,
-                    size=plan_size,
-                    seed=cfg.train.seed,
-                    epoch=epoch,
-                )
             start = state.position if state.epoch == epoch else 0
             start_it = start // plan_batch
-            positions = rank_positions(
-                start, plan_size, batch_size=cfg.train.batch_size, rank=share_rank, world=share_size
-            )
-            view = TrainView(collection, train_transform, plan, seed=cfg.train.seed, epoch=epoch)
-            loader = DataLoader(
-                Subset(view, positions.tolist()),
-                batch_size=cfg.train.batch_size,
-                shuffle=False,
-                num_workers=cfg.data.workers,
-                # A DataLoader draws its worker seed from the global RNG unless given its own
-                # generator; that draw would shift dropout masks after a mid-epoch resume.
-                generator=_generator(cfg.train.seed, epoch),
+            loader = epoch_loader(
+                collection,
+                clustering,
+                cfg,
+                layout=layout,
+                epoch=epoch,
+                start=start,
+                plan_size=plan_size,
+                transform=train_transform,
             )
             targets = Targets(
                 super_clusters=torch.from_numpy(clustering.super_clusters),
@@ -515,11 +458,6 @@ def _fit(
     assert clustering is not None
     backbone.eval()
     return FitResult(out_dir, backbone, clustering, history, len(skip_log))
-
-
-def _generator(seed: int, epoch: int) -> torch.Generator:
-    """Reproducible head initialisation per (seed, clustering round)."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
 
 
 def _describe(collection: Collection) -> str:

@@ -1,0 +1,109 @@
+"""Resuming a run: rank 0 reads the checkpoint, every rank restores its part.
+
+The checkpoint is sent from rank 0 to the others (no shared disk needed); the sub-heads
+travel apart, as tensors, so each training group receives only its own slice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from deepercluster import distributed
+from deepercluster.config import RunConfig
+from deepercluster.data import SkipLog
+from deepercluster.distributed import DistEnv
+from deepercluster.engine.checkpoint import (
+    TrainingState,
+    check_resumable,
+    load_checkpoint,
+    set_rng_state,
+    tensors_to_arrays,
+)
+from deepercluster.engine.clustering import Clustering
+from deepercluster.engine.layout import TrainingLayout, load_heads_state
+from deepercluster.engine.train import EpochStats
+from deepercluster.log import get_logger
+from deepercluster.models import Backbone, HierarchicalHeads
+
+log = get_logger("fit")
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """Where a resumed run continues.
+
+    Attributes:
+        state: epoch, iteration and plan position to continue from.
+        clustering: the current targets (None if the run stopped before its first one).
+        stats: the interrupted epoch's sums so far (None at an epoch boundary).
+    """
+
+    state: TrainingState
+    clustering: Clustering | None
+    stats: EpochStats | None
+
+
+def resume_from_checkpoint(
+    ckpt_path: Path,
+    cfg: RunConfig,
+    env: DistEnv,
+    *,
+    backbone: Backbone,
+    heads: HierarchicalHeads,
+    optimizer: torch.optim.Optimizer,
+    layout: TrainingLayout,
+    n_images: int,
+    skip_log: SkipLog,
+) -> Resumed | None:
+    """Restore weights, optimizer, RNG and skip log from ``ckpt_path`` (a collective call).
+
+    Returns:
+        Where to continue, or None when there is no checkpoint (a fresh run).
+
+    Raises:
+        IncompatibleCheckpointError: the checkpoint was made with settings that change results.
+    """
+    # Rank 0 reads the checkpoint and sends it to the others: no shared disk needed. The
+    # sub-heads travel apart, as tensors, so each group receives only its own slice.
+    payload = load_checkpoint(ckpt_path) if env.is_main and ckpt_path.exists() else None
+    saved_heads = (payload.pop("heads"), payload.pop("optimizer")) if payload else None
+    payload = distributed.broadcast_tree(payload)
+    if payload is None:
+        return None
+    tolerated = check_resumable(payload, cfg, n_images=n_images, path=ckpt_path)
+    backbone.load_state_dict(payload["model"])
+    load_heads_state(heads, optimizer, saved_heads, layout)
+    rngs = payload["rng"]
+    if len(rngs) == env.world_size:
+        set_rng_state(rngs[env.rank])
+    state = TrainingState(**payload["state"])
+    saved_layout = payload.get("layout", {"layout": "replicated", "group_size": 0})
+    same_plan = saved_layout["layout"] == layout.plan.layout and (
+        not layout.plan.grouped or saved_layout["group_size"] == layout.share[1]
+    )
+    if state.position and not same_plan:
+        # Another layout samples other plans: the interrupted epoch starts over.
+        log.warning("layout changed to %s: epoch %d restarts", layout.plan.layout, state.epoch)
+        state = TrainingState(state.epoch, 0, state.clustered_epoch, 0)
+    clustering: Clustering | None = None
+    stats: EpochStats | None = None
+    if payload["clustering"] is not None:
+        clustering = Clustering.from_dict(tensors_to_arrays(payload["clustering"]))
+    # The epoch's sums so far are global: rank 0 carries them, the others start at zero,
+    # except the (rank-averaged) seconds, which every rank carries so the mean stays right.
+    if payload["stats"] and state.position:
+        saved = EpochStats(**payload["stats"])
+        stats = saved if env.is_main else EpochStats(seconds=saved.seconds)
+    for path, reason in payload["skipped"]:
+        skip_log.record(path, reason)
+    log.info(
+        "resuming from %s at epoch %d, iteration %d%s",
+        ckpt_path,
+        state.epoch,
+        state.iteration,
+        f" (changed: {', '.join(tolerated)})" if tolerated else "",
+    )
+    return Resumed(state, clustering, stats)

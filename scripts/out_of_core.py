@@ -157,15 +157,13 @@ def out_of_core(images: int, limit: str, chunk: int, k: int, m: int) -> dict[str
         "peak_over_baseline_mb": round(peak - baseline, 1),
         "plan_predicted_ram_mb": round(predicted_ram, 1),
         "disk_written_mb": round(disk / 2**20, 1),
-        "plan_predicted_disk_mb": round(
-            (plan.stages[1].disk + plan.stages[2].disk) / 2**20, 1
-        ),
+        "plan_predicted_disk_mb": round((plan.stages[1].disk + plan.stages[2].disk) / 2**20, 1),
         "seconds": round(seconds, 1),
         "seconds_by_stage": {
             key: round(float(clustering.metrics[f"time/{key}_s"]), 1)
             for key in ("extract", "pca", "kmeans")
         },
-        "clusters": int(len(np.unique(clustering.labels))),
+        "clusters": len(np.unique(clustering.labels)),
         "objective": round(float(clustering.metrics["cluster/objective"]), 2),
     }
 
@@ -177,17 +175,37 @@ def index_memory(n: int) -> dict[str, Any]:
         names = [f"photos/2019/{i // 1000:05d}/img_{i:08d}.jpg" for i in range(n)]
         listing = Path(tmp) / "list.txt"
         listing.write_text("\n".join(names) + "\n")
-        out["list_path_chars"] = round(float(np.mean([len(str(Path(tmp) / x)) for x in names[:1000]])), 1)
-        for kind, spec in (("list_file", listing), ("tar_shards", _tars(Path(tmp), n))):
+        out["list_path_chars"] = round(
+            float(np.mean([len(str(Path(tmp) / x)) for x in names[:1000]])), 1
+        )
+        n_tar = min(n, 200_000)  # writing 1 M tar members takes minutes; the cost is per member
+        out["tar_images"] = n_tar
+        for kind, spec, count in (
+            ("list_file", str(listing), n),
+            ("tar_shards", _tars(Path(tmp), n_tar), n_tar),
+        ):
             gc.collect()
             tracemalloc.start()
             collection = open_collection(spec)
-            held, _ = tracemalloc.get_traced_memory()
+            held, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
-            assert len(collection) == n
-            out[f"{kind}_bytes_per_image"] = round(held / n, 1)
+            assert len(collection) == count
+            out[f"{kind}_bytes_per_image"] = round(held / count, 1)
+            out[f"{kind}_peak_bytes_per_image_while_opening"] = round(peak / count, 1)
             del collection
+        out["python_list_of_str_bytes_per_image"] = round(_list_cost(names[:100_000]), 1)
     return out
+
+
+def _list_cost(names: list[str]) -> float:
+    """Bytes per path of the same paths held as a Python list of str (the old index)."""
+    gc.collect()
+    tracemalloc.start()
+    held = [str(Path("/data") / x) for x in names]
+    size, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    del held
+    return size / len(names)
 
 
 def _tars(root: Path, n: int, per_shard: int = 10_000) -> str:
@@ -203,7 +221,9 @@ def _tars(root: Path, n: int, per_shard: int = 10_000) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--images", type=int, default=60_000)
     p.add_argument("--memory-limit", default="100MB")
     p.add_argument("--chunk", type=int, default=4096)
@@ -213,11 +233,12 @@ def main() -> int:
     p.add_argument("--out", default="results/out_of_core.json")
     args = p.parse_args()
     result: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
+    key = "index" if args.index else "out_of_core"
     if args.index:
-        result["index"] = index_memory(args.index)
+        result[key] = index_memory(args.index)
     else:
-        result["out_of_core"] = out_of_core(args.images, args.memory_limit, args.chunk, args.k, args.m)
-    result["max_rss_mb_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result[key] = out_of_core(args.images, args.memory_limit, args.chunk, args.k, args.m)
+    result[key]["max_rss_mb_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(out.read_text()) if out.exists() else {}

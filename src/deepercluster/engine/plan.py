@@ -27,9 +27,10 @@ from deepercluster.config import RunConfig
 from deepercluster.engine.outofcore import PER_IMAGE_BYTES, block_rows, extraction_chunk
 from deepercluster.models import build_backbone
 
-# Bytes per image of the collection index, measured by scripts/out_of_core.py (``index``):
-# ids, the path table and the tar offsets; see the README.
-INDEX_BYTES_PER_IMAGE = 100
+# Bytes per image of the collection index (PathTable + tar offsets), measured by
+# ``scripts/out_of_core.py --index``: 30 for a list file and 41 for tar shards with names of
+# 13-22 characters after their shared folder; longer names cost their extra characters.
+INDEX_BYTES_PER_IMAGE = 48
 # labels, super-clusters, sub-clusters (int64) and the readable flag, for every image.
 TARGET_BYTES_PER_IMAGE = 25
 

@@ -40,6 +40,7 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -151,8 +152,12 @@ def register(sub: Any) -> None:
 
 
 def _inputs(args: argparse.Namespace) -> Any:
+    import torch
+
     from deepercluster.protocols.tasks import Inputs
 
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     return Inputs(
         checkpoint=args.checkpoint,
         train_data=args.train_data,

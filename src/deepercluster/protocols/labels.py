@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import posixpath
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,19 @@ from deepercluster.data import Collection, open_collection
 __all__ = ["LabelledCollection", "class_labels", "match_rows", "open_labelled", "read_column"]
 
 
+@dataclass(frozen=True)
 class LabelledCollection:
-    """A collection, a label per image and the class names (labels index them)."""
+    """A collection with a class per image.
 
-    def __init__(self, collection: Collection, labels: np.ndarray, class_names: Sequence[str]):
-        self.collection = collection
-        self.labels = np.asarray(labels, dtype=np.int64)  # (N,), -1 = no label
-        self.class_names = list(class_names)
+    Attributes:
+        collection: the images.
+        labels: (N,) int64 index into ``class_names``, -1 where unknown.
+        class_names: sorted class names.
+    """
+
+    collection: Collection
+    labels: np.ndarray
+    class_names: list[str]
 
 
 def _keys(display_path: str) -> list[str]:
@@ -125,4 +132,4 @@ def open_labelled(spec: str, labels_csv: str | None = None) -> LabelledCollectio
     """Open a collection and its class labels (see :func:`class_labels`)."""
     collection = open_collection(spec)
     labels, names = class_labels(collection, labels_csv)
-    return LabelledCollection(collection, labels, names)
+    return LabelledCollection(collection, np.asarray(labels, dtype=np.int64), list(names))

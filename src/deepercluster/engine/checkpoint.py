@@ -36,6 +36,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.epochs",
         "train.precision",
         "train.layout",
+        "cluster.memory_limit",
     }
 )
 

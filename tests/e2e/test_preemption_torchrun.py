@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.conftest import write_pattern_images
-from tests.distributed.harness import free_port
+from tests.distributed.harness import free_port, run_ranks
 
 from deepercluster.engine.checkpoint import load_checkpoint
 from deepercluster.engine.preemption import EXIT_PREEMPTED, FAULT_ENV
@@ -77,3 +79,60 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -
     assert "stopped by another rank at epoch 0, iteration 2" in errors[0]
     state = load_checkpoint(out / "checkpoint.pth")["state"]
     assert state == {"epoch": 0, "iteration": 2, "clustered_epoch": 0, "position": 16}
+
+
+class _Crash(Exception):
+    pass
+
+
+def _round_crashed_then_resumed(rank: int, world: int, root: str) -> dict[str, Any]:
+    """One clustering round on 2 ranks, stopped after the 2nd k-means run, then run again."""
+    import numpy as np
+    import torch
+
+    from deepercluster.config import load_config
+    from deepercluster.data import open_collection
+    from deepercluster.engine import pca_kmeans
+    from deepercluster.engine.clustering import recluster
+    from deepercluster.models import build_backbone
+
+    cfg = load_config(overrides=[f"{s.split('=')[0]}={s.split('=')[1]}" for s in SETTINGS])
+    collection = open_collection(Path(root) / "images")
+    torch.manual_seed(0)
+    model = build_backbone("small", sobel=True, resolution=32)
+
+    def run(work: str, safe_point: Any = None) -> Any:
+        clustering, _ = recluster(
+            model, model.feature_dim, collection, cfg, epoch=0, device=torch.device("cpu"),
+            previous=None, progress=False, work_dir=Path(root) / work, safe_point=safe_point,
+        )  # fmt: skip
+        return clustering
+
+    def crash_after_second_run(stage: str, what: str) -> None:
+        if stage == "kmeans" and what.startswith("k-means run 2"):
+            raise _Crash
+
+    with contextlib.suppress(_Crash):
+        run("crashed", crash_after_second_run)
+    calls = [0]
+    real = pca_kmeans.kmeans_distributed
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    pca_kmeans.kmeans_distributed = counted  # type: ignore[assignment]
+    resumed = run("crashed")
+    pca_kmeans.kmeans_distributed = real  # type: ignore[assignment]
+    straight = run("straight")
+    return {
+        "recomputed": calls[0],
+        "same": bool(np.array_equal(resumed.labels, straight.labels)),
+    }
+
+
+def test_distributed_clustering_round_never_recomputes_a_saved_run(tmp_path: Path) -> None:
+    write_pattern_images(tmp_path / "images", n=48)
+    results = run_ranks(_round_crashed_then_resumed, 2, str(tmp_path))
+    # m = 2: 3 k-means runs; the first two were saved by both ranks before the crash
+    assert results == [{"recomputed": 1, "same": True}] * 2

@@ -1,9 +1,11 @@
 """PCA whitening and hierarchical k-means of one clustering round, saved piece by piece.
 
-The PCA and (in one process) every finished k-means run of the hierarchy are written to the
-round's :class:`~deepercluster.engine.stages.ClusteringStage` as they complete and reloaded,
-not recomputed, when the round is resumed. With ``cluster.feature_store = "disk"`` the
-features are streamed from their stores in blocks (:mod:`~deepercluster.engine.outofcore`).
+The PCA and every finished k-means run of the hierarchy are written to the round's
+:class:`~deepercluster.engine.stages.ClusteringStage` as they complete and reloaded, not
+recomputed, when the round is resumed (in one process and with all ranks clustering
+together; the grouped layout's per-super-cluster clustering groups redo their level 2).
+With ``cluster.feature_store = "disk"`` the features are streamed from their stores in
+blocks (:mod:`~deepercluster.engine.outofcore`).
 """
 
 from __future__ import annotations
@@ -26,11 +28,19 @@ from deepercluster.cluster import (
     faiss_threads,
     fit_pca,
     fit_pca_distributed,
-    hierarchical_kmeans_distributed,
     hierarchical_kmeans_grouped,
     kmeans,
 )
 from deepercluster.cluster.chunked import hierarchical_kmeans_chunked, kmeans_chunked, row_blocks
+
+# The pieces hierarchical_kmeans_distributed is made of, so that each run can be saved.
+from deepercluster.cluster.distributed_kmeans import (
+    _balance,
+    _check_k_fits,
+    _shards,
+    kmeans_distributed,
+)
+from deepercluster.cluster.distributed_kmeans import _one_cluster as _one_cluster_distributed
 from deepercluster.cluster.hierarchical import _one_cluster, two_levels
 from deepercluster.cluster.preprocess import PCAWhitening
 from deepercluster.cluster.store import FeatureStore
@@ -97,9 +107,9 @@ def cluster_features(
 ) -> RoundResult:
     """PCA-whiten and cluster the readable images' features, this rank holding some of them.
 
-    The PCA and (in one process) each finished k-means run are saved in ``stage`` and
-    reloaded rather than recomputed. With ``cluster.feature_store = "disk"`` the features
-    are streamed from the stores in blocks (:mod:`~deepercluster.engine.outofcore`).
+    The PCA and each finished k-means run (except in clustering groups) are saved in
+    ``stage`` and reloaded rather than recomputed. With ``cluster.feature_store = "disk"``
+    the features are streamed from the stores in blocks (:mod:`~deepercluster.engine.outofcore`).
     """
     c = cfg.cluster
     n_valid = int(feats.valid.sum())
@@ -184,15 +194,10 @@ def cluster_features(
                 threads=threads,
             )
         else:
-            local = hierarchical_kmeans_distributed(
-                reduced,
-                k=c.k,
-                m=c.super_clusters,
-                niter=c.niter,
-                seed=seed,
-                init=warm,
-                threads=threads,
-            )
+            with faiss_threads(threads):
+                local = _hierarchy_distributed(
+                    reduced, cfg, seed=seed, init=warm, stage=stage, safe_point=safe_point
+                )
         result = dataclasses.replace(
             local,
             super_assignments=distributed.all_gather_cat_np(local.super_assignments),
@@ -218,6 +223,42 @@ def cluster_features(
     t_kmeans = time.perf_counter() - tic
 
     return RoundResult(result, pca, pca_dim, t_pca, t_kmeans)
+
+
+def _hierarchy_distributed(
+    x_local: np.ndarray,
+    cfg: RunConfig,
+    *,
+    seed: int,
+    init: HierarchicalResult | None,
+    stage: ClusteringStage,
+    safe_point: SafePoint | None,
+) -> HierarchicalResult:
+    """:func:`~deepercluster.cluster.hierarchical_kmeans_distributed`, each run saved.
+
+    The same calls as that function (one ``kmeans_distributed`` per level and super-cluster
+    over all ranks); a run saved by every rank is reloaded instead of recomputed.
+
+    Args:
+        x_local: (n_r, d) this rank's whitened features.
+    """
+    c = cfg.cluster
+    x_local, shards = _shards(x_local, None)
+    _check_k_fits(c.k, shards.n)
+    return two_levels(
+        x_local,
+        k=c.k,
+        m=c.super_clusters,
+        init=init,
+        cluster=stage.cached_runs(
+            lambda xs, kk, sd, ini: kmeans_distributed(xs, kk, niter=c.niter, seed=sd, init=ini),
+            safe_point,
+            agree=distributed.all_ranks_ok,
+        ),
+        one_cluster=lambda xs: _one_cluster_distributed(xs, shards, None),
+        balance=lambda xs, a, cen, size: _balance(xs, a, cen, size, shards, None),
+        seed=seed,
+    )
 
 
 def _hierarchy_one_process(

@@ -97,20 +97,29 @@ class ClusteringStage:
         )
 
     def cached_runs(
-        self, run: Callable[..., KMeansResult], safe_point: SafePoint | None
+        self,
+        run: Callable[..., KMeansResult],
+        safe_point: SafePoint | None,
+        agree: Callable[[bool], bool] = bool,
     ) -> Callable[..., KMeansResult]:
         """Wrap a flat k-means so that its i-th call of the round is saved, or reloaded.
 
         The hierarchy calls k-means in a fixed order (level 1, then super-cluster 0, 1, ...)
         with inputs that follow from the earlier results, so the call number names a run.
         After each run computed here, ``safe_point("kmeans", ...)`` lets a stop happen.
+
+        Args:
+            run: the k-means, any signature (the arguments are passed through).
+            safe_point: the driver's hook, or None.
+            agree: distributed k-means is collective: a saved run is used only if every
+                rank has it (``distributed.all_ranks_ok``), else all ranks recompute it.
         """
         calls = [0]
 
         def cached(*args: Any) -> KMeansResult:
             calls[0] += 1
             hit = self.load_kmeans(calls[0])
-            if hit is not None:
+            if agree(hit is not None) and hit is not None:
                 return hit
             result = run(*args)
             self.save_kmeans(calls[0], result)

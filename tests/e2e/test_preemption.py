@@ -39,7 +39,7 @@ SETTINGS = [
     "cluster.reassign=1",
     "cluster.pca_dim=8",
     "cluster.chunk_images=8",  # 24 images: 3 extraction chunks per round
-    "train.epochs=2",
+    "train.epochs=1",
     "train.batch_size=8",
     "train.checkpoint_every=2",
 ]
@@ -99,15 +99,15 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     return calls
 
 
-# An uninterrupted run: 2 rounds x (3 chunks, 1 PCA, 3 k-means runs), 2 epochs x 3 steps.
+# An uninterrupted run: 3 extraction chunks, 1 PCA, 3 k-means runs (m = 2), 3 training steps.
 @pytest.mark.parametrize(
     ("fault", "chunks_left", "kmeans_left"),
     [
-        ("extract:2", 1 + 3, 6),  # 2 of 3 chunks of round 0 were saved
-        ("pca:1", 3, 6),  # extraction of round 0 saved, PCA saved
-        ("kmeans:1", 3, 2 + 3),  # level 1 of round 0 saved
-        ("kmeans:2", 3, 1 + 3),  # level 1 and the first level-2 run saved
-        ("train:3", 3, 3),  # round 0 in the checkpoint; epoch 0 saved at iteration 2
+        ("extract:2", 1, 3),  # 2 of 3 chunks were saved
+        ("pca:1", 0, 3),  # extraction and PCA saved
+        ("kmeans:1", 0, 2),  # level 1 saved
+        ("kmeans:2", 0, 1),  # level 1 and the first level-2 run saved
+        ("train:3", 0, 0),  # the clustering in the checkpoint; training saved at iteration 2
     ],
 )
 def test_kill_9_at_any_stage_then_resume_equals_uninterrupted(

@@ -71,3 +71,14 @@ def test_impossible_settings_exit_2_with_the_fix(
     assert cli.main(["plan", "--arch", "small", "--resolution", "32", *extra]) == 2
     captured = capsys.readouterr()
     assert message in captured.out + captured.err
+
+
+def test_plan_counts_the_images_of_a_data_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import write_pattern_images
+
+    data = write_pattern_images(tmp_path / "images", n=12)
+    args = ["plan", "--data", str(data), "--k", "4", "--arch", "small", "--resolution", "32"]
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.startswith("12 images, k = 4")

@@ -17,7 +17,7 @@ functions: plain ``sorted()`` and ruff's isort-style RUF022 then agree on its or
 
 from .collection import ArrayCollection, Collection, ImageCollection, open_collection
 from .decode import BadImageError, decode_image, to_rgb
-from .samplers import EpochPlan, super_class_epoch_plan, uniform_epoch_plan
+from .samplers import EpochPlan, storage_order, super_class_epoch_plan, uniform_epoch_plan
 from .skiplog import SkipLog
 from .sources import expand_braces
 from .transforms import ClusterTransform, TrainTransform, normalize, rotate
@@ -39,6 +39,7 @@ __all__ = [
     "normalize",
     "open_collection",
     "rotate",
+    "storage_order",
     "super_class_epoch_plan",
     "to_rgb",
     "uniform_epoch_plan",

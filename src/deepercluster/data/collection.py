@@ -131,6 +131,13 @@ class ImageCollection:
                 self._paths_cache = tuple(self._files)
         return self._paths_cache
 
+    def storage_groups(self) -> np.ndarray:
+        """(N,) int64 storage group of every image: its tar shard, or for files blocks of
+        1,024 consecutive ids (sorted paths: mostly one folder each)."""
+        if self._tar is not None:
+            return self._tar.shard_of.astype(np.int64)
+        return np.arange(len(self), dtype=np.int64) // 1024
+
     def describe(self) -> str:
         """One line for the log, e.g. ``"1,008 images from 1 tar shard"``."""
         n = len(self)

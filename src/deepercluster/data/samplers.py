@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EpochPlan", "super_class_epoch_plan", "uniform_epoch_plan"]
+__all__ = ["EpochPlan", "storage_order", "super_class_epoch_plan", "uniform_epoch_plan"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -207,3 +207,35 @@ def _uniform_draw(
     else:
         rotations = np.zeros(size, dtype=np.int64)
     return EpochPlan(indices=indices, rotations=rotations)
+
+
+def storage_order(
+    plan: EpochPlan, groups: np.ndarray, *, buffer: int, seed: int, epoch: int
+) -> EpochPlan:
+    """The same epoch, reordered to read storage front to back (WebDataset-style shuffling).
+
+    The storage groups (tar shards) are visited in a random order, each group's images in
+    id order (a tar's member order, i.e. its byte order), and a shuffle buffer then mixes
+    neighbours: every position moves by a random offset below ``buffer``. Each group is thus
+    read in one forward sweep and every batch still mixes images of ~``buffer`` neighbours.
+    The multiset of (image, rotation) pairs is the plan's: the sampling stays uniform over
+    the clusters. Deterministic in (seed, epoch), so a mid-epoch resume finds its position.
+
+    Args:
+        plan: the epoch's plan.
+        groups: (N,) int storage group of every image id (its tar shard).
+        buffer: shuffle window in images (>= 1; 1 keeps the storage order exactly).
+        seed, epoch: as for the plan.
+
+    Returns:
+        The reordered ``EpochPlan``.
+    """
+    if buffer < 1:
+        raise ValueError(f"data.shard_buffer ({buffer}) must be >= 1 to reorder a plan")
+    rng = np.random.default_rng([seed, epoch, 1])
+    shard = groups[plan.indices]
+    visit = rng.permutation(int(groups.max()) + 1 if len(groups) else 1)
+    stream = np.lexsort((plan.indices, visit[shard]))
+    jitter = np.arange(len(stream)) + rng.uniform(0, buffer, len(stream))
+    order = stream[np.argsort(jitter, kind="stable")]
+    return EpochPlan(plan.indices[order], plan.rotations[order])

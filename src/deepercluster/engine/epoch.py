@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
@@ -10,6 +11,7 @@ from deepercluster.data import (
     Collection,
     TrainTransform,
     TrainView,
+    storage_order,
     super_class_epoch_plan,
     uniform_epoch_plan,
 )
@@ -57,6 +59,16 @@ def epoch_loader(
             n_super_clusters=cfg.cluster.super_clusters,
             rotation=cfg.cluster.rotation,
             size=plan_size,
+            seed=cfg.train.seed,
+            epoch=epoch,
+        )
+    if cfg.data.shard_buffer:
+        groups = getattr(collection, "storage_groups", None)
+        ids = np.arange(len(collection), dtype=np.int64)
+        plan = storage_order(
+            plan,
+            groups() if callable(groups) else ids // 1024,
+            buffer=cfg.data.shard_buffer,
             seed=cfg.train.seed,
             epoch=epoch,
         )

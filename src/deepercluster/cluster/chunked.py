@@ -71,11 +71,20 @@ def row_blocks(
         return
     for lo in range(0, len(members), block_rows):
         wanted = members[lo : lo + block_rows]
-        first, last = int(wanted[0]), int(wanted[-1]) + 1
-        if last - first <= 2 * block_rows:  # dense enough: one read and a gather
-            yield lo, source.read(first, last)[wanted - first]
-        else:
+        span = int(wanted[-1]) + 1 - int(wanted[0])
+        if span > 64 * len(wanted):  # very sparse: one small read per row beats the sweep
             yield lo, source.take(wanted)
+            continue
+        # Dense enough: sweep the span in windows of at most block_rows rows and gather.
+        out = np.empty((len(wanted), source.dim), np.float32)
+        done = 0
+        while done < len(wanted):
+            first = int(wanted[done])
+            stop = min(first + block_rows, source.rows)
+            upto = int(np.searchsorted(wanted, stop))
+            out[done:upto] = source.read(first, stop)[wanted[done:upto] - first]
+            done = upto
+        yield lo, out
 
 
 def fit_pca_chunked(

@@ -12,6 +12,7 @@ from deepercluster.cluster.chunked import (
     fit_pca_chunked,
     hierarchical_kmeans_chunked,
     kmeans_chunked,
+    row_blocks,
 )
 from deepercluster.cluster.store import FeatureStore
 from deepercluster.config import ClusterConfig, parse_size
@@ -113,3 +114,13 @@ def test_memory_limit_refuses_a_round_that_cannot_fit() -> None:
         check_memory(memory, rows=1_000_000, dim=4096)
     disk = ClusterConfig(k=8, memory_limit="2GB", feature_store="disk")
     check_memory(disk, rows=1_000_000, dim=4096)  # streamed: the 4096^2 PCA dominates
+
+
+@pytest.mark.parametrize("step", [1, 3, 200])  # dense sweep, strided sweep, row-by-row reads
+def test_row_blocks_gather_exactly_the_members(tmp_path: Path, step: int) -> None:
+    x = _data(2000, 5)
+    store = _filled(tmp_path, x, 300)
+    members = np.arange(7, 2000, step)
+    blocks = list(row_blocks(store, 64, members))
+    assert [pos for pos, _ in blocks] == list(range(0, len(members), 64))
+    assert np.array_equal(np.concatenate([b for _, b in blocks]), x[members])

@@ -82,3 +82,13 @@ def test_plan_counts_the_images_of_a_data_path(
     args = ["plan", "--data", str(data), "--k", "4", "--arch", "small", "--resolution", "32"]
     assert cli.main(args) == 0
     assert capsys.readouterr().out.startswith("12 images, k = 4")
+
+
+def test_calibration_measures_this_machine() -> None:
+    from deepercluster.engine.plan import calibrate
+
+    cfg = load_config(overrides=["model.arch=small", "data.resolution=32", "train.device=cpu"])
+    measured = calibrate(cfg, seconds=0.3)
+    assert 0 < measured.gpu_tflops < 100 and 0 < measured.kmeans_gflops < 1e5
+    slow = make_plan(cfg, n_images=10_000, world_size=1, assume=measured)
+    assert slow.epoch_seconds > make_plan(cfg, n_images=10_000, world_size=1).epoch_seconds

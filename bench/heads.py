@@ -131,6 +131,31 @@ def run(ctx: Context) -> list[Row]:
             **detail,
         )
     )
+    if not ctx.tiny:
+        # A larger batch: the hierarchical step is bound by reading its 4k x D weights
+        # (memory), the flat one by 16x more arithmetic, so the ratio grows with B.
+        big_steps, big_params = _steps(ctx, dim, m, k, 4 * batch)
+
+        def big(name: str) -> Callable[[], object]:
+            def fn() -> object:
+                for p in big_params[name]:
+                    p.grad = None
+                return big_steps[name](True)
+
+            return fn
+
+        t_big = interleaved({"hier": big("hier"), "flat": big("flat")}, ctx, reps=3)
+        rows.append(
+            info(
+                NAME,
+                f"flat / hierarchical heads, forward + backward at B={4 * batch}",
+                ratio(t_big, "flat", "hier"),
+                "x",
+                hier_s=median(t_big["hier"]),
+                flat_s=median(t_big["flat"]),
+            )
+        )
+        del big_steps, big_params
     # The optimizer step over equally many parameters, for the record.
     opts = {n: torch.optim.SGD(params[n], lr=0.01, momentum=0.9, weight_decay=1e-5) for n in params}
 

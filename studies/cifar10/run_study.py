@@ -75,6 +75,12 @@ def random_backbone(path: Path) -> None:
     save_backbone(path, model, cfg)
 
 
+def _gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,6 +102,16 @@ def main() -> int:
         help="torch threads of the eval commands (1 is faster on a loaded machine)",
     )
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="pre-training setting for every method, e.g. --set train.epochs=20 (repeatable)",
+    )
+    parser.add_argument("--device", default="cpu", help="device of the eval commands")
+    parser.add_argument("--workers", type=int, default=0, help="loader workers of the evals")
     parser.add_argument("--results", type=Path, default=Path("docs/results"))
     args = parser.parse_args()
 
@@ -124,6 +140,7 @@ def main() -> int:
                 "--out",
                 str(run),
                 "--no-progress",
+                *(arg for o in args.overrides for arg in ("--set", o)),
             ]
             entry["pretrain_seconds"] = sh(cmd, log)
         common = [
@@ -138,6 +155,10 @@ def main() -> int:
             "--no-progress",
             "--threads",
             str(args.threads),
+            "--device",
+            args.device,
+            "--workers",
+            str(args.workers),
         ]
         entry["linear_seconds"] = sh(
             [
@@ -161,8 +182,9 @@ def main() -> int:
     wall = time.perf_counter() - start
     meta = {
         "invocation": "nice -n 10 python " + shlex.join(sys.argv),
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPU cores "
-        "(shared with other jobs), no GPU",
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPU cores, "
+        + (_gpu_name() or "no GPU"),
+        "overrides": args.overrides,
         "python": platform.python_version(),
         "wall_seconds": round(wall, 1),
         "per_class": args.per_class,

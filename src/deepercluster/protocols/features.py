@@ -171,13 +171,17 @@ def extract_layers(
                     folder / f"{name}.npy", mode="w+", dtype=np.float16, shape=(n, c * side * side)
                 )
             pooled = F.adaptive_avg_pool2d(m, grids[name][1]).flatten(1)
-            out[name][rows] = (pooled * torch.as_tensor(ok)[:, None]).cpu().numpy()
+            out[name][rows] = (
+                (pooled * torch.as_tensor(ok, device=pooled.device)[:, None]).cpu().numpy()
+            )
         if final is not None:
             if FINAL not in out:
                 out[FINAL] = np.lib.format.open_memmap(
                     folder / f"{FINAL}.npy", mode="w+", dtype=np.float32, shape=(n, final.shape[1])
                 )
-            out[FINAL][rows] = (final.float() * torch.as_tensor(ok)[:, None]).cpu().numpy()
+            out[FINAL][rows] = (
+                (final.float() * torch.as_tensor(ok, device=final.device)[:, None]).cpu().numpy()
+            )
     seconds = time.perf_counter() - start
     for array in out.values():
         array.flush()  # type: ignore[attr-defined]

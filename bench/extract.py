@@ -123,7 +123,7 @@ def _setting(
 def run(ctx: Context) -> list[Row]:
     cifar = os.environ.get("BENCH_CIFAR", "/work/shared/data/cifar10/train.tar")
     res = 32
-    n, batch = ctx.pick((128, 64), (1024, 256), (8192, 256))
+    n, batch = ctx.pick((128, 64), (2048, 256), (16384, 256))
     rng = np.random.default_rng(0)
     arrays = ArrayCollection(rng.integers(0, 256, (n, res, res, 3), dtype=np.uint8))
     sources: dict[str, Collection] = {"ArrayCollection": arrays}

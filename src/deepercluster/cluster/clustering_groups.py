@@ -19,12 +19,12 @@ import numpy as np
 
 from deepercluster import distributed
 from deepercluster.cluster.distributed_kmeans import (
-    _balance,
-    _check_k_fits,
-    _shards,
+    balance_distributed,
+    check_k_fits,
     kmeans_distributed,
+    locate_shards,
 )
-from deepercluster.cluster.hierarchical import HierarchicalResult, _check_init, subcluster_seed
+from deepercluster.cluster.hierarchical import HierarchicalResult, check_init, subcluster_seed
 from deepercluster.cluster.kmeans import faiss_threads
 from deepercluster.distributed import ProcessGroup
 
@@ -60,10 +60,10 @@ def hierarchical_kmeans_grouped(
         raise ValueError(f"need one clustering group per super-cluster ({m}), got {len(groups)}")
     if k % m:
         raise ValueError(f"cluster.k ({k}) must be divisible by cluster.super_clusters ({m})")
-    x_local, shards = _shards(x_local, None)
-    _check_k_fits(k, shards.n)
+    x_local, shards = locate_shards(x_local, None)
+    check_k_fits(k, shards.n)
     if init is not None:
-        _check_init(init, k, m, shards.dim)
+        check_init(init, k, m, shards.dim)
     per_super = k // m
     me = distributed.rank()
     world = distributed.world_size()
@@ -76,7 +76,7 @@ def hierarchical_kmeans_grouped(
             seed=seed,
             init=None if init is None else init.super_centroids,
         )
-        super_local, n_moved = _balance(
+        super_local, n_moved = balance_distributed(
             x_local, level1.assignments, level1.centroids, per_super, shards, None
         )
 

@@ -22,14 +22,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from deepercluster.cluster.hierarchical import HierarchicalResult, _check_init, two_levels
+from deepercluster.cluster.hierarchical import HierarchicalResult, check_init, two_levels
 from deepercluster.cluster.kmeans import (
     KMeansResult,
-    _initial_centroids,
     accumulate,
     assign,
     check_features,
     faiss_threads,
+    initial_centroids,
     squared_distances,
     update_centroids,
 )
@@ -43,7 +43,7 @@ _BLOCK_ROWS = 65536
 
 
 @dataclass(frozen=True)
-class _Shards:
+class Shards:
     """Where this rank's rows sit in the collection: global rows [offset, offset + n_local)."""
 
     n: int
@@ -52,9 +52,9 @@ class _Shards:
     dim: int
 
 
-def _shards(
+def locate_shards(
     x_local: np.ndarray, group: ProcessGroup | None, *, check: bool = True
-) -> tuple[np.ndarray, _Shards]:
+) -> tuple[np.ndarray, Shards]:
     """Validate the shard on every rank at once and locate it in the collection.
 
     A rank that raised alone would leave the others waiting in their next collective, so each
@@ -81,18 +81,18 @@ def _shards(
         )
     counts = table[:, 0]
     me = rank(group)
-    shards = _Shards(int(counts.sum()), int(counts[:me].sum()), int(n_local), int(table[0, 1]))
+    shards = Shards(int(counts.sum()), int(counts[:me].sum()), int(n_local), int(table[0, 1]))
     return x_local, shards
 
 
-def _check_k_fits(k: int, n: int) -> None:
+def check_k_fits(k: int, n: int) -> None:
     if k > n:
         raise ValueError(
             f"cluster.k ({k}) is larger than the number of images ({n}); lower cluster.k"
         )
 
 
-def _local_rows(rows: np.ndarray, shards: _Shards) -> tuple[np.ndarray, np.ndarray]:
+def _local_rows(rows: np.ndarray, shards: Shards) -> tuple[np.ndarray, np.ndarray]:
     """Split sorted global row ids into (positions in ``rows``, local row ids) of this rank."""
     lo, hi = np.searchsorted(rows, [shards.offset, shards.offset + shards.n_local])
     return np.arange(lo, hi), rows[lo:hi] - shards.offset
@@ -125,7 +125,7 @@ def fit_pca_distributed(
     Returns:
         The fitted :class:`~deepercluster.cluster.preprocess.PCAWhitening`, same on every rank.
     """
-    x_local, shards = _shards(x_local, group, check=False)
+    x_local, shards = locate_shards(x_local, group, check=False)
     if sample is not None and sample < shards.n:
         if sample < 2:
             raise ValueError(f"cluster.pca_sample ({sample}) must be >= 2")
@@ -160,7 +160,7 @@ def _reduce_stats(
 
 def _shared_initial_centroids(
     x: np.ndarray,
-    shards: _Shards,
+    shards: Shards,
     k: int,
     init: np.ndarray | None,
     rng: np.random.Generator,
@@ -175,7 +175,7 @@ def _shared_initial_centroids(
         centroids[where] = x[local]
         return all_reduce_sum_np(centroids, group)
     # With an init, kmeans' helper only checks it against D and copies it.
-    return _initial_centroids(x, k, init, rng)
+    return initial_centroids(x, k, init, rng)
 
 
 def _fill_empty(
@@ -268,10 +268,10 @@ def kmeans_distributed(
         ValueError: on every rank, for a bad shard anywhere, ``k`` out of [1, N], negative
             ``niter`` or a mis-shaped ``init``.
     """
-    x_local, shards = _shards(x_local, group)
+    x_local, shards = locate_shards(x_local, group)
     if k < 1:
         raise ValueError(f"cluster.k ({k}) must be at least 1")
-    _check_k_fits(k, shards.n)
+    check_k_fits(k, shards.n)
     if niter < 0:
         raise ValueError(f"cluster.niter ({niter}) must be >= 0")
     rng = np.random.default_rng(seed)
@@ -336,12 +336,12 @@ def _nearest_within_surplus(
     return chosen
 
 
-def _balance(
+def balance_distributed(
     x: np.ndarray,
     assignments: np.ndarray,
     centroids: np.ndarray,
     min_size: int,
-    shards: _Shards,
+    shards: Shards,
     group: ProcessGroup | None,
 ) -> tuple[np.ndarray, int]:
     """:func:`~deepercluster.cluster.hierarchical.balance_super_clusters` across shards.
@@ -381,7 +381,9 @@ def _balance(
     return assignments, n_moved
 
 
-def _one_cluster(x: np.ndarray, shards: _Shards, group: ProcessGroup | None) -> KMeansResult:
+def one_cluster_distributed(
+    x: np.ndarray, shards: Shards, group: ProcessGroup | None
+) -> KMeansResult:
     """Level 1 with m == 1: the global mean and its objective, without running k-means."""
     total = all_reduce_sum_np(x.sum(axis=0, dtype=np.float64), group)
     mean = (total / shards.n).astype(np.float32)
@@ -412,8 +414,8 @@ def hierarchical_kmeans_distributed(
     """:func:`~deepercluster.cluster.hierarchical.hierarchical_kmeans` over the shards.
 
     Level 1 runs :func:`kmeans_distributed` on all ranks of ``group``; the balancing gathers
-    per-rank shortlists (see ``_balance``); level 2 runs :func:`kmeans_distributed` once per
-    super-cluster, again on all ranks, each contributing its members of that super-cluster
+    per-rank shortlists (see ``balance_distributed``); level 2 runs :func:`kmeans_distributed`
+    once per super-cluster, again on all ranks, each contributing its members of that super-cluster
     (possibly none). Level 2 therefore all-reduces ``8 * (k/m * D + k/m + 1)`` bytes per
     iteration, m times in sequence. Paper [0] instead gives each super-cluster its own group
     of ranks; that needs the members' features moved to the group (point-to-point traffic of
@@ -434,14 +436,14 @@ def hierarchical_kmeans_distributed(
         ``super_assignments`` / ``sub_assignments`` for this rank's rows; centroids,
         objectives and counters are global and the same on every rank.
     """
-    x_local, shards = _shards(x_local, group)
+    x_local, shards = locate_shards(x_local, group)
     if m < 1:
         raise ValueError(f"cluster.super_clusters ({m}) must be at least 1")
     if k < 1 or k % m != 0:
         raise ValueError(f"cluster.k ({k}) must be divisible by cluster.super_clusters ({m})")
-    _check_k_fits(k, shards.n)
+    check_k_fits(k, shards.n)
     if init is not None:
-        _check_init(init, k, m, shards.dim)
+        check_init(init, k, m, shards.dim)
     with faiss_threads(threads):
         # Both levels over all ranks: each rank contributes its members of every cluster.
         return two_levels(
@@ -452,7 +454,7 @@ def hierarchical_kmeans_distributed(
             cluster=lambda xs, kk, sd, ini: kmeans_distributed(
                 xs, kk, niter=niter, seed=sd, init=ini, group=group
             ),
-            one_cluster=lambda xs: _one_cluster(xs, shards, group),
-            balance=lambda xs, a, c, size: _balance(xs, a, c, size, shards, group),
+            one_cluster=lambda xs: one_cluster_distributed(xs, shards, group),
+            balance=lambda xs, a, c, size: balance_distributed(xs, a, c, size, shards, group),
             seed=seed,
         )

@@ -223,7 +223,7 @@ def balance_super_clusters(
     return assignments, n_moved
 
 
-def _one_cluster(x: np.ndarray) -> KMeansResult:
+def one_cluster(x: np.ndarray) -> KMeansResult:
     """Level 1 with m == 1: the mean, without running k-means."""
     mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
     objective = 0.0
@@ -239,7 +239,7 @@ def _one_cluster(x: np.ndarray) -> KMeansResult:
     )
 
 
-def _check_init(init: HierarchicalResult, k: int, m: int, dim: int) -> None:
+def check_init(init: HierarchicalResult, k: int, m: int, dim: int) -> None:
     if init.m != m or init.k != k or init.super_centroids.shape[1] != dim:
         raise ValueError(
             f"warm start from a clustering with k={init.k}, m={init.m}, "
@@ -296,7 +296,7 @@ def hierarchical_kmeans(
             f"cluster.k ({k}) is larger than the number of images ({n}); lower cluster.k"
         )
     if init is not None:
-        _check_init(init, k, m, dim)
+        check_init(init, k, m, dim)
     with faiss_threads(threads):
         return two_levels(
             x,
@@ -304,7 +304,7 @@ def hierarchical_kmeans(
             m=m,
             init=init,
             cluster=lambda xs, kk, sd, ini: kmeans(xs, kk, niter=niter, seed=sd, init=ini),
-            one_cluster=_one_cluster,
+            one_cluster=one_cluster,
             balance=balance_super_clusters,
             seed=seed,
             on_level_done=on_level_done,

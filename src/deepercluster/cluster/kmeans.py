@@ -207,7 +207,7 @@ def update_centroids(sums: np.ndarray, counts: np.ndarray, old_centroids: np.nda
     return centroids
 
 
-def _initial_centroids(
+def initial_centroids(
     x: np.ndarray, k: int, init: np.ndarray | None, rng: np.random.Generator
 ) -> np.ndarray:
     if init is None:
@@ -265,7 +265,7 @@ def kmeans(
     if niter < 0:
         raise ValueError(f"cluster.niter ({niter}) must be >= 0")
     rng = np.random.default_rng(seed)
-    centroids = _initial_centroids(x, k, init, rng)
+    centroids = initial_centroids(x, k, init, rng)
     # The M-step sums in float64; the same values, converted once when that is affordable.
     x_sum = x.astype(np.float64) if 2 * x.nbytes <= _FLOAT64_CACHE_BYTES else x
     n_reseeded = 0

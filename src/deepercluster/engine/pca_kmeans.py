@@ -35,13 +35,13 @@ from deepercluster.cluster.chunked import hierarchical_kmeans_chunked, kmeans_ch
 
 # The pieces hierarchical_kmeans_distributed is made of, so that each run can be saved.
 from deepercluster.cluster.distributed_kmeans import (
-    _balance,
-    _check_k_fits,
-    _shards,
+    balance_distributed,
+    check_k_fits,
     kmeans_distributed,
+    locate_shards,
+    one_cluster_distributed,
 )
-from deepercluster.cluster.distributed_kmeans import _one_cluster as _one_cluster_distributed
-from deepercluster.cluster.hierarchical import _one_cluster, two_levels
+from deepercluster.cluster.hierarchical import one_cluster, two_levels
 from deepercluster.cluster.preprocess import PCAWhitening
 from deepercluster.cluster.store import FeatureStore
 from deepercluster.config import RunConfig
@@ -243,8 +243,8 @@ def _hierarchy_distributed(
         x_local: (n_r, d) this rank's whitened features.
     """
     c = cfg.cluster
-    x_local, shards = _shards(x_local, None)
-    _check_k_fits(c.k, shards.n)
+    x_local, shards = locate_shards(x_local, None)
+    check_k_fits(c.k, shards.n)
     return two_levels(
         x_local,
         k=c.k,
@@ -255,8 +255,8 @@ def _hierarchy_distributed(
             safe_point,
             agree=distributed.all_ranks_ok,
         ),
-        one_cluster=lambda xs: _one_cluster_distributed(xs, shards, None),
-        balance=lambda xs, a, cen, size: _balance(xs, a, cen, size, shards, None),
+        one_cluster=lambda xs: one_cluster_distributed(xs, shards, None),
+        balance=lambda xs, a, cen, size: balance_distributed(xs, a, cen, size, shards, None),
         seed=seed,
     )
 
@@ -305,7 +305,7 @@ def _hierarchy_one_process(
         cluster=stage.cached_runs(
             lambda xs, kk, sd, ini: kmeans(xs, kk, niter=c.niter, seed=sd, init=ini), safe_point
         ),
-        one_cluster=_one_cluster,
+        one_cluster=one_cluster,
         balance=balance_super_clusters,
         seed=seed,
         on_level_done=on_level_done,

@@ -86,10 +86,12 @@ def extract_features(
             for i in torch.nonzero(~ok).flatten().tolist():
                 skipped.append((int(indices[i]), errors[i]))
             if ok.any():
-                batch = images[ok].to(device, non_blocking=True)
+                # Boolean indexing copies the batch: only pay for it when an image was bad.
+                every = bool(ok.all())
+                batch = (images if every else images[ok]).to(device, non_blocking=True)
                 with autocast(device, precision):
                     out = model(batch)
-                idx = indices[ok].numpy() - offset
+                idx = (indices if every else indices[ok]).numpy() - offset
                 features[idx] = out.float().cpu().numpy()
                 valid[idx] = True
             seen += len(errors)

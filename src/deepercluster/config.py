@@ -219,6 +219,9 @@ class TrainConfig:
     """auto (CUDA when available), cpu or cuda."""
     precision: str = "fp32"
     """fp32 or bf16 (autocast; ~2.5x faster on CPUs with AMX and on recent GPUs)."""
+    channels_last: bool = False
+    """Keep conv weights and activations in NHWC order (bench: 1.13x on the CPU training step
+    alone, needed for the full bf16 gain; neutral to slightly slower on tiny 32 px nets)."""
     seed: int = 0
     checkpoint_every: int = 0
     """Also checkpoint every this many training iterations (0 = only at epoch ends)."""

@@ -136,15 +136,19 @@ def test_resume_after_interruption_equals_uninterrupted(
     assert last[0]["train/loss"] == pytest.approx(last[1]["train/loss"])
 
 
-def test_bf16_autocast_trains(tiny_image_dir: Path, tmp_path: Path) -> None:
+def test_bf16_autocast_channels_last_trains(tiny_image_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bf16"
-    assert (
-        _train(tiny_image_dir, out, "--set", "train.precision=bf16", "--set", "train.epochs=1") == 0
-    )
+    settings = ["train.precision=bf16", "train.channels_last=true", "train.epochs=1"]
+    assert _train(tiny_image_dir, out, *(a for s in settings for a in ("--set", s))) == 0
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["train/loss"] > 0 and record["cluster/objective"] > 0
     weights = load_checkpoint(out / "checkpoint.pth")["model"]
     assert all(v.dtype in (torch.float32, torch.int64) for v in weights.values())  # fp32 master
+    convs = [v for v in weights.values() if v.dim() == 4 and v.shape[-1] == 3]
+    assert convs and all(v.is_contiguous(memory_format=torch.channels_last) for v in convs)
+    # the saved trunk loads into an ordinary (NCHW) network and runs
+    net = load_backbone(out / "backbone.pth")
+    assert net(torch.randn(2, 3, 32, 32)).shape[0] == 2
 
 
 def test_finished_clustering_is_not_redone(

@@ -35,6 +35,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.checkpoint_every",
         "train.epochs",
         "train.precision",
+        "train.channels_last",
         "train.layout",
         "cluster.memory_limit",
     }

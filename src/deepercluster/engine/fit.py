@@ -180,6 +180,8 @@ def _fit(
     backbone = build_backbone(
         cfg.model.arch, sobel=cfg.model.sobel, resolution=cfg.data.resolution
     ).to(device)
+    if cfg.train.channels_last:  # inputs need no change: the first conv's output follows
+        backbone = backbone.to(memory_format=torch.channels_last)
     layout = build_layout(
         env,
         layout=cfg.train.layout,

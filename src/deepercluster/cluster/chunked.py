@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from deepercluster.cluster.hierarchical import HierarchicalResult, subcluster_seed
+from deepercluster.cluster.hierarchical import HierarchicalResult, two_levels
 from deepercluster.cluster.kmeans import (
     KMeansResult,
     accumulate,
@@ -301,9 +301,8 @@ def hierarchical_kmeans_chunked(
     """
     if k % m or k > source.rows:
         raise ValueError(f"cluster.k ({k}) must be a multiple of m ({m}) and <= N ({source.rows})")
-    per_super = k // m
-    # ============ level 1: super-clusters ============
-    if m == 1:
+
+    def one_cluster() -> KMeansResult:
         total = np.zeros(source.dim, np.float64)
         for _, x in row_blocks(source, block_rows):
             total += x.sum(axis=0, dtype=np.float64)
@@ -312,39 +311,17 @@ def hierarchical_kmeans_chunked(
             float(squared_distances(x, mean[None]).sum(dtype=np.float64))
             for _, x in row_blocks(source, block_rows)
         )
-        level1 = KMeansResult(mean[None], np.zeros(source.rows, np.int64), objective, 0, ())
-    else:
-        level1 = cluster(None, m, seed, None if init is None else init.super_centroids)
-    super_assignments, n_moved = balance_chunked(
-        source, level1.assignments, level1.centroids, per_super, block_rows
-    )
-    if on_level_done is not None:
-        on_level_done(1, m + 1)
-    # ============ level 2: sub-clusters inside each super-cluster ============
-    sub_assignments = np.empty(source.rows, np.int64)
-    sub_centroids = np.empty((m, per_super, source.dim), np.float32)
-    objective, n_reseeded = 0.0, level1.n_reseeded
-    for s in range(m):
-        members = np.flatnonzero(super_assignments == s)
-        level2 = cluster(
-            None if m == 1 else members,
-            per_super,
-            subcluster_seed(seed, s),
-            None if init is None else init.sub_centroids[s],
-        )
-        sub_assignments[members] = level2.assignments
-        sub_centroids[s] = level2.centroids
-        objective += level2.objective
-        n_reseeded += level2.n_reseeded
-        if on_level_done is not None:
-            on_level_done(s + 2, m + 1)
-    return HierarchicalResult(
-        super_assignments=super_assignments,
-        sub_assignments=sub_assignments,
-        super_centroids=level1.centroids,
-        sub_centroids=sub_centroids,
-        objective=objective,
-        super_objective=level1.objective,
-        n_reseeded=n_reseeded,
-        n_moved=n_moved,
+        return KMeansResult(mean[None], np.zeros(source.rows, np.int64), objective, 0, ())
+
+    return two_levels(
+        n=source.rows,
+        dim=source.dim,
+        k=k,
+        m=m,
+        init=init,
+        cluster=cluster,
+        one_cluster=one_cluster,
+        balance=lambda a, c, size: balance_chunked(source, a, c, size, block_rows),
+        seed=seed,
+        on_level_done=on_level_done,
     )

@@ -447,14 +447,20 @@ def hierarchical_kmeans_distributed(
     with faiss_threads(threads):
         # Both levels over all ranks: each rank contributes its members of every cluster.
         return two_levels(
-            x_local,
+            n=len(x_local),
+            dim=shards.dim,
             k=k,
             m=m,
             init=init,
-            cluster=lambda xs, kk, sd, ini: kmeans_distributed(
-                xs, kk, niter=niter, seed=sd, init=ini, group=group
+            cluster=lambda rows, kk, sd, ini: kmeans_distributed(
+                x_local if rows is None else x_local[rows],
+                kk,
+                niter=niter,
+                seed=sd,
+                init=ini,
+                group=group,
             ),
-            one_cluster=lambda xs: one_cluster_distributed(xs, shards, group),
-            balance=lambda xs, a, c, size: balance_distributed(xs, a, c, size, shards, group),
+            one_cluster=lambda: one_cluster_distributed(x_local, shards, group),
+            balance=lambda a, c, size: balance_distributed(x_local, a, c, size, shards, group),
             seed=seed,
         )

@@ -299,63 +299,70 @@ def hierarchical_kmeans(
         check_init(init, k, m, dim)
     with faiss_threads(threads):
         return two_levels(
-            x,
+            n=len(x),
+            dim=x.shape[1],
             k=k,
             m=m,
             init=init,
-            cluster=lambda xs, kk, sd, ini: kmeans(xs, kk, niter=niter, seed=sd, init=ini),
-            one_cluster=one_cluster,
-            balance=balance_super_clusters,
+            cluster=lambda rows, kk, sd, ini: kmeans(
+                x if rows is None else x[rows], kk, niter=niter, seed=sd, init=ini
+            ),
+            one_cluster=lambda: one_cluster(x),
+            balance=lambda a, c, size: balance_super_clusters(x, a, c, size),
             seed=seed,
             on_level_done=on_level_done,
         )
 
 
 def two_levels(
-    x: np.ndarray,
     *,
+    n: int,
+    dim: int,
     k: int,
     m: int,
     init: HierarchicalResult | None,
-    cluster: Callable[[np.ndarray, int, int, np.ndarray | None], KMeansResult],
-    one_cluster: Callable[[np.ndarray], KMeansResult],
-    balance: Callable[[np.ndarray, np.ndarray, np.ndarray, int], tuple[np.ndarray, int]],
+    cluster: Callable[[np.ndarray | None, int, int, np.ndarray | None], KMeansResult],
+    one_cluster: Callable[[], KMeansResult],
+    balance: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, int]],
     seed: int,
     on_level_done: Callable[[int, int], None] | None = None,
 ) -> HierarchicalResult:
-    """The two-level recipe, shared by the single-process and the distributed clustering.
+    """The two-level recipe, shared by the in-memory, distributed and streamed clusterings.
+
+    The rows themselves stay with the callables (an array, a rank's shard, a file on disk):
+    this function only decides which rows each k-means run sees.
 
     Args:
-        x: (n, D) float32 rows (all of them, or this rank's shard).
+        n, dim: number of rows (all of them, or this rank's shard) and their dimension D.
         k, m: total sub-clusters and super-clusters.
         init: previous clustering to warm-start from, or None.
-        cluster: ``(rows, k, seed, init_centroids) -> KMeansResult`` (flat k-means).
-        one_cluster: the trivial level 1 when m == 1.
+        cluster: ``(members, k, seed, init_centroids) -> KMeansResult``, flat k-means over the
+            rows ``members`` ((n_s,) int64 indices; None = every row).
+        one_cluster: the trivial level 1 when m == 1 (the mean of every row).
         balance: tops up super-clusters with fewer than k/m members,
-            ``(rows, assignments, centroids, min_size) -> (assignments, n_moved)``.
+            ``(assignments, centroids, min_size) -> (assignments, n_moved)``.
         seed: level-1 seed; level 2 of super-cluster s uses :func:`subcluster_seed`.
         on_level_done: progress callback ``(runs done, m + 1)``.
     """
     per_super = k // m
-    dim = x.shape[1]
     # ============ level 1: super-clusters ============
     if m == 1:
-        level1 = one_cluster(x)
+        level1 = one_cluster()
     else:
-        level1 = cluster(x, m, seed, None if init is None else init.super_centroids)
-    super_assignments, n_moved = balance(x, level1.assignments, level1.centroids, per_super)
+        level1 = cluster(None, m, seed, None if init is None else init.super_centroids)
+    super_assignments, n_moved = balance(level1.assignments, level1.centroids, per_super)
     if on_level_done is not None:
         on_level_done(1, m + 1)
 
     # ============ level 2: sub-clusters inside each super-cluster ============
-    sub_assignments = np.empty(len(x), dtype=np.int64)
+    sub_assignments = np.empty(n, dtype=np.int64)
     sub_centroids = np.empty((m, per_super, dim), dtype=np.float32)
     objective = 0.0
     n_reseeded = level1.n_reseeded
     for s in range(m):
         members = np.flatnonzero(super_assignments == s)
         level2 = cluster(
-            x if m == 1 else x[members],
+            None if m == 1 else members,
             per_super,
             subcluster_seed(seed, s),
             None if init is None else init.sub_centroids[s],

@@ -246,17 +246,20 @@ def _hierarchy_distributed(
     x_local, shards = locate_shards(x_local, None)
     check_k_fits(c.k, shards.n)
     return two_levels(
-        x_local,
+        n=len(x_local),
+        dim=shards.dim,
         k=c.k,
         m=c.super_clusters,
         init=init,
         cluster=stage.cached_runs(
-            lambda xs, kk, sd, ini: kmeans_distributed(xs, kk, niter=c.niter, seed=sd, init=ini),
+            lambda rows, kk, sd, ini: kmeans_distributed(
+                x_local if rows is None else x_local[rows], kk, niter=c.niter, seed=sd, init=ini
+            ),
             safe_point,
             agree=distributed.all_ranks_ok,
         ),
-        one_cluster=lambda xs: one_cluster_distributed(xs, shards, None),
-        balance=lambda xs, a, cen, size: balance_distributed(xs, a, cen, size, shards, None),
+        one_cluster=lambda: one_cluster_distributed(x_local, shards, None),
+        balance=lambda a, cen, size: balance_distributed(x_local, a, cen, size, shards, None),
         seed=seed,
     )
 
@@ -295,18 +298,26 @@ def _hierarchy_one_process(
                 safe_point,
             ),
         )
-    x = check_features(x)
+    rows_in_memory = check_features(x)
     return two_levels(
-        x,
+        n=len(rows_in_memory),
+        dim=rows_in_memory.shape[1],
         k=c.k,
         m=c.super_clusters,
         init=init,
         # The same calls as hierarchical_kmeans, one saved file per finished run.
         cluster=stage.cached_runs(
-            lambda xs, kk, sd, ini: kmeans(xs, kk, niter=c.niter, seed=sd, init=ini), safe_point
+            lambda rows, kk, sd, ini: kmeans(
+                rows_in_memory if rows is None else rows_in_memory[rows],
+                kk,
+                niter=c.niter,
+                seed=sd,
+                init=ini,
+            ),
+            safe_point,
         ),
-        one_cluster=one_cluster,
-        balance=balance_super_clusters,
+        one_cluster=lambda: one_cluster(rows_in_memory),
+        balance=lambda a, cen, size: balance_super_clusters(rows_in_memory, a, cen, size),
         seed=seed,
         on_level_done=on_level_done,
     )

@@ -176,28 +176,11 @@ def run_embedding(
     file is unchanged (its size and modification time are the key).
     """
     c = run.clustering
-    pca, result = c.pca, c.result
-    if pca is None or result is None:
-        raise ValueError(
-            f"{run.path} has no PCA or centroids (a RotNet run, k = m = 1, never clusters); "
-            "there are no clusters to inspect"
-        )
+    _, result = _clustering_space(run)
     key = _checkpoint_key(run)
     cached = _read_cache(cache_dir, key) if cache_dir is not None else None
     if cached is None:
-        cfg = run.config.data
-        emb = embed_collection(
-            run.backbone(),
-            collection,
-            pca,
-            result,
-            resolution=cfg.resolution,
-            resize=cfg.resize or None,
-            batch_size=batch_size,
-            workers=workers,
-            device=device,
-            progress=progress,
-        )
+        emb = _embed_with_run(run, collection, batch_size, workers, device, progress)
         features, valid = emb.features, emb.valid
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
@@ -219,6 +202,42 @@ def run_embedding(
         np.where(c.valid, c.sub_clusters, -1),
         c.labels,
         distances,
+    )
+
+
+def _clustering_space(run: RunFolder) -> tuple[PCAWhitening, HierarchicalResult]:
+    """The run's PCA and centroids, or an error for runs that never clustered."""
+    pca, result = run.clustering.pca, run.clustering.result
+    if pca is None or result is None:
+        raise ValueError(
+            f"{run.path} has no PCA or centroids (a RotNet run, k = m = 1, never clusters): "
+            "there are no clusters to inspect or embed in"
+        )
+    return pca, result
+
+
+def _embed_with_run(
+    run: RunFolder,
+    collection: Collection,
+    batch_size: int,
+    workers: int,
+    device: str | torch.device,
+    progress: bool,
+) -> Embedding:
+    """:func:`embed_collection` with the run's network, clustering and crop settings."""
+    pca, result = _clustering_space(run)
+    cfg = run.config.data
+    return embed_collection(
+        run.backbone(),
+        collection,
+        pca,
+        result,
+        resolution=cfg.resolution,
+        resize=cfg.resize or None,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        progress=progress,
     )
 
 
@@ -307,23 +326,8 @@ def embed_new_images(
     from deepercluster.inspect.run import open_run
 
     run = open_run(run_dir)
-    pca, result = run.clustering.pca, run.clustering.result
-    if pca is None or result is None:
-        raise ValueError(
-            f"{run.path} has no clusters (a RotNet run, k = m = 1): nothing to embed in"
-        )
+    _clustering_space(run)  # fail before reading the images
     cfg = run.config.data
     collection = open_collection(data, max_pixels=cfg.max_pixels, path_column=cfg.path_column)
-    emb = embed_collection(
-        run.backbone(),
-        collection,
-        pca,
-        result,
-        resolution=cfg.resolution,
-        resize=cfg.resize or None,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        progress=progress,
-    )
+    emb = _embed_with_run(run, collection, batch_size, workers, device, progress)
     return write_embedding(emb, collection_paths(collection), out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deepercluster.distributed import GROUPED_ABOVE_BYTES, plan_groups
+from deepercluster.engine.group_plan import GROUPED_ABOVE_BYTES, plan_groups
 
 BIG = GROUPED_ABOVE_BYTES  # 3x this is over the limit
 

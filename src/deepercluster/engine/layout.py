@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from deepercluster import distributed
-from deepercluster.distributed import DistEnv, GroupPlan, ProcessGroup
+from deepercluster.distributed import DistEnv, ProcessGroup
+from deepercluster.engine.group_plan import GroupPlan, plan_groups
 from deepercluster.log import get_logger
 from deepercluster.models import HierarchicalHeads
 
@@ -62,14 +63,14 @@ def build_layout(
     env: DistEnv, *, layout: str, n_super: int, n_sub: int, dim: int, n_super_clusters: int = 1
 ) -> TrainingLayout:
     """Plan the layout, create the process groups (a collective), and log the choice."""
-    plan = distributed.plan_groups(
+    plan = plan_groups(
         env.world_size,
         n_super,
         layout=layout,
         head_bytes=n_super * n_sub * dim * 4,
         n_super_clusters=n_super_clusters,
     )
-    training, clustering = distributed.make_groups(plan)
+    training, clustering = distributed.make_groups(plan.training_groups(), plan.clustering_groups())
     group = training[plan.super_class_of(env.rank)] if plan.grouped else None
     if env.world_size > 1:
         log.info(
@@ -117,10 +118,8 @@ def full_heads_state(
     (S, k/m, D) CPU tensors: at the paper's k = 320,000 this is ~21 GB with momentum, so it
     never goes through a pickle or a whole-head GPU buffer. Every rank must call this.
     """
-    heads_state = heads.state_dict()
-    optim_state = optimizer.state_dict()
     if not layout.plan.grouped:
-        return (heads_state, optim_state) if layout.rank == 0 else None
+        return (heads.state_dict(), optimizer.state_dict()) if layout.rank == 0 else None
     g = layout.super_class
     assert g is not None
     owners = [ranks[0] for ranks in layout.plan.training_groups()]
@@ -137,6 +136,8 @@ def full_heads_state(
             for tensor in mine:
                 distributed.send_tensor(tensor, dst=0)
         return None
+    heads_state = heads.state_dict()
+    optim_state = optimizer.state_dict()
     s, n_sub, dim = heads.n_super, heads.n_sub, heads.feature_dim
     full = [torch.zeros(s, n_sub, dim), torch.zeros(s, n_sub)]
     if have_momentum:

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from deepercluster import distributed
 from deepercluster.config import RunConfig
+from deepercluster.engine.group_plan import plan_groups
 from deepercluster.engine.outofcore import PER_IMAGE_BYTES, block_rows, extraction_chunk
 from deepercluster.models import build_backbone
 
@@ -153,9 +153,7 @@ def make_plan(
             f"({dim}); it would be lowered to {dim}: set cluster.pca_dim <= {dim}"
         )
     head_bytes = s_classes * per_super * dim * 4
-    plan = distributed.plan_groups(
-        w, s_classes, layout=t.layout, head_bytes=head_bytes, n_super_clusters=m
-    )
+    plan = plan_groups(w, s_classes, layout=t.layout, head_bytes=head_bytes, n_super_clusters=m)
     owned_heads = head_bytes // s_classes if plan.grouped else head_bytes
     fwd = stats.flops / (a.gpu_tflops * 1e12)  # seconds per image, forward
     decode = 1.0 / (a.decode_per_worker * max(cfg.data.workers, 1))

@@ -19,6 +19,8 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 
+from .position_rng import UniformSource
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -42,6 +44,28 @@ _SCALE = (1.0 / (255.0 * _STD)).numpy()
 _SHIFT = (_MEAN / _STD).numpy()
 
 
+# (flip, r) → (row step, column step, output axes) of the (H, W, 3) pixel view that shows the
+# image flipped horizontally (if flip), then rotated by r * 90° counter-clockwise, as
+# (3, H', W'). Derivation: rot90 once is "reverse the columns, then swap rows and columns";
+# twice reverses both; three times reverses the rows, then swaps; a flip first reverses the
+# columns of the input. tests/unit/data/test_data_transforms.py checks all eight against
+# Pillow's transpose + torch.rot90.
+_ORIENTATIONS = {
+    (flip, r): (
+        -1 if r in (2, 3) else 1,
+        (-1 if r in (1, 2) else 1) * (-1 if flip else 1),
+        (2, 1, 0) if r % 2 else (2, 0, 1),
+    )
+    for flip in (False, True)
+    for r in range(4)
+}
+
+
+def _check_rotation(r: int) -> None:
+    if isinstance(r, bool) or int(r) != r or not 0 <= r <= 3:
+        raise ValueError(f"rotation must be 0, 1, 2 or 3 (multiples of 90 degrees), got {r!r}")
+
+
 def rotate(x: Tensor, r: int) -> Tensor:
     """Rotate the last two dimensions by ``r * 90`` degrees counter-clockwise.
 
@@ -55,8 +79,7 @@ def rotate(x: Tensor, r: int) -> Tensor:
     Raises:
         ValueError: ``r`` is not in 0..3.
     """
-    if isinstance(r, bool) or int(r) != r or not 0 <= r <= 3:
-        raise ValueError(f"rotation must be 0, 1, 2 or 3 (multiples of 90 degrees), got {r!r}")
+    _check_rotation(r)
     return x if r == 0 else torch.rot90(x, int(r), dims=(-2, -1))
 
 
@@ -69,23 +92,39 @@ def to_normalized_tensor(img: Image.Image) -> Tensor:
     """RGB ``PIL.Image`` (H, W) → float32 tensor (3, H, W), ImageNet-normalised."""
     if img.mode != "RGB":
         img = img.convert("RGB")
-    # numpy, not torch: at 32 px the per-operation overhead, not the arithmetic, is what a
-    # worker spends its time on, and numpy's is lower (bench/data.py: 22 vs 32 us per image;
-    # 229 vs 296 us at 224 px). frombuffer views the bytes; the multiply writes the output.
-    pixels = np.frombuffer(img.tobytes(), dtype=np.uint8).reshape(img.height, img.width, 3)
-    out = np.empty((3, img.height, img.width), dtype=np.float32)
-    np.multiply(pixels.transpose(2, 0, 1), _SCALE, out=out)
+    return _normalized(_pixels(img).transpose(2, 0, 1))
+
+
+def _pixels(img: Image.Image) -> np.ndarray:
+    """Read-only (H, W, 3) uint8 view of an RGB image's bytes.
+
+    ``frombuffer(tobytes())`` rather than ``np.asarray``: Pillow's array interface calls
+    ``tobytes`` too, plus its own overhead (11 vs 16 us for a 32 px image).
+    """
+    return np.frombuffer(img.tobytes(), dtype=np.uint8).reshape(img.height, img.width, 3)
+
+
+def _normalized(pixels: np.ndarray) -> Tensor:
+    """(3, H, W) uint8 view with any strides → contiguous normalised float32 tensor (3, H, W).
+
+    numpy, not torch: at 32 px the per-operation overhead, not the arithmetic, is what a
+    worker spends its time on, and numpy's is lower (bench/data.py: 22 vs 32 us per image;
+    229 vs 296 us at 224 px). The multiply is the one copy: it reads through the view's
+    strides (so flips, rotations and crops cost nothing before it) and writes the output.
+    """
+    out = np.empty(pixels.shape, dtype=np.float32)
+    np.multiply(pixels, _SCALE, out=out)
     out -= _SHIFT
     return torch.from_numpy(out)
 
 
 class TrainTransform:
-    """Random-resized crop + horizontal flip + normalisation, driven by a numpy generator.
+    """Random-resized crop + horizontal flip + normalisation, driven by a random source.
 
-    Randomness comes only from the ``rng`` argument, never from torch's or numpy's global
-    state: the training view derives one generator per epoch position, so a sample's
-    augmentation is the same whatever the number of DataLoader workers and when a run
-    resumes mid-epoch.
+    Randomness comes only from the ``rng`` argument (a ``PositionRng`` or a numpy
+    ``Generator``), never from torch's or numpy's global state: the training view derives
+    one stream per epoch position, so a sample's augmentation is the same whatever the
+    number of DataLoader workers and when a run resumes mid-epoch.
 
     Args:
         resolution: Output side R in pixels (224 in the paper).
@@ -113,17 +152,16 @@ class TrainTransform:
         self.scale = scale
         self.ratio = ratio
         self.hflip = hflip
+        self._log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
 
-    def crop_params(
-        self, width: int, height: int, rng: np.random.Generator
-    ) -> tuple[int, int, int, int]:
+    def crop_params(self, width: int, height: int, rng: UniformSource) -> tuple[int, int, int, int]:
         """Crop box ``(top, left, height, width)``, as torchvision's ``RandomResizedCrop``.
 
         Up to 10 tries of a random area and log-uniform aspect ratio that fits the image;
         otherwise the largest central crop whose ratio lies within ``ratio``.
         """
         area = height * width
-        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        log_ratio = self._log_ratio
         for _ in range(10):
             target_area = area * rng.uniform(self.scale[0], self.scale[1])
             aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
@@ -142,7 +180,7 @@ class TrainTransform:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, max(h, 1), max(w, 1)
 
-    def __call__(self, img: Image.Image, rng: np.random.Generator) -> Tensor:
+    def __call__(self, img: Image.Image, rng: UniformSource) -> Tensor:
         """Augment one image.
 
         Args:

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from .collection import Collection
 from .decode import BadImageError
+from .position_rng import PositionRng
 from .samplers import EpochPlan
 from .transforms import ClusterTransform, TrainTransform, rotate
 
@@ -65,9 +66,10 @@ class ClusterView(Dataset[tuple[Tensor, int, str]]):
 class TrainView(Dataset[tuple[Tensor, int, int, str]]):
     """Training view following an ``EpochPlan``, reproducible per position.
 
-    The augmentation of plan position ``p`` uses ``np.random.default_rng([seed, epoch, p])``,
-    so it is the same in every worker layout and when a run resumes mid-epoch with
-    ``start = p0`` (item ``j`` is position ``start + j``).
+    The augmentation of plan position ``p`` draws from ``PositionRng(seed, epoch, p)``, a
+    stream that is a pure function of the triple, so it is the same in every worker layout
+    and when a run resumes mid-epoch with ``start = p0`` (item ``j`` is position
+    ``start + j``).
 
     Args:
         collection: Images to read.
@@ -122,5 +124,5 @@ class TrainView(Dataset[tuple[Tensor, int, int, str]]):
         except BadImageError as err:
             size = self.transform.resolution
             return torch.zeros(3, size, size), index, r, err.reason
-        rng = np.random.default_rng([self.seed, self.epoch, p])
+        rng = PositionRng(self.seed, self.epoch, p)
         return rotate(self.transform(img, rng), r), index, r, ""

@@ -21,6 +21,7 @@ from deepercluster.data import (
     open_collection,
     uniform_epoch_plan,
 )
+from deepercluster.data.position_rng import PositionRng
 
 Encode = Callable[..., bytes]
 WriteTar = Callable[[Path, Mapping[str, bytes]], Path]
@@ -129,7 +130,7 @@ def test_rotation_is_applied_after_the_transform() -> None:
     for r in range(4):
         plan = EpochPlan(indices=np.zeros(1, np.int64), rotations=np.array([r], np.int64))
         image = TrainView(collection, transform, plan, seed=0, epoch=0)[0][0]
-        upright = transform(collection.read(0), np.random.default_rng([0, 0, 0]))
+        upright = transform(collection.read(0), PositionRng(0, 0, 0))
         assert torch.equal(image, torch.rot90(upright, r, dims=(-2, -1)))
 
 

@@ -17,7 +17,7 @@ from .collection import Collection
 from .decode import BadImageError
 from .position_rng import PositionRng
 from .samplers import EpochPlan
-from .transforms import ClusterTransform, TrainTransform, rotate
+from .transforms import ClusterTransform, TrainTransform
 
 __all__ = ["ClusterView", "TrainView"]
 
@@ -124,5 +124,5 @@ class TrainView(Dataset[tuple[Tensor, int, int, str]]):
         except BadImageError as err:
             size = self.transform.resolution
             return torch.zeros(3, size, size), index, r, err.reason
-        rng = PositionRng(self.seed, self.epoch, p)
-        return rotate(self.transform(img, rng), r), index, r, ""
+        image = self.transform(img, PositionRng(self.seed, self.epoch, p), rotation=r)
+        return image, index, r, ""

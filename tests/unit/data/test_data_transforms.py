@@ -10,6 +10,7 @@ from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
 from deepercluster.data import ClusterTransform, TrainTransform, normalize, rotate
+from deepercluster.data.position_rng import PositionRng
 from deepercluster.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor
 
 
@@ -118,3 +119,48 @@ def test_invalid_arguments() -> None:
         TrainTransform(32, scale=(0.5, 0.1))
     with pytest.raises(ValueError, match="resolution"):
         TrainTransform(0)
+
+
+def _torchvision_reference(
+    img: Image.Image, transform: TrainTransform, rng: PositionRng, r: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same decisions through torchvision's functional ops, then ``torch.rot90``.
+
+    Returns our normalisation of torchvision's geometry (must match bit for bit) and
+    torchvision's own ``to_tensor`` + ``normalize`` (equal up to float rounding).
+    """
+    top, left, h, w = transform.crop_params(img.width, img.height, rng)
+    flip = rng.random() < 0.5
+    size = [transform.resolution, transform.resolution]
+    crop = TF.resized_crop(img, top, left, h, w, size, antialias=True)
+    if flip:
+        crop = TF.hflip(crop)
+    ours = torch.rot90(to_normalized_tensor(crop), r, dims=(-2, -1))
+    theirs = TF.normalize(TF.to_tensor(crop), list(IMAGENET_MEAN), list(IMAGENET_STD))
+    return ours, torch.rot90(theirs, r, dims=(-2, -1))
+
+
+@pytest.mark.parametrize("size", [(37, 29), (300, 200)])
+def test_flip_and_rotation_as_strides_equal_the_reference(size: tuple[int, int]) -> None:
+    img = _image(*size, seed=5)
+    transform = TrainTransform(24)
+    seen = set()
+    for key in range(64):
+        for r in range(4):
+            out = transform(img, PositionRng(key), rotation=r)
+            reference, torchvision_reference = _torchvision_reference(
+                img, transform, PositionRng(key), r
+            )
+            assert out.dtype == torch.float32 and out.shape == (3, 24, 24)
+            assert out.is_contiguous()
+            assert torch.equal(out, reference)
+            assert torch.allclose(out, torchvision_reference, atol=1e-5)
+            probe = PositionRng(key)
+            transform.crop_params(img.width, img.height, probe)
+            seen.add((probe.random() < 0.5, r))
+    assert len(seen) == 8  # every flip x rotation combination was checked
+
+
+def test_train_transform_rejects_bad_rotation() -> None:
+    with pytest.raises(ValueError, match="rotation must be 0, 1, 2 or 3"):
+        TrainTransform(8)(_image(10, 10), PositionRng(0), rotation=4)

@@ -164,3 +164,26 @@ def test_flip_and_rotation_as_strides_equal_the_reference(size: tuple[int, int])
 def test_train_transform_rejects_bad_rotation() -> None:
     with pytest.raises(ValueError, match="rotation must be 0, 1, 2 or 3"):
         TrainTransform(8)(_image(10, 10), PositionRng(0), rotation=4)
+
+
+def _torchvision_cluster(img: Image.Image, transform: ClusterTransform) -> torch.Tensor:
+    """ClusterTransform as torchvision's functional ops (the former implementation)."""
+    short, long = sorted(img.size)
+    if long > 4 * short:
+        img = TF.center_crop(img, [min(img.height, 4 * short), min(img.width, 4 * short)])
+    resized = TF.resize(img, transform.resize, antialias=True)
+    return to_normalized_tensor(TF.center_crop(resized, [transform.resolution] * 2))
+
+
+@pytest.mark.parametrize(
+    "size", [(32, 32), (37, 37), (50, 40), (33, 47), (500, 333), (1, 1), (3, 50), (41, 4000)]
+)
+@pytest.mark.parametrize(("resolution", "resize"), [(32, None), (24, 37), (16, 16)])
+def test_cluster_transform_is_bit_identical_to_torchvision(
+    size: tuple[int, int], resolution: int, resize: int | None
+) -> None:
+    transform = ClusterTransform(resolution, resize)
+    for img in (_image(*size, seed=4), _image(*size, seed=4).convert("L")):
+        out = transform(img)
+        assert out.is_contiguous() and out.shape == (3, resolution, resolution)
+        assert torch.equal(out, _torchvision_cluster(img, transform))

@@ -30,6 +30,7 @@ from bench.common import (
     median,
     ratio,
 )
+from deepercluster.losses import hierarchical_loss
 from deepercluster.models import HierarchicalHeads
 
 NAME = "heads"
@@ -51,8 +52,8 @@ def _steps(
     y_flat = y_super * n_sub + y_sub
 
     def hier(backward: bool) -> Tensor:
-        super_logits, sub_logits = heads(features, y_super)
-        loss = F.cross_entropy(super_logits, y_super) + F.cross_entropy(sub_logits, y_sub)
+        # The training path: super head + fused sub-head cross-entropy (losses.py).
+        loss = hierarchical_loss(heads, features, y_super, y_sub).loss
         if backward:
             loss.backward()  # type: ignore[no-untyped-call]
         return loss
@@ -132,9 +133,12 @@ def run(ctx: Context) -> list[Row]:
         )
     )
     if not ctx.tiny:
-        # A larger batch: the hierarchical step is bound by reading its 4k x D weights
-        # (memory), the flat one by 16x more arithmetic, so the ratio grows with B.
-        big_steps, big_params = _steps(ctx, dim, m, k, 4 * batch)
+        # The paper's rows per sub-head: a training group of 4 GPUs x 48 images feeds one
+        # sub-head, 192 rows per step, so the flat head's batch is S x 192. At B = 256 each
+        # sub-head sees ~16 rows, products with 16 rows run far below the arithmetic peak,
+        # and the ratio is lower; the arithmetic intensity, not D or k, is what sets it.
+        big_batch = 4 * m * 192
+        big_steps, big_params = _steps(ctx, dim, m, k, big_batch)
 
         def big(name: str) -> Callable[[], object]:
             def fn() -> object:
@@ -146,13 +150,14 @@ def run(ctx: Context) -> list[Row]:
 
         t_big = interleaved({"hier": big("hier"), "flat": big("flat")}, ctx, reps=3)
         rows.append(
-            info(
+            at_least(
                 NAME,
-                f"flat / hierarchical heads, forward + backward at B={4 * batch}",
+                f"same, at the paper's 192 rows per sub-head (B={big_batch})",
                 ratio(t_big, "flat", "hier"),
-                "x",
+                8.0,
                 hier_s=median(t_big["hier"]),
                 flat_s=median(t_big["flat"]),
+                B=big_batch,
             )
         )
         del big_steps, big_params

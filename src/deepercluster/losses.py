@@ -68,13 +68,16 @@ def hierarchical_loss(
             f"super_targets {tuple(super_targets.shape)} and sub_targets "
             f"{tuple(sub_targets.shape)} must both be (B,); pass one pair of targets per sample"
         )
-    super_logits, sub_logits = heads(features, super_targets)
+    # The super head on its own; the sub-heads through the fused cross-entropy, which never
+    # builds the sub-logits for autograd (models/grouped.py explains why that is faster).
+    super_logits = heads.super_logits(features)
     super_loss = F.cross_entropy(super_logits, super_targets)
-    sub_loss = F.cross_entropy(sub_logits, sub_targets)
+    sub_losses, sub_hits = heads.sub_cross_entropy(features, super_targets, sub_targets)
+    sub_loss = sub_losses.mean()
     with torch.no_grad():
         # note: .item() is a CPU-GPU sync point; one per step is cheap next to a convnet step.
-        super_correct = int((super_logits.argmax(1) == super_targets).sum().item())
-        sub_correct = int((sub_logits.argmax(1) == sub_targets).sum().item())
+        hits = torch.stack([(super_logits.argmax(1) == super_targets).sum(), sub_hits.sum()])
+        super_correct, sub_correct = (int(v) for v in hits.tolist())
     return HierarchicalLossOutput(
         loss=super_loss + sub_loss,
         super_loss=super_loss.detach(),

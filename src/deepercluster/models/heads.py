@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deepercluster.models.grouped import GradBuffer, grouped_cross_entropy, grouped_linear
+
 __all__ = ["HierarchicalHeads"]
 
 _INIT_STD = 0.01  # reference init of every linear layer: N(0, 0.01), bias 0
@@ -73,6 +75,8 @@ class HierarchicalHeads(nn.Module):
         self.super_head = nn.Linear(feature_dim, n_super)
         self.sub_weight = nn.Parameter(torch.empty(len(self.owned), n_sub, feature_dim))
         self.sub_bias = nn.Parameter(torch.empty(len(self.owned), n_sub))
+        # Storage for sub_weight's gradient, lent again every step (see sub_cross_entropy).
+        self._grad_buffer = GradBuffer()
         self.reset_parameters()
 
     def extra_repr(self) -> str:
@@ -203,7 +207,68 @@ class HierarchicalHeads(nn.Module):
         logits: Tensor = self.super_head(x)
         return logits
 
+    def sub_cross_entropy(
+        self, features: Tensor, super_targets: Tensor, sub_targets: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Each sample's cross-entropy under its super-class's sub-head: the training path.
+
+        Equal to ``F.cross_entropy(self.sub_logits(features, super_targets), sub_targets,
+        reduction="none")`` but fused (``models/grouped.py``): the (B, n_sub) logits never
+        reach autograd, and the sub-heads' weight gradient is written into storage reused
+        from step to step (no page faults for a fresh (S_own, n_sub, D) tensor every step on
+        the CPU).
+
+        Args:
+            features: (B, D) backbone output, pre-activation.
+            super_targets: (B,) int64 global super-class ids in [0, S), all owned.
+            sub_targets: (B,) int64 sub-cluster of each sample, in [0, n_sub).
+
+        Returns:
+            losses: (B,) per-sample cross-entropy, in batch order, differentiable.
+            correct: (B,) bool, whether the sub-head's argmax is the target.
+
+        Raises:
+            ValueError: as :meth:`sub_logits`, or mis-shaped ``sub_targets``.
+        """
+        x = F.relu(features)
+        groups, order = self._route(x, super_targets)
+        if sub_targets.shape != super_targets.shape or sub_targets.dtype != torch.int64:
+            raise ValueError(
+                f"sub_targets must be int64 of shape {tuple(super_targets.shape)}, got "
+                f"{sub_targets.dtype} {tuple(sub_targets.shape)}; pass one sub-cluster per sample"
+            )
+        if not groups:
+            return x.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=x.device)
+        if order is not None:
+            x, sub_targets = x.index_select(0, order), sub_targets.index_select(0, order)
+        losses, correct = grouped_cross_entropy(
+            x, self.sub_weight, self.sub_bias, sub_targets, groups, self._grad_buffer
+        )
+        if order is None:
+            return losses, correct
+        inverse = _inverse(order)
+        return losses.index_select(0, inverse), correct.index_select(0, inverse)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> HierarchicalHeads:
+        # .to(), .double(), .cuda() replace the parameters: the reused gradient storage must
+        # follow, so it is dropped and made again at the next backward pass.
+        self._grad_buffer.clear()
+        return super()._apply(fn, recurse)  # type: ignore[no-untyped-call,no-any-return]
+
     def _sub(self, x: Tensor, super_targets: Tensor) -> Tensor:
+        groups, order = self._route(x, super_targets)
+        if not groups:  # empty batch (e.g. the tail of a sharded epoch)
+            return x.new_zeros((0, self.n_sub))
+        if order is None:
+            return grouped_linear(x, self.sub_weight, self.sub_bias, groups)
+        logits = grouped_linear(x.index_select(0, order), self.sub_weight, self.sub_bias, groups)
+        return logits.index_select(0, _inverse(order))
+
+    def _route(
+        self, x: Tensor, super_targets: Tensor
+    ) -> tuple[list[tuple[int, int]], Tensor | None]:
+        """Group the rows by sub-head: ``(slot, rows)`` per present super-class, in id order,
+        and the (B,) permutation that sorts the rows that way (None when already grouped)."""
         if x.dim() != 2 or x.shape[1] != self.feature_dim:
             raise ValueError(
                 f"features must be (B, {self.feature_dim}), got {tuple(x.shape)}; "
@@ -230,82 +295,20 @@ class HierarchicalHeads(nn.Module):
                 f"do not own (owned={self.owned}); route each sample to a process that owns "
                 "its super-class"
             )
-        if not present:  # empty batch (e.g. the tail of a sharded epoch)
-            return x.new_zeros((0, self.n_sub))
         groups = [(self._slots[s], counts[s]) for s in present]
-        if len(present) == 1:
+        if len(present) <= 1:
             # Whole batch in one super-class: the distributed layout, where a rank owns one.
-            return _grouped_linear(x, self.sub_weight, self.sub_bias, groups)
+            return groups, None
         # Sorting by global id groups the rows by sub-head; the slot only picks the parameters.
-        order = torch.argsort(super_targets, stable=True)
-        logits = _grouped_linear(x.index_select(0, order), self.sub_weight, self.sub_bias, groups)
-        # Scatter the rows back to batch order: out[order[j]] = logits[j].
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        return logits.index_select(0, inverse)
+        return groups, torch.argsort(super_targets, stable=True)
 
 
-def _grouped_linear(
-    x: Tensor, weight: Tensor, bias: Tensor, groups: list[tuple[int, int]]
-) -> Tensor:
-    out: Tensor = _GroupedLinear.apply(x, weight, bias, groups)
-    return out
-
-
-class _GroupedLinear(torch.autograd.Function):
-    """Row groups through their own sub-heads: (B, D) sorted rows -> (B, n_sub) logits.
-
-    Autograd through per-group ``weight.unbind(0)[slot]`` products would give each group's
-    weight gradient its own tensor and then copy all of them into one (S_own, n_sub, D)
-    gradient with ``stack``: at k = 40 000, D = 512 that copy moves 328 MB per step and took
-    as long as the products themselves. Here the backward pass writes every group's gradient
-    straight into its slot of one buffer, and zeroes only the slots of absent groups.
-    ``bench/heads.py`` measures the difference.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, groups: list[tuple[int, int]]
-    ) -> Tensor:
-        """x: (B, D) rows sorted by group; weight (S_own, n_sub, D); bias (S_own, n_sub);
-        groups: (slot, number of rows) of each group in row order."""
-        out = x.new_empty((x.shape[0], weight.shape[1]))
-        start = 0
-        for slot, n in groups:
-            torch.addmm(
-                bias[slot], x.narrow(0, start, n), weight[slot].t(), out=out.narrow(0, start, n)
-            )
-            start += n
-        ctx.save_for_backward(x, weight)
-        ctx.groups = groups
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        groups: list[tuple[int, int]] = ctx.groups
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_x = torch.empty_like(x) if need_x else None
-        grad_w = torch.empty_like(weight) if need_w else None
-        grad_b = grad_out.new_empty(weight.shape[:2]) if need_b else None
-        start = 0
-        for slot, n in groups:
-            g = grad_out.narrow(0, start, n)
-            if grad_x is not None:
-                torch.mm(g, weight[slot], out=grad_x.narrow(0, start, n))
-            if grad_w is not None:
-                torch.mm(g.t(), x.narrow(0, start, n), out=grad_w[slot])
-            if grad_b is not None:
-                torch.sum(g, 0, out=grad_b[slot])
-            start += n
-        absent = sorted(set(range(weight.shape[0])) - {slot for slot, _ in groups})
-        for slot in absent:
-            if grad_w is not None:
-                grad_w[slot].zero_()
-            if grad_b is not None:
-                grad_b[slot].zero_()
-        return grad_x, grad_w, grad_b, None
+def _inverse(order: Tensor) -> Tensor:
+    """The permutation undoing ``order``: ``sorted_rows.index_select(0, _inverse(order))``
+    puts row j back at ``order[j]``."""
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    return inverse
 
 
 def _check_owned(owned: Sequence[int] | None, n_super: int) -> tuple[int, ...]:

@@ -1,0 +1,279 @@
+"""Row groups through their own sub-heads: the two autograd functions behind the heads.
+
+The rows of a batch arrive sorted by super-class, and ``groups`` lists ``(slot, rows)`` for
+each group in row order: group j's rows go through sub-head ``weight[slot]`` only. Two
+functions share that layout:
+
+- :func:`grouped_linear` returns the (B, n_sub) logits, for evaluation and inspection.
+- :func:`grouped_cross_entropy` is the training path: the cross-entropy of every row against
+  its sub-cluster, fused with the linear layer. The (B, n_sub) logits never enter autograd:
+  the forward pass computes the loss, the argmax and the loss's gradient with respect to the
+  logits and to the rows, and the backward pass only scales them. That removes the separate
+  log-softmax, its backward pass and the reordering of the logits back to batch order.
+
+At B = 256 with 16 sub-heads of 10,000 x 512 every sub-head sees ~16 rows; the products then
+run far below the arithmetic peak and the per-operation costs count, so per group we only do
+what needs that group's sub-head, and the rest runs once over the batch. The weight gradient
+goes slot by slot into one (S_own, n_sub, D) tensor (autograd would stack per-group gradients:
+a 328 MB copy at k = 40,000, D = 512), and for the fused function that tensor's storage is
+reused across steps (:class:`GradBuffer`): a fresh one every step costs one page fault per
+4 KiB on the CPU, 80,000 faults and ~0.2 s of kernel time per step at that shape, more than
+the products themselves. ``bench/heads.py`` and ``docs/performance.md`` have the figures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["GradBuffer", "grouped_cross_entropy", "grouped_linear"]
+
+Groups = list[tuple[int, int]]
+
+
+class GradBuffer:
+    """Storage for a parameter's gradient, reused from one backward pass to the next.
+
+    ``optimizer.zero_grad(set_to_none=True)`` drops the gradient every step, and the next
+    backward pass would allocate a new one. :meth:`take` returns a *new tensor* over the same
+    storage instead; autograd then adopts it as ``.grad`` without a copy (it is referenced by
+    nobody else), or adds it into an existing ``.grad``. Hooks and ``torch.autograd.grad``
+    work as usual. The storage is only reused when nothing else references it any more: a
+    gradient someone kept (``g = p.grad``, or the result of ``torch.autograd.grad``) is never
+    overwritten, a new storage is made instead.
+    """
+
+    def __init__(self) -> None:
+        self._storage: torch.UntypedStorage | None = None
+
+    def take(self, like: Tensor) -> Tensor:
+        """A contiguous tensor shaped, typed and placed like ``like``, contents undefined."""
+        s = self._storage
+        if (
+            s is None
+            or s.device != like.device
+            or s.nbytes() != like.numel() * like.element_size()
+            or _storage_users(s) != 1
+        ):
+            fresh = torch.empty_like(like, memory_format=torch.contiguous_format)
+            self._storage = fresh.untyped_storage()
+            return fresh
+        out = torch.empty(0, dtype=like.dtype, device=like.device)
+        return out.set_(s, 0, like.shape, _contiguous_strides(like.shape))
+
+    def clear(self) -> None:
+        """Forget the storage (e.g. when the parameter moves to another device)."""
+        self._storage = None
+
+    # A copied or pickled module starts with an empty buffer: sharing one would let two
+    # modules write each other's gradients, and pickling it would save a gradient-sized array.
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._storage = None
+
+
+def _storage_users(storage: torch.UntypedStorage) -> int:
+    """How many tensors (and this holder) reference ``storage``; 2 when torch cannot say, so
+    that the caller then plays safe and allocates."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    return 2 if use_count is None else int(use_count(storage._cdata))
+
+
+def _contiguous_strides(shape: torch.Size) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+def grouped_linear(x: Tensor, weight: Tensor, bias: Tensor, groups: Groups) -> Tensor:
+    """Logits of row groups through their sub-heads.
+
+    Args:
+        x: (B, D) rows sorted by group.
+        weight: (S_own, n_sub, D) stacked sub-heads.
+        bias: (S_own, n_sub).
+        groups: (slot, number of rows) of each group, in row order, summing to B.
+
+    Returns:
+        (B, n_sub) logits, row i from its group's sub-head.
+    """
+    out: Tensor = _GroupedLinear.apply(x, weight, bias, groups)
+    return out
+
+
+def grouped_cross_entropy(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    targets: Tensor,
+    groups: Groups,
+    grad_buffer: GradBuffer | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Cross-entropy of row groups through their sub-heads, fused with the linear layer.
+
+    Equal to ``F.cross_entropy(grouped_linear(x, weight, bias, groups), targets,
+    reduction="none")`` (within float rounding), in values and gradients.
+
+    Args:
+        x: (B, D) rows sorted by group.
+        weight: (S_own, n_sub, D) stacked sub-heads.
+        bias: (S_own, n_sub).
+        targets: (B,) int64 class of each row within its sub-head, in [0, n_sub).
+        groups: (slot, number of rows) of each group, in row order, summing to B.
+        grad_buffer: storage for the weight gradient, reused across steps (see
+            :class:`GradBuffer`); None allocates a new one every backward pass.
+
+    Returns:
+        losses: (B,) per-row cross-entropy, differentiable.
+        correct: (B,) bool, whether the row's argmax is its target (not differentiable).
+    """
+    losses, correct = _GroupedCrossEntropy.apply(x, weight, bias, targets, groups, grad_buffer)
+    return losses, correct
+
+
+class _GroupedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, groups: Groups) -> Tensor:
+        out = x.new_empty((x.shape[0], weight.shape[1]))
+        start = 0
+        for slot, n in groups:
+            out.narrow(0, start, n).copy_(_logits_t(x.narrow(0, start, n), weight, bias, slot).t())
+            start += n
+        ctx.save_for_backward(x, weight)
+        ctx.groups = groups
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        groups: Groups = ctx.groups
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_w = torch.empty_like(weight) if need_w else None
+        grad_b = _bias_grad(grad_out, groups, weight.shape[:2]) if need_b else None
+        start = 0
+        for slot, n in groups:
+            g = grad_out.narrow(0, start, n)
+            if grad_x is not None:
+                torch.mm(g, weight[slot], out=grad_x.narrow(0, start, n))
+            if grad_w is not None:
+                torch.mm(g.t(), x.narrow(0, start, n), out=grad_w[slot])
+            start += n
+        if grad_w is not None:
+            _zero_absent(grad_w, groups)
+        return grad_x, grad_w, grad_b, None
+
+
+class _GroupedCrossEntropy(torch.autograd.Function):
+    """Forward: logits, loss, argmax and the loss's gradients per group; backward: scaling.
+
+    With L_i the loss of row i and p_i its softmax, dL_i/dlogits_i = p_i - onehot(t_i) =: G_i,
+    so dL_i/dx_i = G_i W and dL/dW = sum_i g_i G_i^T x_i for upstream g_i. The forward pass
+    stores G (B, n_sub), the size of the logits, and G W (B, D); the backward pass only
+    multiplies by g. Saved for backward: G, x and G W; nothing of size n_sub x D.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        targets: Tensor,
+        groups: Groups,
+        grad_buffer: GradBuffer | None,
+    ) -> tuple[Tensor, Tensor]:
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_g = need_x or need_w or need_b
+        b, n_sub = x.shape[0], weight.shape[1]
+        # Per group only what needs the sub-head (its products) and the row-wise softmax;
+        # everything else runs once over the batch: at ~16 rows per group, the per-call cost
+        # of an operation, not its arithmetic, is what a per-group loop would pay.
+        log_p = x.new_empty((b, n_sub))
+        grad_logits = x.new_empty((b, n_sub)) if need_g else None
+        grad_x = torch.empty_like(x) if need_x else None
+        start = 0
+        for slot, n in groups:
+            z = log_p.narrow(0, start, n)
+            torch.log_softmax(_logits_t(x.narrow(0, start, n), weight, bias, slot).t(), 1, out=z)
+            if grad_logits is not None:
+                p = torch.exp(z, out=grad_logits.narrow(0, start, n))  # softmax
+                if grad_x is not None:
+                    # p W now, while this sub-head was just read; the one-hot part (- W[t])
+                    # is subtracted below for the whole batch at once.
+                    torch.mm(p, weight[slot], out=grad_x.narrow(0, start, n))
+            start += n
+        t = targets.unsqueeze(1)
+        losses = log_p.gather(1, t).squeeze(1).neg_()
+        correct = log_p.argmax(1) == targets
+        if grad_logits is not None:
+            grad_logits.scatter_add_(1, t, grad_logits.new_full(t.shape, -1.0))  # p - onehot
+        if grad_x is not None:
+            # d(-log p_t)/dx = p W - W[t]: the target rows of every row's own sub-head.
+            slots = torch.repeat_interleave(
+                torch.tensor([slot for slot, _ in groups], device=x.device),
+                torch.tensor([n for _, n in groups], device=x.device),
+            )
+            grad_x.sub_(weight[slots, targets])
+        ctx.mark_non_differentiable(correct)
+        ctx.groups = groups
+        ctx.grad_buffer = grad_buffer
+        ctx.save_for_backward(x if need_w else None, grad_logits, grad_x, weight)
+        return losses, correct
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_losses: Tensor, _: Tensor | None) -> tuple[Tensor | None, ...]:
+        x, grad_logits, grad_x, weight = ctx.saved_tensors
+        groups: Groups = ctx.groups
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        g = grad_losses.unsqueeze(1)  # (B, 1)
+        out_x = grad_x * g if need_x else None
+        out_b = _bias_grad(grad_logits * g, groups, weight.shape[:2]) if need_b else None
+        out_w = None
+        if need_w:
+            buffer: GradBuffer | None = ctx.grad_buffer
+            out_w = torch.empty_like(weight) if buffer is None else buffer.take(weight)
+            scaled_x = x * g  # dL/dW = G^T (g * x): scaling x (B, D) is cheaper than G (B, n)
+            start = 0
+            for slot, n in groups:
+                rows = grad_logits.narrow(0, start, n).t()
+                torch.mm(rows, scaled_x.narrow(0, start, n), out=out_w[slot])
+                start += n
+            _zero_absent(out_w, groups)
+        return out_x, out_w, out_b, None, None, None
+
+
+def _logits_t(x: Tensor, weight: Tensor, bias: Tensor, slot: int) -> Tensor:
+    """(n_sub, rows) transposed logits of ``rows`` rows (rows, D) through sub-head ``slot``.
+
+    Computed as W x^T rather than x W^T: with few rows per sub-head the product is bound by
+    streaming the (n_sub, D) weight, and MKL streams it ~1.5x faster in this orientation
+    (bench: 16 sub-heads of 10,000 x 512, 16 rows each, 2 threads: 44 vs 64 ms).
+    """
+    return torch.addmm(bias[slot].unsqueeze(1), weight[slot], x.t())
+
+
+def _bias_grad(grad_rows: Tensor, groups: Groups, shape: torch.Size) -> Tensor:
+    """(S_own, n_sub) bias gradient: each group's rows of (B, n_sub) summed into its slot."""
+    grad_b = grad_rows.new_zeros(shape)
+    start = 0
+    for slot, n in groups:
+        torch.sum(grad_rows.narrow(0, start, n), 0, out=grad_b[slot])
+        start += n
+    return grad_b
+
+
+def _zero_absent(grad_w: Tensor, groups: Groups) -> None:
+    """Zero the slots of sub-heads that had no rows (their gradient is 0, not undefined)."""
+    present = {slot for slot, _ in groups}
+    for slot in range(grad_w.shape[0]):
+        if slot not in present:
+            grad_w[slot].zero_()

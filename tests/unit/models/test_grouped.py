@@ -1,0 +1,144 @@
+"""The fused sub-head cross-entropy equals logits + F.cross_entropy; its gradient storage is
+reused across steps but never under someone who kept a gradient."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deepercluster.models import HierarchicalHeads
+
+D, S, N_SUB = 6, 4, 5
+
+TARGET_CASES = {
+    "mixed": [3, 0, 2, 0, 1, 3, 3],
+    "batch_of_one": [2],
+    "all_same": [1, 1, 1, 1],
+    "some_absent": [0, 2, 2, 0, 2],
+}
+
+
+def _heads(seed: int = 0) -> HierarchicalHeads:
+    heads = HierarchicalHeads(D, S, N_SUB).double()
+    with torch.no_grad():  # larger than the 0.01 init, so the softmax is far from uniform
+        g = torch.Generator().manual_seed(seed)
+        for p in heads.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return heads
+
+
+def _grads(heads: HierarchicalHeads, feats: torch.Tensor) -> list[torch.Tensor]:
+    assert heads.sub_weight.grad is not None and heads.sub_bias.grad is not None
+    assert feats.grad is not None
+    return [heads.sub_weight.grad.clone(), heads.sub_bias.grad.clone(), feats.grad.clone()]
+
+
+@pytest.mark.parametrize("case", sorted(TARGET_CASES))
+def test_fused_cross_entropy_matches_logits_then_cross_entropy(case: str) -> None:
+    y = torch.tensor(TARGET_CASES[case])
+    z = torch.randint(N_SUB, y.shape, generator=torch.Generator().manual_seed(1))
+    heads = _heads()
+    feats = torch.randn(len(y), D, dtype=torch.float64, requires_grad=True)
+    upstream = torch.rand(len(y), dtype=torch.float64)  # not all equal: tests the scaling
+
+    ref = F.cross_entropy(heads.sub_logits(feats, y), z, reduction="none")
+    (ref * upstream).sum().backward()  # type: ignore[no-untyped-call]
+    expected = _grads(heads, feats)
+    heads.zero_grad(set_to_none=True)
+    feats.grad = None
+
+    losses, correct = heads.sub_cross_entropy(feats, y, z)
+    torch.testing.assert_close(losses, ref, rtol=1e-12, atol=1e-12)
+    assert torch.equal(correct, heads.sub_logits(feats, y).argmax(1) == z)
+    assert not correct.requires_grad
+    (losses * upstream).sum().backward()  # type: ignore[no-untyped-call]
+    for got, want in zip(_grads(heads, feats), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    absent = sorted(set(range(S)) - set(TARGET_CASES[case]))
+    assert heads.sub_weight.grad is not None
+    assert torch.equal(heads.sub_weight.grad[absent], torch.zeros(len(absent), N_SUB, D).double())
+
+
+def test_gradients_accumulate_into_an_existing_grad() -> None:
+    heads, y, z = _heads(), torch.tensor([0, 1, 3, 3]), torch.tensor([4, 0, 2, 2])
+    feats = torch.randn(4, D, dtype=torch.float64, requires_grad=True)
+    heads.sub_cross_entropy(feats, y, z)[0].sum().backward()  # type: ignore[no-untyped-call]
+    once = _grads(heads, feats)
+    heads.sub_cross_entropy(feats, y, z)[0].sum().backward()  # type: ignore[no-untyped-call]
+    for got, want in zip(_grads(heads, feats), once, strict=True):
+        torch.testing.assert_close(got, 2 * want, rtol=1e-12, atol=1e-12)
+
+
+def test_autograd_grad_returns_the_weight_gradient_and_leaves_grad_alone() -> None:
+    heads, y, z = _heads(), torch.tensor([2, 0, 2]), torch.tensor([1, 1, 3])
+    feats = torch.randn(3, D, dtype=torch.float64)
+    losses, _ = heads.sub_cross_entropy(feats, y, z)
+    (g_w,) = torch.autograd.grad(losses.sum(), [heads.sub_weight])
+    ref = F.cross_entropy(heads.sub_logits(feats, y), z, reduction="sum")
+    (want,) = torch.autograd.grad(ref, [heads.sub_weight])
+    torch.testing.assert_close(g_w, want, rtol=1e-12, atol=1e-12)
+    assert heads.sub_weight.grad is None
+
+
+def test_gradient_storage_is_reused_only_when_nobody_holds_the_last_gradient() -> None:
+    heads = HierarchicalHeads(D, S, N_SUB)
+    feats = torch.randn(8, D)
+    y, z = torch.randint(S, (8,)), torch.randint(N_SUB, (8,))
+
+    decoys = []
+
+    def step() -> torch.Tensor:
+        heads.zero_grad(set_to_none=True)
+        # Takes the block the allocator would hand out next, so an equal address below can
+        # only come from reused storage, not from malloc returning the freed block.
+        decoys.append(torch.empty_like(heads.sub_weight))
+        heads.sub_cross_entropy(feats, y, z)[0].mean().backward()  # type: ignore[no-untyped-call]
+        assert heads.sub_weight.grad is not None
+        return heads.sub_weight.grad
+
+    first_ptr = step().data_ptr()
+    assert step().data_ptr() == first_ptr  # dropped by zero_grad: lent again
+
+    kept = step()
+    kept_copy = kept.clone()
+    with torch.no_grad():
+        feats.mul_(3.0)  # the next gradient differs
+    fresh = step()
+    assert fresh.data_ptr() != kept.data_ptr()
+    assert torch.equal(kept, kept_copy)  # what we kept was not overwritten
+    assert not torch.equal(fresh, kept_copy)
+
+
+def test_copied_heads_do_not_share_gradient_storage() -> None:
+    heads = HierarchicalHeads(D, S, N_SUB)
+    feats, y, z = torch.randn(4, D), torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 3])
+    heads.sub_cross_entropy(feats, y, z)[0].sum().backward()  # type: ignore[no-untyped-call]
+    twin = copy.deepcopy(heads)
+    heads.zero_grad(set_to_none=True)
+    twin.zero_grad(set_to_none=True)
+    for h in (heads, twin):
+        h.sub_cross_entropy(feats, y, z)[0].sum().backward()  # type: ignore[no-untyped-call]
+    assert heads.sub_weight.grad is not None and twin.sub_weight.grad is not None
+    assert heads.sub_weight.grad.data_ptr() != twin.sub_weight.grad.data_ptr()
+
+
+def test_no_grad_and_empty_batch() -> None:
+    heads = _heads()
+    feats = torch.randn(5, D, dtype=torch.float64)
+    y, z = torch.tensor([1, 1, 0, 3, 0]), torch.tensor([0, 4, 4, 1, 2])
+    with torch.no_grad():
+        losses, correct = heads.sub_cross_entropy(feats, y, z)
+    ref = F.cross_entropy(heads.sub_logits(feats, y), z, reduction="none")
+    torch.testing.assert_close(losses, ref.detach(), rtol=1e-12, atol=1e-12)
+    empty = torch.zeros(0, dtype=torch.int64)
+    losses, correct = heads.sub_cross_entropy(feats[:0], empty, empty)
+    assert losses.shape == (0,) and correct.shape == (0,)
+
+
+def test_bad_sub_targets_are_refused() -> None:
+    heads = _heads()
+    with pytest.raises(ValueError, match="sub_targets must be int64"):
+        heads.sub_cross_entropy(torch.randn(3, D).double(), torch.tensor([0, 1, 2]), torch.zeros(2))

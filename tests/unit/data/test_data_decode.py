@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
 from deepercluster.data import BadImageError, decode_image, to_rgb
 
@@ -123,6 +123,62 @@ def test_exif_orientation_swaps_width_and_height() -> None:
     buf = io.BytesIO()
     Image.new("RGB", (40, 20), (0, 255, 0)).save(buf, "JPEG", exif=exif)
     assert decode_image(buf.getvalue()).size == (20, 40)
+
+
+def _oriented(fmt: str) -> bytes:
+    """A 40x20 image (red left half, blue right) whose metadata says orientation 6."""
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    img.paste((0, 0, 255), (20, 0, 40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    if fmt == "PNG-xmp":
+        info = PngImagePlugin.PngInfo()
+        xmp = '<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+        info.add_itxt("XML:com.adobe.xmp", xmp)
+        img.save(buf, "PNG", pnginfo=info)
+    elif fmt == "PNG-raw-profile":
+        info = PngImagePlugin.PngInfo()
+        data = exif.tobytes()
+        info.add_text("Raw profile type exif", f"\nexif\n{len(data):8}\n{data.hex()}\n")
+        img.save(buf, "PNG", pnginfo=info)
+    elif fmt == "TIFF":
+        img.save(buf, "TIFF", tiffinfo={0x0112: 6})
+    else:
+        img.save(buf, fmt, exif=exif)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "PNG-xmp", "PNG-raw-profile"])
+def test_orientation_is_applied_wherever_pillow_finds_it(fmt: str) -> None:
+    data = _oriented(fmt)
+    img = decode_image(data)
+    assert img.size == (20, 40)
+    reference = ImageOps.exif_transpose(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert reference.size == (20, 40)
+    difference = np.abs(np.asarray(img).astype(int) - np.asarray(reference).astype(int))
+    assert difference.max() <= 1  # WebP/JPEG are lossy, but the halves must land alike
+    top, bottom = img.getpixel((10, 5)), img.getpixel((10, 35))
+    assert isinstance(top, tuple) and isinstance(bottom, tuple)
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]  # 90° clockwise
+
+
+def test_images_without_metadata_skip_the_exif_parser(
+    encode: Encode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    getexif = Image.Image.getexif
+
+    def counting(self: Image.Image) -> Image.Exif:
+        calls.append(self.format)
+        return getexif(self)
+
+    monkeypatch.setattr(Image.Image, "getexif", counting)
+    for fmt in ("JPEG", "PNG", "BMP", "GIF"):
+        assert decode_image(encode((12, 8), fmt)).size == (12, 8)
+    assert calls == []
+    decode_image(_oriented("JPEG"))
+    assert calls  # an image with EXIF still goes through Pillow's parser
 
 
 def test_animated_gif_gives_first_frame() -> None:

@@ -62,7 +62,7 @@ class PositionRng:
         ValueError: A key component is negative or too large.
     """
 
-    __slots__ = ("_state",)
+    __slots__ = ("_key", "_state")
 
     def __init__(self, *key: int) -> None:
         state = 0
@@ -70,7 +70,19 @@ class PositionRng:
             if not 0 <= k <= _MASK:
                 raise ValueError(f"key components must lie in [0, 2**64), got {key}")
             state = _mix((state + k + _GOLDEN) & _MASK)
-        self._state = state
+        self._key = self._state = state  # _key: the folded key, untouched by draws
+
+    def child(self, k: int) -> PositionRng:
+        """The stream of this key with ``k`` appended: ``PositionRng(*key, k)``.
+
+        A view keeps ``PositionRng(seed, epoch)`` and asks for ``child(p)`` per sample,
+        folding only the last component (one mix instead of three).
+        """
+        if not 0 <= k <= _MASK:
+            raise ValueError(f"key components must lie in [0, 2**64), got {k}")
+        child = PositionRng.__new__(PositionRng)
+        child._key = child._state = _mix((self._key + k + _GOLDEN) & _MASK)
+        return child
 
     def _next(self) -> int:
         self._state = state = (self._state + _GOLDEN) & _MASK

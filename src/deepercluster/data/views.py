@@ -106,9 +106,20 @@ class TrainView(Dataset[tuple[Tensor, int, int, str]]):
         self.collection = collection
         self.transform = transform
         self.plan = plan
-        self.seed = seed
-        self.epoch = epoch
+        self._seed = seed
+        self._epoch = epoch
         self.start = start
+        self._streams = PositionRng(seed, epoch)  # child(p) == PositionRng(seed, epoch, p)
+
+    @property
+    def seed(self) -> int:
+        """Run seed (read-only: the per-position streams are derived from it once)."""
+        return self._seed
+
+    @property
+    def epoch(self) -> int:
+        """Epoch number (read-only; build a new view for another epoch)."""
+        return self._epoch
 
     def __len__(self) -> int:
         return len(self.plan.indices) - self.start
@@ -124,5 +135,5 @@ class TrainView(Dataset[tuple[Tensor, int, int, str]]):
         except BadImageError as err:
             size = self.transform.resolution
             return torch.zeros(3, size, size), index, r, err.reason
-        image = self.transform(img, PositionRng(self.seed, self.epoch, p), rotation=r)
+        image = self.transform(img, self._streams.child(p), rotation=r)
         return image, index, r, ""

@@ -27,6 +27,17 @@ def test_same_key_same_draws_and_every_component_matters() -> None:
     assert len({tuple(d) for d in variants}) == len(variants)
 
 
+def test_child_appends_a_key_component_whatever_was_drawn() -> None:
+    parent = PositionRng(3, 1)
+    expected = PositionRng(3, 1, 77)
+    first = parent.child(77)
+    parent.random()  # draws from the parent must not shift its children
+    assert [first.random(), parent.child(77).random()] == [expected.random()] * 2
+    assert parent.child(78).random() != PositionRng(3, 1, 77).random()
+    with pytest.raises(ValueError, match="key components"):
+        parent.child(-1)
+
+
 def test_first_draws_over_positions_are_uniform_and_uncorrelated() -> None:
     n = 20_000
     first = np.array([PositionRng(0, 5, p).random() for p in range(n)])

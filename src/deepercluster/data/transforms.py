@@ -11,13 +11,17 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from .position_rng import UniformSource
+if TYPE_CHECKING:
+    # Typing only: the module has no package-relative runtime import, so bench/before_after.py
+    # can still load an old revision of this file on its own.
+    from .position_rng import UniformSource
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -1,9 +1,10 @@
 """Image transforms of DeeperCluster (arXiv 1905.01278, Sec. 4 of ALGORITHM.md).
 
-- Training: random-resized crop + horizontal flip, then (in the view) the rotation, then
-  ToTensor + ImageNet normalisation. We normalise before rotating: a 90° rotation only
-  permutes pixel positions and normalisation acts per channel, so the two commute
-  (``tests/unit/data/test_transforms.py`` checks it) and the result equals the paper's order.
+- Training: random-resized crop + horizontal flip, then the rotation the view passes in,
+  then ToTensor + ImageNet normalisation. Flip and rotation are strides of the pixel view
+  read by the normalising multiply, so the order of the two last steps does not matter: a
+  90° rotation only permutes pixel positions and normalisation acts per channel
+  (``tests/unit/data/test_data_transforms.py`` checks both), as in the paper's order.
 - Clustering: resize the shorter side to 256/224 × resolution, centre crop, normalise. No
   rotation: features for k-means come from upright images.
 """

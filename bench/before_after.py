@@ -23,7 +23,6 @@ from types import ModuleType
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from bench.common import Context, Row, info, interleaved, machine, median, ratio
 
@@ -43,22 +42,26 @@ def _old_module(rev: str, rel: str, name: str) -> ModuleType:
 
 
 def _heads(ctx: Context, rev: str) -> list[Row]:
+    from deepercluster import losses as new_losses
     from deepercluster.models import HierarchicalHeads
 
     old = _old_module(rev, "models/heads.py", "_old_heads")
+    # Each side's own training loss (losses.py at that revision: logits + cross-entropy
+    # before the fused sub-head cross-entropy, which needs the new heads).
+    old_losses = _old_module(rev, "losses.py", "_old_losses")
     dim, n_super, n_sub, batch = 512, 16, 10_000, 256
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, dim, generator=gen).to(ctx.device).requires_grad_(True)
     ys = torch.randint(n_super, (batch,), generator=gen).to(ctx.device)
     yb = torch.randint(n_sub, (batch,), generator=gen).to(ctx.device)
     fns: dict[str, Callable[[], object]] = {}
-    for name, cls in (("new", HierarchicalHeads), ("old", old.HierarchicalHeads)):
+    sides = (("new", HierarchicalHeads, new_losses), ("old", old.HierarchicalHeads, old_losses))
+    for name, cls, loss_module in sides:
         heads = cls(dim, n_super, n_sub).to(ctx.device)
 
-        def step(heads: torch.nn.Module = heads) -> object:
+        def step(heads: torch.nn.Module = heads, loss_module: ModuleType = loss_module) -> object:
             heads.zero_grad(set_to_none=True)
-            a, b = heads(x, ys)
-            (F.cross_entropy(a, ys) + F.cross_entropy(b, yb)).backward()  # type: ignore[no-untyped-call]
+            loss_module.hierarchical_loss(heads, x, ys, yb).loss.backward()
             return None
 
         fns[name] = step
@@ -66,7 +69,7 @@ def _heads(ctx: Context, rev: str) -> list[Row]:
     return [
         info(
             "heads",
-            "old / new heads forward + backward (D=512, S=16, n_sub=10000, B=256)",
+            "old / new heads training loss, forward + backward (D=512, S=16, n_sub=10000, B=256)",
             ratio(t, "old", "new"),
             "x",
             old_s=median(t["old"]),
@@ -78,6 +81,7 @@ def _heads(ctx: Context, rev: str) -> list[Row]:
 def _data(ctx: Context, rev: str) -> list[Row]:
     from deepercluster.data import TrainTransform
     from deepercluster.data.decode import decode_image
+    from deepercluster.data.position_rng import PositionRng
 
     old_decode = _old_module(rev, "data/decode.py", "_old_decode")
     old_tf = _old_module(rev, "data/transforms.py", "_old_transforms")
@@ -93,15 +97,16 @@ def _data(ctx: Context, rev: str) -> list[Row]:
             blobs = [tar.extractfile(m).read() for m in members]  # type: ignore[union-attr]
         new_t, old_t = TrainTransform(res), old_tf.TrainTransform(res)
 
+        # What a training item does after reading its bytes, each side as its TrainView does
+        # it: a per-position random stream, decode, crop + flip + normalise, rotation.
         def new(blobs: list[bytes] = blobs, t: TrainTransform = new_t) -> None:
-            rng = np.random.default_rng(0)
-            for b in blobs:
-                t(decode_image(b), rng)
+            for p, b in enumerate(blobs):
+                t(decode_image(b), PositionRng(0, 0, p), p % 4)
 
         def old(blobs: list[bytes] = blobs, t: object = old_t) -> None:
-            rng = np.random.default_rng(0)
-            for b in blobs:
-                t(old_decode.decode_image(b), rng)  # type: ignore[operator]
+            for p, b in enumerate(blobs):
+                rng = np.random.default_rng([0, 0, p])
+                old_tf.rotate(t(old_decode.decode_image(b), rng), p % 4)  # type: ignore[operator]
 
         with torch.inference_mode():
             prev = torch.get_num_threads()
@@ -111,7 +116,7 @@ def _data(ctx: Context, rev: str) -> list[Row]:
         rows.append(
             info(
                 "data",
-                f"old / new decode + training transform per image ({label})",
+                f"old / new training item after the read: stream, decode, augment ({label})",
                 ratio(t, "old", "new"),
                 "x",
                 old_us=median(t["old"]) / n * 1e6,

@@ -236,7 +236,15 @@ class _GroupedCrossEntropy(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         g = grad_losses.unsqueeze(1)  # (B, 1)
         out_x = grad_x * g if need_x else None
-        out_b = _bias_grad(grad_logits * g, groups, weight.shape[:2]) if need_b else None
+        out_b = None
+        if need_b:
+            # dL/db = G^T g per group: one matrix-vector product each, no (B, n_sub) temporary.
+            out_b = grad_logits.new_zeros(weight.shape[:2])
+            start = 0
+            for slot, n in groups:
+                rows = grad_logits.narrow(0, start, n).t()
+                torch.mv(rows, grad_losses.narrow(0, start, n), out=out_b[slot])
+                start += n
         out_w = None
         if need_w:
             buffer: GradBuffer | None = ctx.grad_buffer

@@ -113,6 +113,7 @@ def grouped_cross_entropy(
     bias: Tensor,
     targets: Tensor,
     groups: Groups,
+    row_slots: Tensor,
     grad_buffer: GradBuffer | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Cross-entropy of row groups through their sub-heads, fused with the linear layer.
@@ -126,6 +127,8 @@ def grouped_cross_entropy(
         bias: (S_own, n_sub).
         targets: (B,) int64 class of each row within its sub-head, in [0, n_sub).
         groups: (slot, number of rows) of each group, in row order, summing to B.
+        row_slots: (B,) int64 the same on the device: the slot of every row (so that no
+            host-to-device copy, a CUDA sync, is needed per step).
         grad_buffer: storage for the weight gradient, reused across steps (see
             :class:`GradBuffer`); None allocates a new one every backward pass.
 
@@ -133,7 +136,9 @@ def grouped_cross_entropy(
         losses: (B,) per-row cross-entropy, differentiable.
         correct: (B,) bool, whether the row's argmax is its target (not differentiable).
     """
-    losses, correct = _GroupedCrossEntropy.apply(x, weight, bias, targets, groups, grad_buffer)
+    losses, correct = _GroupedCrossEntropy.apply(
+        x, weight, bias, targets, groups, row_slots, grad_buffer
+    )
     return losses, correct
 
 
@@ -188,6 +193,7 @@ class _GroupedCrossEntropy(torch.autograd.Function):
         bias: Tensor,
         targets: Tensor,
         groups: Groups,
+        row_slots: Tensor,
         grad_buffer: GradBuffer | None,
     ) -> tuple[Tensor, Tensor]:
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
@@ -217,11 +223,7 @@ class _GroupedCrossEntropy(torch.autograd.Function):
             grad_logits.scatter_add_(1, t, grad_logits.new_full(t.shape, -1.0))  # p - onehot
         if grad_x is not None:
             # d(-log p_t)/dx = p W - W[t]: the target rows of every row's own sub-head.
-            slots = torch.repeat_interleave(
-                torch.tensor([slot for slot, _ in groups], device=x.device),
-                torch.tensor([n for _, n in groups], device=x.device),
-            )
-            grad_x.sub_(weight[slots, targets])
+            grad_x.sub_(weight[row_slots, targets])
         ctx.mark_non_differentiable(correct)
         ctx.groups = groups
         ctx.grad_buffer = grad_buffer
@@ -256,7 +258,7 @@ class _GroupedCrossEntropy(torch.autograd.Function):
                 torch.mm(rows, scaled_x.narrow(0, start, n), out=out_w[slot])
                 start += n
             _zero_absent(out_w, groups)
-        return out_x, out_w, out_b, None, None, None
+        return out_x, out_w, out_b, None, None, None, None
 
 
 def _logits_t(x: Tensor, weight: Tensor, bias: Tensor, slot: int) -> Tensor:

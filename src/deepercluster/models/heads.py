@@ -241,8 +241,15 @@ class HierarchicalHeads(nn.Module):
             return x.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=x.device)
         if order is not None:
             x, sub_targets = x.index_select(0, order), sub_targets.index_select(0, order)
+            super_targets = super_targets.index_select(0, order)
         losses, correct = grouped_cross_entropy(
-            x, self.sub_weight, self.sub_bias, sub_targets, groups, self._grad_buffer
+            x,
+            self.sub_weight,
+            self.sub_bias,
+            sub_targets,
+            groups,
+            self.slot_of.index_select(0, super_targets),
+            self._grad_buffer,
         )
         if order is None:
             return losses, correct

@@ -264,9 +264,10 @@ class _GroupedCrossEntropy(torch.autograd.Function):
 def _logits_t(x: Tensor, weight: Tensor, bias: Tensor, slot: int) -> Tensor:
     """(n_sub, rows) transposed logits of ``rows`` rows (rows, D) through sub-head ``slot``.
 
-    Computed as W x^T rather than x W^T: with few rows per sub-head the product is bound by
-    streaming the (n_sub, D) weight, and MKL streams it ~1.5x faster in this orientation
-    (bench: 16 sub-heads of 10,000 x 512, 16 rows each, 2 threads: 44 vs 64 ms).
+    Computed as W x^T rather than x W^T: with few rows per sub-head the product runs far below
+    the arithmetic peak, and MKL runs it ~1.5x faster in this orientation (16 sub-heads of
+    10,000 x 512, 16 rows each: 44 vs 64 ms on 2 threads, 77 vs 90 ms on one; the other
+    products of the step showed no faster orientation).
     """
     return torch.addmm(bias[slot].unsqueeze(1), weight[slot], x.t())
 

@@ -50,6 +50,13 @@ def _mix(z: int) -> int:
     return z ^ (z >> 31)
 
 
+def _fold(state: int, k: int) -> int:
+    """The state after appending key component ``k``."""
+    if not 0 <= k <= _MASK:
+        raise ValueError(f"key components must lie in [0, 2**64), got {k}")
+    return _mix((state + k + _GOLDEN) & _MASK)
+
+
 class PositionRng:
     """SplitMix64 stream keyed by a few non-negative ints, e.g. ``(seed, epoch, position)``.
 
@@ -67,9 +74,7 @@ class PositionRng:
     def __init__(self, *key: int) -> None:
         state = 0
         for k in key:
-            if not 0 <= k <= _MASK:
-                raise ValueError(f"key components must lie in [0, 2**64), got {key}")
-            state = _mix((state + k + _GOLDEN) & _MASK)
+            state = _fold(state, k)
         self._key = self._state = state  # _key: the folded key, untouched by draws
 
     def child(self, k: int) -> PositionRng:
@@ -78,10 +83,8 @@ class PositionRng:
         A view keeps ``PositionRng(seed, epoch)`` and asks for ``child(p)`` per sample,
         folding only the last component (one mix instead of three).
         """
-        if not 0 <= k <= _MASK:
-            raise ValueError(f"key components must lie in [0, 2**64), got {k}")
         child = PositionRng.__new__(PositionRng)
-        child._key = child._state = _mix((self._key + k + _GOLDEN) & _MASK)
+        child._key = child._state = _fold(self._key, k)
         return child
 
     def _next(self) -> int:

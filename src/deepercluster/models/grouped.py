@@ -23,6 +23,7 @@ the products themselves. ``bench/heads.py`` and ``docs/performance.md`` have the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -146,10 +147,8 @@ class _GroupedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, groups: Groups) -> Tensor:
         out = x.new_empty((x.shape[0], weight.shape[1]))
-        start = 0
-        for slot, n in groups:
-            out.narrow(0, start, n).copy_(_logits_t(x.narrow(0, start, n), weight, bias, slot).t())
-            start += n
+        for slot, rows in _spans(groups):
+            out[rows].copy_(_logits_t(x[rows], weight, bias, slot).t())
         ctx.save_for_backward(x, weight)
         ctx.groups = groups
         return out
@@ -160,19 +159,13 @@ class _GroupedLinear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         groups: Groups = ctx.groups
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_x = torch.empty_like(x) if need_x else None
-        grad_w = torch.empty_like(weight) if need_w else None
+        grad_x = None
+        if need_x:
+            grad_x = torch.empty_like(x)
+            for slot, rows in _spans(groups):
+                torch.mm(grad_out[rows], weight[slot], out=grad_x[rows])
+        grad_w = _weight_grad(grad_out, x, groups, torch.empty_like(weight)) if need_w else None
         grad_b = _bias_grad(grad_out, groups, weight.shape[:2]) if need_b else None
-        start = 0
-        for slot, n in groups:
-            g = grad_out.narrow(0, start, n)
-            if grad_x is not None:
-                torch.mm(g, weight[slot], out=grad_x.narrow(0, start, n))
-            if grad_w is not None:
-                torch.mm(g.t(), x.narrow(0, start, n), out=grad_w[slot])
-            start += n
-        if grad_w is not None:
-            _zero_absent(grad_w, groups)
         return grad_x, grad_w, grad_b, None
 
 
@@ -205,17 +198,15 @@ class _GroupedCrossEntropy(torch.autograd.Function):
         log_p = x.new_empty((b, n_sub))
         grad_logits = x.new_empty((b, n_sub)) if need_g else None
         grad_x = torch.empty_like(x) if need_x else None
-        start = 0
-        for slot, n in groups:
-            z = log_p.narrow(0, start, n)
-            torch.log_softmax(_logits_t(x.narrow(0, start, n), weight, bias, slot).t(), 1, out=z)
+        for slot, rows in _spans(groups):
+            z = log_p[rows]
+            torch.log_softmax(_logits_t(x[rows], weight, bias, slot).t(), 1, out=z)
             if grad_logits is not None:
-                p = torch.exp(z, out=grad_logits.narrow(0, start, n))  # softmax
+                p = torch.exp(z, out=grad_logits[rows])  # softmax
                 if grad_x is not None:
                     # p W now, while this sub-head was just read; the one-hot part (- W[t])
                     # is subtracted below for the whole batch at once.
-                    torch.mm(p, weight[slot], out=grad_x.narrow(0, start, n))
-            start += n
+                    torch.mm(p, weight[slot], out=grad_x[rows])
         t = targets.unsqueeze(1)
         losses = log_p.gather(1, t).squeeze(1).neg_()
         correct = log_p.argmax(1) == targets
@@ -240,24 +231,13 @@ class _GroupedCrossEntropy(torch.autograd.Function):
         out_x = grad_x * g if need_x else None
         out_b = None
         if need_b:
-            # dL/db = G^T g per group: one matrix-vector product each, no (B, n_sub) temporary.
-            out_b = grad_logits.new_zeros(weight.shape[:2])
-            start = 0
-            for slot, n in groups:
-                rows = grad_logits.narrow(0, start, n).t()
-                torch.mv(rows, grad_losses.narrow(0, start, n), out=out_b[slot])
-                start += n
+            out_b = _bias_grad(grad_logits, groups, weight.shape[:2], row_weights=grad_losses)
         out_w = None
         if need_w:
             buffer: GradBuffer | None = ctx.grad_buffer
             out_w = torch.empty_like(weight) if buffer is None else buffer.take(weight)
-            scaled_x = x * g  # dL/dW = G^T (g * x): scaling x (B, D) is cheaper than G (B, n)
-            start = 0
-            for slot, n in groups:
-                rows = grad_logits.narrow(0, start, n).t()
-                torch.mm(rows, scaled_x.narrow(0, start, n), out=out_w[slot])
-                start += n
-            _zero_absent(out_w, groups)
+            # dL/dW = G^T (g * x): scaling x (B, D) is cheaper than scaling G (B, n_sub).
+            _weight_grad(grad_logits, x * g, groups, out_w)
         return out_x, out_w, out_b, None, None, None, None
 
 
@@ -272,19 +252,39 @@ def _logits_t(x: Tensor, weight: Tensor, bias: Tensor, slot: int) -> Tensor:
     return torch.addmm(bias[slot].unsqueeze(1), weight[slot], x.t())
 
 
-def _bias_grad(grad_rows: Tensor, groups: Groups, shape: torch.Size) -> Tensor:
-    """(S_own, n_sub) bias gradient: each group's rows of (B, n_sub) summed into its slot."""
-    grad_b = grad_rows.new_zeros(shape)
+def _spans(groups: Groups) -> Iterator[tuple[int, slice]]:
+    """(slot, rows) of each group: its sub-head's slot and its slice of the sorted rows."""
     start = 0
     for slot, n in groups:
-        torch.sum(grad_rows.narrow(0, start, n), 0, out=grad_b[slot])
+        yield slot, slice(start, start + n)
         start += n
-    return grad_b
 
 
-def _zero_absent(grad_w: Tensor, groups: Groups) -> None:
-    """Zero the slots of sub-heads that had no rows (their gradient is 0, not undefined)."""
+def _weight_grad(grad_rows: Tensor, x: Tensor, groups: Groups, out: Tensor) -> Tensor:
+    """(S_own, n_sub, D) weight gradient into ``out``: slot s gets grad_rows_s^T x_s.
+
+    ``grad_rows`` (B, n_sub) and ``x`` (B, D) are sorted by group. Slots of sub-heads that had
+    no rows get 0 (their gradient is 0, not undefined).
+    """
+    for slot, rows in _spans(groups):
+        torch.mm(grad_rows[rows].t(), x[rows], out=out[slot])
     present = {slot for slot, _ in groups}
-    for slot in range(grad_w.shape[0]):
+    for slot in range(out.shape[0]):
         if slot not in present:
-            grad_w[slot].zero_()
+            out[slot].zero_()
+    return out
+
+
+def _bias_grad(
+    grad_rows: Tensor, groups: Groups, shape: torch.Size, row_weights: Tensor | None = None
+) -> Tensor:
+    """(S_own, n_sub) bias gradient: each group's rows of (B, n_sub) summed into its slot,
+    weighted by ``row_weights`` (B,) if given (one matrix-vector product per group, no
+    weighted (B, n_sub) copy)."""
+    grad_b = grad_rows.new_zeros(shape)
+    for slot, rows in _spans(groups):
+        if row_weights is None:
+            torch.sum(grad_rows[rows], 0, out=grad_b[slot])
+        else:
+            torch.mv(grad_rows[rows].t(), row_weights[rows], out=grad_b[slot])
+    return grad_b

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.unit.models.conftest import random_heads
 
 from deepercluster.models import HierarchicalHeads
 
@@ -22,12 +23,7 @@ TARGET_CASES = {
 
 
 def _heads(seed: int = 0) -> HierarchicalHeads:
-    heads = HierarchicalHeads(D, S, N_SUB).double()
-    with torch.no_grad():  # larger than the 0.01 init, so the softmax is far from uniform
-        g = torch.Generator().manual_seed(seed)
-        for p in heads.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return heads
+    return random_heads(D, S, N_SUB, seed=seed)
 
 
 def _grads(heads: HierarchicalHeads, feats: torch.Tensor) -> list[torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tests.unit.models.conftest import random_heads
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -13,12 +14,7 @@ D, S, N_SUB = 6, 4, 5
 
 
 def _heads(*, seed: int = 0) -> HierarchicalHeads:
-    heads = HierarchicalHeads(D, S, N_SUB).double()
-    with torch.no_grad():  # larger than the 0.01 init, so differences are not hidden by scale
-        g = torch.Generator().manual_seed(seed)
-        for p in heads.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return heads
+    return random_heads(D, S, N_SUB, seed=seed)
 
 
 def _naive_sub_logits(

@@ -20,6 +20,8 @@ import zlib
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .jpeg import decode_plain_jpeg
+
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "BadImageError", "decode_image", "to_rgb"]
 
 #: Pillow's own default ``Image.MAX_IMAGE_PIXELS`` (about a 9459 × 9459 image).
@@ -111,6 +113,11 @@ def decode_image(
     # rather than threads).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # Most files of a crawl or a dataset are plain JPEGs: libjpeg-turbo without Pillow's
+        # Python header parse, the same pixels (see data/jpeg.py); None for everything else.
+        fast = decode_plain_jpeg(data, max_pixels)
+        if fast is not None:
+            return fast
         try:
             img = Image.open(io.BytesIO(data), formats=_available_formats())
         except UnidentifiedImageError:

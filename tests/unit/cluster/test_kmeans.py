@@ -7,6 +7,7 @@ from collections.abc import Callable
 import faiss
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import adjusted_rand_score
 
 from deepercluster.cluster import (
@@ -61,6 +62,31 @@ def test_steps_on_a_hand_example() -> None:
     np.testing.assert_allclose(sums, [[0, 1], [20, 2], [0, 0]])
     updated = update_centroids(sums, counts, centroids)
     np.testing.assert_allclose(updated, [[0, 0.5], [10, 1], [50, 50]])
+
+
+def test_accumulate_sums_in_index_order_for_any_input_and_thread_count() -> None:
+    rng = np.random.default_rng(3)
+    # More rows than one float32 block, so the blocked conversion is exercised too.
+    x = rng.standard_normal((20_000, 64)).astype(np.float32)
+    labels = rng.integers(0, 7, x.shape[0])
+    reference = np.zeros((7, 64))
+    np.add.at(reference, labels, x.astype(np.float64))  # sequential, in index order
+    x64 = x.astype(np.float64)
+    frozen, frozen_labels = x64.copy(), labels.copy()
+    frozen.flags.writeable = frozen_labels.flags.writeable = False
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            for points, ids in ((x, labels), (x64, labels), (frozen, frozen_labels)):
+                sums, counts = accumulate(points, ids, 7)
+                np.testing.assert_array_equal(sums, reference)
+                np.testing.assert_array_equal(counts, np.bincount(labels, minlength=7))
+    finally:
+        torch.set_num_threads(threads)
+    # A rank without rows contributes zeros.
+    sums, counts = accumulate(x[:0], labels[:0], 7)
+    assert sums.shape == (7, 64) and not sums.any() and not counts.any()
 
 
 def test_matches_faiss_when_nothing_empties(make_blobs: Blobs) -> None:

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from deepercluster.cluster.hierarchical import HierarchicalResult, two_levels
+from deepercluster.cluster.hierarchical import ClusterRun, HierarchicalResult, two_levels
 from deepercluster.cluster.kmeans import (
     KMeansResult,
     accumulate,
@@ -39,9 +39,6 @@ __all__ = [
     "moments_chunked",
     "row_blocks",
 ]
-
-# (members or None for all rows, k, seed, initial centroids or None) -> KMeansResult
-ChunkedCluster = Callable[[np.ndarray | None, int, int, np.ndarray | None], KMeansResult]
 
 
 class RowSource(Protocol):
@@ -282,7 +279,7 @@ def hierarchical_kmeans_chunked(
     k: int,
     m: int,
     seed: int,
-    cluster: ChunkedCluster,
+    cluster: ClusterRun,
     init: HierarchicalResult | None = None,
     block_rows: int = 65536,
     on_level_done: Callable[[int, int], None] | None = None,
@@ -293,8 +290,9 @@ def hierarchical_kmeans_chunked(
         source: the (N, d) whitened features.
         k, m: sub-clusters in all and super-clusters.
         seed: level-1 seed; level 2 of super-cluster s uses :func:`~.subcluster_seed`.
-        cluster: the flat k-means to run, ``(members, k, seed, init) -> KMeansResult``
-            (usually :func:`kmeans_chunked`, possibly behind a cache of finished runs).
+        cluster: the flat k-means to run, ``(run, members, k, seed, init) -> KMeansResult``
+            (usually :func:`kmeans_chunked`, possibly behind a cache of finished runs); the
+            runs go one after the other (they share the source's reads).
         init: a previous clustering to warm-start from.
         block_rows: rows per block.
         on_level_done: progress callback ``(runs done, m + 1)``.

@@ -452,7 +452,7 @@ def hierarchical_kmeans_distributed(
             k=k,
             m=m,
             init=init,
-            cluster=lambda rows, kk, sd, ini: kmeans_distributed(
+            cluster=lambda _run, rows, kk, sd, ini: kmeans_distributed(
                 x_local if rows is None else x_local[rows],
                 kk,
                 niter=niter,

@@ -26,14 +26,21 @@ from deepercluster.cluster.kmeans import (
     kmeans,
     squared_distances,
 )
+from deepercluster.cluster.level2_runs import run_level2
 
 __all__ = [
+    "ClusterRun",
     "HierarchicalResult",
     "balance_super_clusters",
     "cluster_size_stats",
     "hierarchical_kmeans",
     "subcluster_seed",
 ]
+
+ClusterRun = Callable[[int, np.ndarray | None, int, int, np.ndarray | None], KMeansResult]
+"""``(run, members, k, seed, init) -> KMeansResult``: one flat k-means of the hierarchy over
+the rows ``members`` ((n_s,) int64 indices; None = every row). ``run`` names it: 1 for level 1,
+``2 + s`` for super-cluster s (what a store of finished runs files it under)."""
 
 _BLOCK_ROWS = 65536
 
@@ -257,6 +264,7 @@ def hierarchical_kmeans(
     seed: int = 0,
     init: HierarchicalResult | None = None,
     threads: int | None = None,
+    workers: int | None = None,
     on_level_done: Callable[[int, int], None] | None = None,
 ) -> HierarchicalResult:
     """Two-level k-means of DeeperCluster (paper [0] section 3).
@@ -276,6 +284,8 @@ def hierarchical_kmeans(
         init: previous clustering to warm-start from: its super-centroids initialise level 1
             and its sub-centroids of super-cluster s initialise s's level 2.
         threads: faiss OpenMP threads for this call (None: leave the current setting).
+        workers: level-2 runs at once (None: :func:`~.level2_runs.level2_workers`); the
+            result is the same for any value.
         on_level_done: called with (k-means runs done, m + 1) after level 1 and after each
             super-cluster's level 2 (progress bars; at paper scale level 2 takes hours).
 
@@ -304,13 +314,14 @@ def hierarchical_kmeans(
             k=k,
             m=m,
             init=init,
-            cluster=lambda rows, kk, sd, ini: kmeans(
+            cluster=lambda _run, rows, kk, sd, ini: kmeans(
                 x if rows is None else x[rows], kk, niter=niter, seed=sd, init=ini
             ),
             one_cluster=lambda: one_cluster(x),
             balance=lambda a, c, size: balance_super_clusters(x, a, c, size),
             seed=seed,
             on_level_done=on_level_done,
+            workers=workers,
         )
 
 
@@ -321,11 +332,12 @@ def two_levels(
     k: int,
     m: int,
     init: HierarchicalResult | None,
-    cluster: Callable[[np.ndarray | None, int, int, np.ndarray | None], KMeansResult],
+    cluster: ClusterRun,
     one_cluster: Callable[[], KMeansResult],
     balance: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, int]],
     seed: int,
     on_level_done: Callable[[int, int], None] | None = None,
+    workers: int | None = 1,
 ) -> HierarchicalResult:
     """The two-level recipe, shared by the in-memory, distributed and streamed clusterings.
 
@@ -336,43 +348,50 @@ def two_levels(
         n, dim: number of rows (all of them, or this rank's shard) and their dimension D.
         k, m: total sub-clusters and super-clusters.
         init: previous clustering to warm-start from, or None.
-        cluster: ``(members, k, seed, init_centroids) -> KMeansResult``, flat k-means over the
-            rows ``members`` ((n_s,) int64 indices; None = every row).
+        cluster: the flat k-means, ``(run, members, k, seed, init_centroids) ->
+            KMeansResult`` (see :data:`ClusterRun`).
         one_cluster: the trivial level 1 when m == 1 (the mean of every row).
         balance: tops up super-clusters with fewer than k/m members,
             ``(assignments, centroids, min_size) -> (assignments, n_moved)``.
         seed: level-1 seed; level 2 of super-cluster s uses :func:`subcluster_seed`.
-        on_level_done: progress callback ``(runs done, m + 1)``.
+        on_level_done: progress callback ``(runs done, m + 1)``, always from this thread.
+        workers: level-2 runs at once, in threads that split faiss' OpenMP threads (None:
+            :func:`~.level2_runs.level2_workers`). Only for a ``cluster`` that is thread-safe
+            and makes no collective call (not the distributed one). Any value gives the same
+            result.
     """
     per_super = k // m
     # ============ level 1: super-clusters ============
     if m == 1:
         level1 = one_cluster()
     else:
-        level1 = cluster(None, m, seed, None if init is None else init.super_centroids)
+        level1 = cluster(1, None, m, seed, None if init is None else init.super_centroids)
     super_assignments, n_moved = balance(level1.assignments, level1.centroids, per_super)
     if on_level_done is not None:
         on_level_done(1, m + 1)
 
     # ============ level 2: sub-clusters inside each super-cluster ============
-    sub_assignments = np.empty(n, dtype=np.int64)
-    sub_centroids = np.empty((m, per_super, dim), dtype=np.float32)
-    objective = 0.0
-    n_reseeded = level1.n_reseeded
-    for s in range(m):
+    def level2(s: int) -> tuple[np.ndarray, KMeansResult]:
         members = np.flatnonzero(super_assignments == s)
-        level2 = cluster(
+        result = cluster(
+            2 + s,
             None if m == 1 else members,
             per_super,
             subcluster_seed(seed, s),
             None if init is None else init.sub_centroids[s],
         )
-        sub_assignments[members] = level2.assignments
-        sub_centroids[s] = level2.centroids
-        objective += level2.objective
-        n_reseeded += level2.n_reseeded
-        if on_level_done is not None:
-            on_level_done(s + 2, m + 1)
+        return members, result
+
+    runs = run_level2(level2, m, workers, on_level_done)
+    sub_assignments = np.empty(n, dtype=np.int64)
+    sub_centroids = np.empty((m, per_super, dim), dtype=np.float32)
+    objective = 0.0
+    n_reseeded = level1.n_reseeded
+    for s, (members, result) in enumerate(runs):  # in super-cluster order: the same sums
+        sub_assignments[members] = result.assignments
+        sub_centroids[s] = result.centroids
+        objective += result.objective
+        n_reseeded += result.n_reseeded
     return HierarchicalResult(
         super_assignments=super_assignments,
         sub_assignments=sub_assignments,

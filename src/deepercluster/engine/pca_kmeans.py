@@ -252,7 +252,7 @@ def _hierarchy_distributed(
         m=c.super_clusters,
         init=init,
         cluster=stage.cached_runs(
-            lambda rows, kk, sd, ini: kmeans_distributed(
+            lambda _run, rows, kk, sd, ini: kmeans_distributed(
                 x_local if rows is None else x_local[rows], kk, niter=c.niter, seed=sd, init=ini
             ),
             safe_point,
@@ -292,7 +292,7 @@ def _hierarchy_one_process(
             block_rows=block,
             on_level_done=on_level_done,
             cluster=stage.cached_runs(
-                lambda members, kk, sd, ini: kmeans_chunked(
+                lambda _run, members, kk, sd, ini: kmeans_chunked(
                     store, kk, members=members, niter=c.niter, seed=sd, init=ini, block_rows=block
                 ),
                 safe_point,
@@ -307,7 +307,7 @@ def _hierarchy_one_process(
         init=init,
         # The same calls as hierarchical_kmeans, one saved file per finished run.
         cluster=stage.cached_runs(
-            lambda rows, kk, sd, ini: kmeans(
+            lambda _run, rows, kk, sd, ini: kmeans(
                 rows_in_memory if rows is None else rows_in_memory[rows],
                 kk,
                 niter=c.niter,
@@ -320,6 +320,7 @@ def _hierarchy_one_process(
         balance=lambda a, cen, size: balance_super_clusters(rows_in_memory, a, cen, size),
         seed=seed,
         on_level_done=on_level_done,
+        workers=None,  # level-2 runs side by side (cached_runs is thread-safe)
     )
 
 

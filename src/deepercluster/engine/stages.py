@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,29 +103,31 @@ class ClusteringStage:
         safe_point: SafePoint | None,
         agree: Callable[[bool], bool] = bool,
     ) -> Callable[..., KMeansResult]:
-        """Wrap a flat k-means so that its i-th call of the round is saved, or reloaded.
+        """Wrap a flat k-means so that each run of the round is saved, or reloaded.
 
-        The hierarchy calls k-means in a fixed order (level 1, then super-cluster 0, 1, ...)
-        with inputs that follow from the earlier results, so the call number names a run.
-        After each run computed here, ``safe_point("kmeans", ...)`` lets a stop happen.
+        The hierarchy names its runs (1 = level 1, 2 + s = super-cluster s; see
+        :data:`~deepercluster.cluster.hierarchical.ClusterRun`), and each run's inputs follow
+        from the earlier runs' results, so the name identifies a run. After each run computed
+        here, ``safe_point("kmeans", ...)`` lets a stop happen. Thread-safe: level-2 runs may
+        finish side by side (one file each; safe points one at a time).
 
         Args:
-            run: the k-means, any signature (the arguments are passed through).
+            run: the k-means, ``(run number, *args)``; the arguments are passed through.
             safe_point: the driver's hook, or None.
             agree: distributed k-means is collective: a saved run is used only if every
                 rank has it (``distributed.all_ranks_ok``), else all ranks recompute it.
         """
-        calls = [0]
+        one_at_a_time = threading.Lock()
 
-        def cached(*args: Any) -> KMeansResult:
-            calls[0] += 1
-            hit = self.load_kmeans(calls[0])
+        def cached(number: int, *args: Any) -> KMeansResult:
+            hit = self.load_kmeans(number)
             if agree(hit is not None) and hit is not None:
                 return hit
-            result = run(*args)
-            self.save_kmeans(calls[0], result)
+            result = run(number, *args)
+            self.save_kmeans(number, result)
             if safe_point is not None:
-                safe_point("kmeans", f"k-means run {calls[0]} of the clustering")
+                with one_at_a_time:
+                    safe_point("kmeans", f"k-means run {number} of the clustering")
             return result
 
         return cached

@@ -96,7 +96,7 @@ def test_chunked_hierarchy_equals_in_memory_hierarchy(tmp_path: Path) -> None:
         m=3,
         seed=2,
         block_rows=100,
-        cluster=lambda rows, kk, sd, ini: kmeans_chunked(
+        cluster=lambda _run, rows, kk, sd, ini: kmeans_chunked(
             store, kk, members=rows, niter=5, seed=sd, init=ini, block_rows=100
         ),
     )

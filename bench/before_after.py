@@ -2,11 +2,13 @@
 
     python -m bench.before_after --rev 4a587de [--device cuda]
 
-Loads ``models/heads.py``, ``data/decode.py``, ``data/transforms.py`` and ``engine/train.py`` as
-they were at ``--rev`` (the commit before the optimisations) next to the installed ones, and
-times old against new interleaved on the same inputs: heads forward + backward at the scaled
-paper shapes, the 32 px and 224 px decode + training transform per image, and a training step
-of the small convnet. Prints and writes ``results/bench/before_after-<device>.json``.
+Loads ``models/heads.py``, ``losses.py``, ``data/decode.py``, ``data/transforms.py``,
+``cluster/kmeans.py``, ``cluster/hierarchical.py`` and ``engine/train.py`` as they were at
+``--rev`` (the commit before the optimisations) next to the installed ones, and times old
+against new interleaved on the same inputs: heads forward + backward at the scaled paper shapes,
+the 32 px and 224 px training and clustering items after the read, the hierarchical k-means of
+``bench/kmeans.py`` (m = 4 and 16, k = 2048), and a training step of the small convnet. Prints
+and writes ``results/bench/before_after-<device>.json``.
 """
 
 from __future__ import annotations
@@ -79,11 +81,15 @@ def _heads(ctx: Context, rev: str) -> list[Row]:
 
 
 def _data(ctx: Context, rev: str) -> list[Row]:
-    from deepercluster.data import TrainTransform
+    from deepercluster.data import ClusterTransform, TrainTransform
     from deepercluster.data.decode import decode_image
     from deepercluster.data.position_rng import PositionRng
 
     old_decode = _old_module(rev, "data/decode.py", "_old_decode")
+    try:
+        old_rng: ModuleType | None = _old_module(rev, "data/position_rng.py", "_old_position_rng")
+    except subprocess.CalledProcessError:  # before the per-position stream existed
+        old_rng = None
     old_tf = _old_module(rev, "data/transforms.py", "_old_transforms")
     rows: list[Row] = []
     for label, path, res, n in (
@@ -96,6 +102,7 @@ def _data(ctx: Context, rev: str) -> list[Row]:
             members = [m for m in tar.getmembers() if m.isfile()][:n]
             blobs = [tar.extractfile(m).read() for m in members]  # type: ignore[union-attr]
         new_t, old_t = TrainTransform(res), old_tf.TrainTransform(res)
+        new_c, old_c = ClusterTransform(res), old_tf.ClusterTransform(res)
 
         # What a training item does after reading its bytes, each side as its TrainView does
         # it: a per-position random stream, decode, crop + flip + normalise, rotation.
@@ -105,22 +112,81 @@ def _data(ctx: Context, rev: str) -> list[Row]:
 
         def old(blobs: list[bytes] = blobs, t: object = old_t) -> None:
             for p, b in enumerate(blobs):
-                rng = np.random.default_rng([0, 0, p])
-                old_tf.rotate(t(old_decode.decode_image(b), rng), p % 4)  # type: ignore[operator]
+                if old_rng is not None:  # the revision had the per-position stream
+                    rng = old_rng.PositionRng(0, 0, p)
+                    t(old_decode.decode_image(b), rng, p % 4)  # type: ignore[operator]
+                else:
+                    rng = np.random.default_rng([0, 0, p])
+                    old_tf.rotate(t(old_decode.decode_image(b), rng), p % 4)  # type: ignore[operator]
 
+        # A clustering item after the read: decode, resize, centre crop, normalise.
+        def new_cluster(blobs: list[bytes] = blobs, t: ClusterTransform = new_c) -> None:
+            for b in blobs:
+                t(decode_image(b))
+
+        def old_cluster(blobs: list[bytes] = blobs, t: object = old_c) -> None:
+            for b in blobs:
+                t(old_decode.decode_image(b))  # type: ignore[operator]
+
+        sides = {"new": new, "old": old, "new_cluster": new_cluster, "old_cluster": old_cluster}
         with torch.inference_mode():
             prev = torch.get_num_threads()
             torch.set_num_threads(1)
-            t = interleaved({"new": new, "old": old}, ctx, reps=3)
+            t = interleaved(sides, ctx, reps=3)
             torch.set_num_threads(prev)
+        for item, what, new_key, old_key in (
+            ("training", "stream, decode, augment", "new", "old"),
+            ("clustering", "decode, resize, crop", "new_cluster", "old_cluster"),
+        ):
+            rows.append(
+                info(
+                    "data",
+                    f"old / new {item} item after the read: {what} ({label})",
+                    ratio(t, old_key, new_key),
+                    "x",
+                    old_us=median(t[old_key]) / n * 1e6,
+                    new_us=median(t[new_key]) / n * 1e6,
+                )
+            )
+    return rows
+
+
+def _kmeans(ctx: Context, rev: str) -> list[Row]:
+    from bench.kmeans import mixture
+    from deepercluster.cluster.hierarchical import hierarchical_kmeans
+
+    old_kmeans = _old_module(rev, "cluster/kmeans.py", "_old_kmeans")
+    old = _old_module(rev, "cluster/hierarchical.py", "_old_hierarchical")
+    # The old hierarchy imported the (new, installed) flat k-means by name: point it at the old.
+    for name in ("kmeans", "check_features", "faiss_threads", "squared_distances"):
+        if hasattr(old, name):
+            setattr(old, name, getattr(old_kmeans, name))
+    x = mixture(50_000, 128, centres=4096)
+    rows: list[Row] = []
+    objectives: dict[tuple[str, int], float] = {}
+    for m in (4, 16):
+
+        def run(name: str, fn: Callable[..., object], m: int = m) -> Callable[[], None]:
+            def call() -> None:
+                result = fn(x, k=2048, m=m, niter=10, seed=0)
+                objectives[name, m] = float(result.objective)  # type: ignore[attr-defined]
+
+            return call
+
+        t = interleaved(
+            {"new": run("new", hierarchical_kmeans), "old": run("old", old.hierarchical_kmeans)},
+            ctx,
+            reps=3,
+        )
         rows.append(
             info(
-                "data",
-                f"old / new training item after the read: stream, decode, augment ({label})",
+                "kmeans",
+                f"old / new hierarchical k-means, m={m} (N=50k, D=128, k=2048, 10 it.)",
                 ratio(t, "old", "new"),
                 "x",
-                old_us=median(t["old"]) / n * 1e6,
-                new_us=median(t["new"]) / n * 1e6,
+                old_s=median(t["old"]),
+                new_s=median(t["new"]),
+                same_objective=objectives["old", m] == objectives["new", m],
             )
         )
     return rows
@@ -157,12 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/bench")
     args = p.parse_args(argv)
     ctx = Context(device=torch.device(args.device), size="quick", reps=5, warmup=1)
-    rows = _heads(ctx, args.rev) + _data(ctx, args.rev) + _train(ctx, args.rev)
+    rows = _heads(ctx, args.rev) + _data(ctx, args.rev) + _kmeans(ctx, args.rev)
+    rows += _train(ctx, args.rev)
     for r in rows:
         print(f"{r.bench:6} {r.name:75} {r.value:.2f}x  {r.detail}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"before_after-{ctx.device.type}.json"
+    path = out / f"before_after-{args.rev}-{ctx.device.type}.json"
     record = {"rev": args.rev, "machine": machine(ctx.device), "rows": [r.to_dict() for r in rows]}
     path.write_text(json.dumps(record, indent=2, default=float) + "\n")
     print(f"written to {path}")

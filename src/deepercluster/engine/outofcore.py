@@ -26,13 +26,15 @@ MAX_BLOCK_ROWS = 65536
 def memory_need(c: ClusterConfig, *, rows: int, dim: int) -> int:
     """Bytes one process needs for a clustering round over ``rows`` images of dimension D.
 
-    Memory store: the (rows, D) float32 features, their readable-row copy and the (rows, d)
-    whitened ones. Disk store: per-image bookkeeping, a few blocks of rows and the D x D
-    float64 moments and eigen-decomposition of the PCA (which no store can avoid).
+    Memory store: the (rows, D) float32 features, their readable-row copy, the (rows, d)
+    whitened ones, and as much again for the level-2 k-means running side by side (each holds
+    its rows in float32 and float64; ``cluster.level2_runs.level2_workers`` keeps them within
+    that). Disk store: per-image bookkeeping, a few blocks of rows and the D x D float64
+    moments and eigen-decomposition of the PCA (which no store can avoid).
     """
     d = min(c.pca_dim, dim)
     if c.feature_store == "memory":
-        return rows * (2 * dim * 4 + d * 4 + PER_IMAGE_BYTES)
+        return rows * (2 * dim * 4 + 2 * d * 4 + PER_IMAGE_BYTES)
     blocks = 3 * block_rows(c, dim) * dim * 4 + 2 * extraction_chunk(c, dim) * dim * 4
     return rows * (PER_IMAGE_BYTES + 4 * c.super_clusters) + blocks + 6 * dim * dim * 8
 

@@ -109,7 +109,7 @@ def test_memory_limit_refuses_a_round_that_cannot_fit() -> None:
     with pytest.raises(ValueError, match="must be a size"):
         ClusterConfig(memory_limit="lots")
     memory = ClusterConfig(k=8, memory_limit="1GB")
-    check_memory(memory, rows=100_000, dim=512)  # 0.44 GB
+    check_memory(memory, rows=100_000, dim=512)  # 0.62 GB
     with pytest.raises(ValueError, match=r"cluster\.feature_store=disk"):
         check_memory(memory, rows=1_000_000, dim=4096)
     disk = ClusterConfig(k=8, memory_limit="2GB", feature_store="disk")

@@ -113,8 +113,9 @@ def decode_image(
     # rather than threads).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # Most files of a crawl or a dataset are plain JPEGs: libjpeg-turbo without Pillow's
-        # Python header parse, the same pixels (see data/jpeg.py); None for everything else.
+        # Small plain JPEGs (thumbnails, 32-96 px data sets) go to libjpeg-turbo directly,
+        # without Pillow's Python header parse, to the same pixels (see data/jpeg.py); it
+        # returns None for everything else, which Pillow decodes below.
         fast = decode_plain_jpeg(data, max_pixels)
         if fast is not None:
             return fast

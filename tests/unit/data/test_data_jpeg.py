@@ -37,7 +37,7 @@ def _pillow_rgb(data: bytes) -> np.ndarray:
         ((64, 40), "RGB", {"subsampling": 1}),  # 4:2:2
         ((57, 75), "RGB", {"progressive": True, "quality": 60}),
         ((40, 30), "L", {}),  # one component: replicated into R, G and B
-        ((300, 200), "RGB", {"optimize": True}),
+        ((128, 128), "RGB", {"optimize": True}),  # the largest size decoded here
     ],
 )
 def test_plain_jpegs_decode_to_pillows_pixels_without_pillow(
@@ -52,6 +52,13 @@ def test_plain_jpegs_decode_to_pillows_pixels_without_pillow(
         img = decode_image(data)
     assert img.mode == "RGB" and img.size == size
     np.testing.assert_array_equal(np.asarray(img), expected)
+
+
+def test_larger_plain_jpegs_are_left_to_pillow() -> None:
+    data = _jpeg((129, 128))
+    assert fast_jpeg.plain_jpeg_size(data) == (129, 128)
+    assert fast_jpeg.decode_plain_jpeg(data, 10**9) is None
+    np.testing.assert_array_equal(np.asarray(decode_image(data)), _pillow_rgb(data))
 
 
 def test_files_outside_the_plain_subset_go_to_pillow() -> None:

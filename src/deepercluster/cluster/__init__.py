@@ -1,7 +1,6 @@
 """Clustering of (N, D) float32 features: PCA whitening, k-means, DeeperCluster's hierarchy.
 
-Works on numpy arrays (numpy, faiss; torch only as a CPU kernel, the float64 M-step sums, and
-for ``torch.distributed`` behind ``deepercluster.distributed``); never imports models or data.
+Works on numpy arrays only (numpy, scipy, faiss); never imports torch, models or data.
 """
 
 from deepercluster.cluster.clustering_groups import hierarchical_kmeans_grouped

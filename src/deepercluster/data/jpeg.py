@@ -2,7 +2,7 @@
 
 Pillow parses a JPEG's header in Python before its C decoder runs: for a 32 px CIFAR image
 that parse is most of the ~130 us that ``Image.open`` + ``load`` take, against ~35 us for
-torchvision's ``decode_jpeg`` of the same bytes (bench/data.py, docs/performance.md). Both
+torchvision's ``decode_jpeg`` of the same bytes (docs/performance.md, round 3). Both
 call libjpeg-turbo with its defaults (integer IDCT, fancy upsampling), so the pixels are equal
 bit for bit (checked on all 3,000 CIFAR test JPEGs and 400 photos of the shared pool).
 
@@ -30,8 +30,8 @@ from PIL import Image
 
 __all__ = ["FAST_MAX_PIXELS", "decode_plain_jpeg", "plain_jpeg_size"]
 
-#: Largest image (width x height) decoded here; 32 px: 1.55x faster than Pillow, 96 px: 1.34x,
-#: 128 px: even (bench/data.py sizes, interleaved A/B).
+#: Largest image (width x height) decoded here. ``decode_image`` of shared photos resized to
+#: 32 px: 1.55x faster than through Pillow, 96 px: 1.34x, 128 px: even (interleaved A/B).
 FAST_MAX_PIXELS = 128 * 128
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -40,6 +40,7 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 # progressive. The other SOF markers (lossless, hierarchical, arithmetic) go to Pillow.
 _PLAIN_SOF = frozenset({0xC0, 0xC1, 0xC2})
 _OTHER_SOF = frozenset(range(0xC3, 0xD0)) - {0xC4, 0xC8, 0xCC}  # DHT, JPG, DAC are not SOFs
+_NO_LENGTH = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RST0-7 carry no length
 _APP1, _APP14, _SOS = 0xE1, 0xEE, 0xDA
 _RGB = 3  # torchvision.io.ImageReadMode.RGB.value
 
@@ -62,8 +63,8 @@ def plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
             continue
         if marker == _SOS:
             return size
-        if marker in (_APP1, _APP14) or marker in _OTHER_SOF:
-            return None
+        if marker in (_APP1, _APP14) or marker in _OTHER_SOF or marker in _NO_LENGTH:
+            return None  # standalone markers do not belong before the scan: not plain
         if marker in _PLAIN_SOF:
             if size is not None or i + 10 > n:
                 return None  # two frames, or a cut header
@@ -76,7 +77,10 @@ def plain_jpeg_size(data: bytes) -> tuple[int, int] | None:
             if precision != 8 or components not in (1, 3) or height == 0 or width == 0:
                 return None
             size = (width, height)
-        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if length < 2:
+            return None  # a segment's length counts its own 2 bytes
+        i += 2 + length
     return None
 
 

@@ -73,7 +73,10 @@ def test_files_outside_the_plain_subset_go_to_pillow() -> None:
     Image.open(io.BytesIO(plain)).save(png, "PNG")
     sof = plain.index(b"\xff\xc0")
     twelve_bit = plain[: sof + 4] + b"\x0c" + plain[sof + 5 :]
-    for data in (buf.getvalue(), buf_cmyk.getvalue(), png.getvalue(), twelve_bit, plain[:sof]):
+    restart_first = plain[:2] + b"\xff\xd0" + plain[2:]  # a standalone marker before the frame
+    zero_length = plain[: sof + 2] + b"\x00\x00" + plain[sof + 4 :]
+    odd = (buf.getvalue(), buf_cmyk.getvalue(), png.getvalue(), twelve_bit, plain[:sof])
+    for data in (*odd, restart_first, zero_length):
         assert fast_jpeg.plain_jpeg_size(data) is None
     # They still decode (through Pillow), the EXIF one turned upright.
     assert decode_image(buf.getvalue()).size == (16, 24)

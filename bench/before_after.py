@@ -8,7 +8,7 @@ Loads ``models/heads.py``, ``losses.py``, ``data/decode.py``, ``data/transforms.
 against new interleaved on the same inputs: heads forward + backward at the scaled paper shapes,
 the 32 px and 224 px training and clustering items after the read, the hierarchical k-means of
 ``bench/kmeans.py`` (m = 4 and 16, k = 2048), and a training step of the small convnet. Prints
-and writes ``results/bench/before_after-<device>.json``.
+and writes ``results/bench/before_after-<rev>-<device>.json``.
 """
 
 from __future__ import annotations

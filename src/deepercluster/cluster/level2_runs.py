@@ -1,7 +1,7 @@
 """The m level-2 k-means of a hierarchy, one after the other or side by side in threads.
 
 The level-2 problems are independent (paper [0] section 3 runs them on separate process
-groups). In one process they can run in threads: faiss and the numpy/torch kernels release
+groups). In one process they can run in threads: faiss and the numpy/scipy kernels release
 the GIL, and OpenMP's thread count is per calling thread, so each run gets its share of the
 cores. Results are assembled in super-cluster order, so they do not depend on the schedule.
 
@@ -81,7 +81,7 @@ def run_level2(
 
     with ThreadPoolExecutor(workers, thread_name_prefix="level2-kmeans") as pool:
         futures: dict[Future[T], int] = {pool.submit(in_thread, s): s for s in range(m)}
-        results: list[T | None] = [None] * m
+        results: dict[int, T] = {}
         try:
             for done, future in enumerate(as_completed(futures), start=2):
                 results[futures[future]] = future.result()
@@ -92,4 +92,4 @@ def run_level2(
             for future in futures:
                 future.cancel()
             raise
-    return [r for r in results if r is not None]
+    return [results[s] for s in range(m)]

@@ -265,7 +265,10 @@ def all_reduce_grads(params: list[torch.nn.Parameter], group: ProcessGroup | Non
     if world_size(group) == 1 or not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    # Each gradient is flattened in its parameter's memory order (a free view when laid out
+    # alike, e.g. the heads' (S, D, n_sub)-stored sub-heads) and given back in that layout.
+    orders = [_memory_order(p) for p in params]
+    flat = torch.cat([g.permute(o).reshape(-1) for g, o in zip(grads, orders, strict=True)])
     # `flat` is a fresh buffer: reduce it in place (this runs every step) unless it must move
     # to the collective device first.
     if flat.device == _collective_device():
@@ -273,10 +276,24 @@ def all_reduce_grads(params: list[torch.nn.Parameter], group: ProcessGroup | Non
     else:
         flat = all_reduce_sum(flat, group)
     offset = 0
-    for p, g in zip(params, grads, strict=True):
-        n = g.numel()
-        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+    for p, order in zip(params, orders, strict=True):
+        n = p.numel()
+        stored = flat[offset : offset + n].view([p.shape[d] for d in order])
+        p.grad = stored.permute(_inverse(order)).to(p.dtype)
         offset += n
+
+
+def _memory_order(t: Tensor) -> list[int]:
+    """The dimensions of ``t`` from the outermost in memory to the innermost (by stride)."""
+    strides = t.stride()
+    return sorted(range(t.dim()), key=lambda d: -strides[d])
+
+
+def _inverse(order: list[int]) -> list[int]:
+    inverse = [0] * len(order)
+    for i, d in enumerate(order):
+        inverse[d] = i
+    return inverse
 
 
 def shard_range(n: int, group: ProcessGroup | None = None) -> tuple[int, int]:

@@ -197,7 +197,11 @@ def load_heads_state(
         if layout.rank == 0:
             tensor = big[i]
             assert tensor is not None
-            mine.append(tensor if g is None else tensor[g : g + 1].clone())
+            # Collectives move contiguous tensors (a checkpoint keeps the heads' layout).
+            if g is None:
+                mine.append(tensor.contiguous())
+            else:
+                mine.append(tensor[g : g + 1].clone(memory_format=torch.contiguous_format))
         else:
             mine.append(torch.empty(local[i].shape, dtype=local[i].dtype))
     if g is None:
@@ -216,7 +220,10 @@ def load_heads_state(
     heads.load_state_dict({**heads_small, "sub_weight": mine[0], "sub_bias": mine[1]})
     state = dict(optim_small["state"])
     if have_momentum:
-        state[i_w], state[i_b] = {"momentum_buffer": mine[2]}, {"momentum_buffer": mine[3]}
+        # Momenta in their parameters' layout, as SGD made them (the sub-heads are stored
+        # (S, D, n_sub)).
+        moms = [torch.empty_like(p).copy_(m) for p, m in zip(local[:2], mine[2:], strict=True)]
+        state[i_w], state[i_b] = {"momentum_buffer": moms[0]}, {"momentum_buffer": moms[1]}
     # Parameter order, as a state_dict has it (a later checkpoint then lists them the same way).
     optimizer.load_state_dict({**optim_small, "state": dict(sorted(state.items()))})
 

@@ -13,7 +13,9 @@ functions share that layout:
 
 At B = 256 with 16 sub-heads of 10,000 x 512 every sub-head sees ~16 rows; the products then
 run far below the arithmetic peak and the per-operation costs count, so per group we only do
-what needs that group's sub-head, and the rest runs once over the batch. The weight gradient
+what needs that group's sub-head, and the rest runs once over the batch. Which layout of the
+sub-heads MKL handles best also counts at ~16 rows: the heads store them as (S_own, D, n_sub)
+(see :func:`_logits`). The weight gradient
 goes slot by slot into one (S_own, n_sub, D) tensor (autograd would stack per-group gradients:
 a 328 MB copy at k = 40,000, D = 512), and for the fused function that tensor's storage is
 reused across steps (:class:`GradBuffer`): a fresh one every step costs one page fault per
@@ -58,11 +60,11 @@ class GradBuffer:
             or s.nbytes() != like.numel() * like.element_size()
             or _storage_users(s) != 1
         ):
-            fresh = torch.empty_like(like, memory_format=torch.contiguous_format)
+            fresh = torch.empty_like(like)
             self._storage = fresh.untyped_storage()
             return fresh
         out = torch.empty(0, dtype=like.dtype, device=like.device)
-        return out.set_(s, 0, like.shape, _contiguous_strides(like.shape))
+        return out.set_(s, 0, like.shape, like.stride())
 
     def clear(self) -> None:
         """Forget the storage (e.g. when the parameter moves to another device)."""
@@ -114,7 +116,6 @@ def grouped_cross_entropy(
     bias: Tensor,
     targets: Tensor,
     groups: Groups,
-    row_slots: Tensor,
     grad_buffer: GradBuffer | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Cross-entropy of row groups through their sub-heads, fused with the linear layer.
@@ -124,12 +125,11 @@ def grouped_cross_entropy(
 
     Args:
         x: (B, D) rows sorted by group.
-        weight: (S_own, n_sub, D) stacked sub-heads.
+        weight: (S_own, n_sub, D) stacked sub-heads, in either storage order (the one of
+            :class:`~deepercluster.models.HierarchicalHeads`, (S_own, D, n_sub), is faster).
         bias: (S_own, n_sub).
         targets: (B,) int64 class of each row within its sub-head, in [0, n_sub).
         groups: (slot, number of rows) of each group, in row order, summing to B.
-        row_slots: (B,) int64 the same on the device: the slot of every row (so that no
-            host-to-device copy, a CUDA sync, is needed per step).
         grad_buffer: storage for the weight gradient, reused across steps (see
             :class:`GradBuffer`); None allocates a new one every backward pass.
 
@@ -137,9 +137,7 @@ def grouped_cross_entropy(
         losses: (B,) per-row cross-entropy, differentiable.
         correct: (B,) bool, whether the row's argmax is its target (not differentiable).
     """
-    losses, correct = _GroupedCrossEntropy.apply(
-        x, weight, bias, targets, groups, row_slots, grad_buffer
-    )
+    losses, correct = _GroupedCrossEntropy.apply(x, weight, bias, targets, groups, grad_buffer)
     return losses, correct
 
 
@@ -148,7 +146,7 @@ class _GroupedLinear(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, groups: Groups) -> Tensor:
         out = x.new_empty((x.shape[0], weight.shape[1]))
         for slot, rows in _spans(groups):
-            out[rows].copy_(_logits_t(x[rows], weight, bias, slot).t())
+            out[rows].copy_(_logits(x[rows], weight, bias, slot))
         ctx.save_for_backward(x, weight)
         ctx.groups = groups
         return out
@@ -163,7 +161,7 @@ class _GroupedLinear(torch.autograd.Function):
         if need_x:
             grad_x = torch.empty_like(x)
             for slot, rows in _spans(groups):
-                torch.mm(grad_out[rows], weight[slot], out=grad_x[rows])
+                _rows_grad(grad_out[rows], weight, slot, grad_x[rows])
         grad_w = _weight_grad(grad_out, x, groups, torch.empty_like(weight)) if need_w else None
         grad_b = _bias_grad(grad_out, groups, weight.shape[:2]) if need_b else None
         return grad_x, grad_w, grad_b, None
@@ -186,35 +184,32 @@ class _GroupedCrossEntropy(torch.autograd.Function):
         bias: Tensor,
         targets: Tensor,
         groups: Groups,
-        row_slots: Tensor,
         grad_buffer: GradBuffer | None,
     ) -> tuple[Tensor, Tensor]:
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         need_g = need_x or need_w or need_b
         b, n_sub = x.shape[0], weight.shape[1]
-        # Per group only what needs the sub-head (its products) and the row-wise softmax;
-        # everything else runs once over the batch: at ~16 rows per group, the per-call cost
-        # of an operation, not its arithmetic, is what a per-group loop would pay.
+        # Per group only what needs the sub-head (its products), the row-wise softmax and its
+        # one-hot correction (so that G W needs no gather of target rows, which are strided in
+        # the heads' storage order); everything else runs once over the batch: at ~16 rows per
+        # group, the per-call cost of an operation, not its arithmetic, is what a per-group
+        # loop would pay.
         log_p = x.new_empty((b, n_sub))
         grad_logits = x.new_empty((b, n_sub)) if need_g else None
         grad_x = torch.empty_like(x) if need_x else None
+        t = targets.unsqueeze(1)
+        minus_one = x.new_full(t.shape, -1.0)
         for slot, rows in _spans(groups):
             z = log_p[rows]
-            torch.log_softmax(_logits_t(x[rows], weight, bias, slot).t(), 1, out=z)
+            torch.log_softmax(_logits(x[rows], weight, bias, slot), 1, out=z)
             if grad_logits is not None:
-                p = torch.exp(z, out=grad_logits[rows])  # softmax
+                g = torch.exp(z, out=grad_logits[rows])  # softmax
+                g.scatter_add_(1, t[rows], minus_one[rows])  # p - onehot
                 if grad_x is not None:
-                    # p W now, while this sub-head was just read; the one-hot part (- W[t])
-                    # is subtracted below for the whole batch at once.
-                    torch.mm(p, weight[slot], out=grad_x[rows])
-        t = targets.unsqueeze(1)
+                    # (p - onehot) W now, while this sub-head was just read.
+                    _rows_grad(g, weight, slot, grad_x[rows])
         losses = log_p.gather(1, t).squeeze(1).neg_()
         correct = log_p.argmax(1) == targets
-        if grad_logits is not None:
-            grad_logits.scatter_add_(1, t, grad_logits.new_full(t.shape, -1.0))  # p - onehot
-        if grad_x is not None:
-            # d(-log p_t)/dx = p W - W[t]: the target rows of every row's own sub-head.
-            grad_x.sub_(weight[row_slots, targets])
         ctx.mark_non_differentiable(correct)
         ctx.groups = groups
         ctx.grad_buffer = grad_buffer
@@ -238,18 +233,37 @@ class _GroupedCrossEntropy(torch.autograd.Function):
             out_w = torch.empty_like(weight) if buffer is None else buffer.take(weight)
             # dL/dW = G^T (g * x): scaling x (B, D) is cheaper than scaling G (B, n_sub).
             _weight_grad(grad_logits, x * g, groups, out_w)
-        return out_x, out_w, out_b, None, None, None, None
+        return out_x, out_w, out_b, None, None, None
 
 
-def _logits_t(x: Tensor, weight: Tensor, bias: Tensor, slot: int) -> Tensor:
-    """(n_sub, rows) transposed logits of ``rows`` rows (rows, D) through sub-head ``slot``.
+def _stored_transposed(weight: Tensor) -> bool:
+    """Whether the (S_own, n_sub, D) ``weight`` is stored as (S_own, D, n_sub), i.e. each
+    sub-head's transpose is contiguous (how :class:`~deepercluster.models.HierarchicalHeads`
+    stores it)."""
+    return weight.stride(-2) == 1 and weight.shape[-1] > 1
 
-    Computed as W x^T rather than x W^T: with few rows per sub-head the product runs far below
-    the arithmetic peak, and MKL runs it ~1.5x faster in this orientation (16 sub-heads of
-    10,000 x 512, 16 rows each: 44 vs 64 ms on 2 threads, 77 vs 90 ms on one; the other
-    products of the step showed no faster orientation).
-    """
-    return torch.addmm(bias[slot].unsqueeze(1), weight[slot], x.t())
+
+# The three products of a training step, per sub-head, are all (n_sub x D) against ~16 rows at
+# B = 256, far below the arithmetic peak, and MKL's speed then depends on which operand is
+# streamed and how it is laid out. Measured on 16 sub-heads of 10,000 x 512, 16 rows each,
+# 2 threads (ms): logits 36-43 stored (n_sub, D) as W x^T vs 57 stored (D, n_sub); rows'
+# gradient G W 55-57 vs 22; weight gradient 31-39 vs 25-31. Stored (D, n_sub) the step is
+# ~20% faster, so the heads keep that order, and each product below takes the orientation
+# that is fastest for the order it is given (any order gives the same values).
+def _logits(x: Tensor, weight: Tensor, bias: Tensor, slot: int) -> Tensor:
+    """(rows, n_sub) logits of rows ``x`` (rows, D) through sub-head ``slot``."""
+    if _stored_transposed(weight):
+        return torch.addmm(bias[slot], x, weight[slot].t())
+    return torch.addmm(bias[slot].unsqueeze(1), weight[slot], x.t()).t()
+
+
+def _rows_grad(grad_rows: Tensor, weight: Tensor, slot: int, out: Tensor) -> None:
+    """``out`` (rows, D) = ``grad_rows`` (rows, n_sub) @ sub-head ``slot`` (n_sub, D)."""
+    if _stored_transposed(weight):
+        # W^T G^T with the contiguous (D, n_sub) transpose streamed, then a (D, rows) copy.
+        out.copy_(torch.mm(weight[slot].t(), grad_rows.t()).t())
+    else:
+        torch.mm(grad_rows, weight[slot], out=out)
 
 
 def _spans(groups: Groups) -> Iterator[tuple[int, slice]]:
@@ -263,11 +277,16 @@ def _spans(groups: Groups) -> Iterator[tuple[int, slice]]:
 def _weight_grad(grad_rows: Tensor, x: Tensor, groups: Groups, out: Tensor) -> Tensor:
     """(S_own, n_sub, D) weight gradient into ``out``: slot s gets grad_rows_s^T x_s.
 
-    ``grad_rows`` (B, n_sub) and ``x`` (B, D) are sorted by group. Slots of sub-heads that had
-    no rows get 0 (their gradient is 0, not undefined).
+    ``grad_rows`` (B, n_sub) and ``x`` (B, D) are sorted by group; ``out`` may be stored in
+    either order (it is laid out like the weight). Slots of sub-heads that had no rows get 0
+    (their gradient is 0, not undefined).
     """
+    transposed = _stored_transposed(out)
     for slot, rows in _spans(groups):
-        torch.mm(grad_rows[rows].t(), x[rows], out=out[slot])
+        if transposed:  # written as its contiguous (D, n_sub) transpose
+            torch.mm(x[rows].t(), grad_rows[rows], out=out[slot].t())
+        else:
+            torch.mm(grad_rows[rows].t(), x[rows], out=out[slot])
     present = {slot for slot, _ in groups}
     for slot in range(out.shape[0]):
         if slot not in present:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from tests.unit.models.conftest import random_heads
 
 from deepercluster.models import HierarchicalHeads
+from deepercluster.models.grouped import GradBuffer, grouped_cross_entropy, grouped_linear
 
 D, S, N_SUB = 6, 4, 5
 
@@ -138,3 +139,41 @@ def test_bad_sub_targets_are_refused() -> None:
     heads = _heads()
     with pytest.raises(ValueError, match="sub_targets must be int64"):
         heads.sub_cross_entropy(torch.randn(3, D).double(), torch.tensor([0, 1, 2]), torch.zeros(2))
+
+
+def test_both_storage_orders_give_the_same_values_and_gradients() -> None:
+    # The heads store the sub-heads as (S, D, n_sub); the grouped functions take either order
+    # and pick their products' orientation from it.
+    heads = HierarchicalHeads(D, S, N_SUB)
+    assert heads.sub_weight.shape == (S, N_SUB, D)
+    assert heads.sub_weight.transpose(1, 2).is_contiguous()
+    g = torch.Generator().manual_seed(3)
+    stored_t = torch.randn(S, D, N_SUB, generator=g, dtype=torch.float64).transpose(1, 2)
+    bias = torch.randn(S, N_SUB, generator=g, dtype=torch.float64)
+    x = torch.randn(7, D, generator=g, dtype=torch.float64)
+    targets = torch.randint(N_SUB, (7,), generator=g)
+    groups = [(2, 3), (0, 1), (3, 3)]  # slot 1 absent: its gradient must be 0
+    upstream = torch.rand(7, generator=g, dtype=torch.float64)
+    results = []
+    for weight in (stored_t, stored_t.contiguous()):
+        w = weight.detach().requires_grad_(True)
+        b, xx = bias.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        logits = grouped_linear(xx, w, b, groups)
+        losses, correct = grouped_cross_entropy(xx, w, b, targets, groups, GradBuffer())
+        ref = F.cross_entropy(logits, targets, reduction="none")
+        torch.testing.assert_close(losses, ref, rtol=1e-12, atol=1e-12)
+        assert torch.equal(correct, logits.argmax(1) == targets)
+        (losses * upstream).sum().backward()  # type: ignore[no-untyped-call]
+        assert w.grad is not None and b.grad is not None and xx.grad is not None
+        # The gradient is laid out like the weight (autograd adopted it without a copy).
+        assert w.grad.stride() == w.stride()
+        assert torch.equal(w.grad[1], torch.zeros(N_SUB, D, dtype=torch.float64))
+        grads = [w.grad.clone(), b.grad.clone(), xx.grad.clone()]
+        w.grad = b.grad = xx.grad = None
+        (ref * upstream).sum().backward()  # type: ignore[no-untyped-call]
+        assert w.grad is not None and b.grad is not None and xx.grad is not None
+        for got, want in zip(grads, [w.grad, b.grad, xx.grad], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        results.append([logits.detach(), losses.detach(), *grads])
+    for a, b_ in zip(*results, strict=True):
+        torch.testing.assert_close(a, b_, rtol=1e-12, atol=1e-12)

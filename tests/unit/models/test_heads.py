@@ -202,7 +202,9 @@ def test_owned_subset_shapes() -> None:
     assert heads.sub_weight.shape == (2, N_SUB, D) and heads.sub_bias.shape == (2, N_SUB)
     assert heads.super_head.out_features == S  # the super head stays full everywhere
     assert set(heads.state_dict()) == set(HierarchicalHeads(D, S, N_SUB).state_dict())
-    assert heads.slot_of.tolist() == [-1, 1, -1, 0]
+    # Sub-head g lives in slot OWNED.index(g) of the stacked parameters.
+    for slot, g in enumerate(OWNED):
+        assert heads.sub_head(g)[0].data_ptr() == heads.sub_weight[slot].data_ptr()
     assert "owned=(3, 1)" in repr(heads)
 
 

@@ -2,13 +2,14 @@
 
     python -m bench.before_after --rev 4a587de [--device cuda]
 
-Loads ``models/heads.py``, ``losses.py``, ``data/decode.py``, ``data/transforms.py``,
-``cluster/kmeans.py``, ``cluster/hierarchical.py`` and ``engine/train.py`` as they were at
-``--rev`` (the commit before the optimisations) next to the installed ones, and times old
-against new interleaved on the same inputs: heads forward + backward at the scaled paper shapes,
-the 32 px and 224 px training and clustering items after the read, the hierarchical k-means of
-``bench/kmeans.py`` (m = 4 and 16, k = 2048), and a training step of the small convnet. Prints
-and writes ``results/bench/before_after-<rev>-<device>.json``.
+Loads ``models/heads.py`` (and ``models/grouped.py``), ``losses.py``, ``data/decode.py``,
+``data/transforms.py``, ``cluster/kmeans.py``, ``cluster/hierarchical.py`` and
+``engine/train.py`` as they were at ``--rev`` (the commit before the optimisations) next to the
+installed ones, and times old against new interleaved on the same inputs: heads forward +
+backward at the scaled paper shapes, the 32 px and 224 px training and clustering items after
+the read, the hierarchical k-means of ``bench/kmeans.py`` (m = 4 and 16, k = 2048), and a
+training step of the small convnet. Prints and writes
+``results/bench/before_after-<rev>-<device>.json``.
 """
 
 from __future__ import annotations
@@ -31,13 +32,19 @@ from bench.common import Context, Row, info, interleaved, machine, median, ratio
 _SRC = "src/deepercluster/"
 
 
-def _old_module(rev: str, rel: str, name: str) -> ModuleType:
+def _old_module(rev: str, rel: str, name: str, imports: dict[str, str] | None = None) -> ModuleType:
+    """``rel`` as it was at ``rev``, as module ``name``; ``imports`` maps a module it imports
+    to an old module already loaded (e.g. its helpers as they were at ``rev`` too)."""
     source = subprocess.run(
         ["git", "show", f"{rev}:{_SRC}{rel}"], capture_output=True, text=True, check=True
     ).stdout
+    for new_name, old_name in (imports or {}).items():
+        source = source.replace(f"from {new_name} import", f"from {old_name} import")
     spec = importlib.util.spec_from_loader(name, loader=None)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
+    # Relative imports resolve to today's package (the modules not loaded from rev).
+    module.__package__ = "deepercluster" + "".join("." + part for part in rel.split("/")[:-1])
     sys.modules[name] = module
     exec(compile(source, f"{rev}:{rel}", "exec"), module.__dict__)
     return module
@@ -47,7 +54,12 @@ def _heads(ctx: Context, rev: str) -> list[Row]:
     from deepercluster import losses as new_losses
     from deepercluster.models import HierarchicalHeads
 
-    old = _old_module(rev, "models/heads.py", "_old_heads")
+    try:  # the heads' autograd functions, as they were at rev, when they had their own module
+        _old_module(rev, "models/grouped.py", "_old_grouped")
+        imports = {"deepercluster.models.grouped": "_old_grouped"}
+    except subprocess.CalledProcessError:
+        imports = {}
+    old = _old_module(rev, "models/heads.py", "_old_heads", imports)
     # Each side's own training loss (losses.py at that revision: logits + cross-entropy
     # before the fused sub-head cross-entropy, which needs the new heads).
     old_losses = _old_module(rev, "losses.py", "_old_losses")

@@ -177,3 +177,18 @@ def test_both_storage_orders_give_the_same_values_and_gradients() -> None:
         results.append([logits.detach(), losses.detach(), *grads])
     for a, b_ in zip(*results, strict=True):
         torch.testing.assert_close(a, b_, rtol=1e-12, atol=1e-12)
+
+
+def test_correct_follows_argmax_on_ties() -> None:
+    # Constant logits (a dead backbone) must not count every target as right: argmax takes
+    # the first maximal class, so only that one is.
+    weight = torch.zeros(S, N_SUB, D, requires_grad=True)
+    bias = torch.zeros(S, N_SUB)
+    bias[1, 1] = bias[1, 3] = 2.0  # sub-head 1: classes 1 and 3 tie at the top
+    x = torch.randn(6, D)
+    targets = torch.tensor([0, 3, 2, 1, 3, 0])
+    groups = [(0, 3), (1, 3)]
+    _, correct = grouped_cross_entropy(x, weight, bias, targets, groups, None)
+    assert correct.tolist() == [True, False, False, True, False, False]
+    logits = grouped_linear(x, weight, bias, groups)
+    assert torch.equal(correct, logits.argmax(1) == targets)

@@ -13,10 +13,10 @@ functions share that layout:
 
 At B = 256 with 16 sub-heads of 10,000 x 512 every sub-head sees ~16 rows; the products then
 run far below the arithmetic peak and the per-operation costs count, so per group we only do
-what needs that group's sub-head, and the rest runs once over the batch. Which layout of the
-sub-heads MKL handles best also counts at ~16 rows: the heads store them as (S_own, D, n_sub)
-(see :func:`_logits`). The weight gradient
-goes slot by slot into one (S_own, n_sub, D) tensor (autograd would stack per-group gradients:
+what needs that group's sub-head, and the rest runs once over the batch. At ~16 rows the
+operands' layout also counts: the heads store the sub-heads as (S_own, D, n_sub) (the figures
+are in the note above :func:`_logits`). The weight gradient goes slot by slot into one
+(S_own, n_sub, D) tensor, laid out like the weight (autograd would stack per-group gradients:
 a 328 MB copy at k = 40,000, D = 512), and for the fused function that tensor's storage is
 reused across steps (:class:`GradBuffer`): a fresh one every step costs one page fault per
 4 KiB on the CPU, 80,000 faults and ~0.2 s of kernel time per step at that shape, more than

@@ -12,9 +12,33 @@ from tests.distributed.harness import run_ranks
 pytestmark = pytest.mark.distributed
 
 
+def _reduce_grads(rank: int) -> dict[str, object]:
+    # One parameter stored transposed (as the heads' sub-heads are), one plain, one without
+    # a gradient on odd ranks.
+    stored_t = torch.nn.Parameter(torch.zeros(2, 4, 3).transpose(1, 2))
+    plain = torch.nn.Parameter(torch.zeros(5))
+    absent = torch.nn.Parameter(torch.zeros(2, 2))
+    stored_t.grad = _BASE * (rank + 1)
+    plain.grad = torch.full((5,), float(rank))
+    if rank % 2 == 0:
+        absent.grad = torch.ones(2, 2)
+    distributed.all_reduce_grads([stored_t, plain, absent])
+    assert stored_t.grad is not None and plain.grad is not None and absent.grad is not None
+    return {
+        "stored_t": stored_t.grad.tolist(),
+        "stored_t_strides": stored_t.grad.stride() == stored_t.stride(),
+        "plain": plain.grad.tolist(),
+        "absent": absent.grad.tolist(),
+    }
+
+
+_BASE = torch.arange(24.0).view(2, 4, 3).transpose(1, 2)
+
+
 def _collectives(rank: int, world: int) -> dict[str, object]:
     local = torch.full((rank + 1, 2), float(rank))  # ranks hold different numbers of rows
     return {
+        "grads": _reduce_grads(rank),
         "sum": distributed.all_reduce_sum(torch.tensor([rank + 1.0])).item(),
         "sum_np": distributed.all_reduce_sum_np(np.array([rank, 1], dtype=np.int64)).tolist(),
         "gather": distributed.all_gather_cat(local).tolist(),
@@ -39,6 +63,13 @@ def test_collectives_across_ranks(world: int) -> None:
         assert res["object"] == {"rank": 0}
         assert res["all_ok"] is True and res["one_bad"] is False
         assert (res["rank"], res["world"]) == (rank, world)
+        # all_reduce_grads sums, and hands a transposed parameter's gradient back in its layout.
+        grads = res["grads"]
+        assert isinstance(grads, dict)
+        assert grads["stored_t"] == (_BASE * (world * (world + 1) // 2)).tolist()
+        assert grads["stored_t_strides"] is True
+        assert grads["plain"] == [float(world * (world - 1) // 2)] * 5
+        assert grads["absent"] == [[float((world + 1) // 2)] * 2] * 2
 
 
 def test_single_process_collectives_are_the_identity() -> None:
@@ -49,35 +80,3 @@ def test_single_process_collectives_are_the_identity() -> None:
     assert distributed.rank() == 0 and distributed.world_size() == 1
     env = distributed.init_from_env("cpu")
     assert env.world_size == 1 and env.backend is None and env.is_main
-
-
-def _reduce_grads(rank: int, world: int) -> dict[str, object]:
-    distributed.init_from_env("cpu")
-    # One parameter stored transposed (as the heads' sub-heads are), one plain, one without
-    # a gradient on odd ranks.
-    stored_t = torch.nn.Parameter(torch.zeros(2, 4, 3).transpose(1, 2))
-    plain = torch.nn.Parameter(torch.zeros(5))
-    absent = torch.nn.Parameter(torch.zeros(2, 2))
-    stored_t.grad = torch.arange(24.0).view(2, 4, 3).transpose(1, 2) * (rank + 1)
-    plain.grad = torch.full((5,), float(rank))
-    if rank % 2 == 0:
-        absent.grad = torch.ones(2, 2)
-    distributed.all_reduce_grads([stored_t, plain, absent])
-    assert stored_t.grad is not None and plain.grad is not None and absent.grad is not None
-    return {
-        "stored_t": stored_t.grad.tolist(),
-        "stored_t_strides": stored_t.grad.stride() == stored_t.stride(),
-        "plain": plain.grad.tolist(),
-        "absent": absent.grad.tolist(),
-    }
-
-
-def test_all_reduce_grads_sums_and_keeps_each_parameters_layout() -> None:
-    world = 2
-    results = run_ranks(_reduce_grads, world)
-    base = torch.arange(24.0).view(2, 4, 3).transpose(1, 2)
-    for res in results:
-        assert res["stored_t"] == (base * 3).tolist()  # (1 + 2) x the base
-        assert res["stored_t_strides"] is True
-        assert res["plain"] == [1.0] * 5
-        assert res["absent"] == [[1.0, 1.0], [1.0, 1.0]]

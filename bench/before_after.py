@@ -168,11 +168,13 @@ def _kmeans(ctx: Context, rev: str) -> list[Row]:
     from deepercluster.cluster.hierarchical import hierarchical_kmeans
 
     old_kmeans = _old_module(rev, "cluster/kmeans.py", "_old_kmeans")
-    old = _old_module(rev, "cluster/hierarchical.py", "_old_hierarchical")
-    # The old hierarchy imported the (new, installed) flat k-means by name: point it at the old.
-    for name in ("kmeans", "check_features", "faiss_threads", "squared_distances"):
-        if hasattr(old, name):
-            setattr(old, name, getattr(old_kmeans, name))
+    # The old hierarchy on the old flat k-means (not the installed one it imports by name).
+    old = _old_module(
+        rev,
+        "cluster/hierarchical.py",
+        "_old_hierarchical",
+        {"deepercluster.cluster.kmeans": old_kmeans.__name__},
+    )
     x = mixture(50_000, 128, centres=4096)
     rows: list[Row] = []
     objectives: dict[tuple[str, int], float] = {}

@@ -86,14 +86,6 @@ def _storage_users(storage: torch.UntypedStorage) -> int:
     return 2 if use_count is None else int(use_count(storage._cdata))
 
 
-def _contiguous_strides(shape: torch.Size) -> tuple[int, ...]:
-    strides, step = [], 1
-    for size in reversed(shape):
-        strides.append(step)
-        step *= size
-    return tuple(reversed(strides))
-
-
 def grouped_linear(x: Tensor, weight: Tensor, bias: Tensor, groups: Groups) -> Tensor:
     """Logits of row groups through their sub-heads.
 

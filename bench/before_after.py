@@ -7,7 +7,7 @@ Loads ``models/heads.py`` (and ``models/grouped.py``), ``losses.py``, ``data/dec
 ``engine/train.py`` as they were at ``--rev`` (the commit before the optimisations) next to the
 installed ones, and times old against new interleaved on the same inputs: heads forward +
 backward at the scaled paper shapes, the 32 px and 224 px training and clustering items after
-the read, the hierarchical k-means of ``bench/kmeans.py`` (m = 4 and 16, k = 2048), and a
+the read, the flat and hierarchical k-means of ``bench/kmeans.py`` (m = 4 and 16, k = 2048), and a
 training step of the small convnet. Prints and writes
 ``results/bench/before_after-<rev>-<device>.json``.
 """
@@ -175,27 +175,36 @@ def _kmeans(ctx: Context, rev: str) -> list[Row]:
         "_old_hierarchical",
         {"deepercluster.cluster.kmeans": old_kmeans.__name__},
     )
+    from deepercluster.cluster.kmeans import kmeans
+
     x = mixture(50_000, 128, centres=4096)
     rows: list[Row] = []
     objectives: dict[tuple[str, int], float] = {}
-    for m in (4, 16):
+    # m = 1 is the flat k-means itself (the side the hierarchy's ratio is taken against).
+    for m in (1, 4, 16):
 
-        def run(name: str, fn: Callable[..., object], m: int = m) -> Callable[[], None]:
+        def run(name: str, module: ModuleType | None, m: int = m) -> Callable[[], None]:
             def call() -> None:
-                result = fn(x, k=2048, m=m, niter=10, seed=0)
-                objectives[name, m] = float(result.objective)  # type: ignore[attr-defined]
+                if m == 1:
+                    flat = kmeans if module is None else module.kmeans
+                    result = flat(x, 2048, niter=10, seed=0)
+                else:
+                    hier = hierarchical_kmeans if module is None else module.hierarchical_kmeans
+                    result = hier(x, k=2048, m=m, niter=10, seed=0)
+                objectives[name, m] = float(result.objective)
 
             return call
 
         t = interleaved(
-            {"new": run("new", hierarchical_kmeans), "old": run("old", old.hierarchical_kmeans)},
+            {"new": run("new", None), "old": run("old", old_kmeans if m == 1 else old)},
             ctx,
             reps=3,
         )
+        kind = "flat k-means" if m == 1 else f"hierarchical k-means, m={m}"
         rows.append(
             info(
                 "kmeans",
-                f"old / new hierarchical k-means, m={m} (N=50k, D=128, k=2048, 10 it.)",
+                f"old / new {kind} (N=50k, D=128, k=2048, 10 it.)",
                 ratio(t, "old", "new"),
                 "x",
                 old_s=median(t["old"]),

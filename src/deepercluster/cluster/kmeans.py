@@ -32,6 +32,7 @@ import torch
 
 from deepercluster.cluster.reseed import fill_empty
 from deepercluster.cluster.search import (
+    FEW_CENTROIDS,
     as_tensor,
     assign,
     row_sq_norms,
@@ -157,9 +158,10 @@ def accumulate(x: np.ndarray, assignments: np.ndarray, k: int) -> tuple[np.ndarr
     13 ms for one unblocked CSR product, 58 ms for a ``np.bincount`` per dimension and 230 ms
     for ``np.add.at``. Blocks of ~8 MB keep the float64 copy in cache; they grow to k rows when
     k is large, so that the (k, D) output of every block product stays cheaper than its input.
-    With 2+ torch threads that fit the caller's share (:func:`torch_fits_threads`) each block
-    goes to torch's ``index_add_`` instead (k = 16: 3.7 against 7.3 ms on 2 threads), which
-    adds the rows in the same order: the sums are bit-equal on every path, so ranks with
+    For a few clusters (level 1 of the hierarchy), with 2+ torch threads that fit the caller's
+    share (:func:`~.search.torch_fits_threads`), each block goes to torch's ``index_add_``
+    instead (k = 16: 3.7 against 7.3 ms on 2 threads; with many clusters the two are even),
+    which adds the rows in the same order: the sums are bit-equal on every path, so ranks with
     different thread counts still agree.
 
     Args:
@@ -174,7 +176,7 @@ def accumulate(x: np.ndarray, assignments: np.ndarray, k: int) -> tuple[np.ndarr
     n, dim = x.shape
     block_rows = max(_BLOCK_VALUES // dim, k, 1024)
     sums = np.zeros((k, dim), dtype=np.float64)
-    with_torch = torch.get_num_threads() > 1 and torch_fits_threads()
+    with_torch = k <= FEW_CENTROIDS and torch.get_num_threads() > 1 and torch_fits_threads()
     for start in range(0, n, block_rows):
         block = assignments[start : start + block_rows]
         rows = block.shape[0]

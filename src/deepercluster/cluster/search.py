@@ -18,14 +18,21 @@ import faiss
 import numpy as np
 import torch
 
-__all__ = ["as_tensor", "assign", "row_sq_norms", "torch_fits_threads", "torch_search"]
+__all__ = [
+    "FEW_CENTROIDS",
+    "as_tensor",
+    "assign",
+    "row_sq_norms",
+    "torch_fits_threads",
+    "torch_search",
+]
 
 # Up to this many centroids the E-step is one torch product and a row-wise min: faiss' search
 # spends ~2x longer there on per-point bookkeeping (bench/kmeans.py level 1, k = 16: 9.7 vs
 # 5.2 ms at 50k x 128); from k = 64 on faiss is faster. Only from this many rows and dimensions
 # on, where faiss 1.15 itself uses the same |x|^2 + |c|^2 - 2<x, c> expansion: below, faiss'
 # kernels compute the differences and are exact, which the expansion is not for far-off points.
-_TORCH_SEARCH_MAX_K = 32
+FEW_CENTROIDS = 32
 _TORCH_SEARCH_MIN_ROWS = 4096
 _TORCH_SEARCH_MIN_DIM = 32
 # Rows per block of that product, so the (rows, k) scores stay a few MB.
@@ -62,7 +69,7 @@ def assign(
 ) -> tuple[np.ndarray, np.ndarray]:
     """E-step: nearest centroid of every point (exact search).
 
-    faiss' search in general; with at most :data:`_TORCH_SEARCH_MAX_K` centroids (level 1 of
+    faiss' search in general; with at most :data:`FEW_CENTROIDS` centroids (level 1 of
     the hierarchy) and many points, one blocked torch product ``|c|^2 - 2<x, c>`` and a
     row-wise min, ~2x faster there; faiss computes the same expansion at those sizes, so both
     give the nearest centroid up to float32 rounding of near-ties.
@@ -88,7 +95,7 @@ def assign(
 def torch_search(n: int, dim: int, k: int) -> bool:
     """Whether :func:`assign` of n points in D = ``dim`` to k centroids goes to torch."""
     return (
-        k <= _TORCH_SEARCH_MAX_K
+        k <= FEW_CENTROIDS
         and n >= _TORCH_SEARCH_MIN_ROWS
         and dim >= _TORCH_SEARCH_MIN_DIM
         and torch_fits_threads()

@@ -22,8 +22,7 @@ import numpy as np
 
 from bench.common import Context, Row, at_least, at_most, info, interleaved, median, ratio
 from deepercluster.cluster.hierarchical import hierarchical_kmeans
-from deepercluster.cluster.kmeans import kmeans
-from deepercluster.cluster.search import assign
+from deepercluster.cluster.kmeans import assign, kmeans
 
 NAME = "kmeans"
 

@@ -19,6 +19,7 @@ from deepercluster.cluster.hierarchical import (
 from deepercluster.cluster.kmeans import (
     KMeansResult,
     accumulate,
+    assign,
     check_features,
     faiss_threads,
     kmeans,
@@ -39,7 +40,6 @@ from deepercluster.cluster.reseed import (
     split_members,
     split_sides,
 )
-from deepercluster.cluster.search import assign
 
 __all__ = [
     "HierarchicalResult",

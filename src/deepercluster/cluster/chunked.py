@@ -23,12 +23,12 @@ from deepercluster.cluster.hierarchical import ClusterRun, HierarchicalResult, t
 from deepercluster.cluster.kmeans import (
     KMeansResult,
     accumulate,
+    assign,
     squared_distances,
     update_centroids,
 )
 from deepercluster.cluster.preprocess import PCAWhitening, pca_from_moments
 from deepercluster.cluster.reseed import halve_one_sided, reseed_empty, split_sides
-from deepercluster.cluster.search import assign
 
 __all__ = [
     "RowSource",

@@ -26,6 +26,7 @@ from deepercluster.cluster.hierarchical import HierarchicalResult, check_init, t
 from deepercluster.cluster.kmeans import (
     KMeansResult,
     accumulate,
+    assign,
     check_features,
     faiss_threads,
     initial_centroids,
@@ -34,7 +35,6 @@ from deepercluster.cluster.kmeans import (
 )
 from deepercluster.cluster.preprocess import PCAWhitening, feature_moments, pca_from_moments
 from deepercluster.cluster.reseed import halve_one_sided, reseed_empty, split_sides
-from deepercluster.cluster.search import assign
 from deepercluster.distributed import ProcessGroup, all_gather_cat_np, all_reduce_sum_np, rank
 
 __all__ = ["fit_pca_distributed", "hierarchical_kmeans_distributed", "kmeans_distributed"]

@@ -3,9 +3,8 @@
 faiss 1.15's ``faiss.Kmeans`` stops early by default, silently subsamples to 256 points per
 centroid and only *assumes* that a re-seeded cluster receives half of its donor's points (see
 ``docs/ENVIRONMENT.md``). We therefore drive the iterations ourselves and use faiss only for the
-expensive part, the exact nearest-centroid search (with a handful of centroids, level 1 of the
-hierarchy, a torch product does that search faster, see :func:`assign`). The loop is written
-as pure steps (:func:`assign`, :func:`accumulate`, :func:`update_centroids`, and
+expensive part, the exact nearest-centroid search. The loop is written as pure steps
+(:func:`assign`, :func:`accumulate`, :func:`update_centroids`, and
 :func:`~deepercluster.cluster.reseed.fill_empty`) so that a distributed version only has to
 all-reduce the output of :func:`accumulate` between them, as SwAV's ``cluster_memory`` does.
 
@@ -28,21 +27,13 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 import scipy.sparse
-import torch
 
 from deepercluster.cluster.reseed import fill_empty
-from deepercluster.cluster.search import (
-    FEW_CENTROIDS,
-    as_tensor,
-    assign,
-    row_sq_norms,
-    torch_fits_threads,
-    torch_search,
-)
 
 __all__ = [
     "KMeansResult",
     "accumulate",
+    "assign",
     "check_features",
     "faiss_threads",
     "kmeans",
@@ -150,6 +141,23 @@ def squared_distances(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return distances
 
 
+def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """E-step: nearest centroid of every point (exact search with faiss).
+
+    Args:
+        x: (N, D) float32 points, C-contiguous.
+        centroids: (k, D) float32 centroids.
+
+    Returns:
+        assignments: (N,) int64 index of the nearest centroid.
+        sq_distances: (N,) float32 squared L2 distance to it, clipped at 0.
+    """
+    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+    distances, labels = faiss.knn(x, centroids, 1)
+    # The BLAS path computes |x|^2 + |c|^2 - 2<x, c>, which rounds slightly below 0 for x == c.
+    return labels[:, 0].astype(np.int64), np.maximum(distances[:, 0], 0.0)
+
+
 def accumulate(x: np.ndarray, assignments: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-cluster sums and counts of the points: the part of the M-step to all-reduce.
 
@@ -158,11 +166,6 @@ def accumulate(x: np.ndarray, assignments: np.ndarray, k: int) -> tuple[np.ndarr
     13 ms for one unblocked CSR product, 58 ms for a ``np.bincount`` per dimension and 230 ms
     for ``np.add.at``. Blocks of ~8 MB keep the float64 copy in cache; they grow to k rows when
     k is large, so that the (k, D) output of every block product stays cheaper than its input.
-    For a few clusters (level 1 of the hierarchy), with 2+ torch threads that fit the caller's
-    share (:func:`~.search.torch_fits_threads`), each block goes to torch's ``index_add_``
-    instead (k = 16: 3.7 against 7.3 ms on 2 threads; with many clusters the two are even),
-    which adds the rows in the same order: the sums are bit-equal on every path, so ranks with
-    different thread counts still agree.
 
     Args:
         x: (N, D) float32 points (or float64: then used without a copy).
@@ -176,22 +179,13 @@ def accumulate(x: np.ndarray, assignments: np.ndarray, k: int) -> tuple[np.ndarr
     n, dim = x.shape
     block_rows = max(_BLOCK_VALUES // dim, k, 1024)
     sums = np.zeros((k, dim), dtype=np.float64)
-    with_torch = k <= FEW_CENTROIDS and torch.get_num_threads() > 1 and torch_fits_threads()
     for start in range(0, n, block_rows):
         block = assignments[start : start + block_rows]
         rows = block.shape[0]
-        values = x[start : start + rows].astype(np.float64, copy=False)
-        if with_torch:
-            block_sums = torch.zeros((k, dim), dtype=torch.float64)
-            block_sums.index_add_(
-                0, as_tensor(block.astype(np.int64, copy=False)), as_tensor(values)
-            )
-            sums += block_sums.numpy()
-            continue
         one_hot = scipy.sparse.csc_matrix(
             (np.ones(rows, dtype=np.float64), block, np.arange(rows + 1)), shape=(k, rows)
         )
-        sums += one_hot @ values
+        sums += one_hot @ x[start : start + rows].astype(np.float64, copy=False)
     counts = np.bincount(assignments, minlength=k).astype(np.int64)
     return sums, counts
 
@@ -277,17 +271,14 @@ def kmeans(
     n_reseeded = 0
     objectives: list[float] = []
     with faiss_threads(threads):
-        sq_norms = (
-            row_sq_norms(x) if torch_search(x.shape[0], x.shape[1], k) else None
-        )  # for every E-step
         for _ in range(niter):
-            assignments, sq_distances = assign(x, centroids, sq_norms)
+            assignments, sq_distances = assign(x, centroids)
             objectives.append(float(sq_distances.sum(dtype=np.float64)))
             assignments, centroids, pairs = fill_empty(x, assignments, centroids, rng)
             n_reseeded += pairs.shape[0]
             sums, counts = accumulate(x_sum, assignments, k)
             centroids = update_centroids(sums, counts, centroids)
-        assignments, sq_distances = assign(x, centroids, sq_norms)
+        assignments, sq_distances = assign(x, centroids)
         assignments, centroids, pairs = fill_empty(x, assignments, centroids, rng)
     if pairs.shape[0] > 0:
         n_reseeded += pairs.shape[0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import faiss
 import numpy as np
@@ -101,81 +101,6 @@ def test_matches_faiss_when_nothing_empties(make_blobs: Blobs) -> None:
     np.testing.assert_allclose(ours.centroids, ref.centroids, atol=1e-4)
     np.testing.assert_array_equal(ours.assignments, ref.index.search(x, 1)[1][:, 0])
     np.testing.assert_allclose(ours.objectives, ref.obj, rtol=1e-5)
-
-
-@pytest.fixture
-def torch_threads() -> Iterator[Callable[[int], None]]:
-    """Sets torch's intra-op thread count for one test, then restores it."""
-    before = torch.get_num_threads()
-    yield torch.set_num_threads
-    torch.set_num_threads(before)
-
-
-def _features(make_blobs: Blobs, n: int, dim: int, seed: int = 0) -> np.ndarray:
-    """L2-normalised rows of a Gaussian mixture: what the hierarchy clusters after PCA."""
-    x, _ = make_blobs(64, n // 64, dim, spread=1.0, scale=1.0, seed=seed)
-    return np.ascontiguousarray(x / np.linalg.norm(x, axis=1, keepdims=True))
-
-
-def test_few_centroid_search_goes_to_torch_only_where_faiss_would_expand(
-    make_blobs: Blobs, monkeypatch: pytest.MonkeyPatch, torch_threads: Callable[[int], None]
-) -> None:
-    x = _features(make_blobs, 4096, 32)
-    calls: list[int] = []
-    knn = faiss.knn
-    monkeypatch.setattr(faiss, "knn", lambda a, c, k: calls.append(len(c)) or knn(a, c, k))
-    torch_threads(2)
-    with faiss_threads(2):
-        assign(x, x[:32])  # few centroids, many points: torch
-        assert calls == []
-        assign(x, x[:33])  # too many centroids
-        assign(x[:4095], x[:16])  # too few points: faiss' exact kernel
-        assign(np.ascontiguousarray(x[:, :31]), np.ascontiguousarray(x[:16, :31]))  # low D
-    assert calls == [33, 16, 16]
-    with faiss_threads(1):
-        # torch's own 2-thread pool would oversubscribe a 1-thread share: faiss. When torch
-        # and faiss share one OpenMP runtime (faiss imported first), torch follows the
-        # per-thread count too, runs on 1 thread, and may take the search.
-        separate_pools = torch.get_num_threads() == 2
-        assign(x, x[:16])
-    assert calls == [33, 16, 16] + [16] * separate_pools
-
-
-def test_few_centroid_search_agrees_with_faiss(
-    make_blobs: Blobs, torch_threads: Callable[[int], None]
-) -> None:
-    x = _features(make_blobs, 8192, 64)
-    centroids = x[::512].copy()  # 16
-    ref_distances, ref_labels = faiss.knn(x, centroids, 1)
-    torch_threads(2)
-    with faiss_threads(2):
-        labels, distances = assign(x, centroids)
-    assert labels.dtype == np.int64 and distances.dtype == np.float32
-    np.testing.assert_allclose(distances, np.maximum(ref_distances[:, 0], 0), atol=1e-5)
-    assert distances.min() >= 0.0  # the centroids themselves: 0, not a rounding below it
-    # The same nearest centroid, except where two are tied within float32 rounding.
-    exact = ((x[:, None, :].astype(np.float64) - centroids[None].astype(np.float64)) ** 2).sum(-1)
-    margin = np.diff(np.sort(exact, axis=1)[:, :2], axis=1)[:, 0]
-    clear = margin > 1e-4
-    assert clear.mean() > 0.99
-    np.testing.assert_array_equal(labels[clear], ref_labels[clear, 0])
-
-
-def test_level_one_shape_matches_faiss(
-    make_blobs: Blobs, torch_threads: Callable[[int], None]
-) -> None:
-    # The torch E-step and M-step end to end, against faiss.Kmeans from the same start.
-    x = _features(make_blobs, 8192, 64, seed=1)
-    init = x[np.random.default_rng(2).choice(x.shape[0], 16, replace=False)]
-    torch_threads(2)
-    with faiss_threads(2):
-        ours = kmeans(x, 16, niter=6, init=init)
-    ref = _faiss_kmeans(x, init, niter=6)
-    assert ours.n_reseeded == 0
-    np.testing.assert_allclose(ours.centroids, ref.centroids, atol=1e-4)
-    np.testing.assert_allclose(ours.objectives, ref.obj, rtol=1e-5)
-    agree = ours.assignments == ref.index.search(x, 1)[1][:, 0]
-    assert agree.mean() > 0.999
 
 
 def test_recovers_separated_blobs(make_blobs: Blobs) -> None:

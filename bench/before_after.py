@@ -166,6 +166,7 @@ def _data(ctx: Context, rev: str) -> list[Row]:
 def _kmeans(ctx: Context, rev: str) -> list[Row]:
     from bench.kmeans import mixture
     from deepercluster.cluster.hierarchical import hierarchical_kmeans
+    from deepercluster.cluster.kmeans import kmeans
 
     old_kmeans = _old_module(rev, "cluster/kmeans.py", "_old_kmeans")
     # The old hierarchy on the old flat k-means (not the installed one it imports by name).
@@ -175,8 +176,6 @@ def _kmeans(ctx: Context, rev: str) -> list[Row]:
         "_old_hierarchical",
         {"deepercluster.cluster.kmeans": old_kmeans.__name__},
     )
-    from deepercluster.cluster.kmeans import kmeans
-
     x = mixture(50_000, 128, centres=4096)
     rows: list[Row] = []
     objectives: dict[tuple[str, int], float] = {}

@@ -12,6 +12,10 @@ from tests.distributed.harness import run_ranks
 pytestmark = pytest.mark.distributed
 
 
+# A gradient stored transposed, as the heads' sub-heads are.
+_BASE = torch.arange(24.0).view(2, 4, 3).transpose(1, 2)
+
+
 def _reduce_grads(rank: int) -> dict[str, object]:
     # One parameter stored transposed (as the heads' sub-heads are), one plain, one without
     # a gradient on odd ranks.
@@ -30,9 +34,6 @@ def _reduce_grads(rank: int) -> dict[str, object]:
         "plain": plain.grad.tolist(),
         "absent": absent.grad.tolist(),
     }
-
-
-_BASE = torch.arange(24.0).view(2, 4, 3).transpose(1, 2)
 
 
 def _collectives(rank: int, world: int) -> dict[str, object]:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from tests.unit.models.conftest import random_heads
 
-from deepercluster.models import HierarchicalHeads
+from deepercluster.models import HierarchicalHeads, grouped
 from deepercluster.models.grouped import GradBuffer, grouped_cross_entropy, grouped_linear
 
 D, S, N_SUB = 6, 4, 5
@@ -192,3 +192,33 @@ def test_correct_follows_argmax_on_ties() -> None:
     assert correct.tolist() == [True, False, False, True, False, False]
     logits = grouped_linear(x, weight, bias, groups)
     assert torch.equal(correct, logits.argmax(1) == targets)
+
+
+def test_sliced_logits_of_few_rows_equal_one_product_per_row() -> None:
+    # On the CPU a group of fewer than _FEW_ROWS rows takes its logits in slices of
+    # _K_SLICE features; D = 80 ends on a partial slice, and the 24- and 30-row groups take
+    # the single product. Every row is checked against its own product with its sub-head.
+    dim, n_sub = 80, 7
+    assert dim % grouped._K_SLICE != 0 and dim > 2 * grouped._K_SLICE
+    heads = random_heads(dim, S, n_sub, seed=4)
+    sizes = {0: 1, 1: grouped._FEW_ROWS - 1, 2: grouped._FEW_ROWS, 3: 30}
+    y = torch.cat([torch.full((n,), s) for s, n in sizes.items()])
+    g = torch.Generator().manual_seed(5)
+    feats = torch.randn(len(y), dim, generator=g, dtype=torch.float64, requires_grad=True)
+    z = torch.randint(n_sub, y.shape, generator=g)
+    # .relu(): sub_logits sees the heads' input after their ReLU, as the reference does.
+    x = feats.relu()
+    naive = torch.stack(
+        [x[i] @ heads.sub_weight[y[i]].T + heads.sub_bias[y[i]] for i in range(len(y))]
+    )
+    torch.testing.assert_close(heads.sub_logits(feats, y), naive, rtol=1e-12, atol=1e-12)
+    ref = F.cross_entropy(naive, z, reduction="none")
+    ref.sum().backward()  # type: ignore[no-untyped-call]
+    expected = _grads(heads, feats)
+    heads.zero_grad(set_to_none=True)
+    feats.grad = None
+    losses, _ = heads.sub_cross_entropy(feats, y, z)
+    torch.testing.assert_close(losses, ref, rtol=1e-12, atol=1e-12)
+    losses.sum().backward()  # type: ignore[no-untyped-call]
+    for got, want in zip(_grads(heads, feats), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

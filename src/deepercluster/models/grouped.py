@@ -256,12 +256,13 @@ def _logits(x: Tensor, weight: Tensor, bias: Tensor, slot: int) -> Tensor:
     rows, dim = x.shape
     if x.device.type != "cpu" or rows >= _FEW_ROWS or dim <= _K_SLICE:
         return torch.addmm(bias[slot], x, w)
-    # Few rows on the CPU: the product in slices of _K_SLICE rows of w, accumulated in place.
-    # One (rows, D) x (D, n_sub) product packs all of w (20 MB at 512 x 10,000) before using
-    # it; a 32-row slice (1.3 MB) stays in cache while it is used. The logits of 16 sub-heads
-    # of 10,000 x 512 at 12-20 rows each took 38-53 ms sliced against 48-62 ms in one product
-    # (1.15-1.3x, interleaved); from ~24 rows up one product is as fast or faster, and slices
-    # of 8-16 or 64 rows are slower (bench/heads.py shapes, MKL, 2 threads).
+    # Few rows on the CPU: the product in slices of _K_SLICE features (rows of w), accumulated
+    # in place. One (rows, D) x (D, n_sub) product seems to pack all of w (20 MB at
+    # 512 x 10,000) before using it, where a 32-feature slice (1.3 MB) stays in cache. Measured
+    # (bench/heads.py shapes, MKL, 2 threads): the logits of 16 sub-heads of 10,000 x 512 at
+    # 12-20 rows each took 38-53 ms sliced against 48-62 ms in one product (1.15-1.3x,
+    # interleaved); from ~24 rows up one product is as fast or faster, and slices of 8-16 or
+    # 64 features are slower.
     out = torch.addmm(bias[slot], x[:, :_K_SLICE], w[:_K_SLICE])
     for k in range(_K_SLICE, dim, _K_SLICE):
         out.addmm_(x[:, k : k + _K_SLICE], w[k : k + _K_SLICE])

@@ -26,6 +26,7 @@ the products themselves. ``bench/heads.py`` and ``docs/performance.md`` have the
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -98,7 +99,8 @@ def grouped_linear(x: Tensor, weight: Tensor, bias: Tensor, groups: Groups) -> T
     Returns:
         (B, n_sub) logits, row i from its group's sub-head.
     """
-    out: Tensor = _GroupedLinear.apply(x, weight, bias, groups)
+    with _weights_dtype(x, weight) as x:
+        out: Tensor = _GroupedLinear.apply(x, weight, bias, groups)
     return out
 
 
@@ -129,8 +131,21 @@ def grouped_cross_entropy(
         losses: (B,) per-row cross-entropy, differentiable.
         correct: (B,) bool, whether the row's argmax is its target (not differentiable).
     """
-    losses, correct = _GroupedCrossEntropy.apply(x, weight, bias, targets, groups, grad_buffer)
+    with _weights_dtype(x, weight) as x:
+        losses, correct = _GroupedCrossEntropy.apply(x, weight, bias, targets, groups, grad_buffer)
     return losses, correct
+
+
+@contextmanager
+def _weights_dtype(x: Tensor, weight: Tensor) -> Iterator[Tensor]:
+    """``x`` in the weights' dtype, with autocast off for the block.
+
+    The sub-heads run in their weights' dtype whether or not autocast is on (the training loop
+    hands them float32 features): under autocast the products would come out in bf16 and meet
+    the float32 buffers and in-place products of the functions below.
+    """
+    with torch.autocast(x.device.type, enabled=False):
+        yield x.to(weight.dtype)
 
 
 class _GroupedLinear(torch.autograd.Function):

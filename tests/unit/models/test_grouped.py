@@ -222,3 +222,20 @@ def test_sliced_logits_of_few_rows_equal_one_product_per_row() -> None:
     losses.sum().backward()  # type: ignore[no-untyped-call]
     for got, want in zip(_grads(heads, feats), expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_sub_heads_run_in_their_weights_dtype_under_autocast() -> None:
+    # A user's own loop may wrap the heads in bf16 autocast: both the logits and the fused loss
+    # (whose buffers are float32) must work there and give what they give without autocast,
+    # on the sliced path of few rows (D = 80) as on the single product.
+    heads = HierarchicalHeads(80, S, 7)
+    x = torch.randn(6, 80, requires_grad=True)
+    y, z = torch.tensor([0, 0, 2, 2, 2, 3]), torch.randint(7, (6,))
+    plain = [heads.sub_logits(x, y), heads.sub_cross_entropy(x, y, z)[0]]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = [heads.sub_logits(x, y), heads.sub_cross_entropy(x, y, z)[0]]
+    for got, want in zip(auto, plain, strict=True):
+        assert got.dtype == torch.float32
+        assert torch.equal(got, want)
+    auto[1].sum().backward()  # type: ignore[no-untyped-call]
+    assert x.grad is not None and heads.sub_weight.grad is not None

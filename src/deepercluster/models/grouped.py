@@ -91,7 +91,7 @@ def grouped_linear(x: Tensor, weight: Tensor, bias: Tensor, groups: Groups) -> T
     """Logits of row groups through their sub-heads.
 
     Args:
-        x: (B, D) rows sorted by group.
+        x: (B, D) rows sorted by group, taken in the weights' dtype (autocast does not apply).
         weight: (S_own, n_sub, D) stacked sub-heads.
         bias: (S_own, n_sub).
         groups: (slot, number of rows) of each group, in row order, summing to B.
@@ -118,7 +118,7 @@ def grouped_cross_entropy(
     reduction="none")`` (within float rounding), in values and gradients.
 
     Args:
-        x: (B, D) rows sorted by group.
+        x: (B, D) rows sorted by group, taken in the weights' dtype (autocast does not apply).
         weight: (S_own, n_sub, D) stacked sub-heads, in either storage order (the one of
             :class:`~deepercluster.models.HierarchicalHeads`, (S_own, D, n_sub), is faster).
         bias: (S_own, n_sub).

@@ -13,13 +13,12 @@ process had freed before and the C allocator still holds. So the cycle runs in a
 interpreter, and the allocator hands its free pages back before each stage (glibc's
 ``malloc_trim``). Run in the process of ``bench all``, after the heads benchmark had freed
 gigabytes, the extract stage read +3 and +131 MiB in two runs, and +67 MiB when the cycle ran
-a second time in one process; in a fresh interpreter it reads +180 to +194 MiB.
+a second time in one process; in a fresh interpreter it reads +180 to +191 MiB.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import multiprocessing
 import os
 import threading
@@ -55,13 +54,14 @@ def _rss() -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
+# glibc's malloc_trim, looked up once among the symbols already loaded (None elsewhere).
+_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+
 def _release_free_memory() -> None:
     """Return the C allocator's free pages to the system (glibc only; elsewhere a no-op)."""
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    trim = getattr(libc, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class Stage:

@@ -26,11 +26,13 @@ _MODULES = {
 
 
 def _table(rows: list[Row]) -> str:
-    lines = [f"{'bench':8} {'figure':78} {'value':>10}  {'target':9} ok"]
+    lines = [f"{'bench':8} {'figure':78} {'value':>10}  {'target':9} {'ok':3} repetitions"]
     for r in rows:
         ok = "" if r.ok is None else ("yes" if r.ok else "NO")
         value = f"{r.value:.3g} {r.unit}" if r.unit != "x" else f"{r.value:.2f}x"
-        lines.append(f"{r.bench:8} {r.name[:78]:78} {value:>10}  {r.target:9} {ok}")
+        reps = r.detail.get("per_rep")
+        spread = f"{min(reps):.2f}-{max(reps):.2f}" if reps else ""
+        lines.append(f"{r.bench:8} {r.name[:78]:78} {value:>10}  {r.target:9} {ok:3} {spread}")
     return "\n".join(lines)
 
 

@@ -128,6 +128,15 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
+def per_rep(times: dict[str, list[float]], ours: str, limit: str) -> list[float]:
+    """ours / limit of every repetition (each repetition's pair ran back to back), rounded.
+
+    Rows keep these beside their median: on a shared machine a figure near its target can
+    read either side of it, and the spread says how far to trust one reading.
+    """
+    return [round(a / b, 4) for a, b in zip(times[ours], times[limit], strict=True)]
+
+
 def ratio(times: dict[str, list[float]], ours: str, limit: str) -> float:
     """Median over repetitions of ours / limit (each repetition's pair ran back to back)."""
     return median([a / b for a, b in zip(times[ours], times[limit], strict=True)])

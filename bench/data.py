@@ -24,7 +24,17 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from bench.common import Context, Row, at_most, info, interleaved, median, ratio, torch_threads
+from bench.common import (
+    Context,
+    Row,
+    at_most,
+    info,
+    interleaved,
+    median,
+    per_rep,
+    ratio,
+    torch_threads,
+)
 from deepercluster.data import (
     ClusterTransform,
     ClusterView,
@@ -84,7 +94,6 @@ def _per_worker(ctx: Context, label: str, path: str, res: int) -> list[Row]:
         times = interleaved(
             {"train": ours_train, "cluster": ours_cluster, "minimal": minimal},
             ctx,
-            reps=max(2, ctx.reps - 2),
         )
     rate = {k: n / median(v) for k, v in times.items()}
     return [
@@ -96,6 +105,7 @@ def _per_worker(ctx: Context, label: str, path: str, res: int) -> list[Row]:
             ours_images_per_s=rate["train"],
             minimal_images_per_s=rate["minimal"],
             images=n,
+            per_rep=per_rep(times, "train", "minimal"),
         ),
         at_most(
             NAME,
@@ -104,6 +114,7 @@ def _per_worker(ctx: Context, label: str, path: str, res: int) -> list[Row]:
             1.25,
             ours_images_per_s=rate["cluster"],
             minimal_images_per_s=rate["minimal"],
+            per_rep=per_rep(times, "cluster", "minimal"),
         ),
         info(NAME, f"{label}: our training items per second per worker", rate["train"], "img/s"),
     ]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from bench.common import Context, Row, at_most, info, interleaved, median, ratio
+from bench.common import Context, Row, at_most, info, interleaved, median, per_rep, ratio
 from deepercluster.data import (
     ArrayCollection,
     ClusterTransform,
@@ -101,6 +101,7 @@ def _setting(
                 ratio(times, "loop", "bare"),
                 1.10,
                 bare_images_per_s=n / bare_s,
+                per_rep=per_rep(times, "loop", "bare"),
             )
         )
     for src_name in sources:
@@ -114,6 +115,7 @@ def _setting(
                 bare_images_per_s=n / bare_s,
                 N=n,
                 batch=batch,
+                per_rep=per_rep(times, src_name, "bare"),
             )
         )
     rows.append(info(NAME, f"bare inference images/s ({label})", n / bare_s, "img/s"))

@@ -28,6 +28,7 @@ from bench.common import (
     info,
     interleaved,
     median,
+    per_rep,
     ratio,
 )
 from deepercluster.losses import hierarchical_loss
@@ -113,6 +114,7 @@ def run(ctx: Context) -> list[Row]:
             8.0,
             hier_s=median(times["hier"]),
             flat_s=median(times["flat"]),
+            per_rep=per_rep(times, "flat", "hier"),
             theory=(4 * k) / (4 * m + k / m),
             **shape,
         )
@@ -157,6 +159,7 @@ def run(ctx: Context) -> list[Row]:
                 8.0,
                 hier_s=median(t_big["hier"]),
                 flat_s=median(t_big["flat"]),
+                per_rep=per_rep(t_big, "flat", "hier"),
                 B=big_batch,
             )
         )

@@ -20,7 +20,7 @@ from functools import partial
 import faiss
 import numpy as np
 
-from bench.common import Context, Row, at_least, at_most, info, interleaved, median, ratio
+from bench.common import Context, Row, at_least, at_most, info, interleaved, median, per_rep, ratio
 from deepercluster.cluster.hierarchical import hierarchical_kmeans
 from deepercluster.cluster.kmeans import assign, kmeans
 
@@ -83,6 +83,7 @@ def run(ctx: Context) -> list[Row]:
             1.2,
             ours_s=median(times["ours"]),
             faiss_s=median(times["faiss"]),
+            per_rep=per_rep(times, "ours", "faiss"),
             **shape,
         ),
         Row(
@@ -134,6 +135,7 @@ def _hierarchical_vs_flat(
                 m / 2,
                 hier_s=median(times[f"hier{m}"]),
                 flat_s=median(times["flat"]),
+                per_rep=per_rep(times, "flat", f"hier{m}"),
                 theory=k / (m + k / m),
                 N=len(x),
                 k=k,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.common import Context, Row, at_most, info, interleaved, median, ratio
+from bench.common import Context, Row, at_most, info, interleaved, median, per_rep, ratio
 from deepercluster.engine.train import Targets, train_one_epoch
 from deepercluster.features import autocast
 from deepercluster.models import HierarchicalHeads, build_backbone
@@ -144,6 +144,7 @@ def run(ctx: Context) -> list[Row]:
                 bare_s_per_step=step_bare,
                 ours_images_per_s=batch / step_ours,
                 bare_images_per_s=batch / step_bare,
+                per_rep=per_rep(times, f"ours {label}", f"bare {label}"),
             )
         )
         if label != "fp32":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import statistics
 import tarfile
 from pathlib import Path
 
@@ -44,6 +45,14 @@ def test_all_benchmarks_run_on_tiny_shapes(
     for r in rows:
         assert math.isfinite(r["value"]) and r["value"] > 0, r
         assert (r["ok"] is None) == (r["target"] == ""), r
+    # Every timed ratio with a target keeps its per-repetition ratios, whose median it is.
+    timed = [
+        r for r in rows if r["target"] and not {"memory", "objective"} & set(r["name"].split())
+    ]
+    assert len(timed) >= 8
+    for r in timed:
+        reps = r["detail"]["per_rep"]
+        assert len(reps) >= 2 and statistics.median(reps) == pytest.approx(r["value"], rel=1e-3), r
     assert record["machine_before"]["torch_threads"] == 1
     printed = capsys.readouterr().out
-    assert "target" in printed and "written to" in printed
+    assert "target" in printed and "repetitions" in printed and "written to" in printed

@@ -92,6 +92,24 @@ def test_accumulate_is_the_same_for_any_input_kind_and_thread_count() -> None:
     assert sums.shape == (7, 64) and not sums.any() and not counts.any()
 
 
+@pytest.mark.parametrize(
+    ("n", "dim", "k"), [(20_000, 128, 16), (17_000, 16, 300), (9_000, 64, 5), (4_500, 128, 7)]
+)
+def test_assign_in_parts_equals_one_faiss_search(n: int, dim: int, k: int) -> None:
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    # Duplicated points tie exactly: the parts must break ties as one search does.
+    x[1::97] = x[::97][: len(x[1::97])]
+    centroids = np.ascontiguousarray(x[rng.choice(n, k, replace=False)])
+    with faiss_threads(1):
+        distances, labels = faiss.knn(x, centroids, 1)
+    for threads in (1, 2, 3):
+        with faiss_threads(threads):
+            ids, sq = assign(x, centroids)
+        np.testing.assert_array_equal(ids, labels[:, 0])
+        np.testing.assert_array_equal(sq, np.maximum(distances[:, 0], 0))
+
+
 def test_matches_faiss_when_nothing_empties(make_blobs: Blobs) -> None:
     x, _ = make_blobs(8, 50, 16, spread=1.0, scale=3.0)
     init = x[np.random.default_rng(1).choice(x.shape[0], 8, replace=False)]

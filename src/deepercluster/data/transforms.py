@@ -241,9 +241,15 @@ class ClusterTransform:
     def __call__(self, img: Image.Image) -> Tensor:
         """Image of any size → float32 tensor (3, R, R), ImageNet-normalised.
 
-        Bit-identical to torchvision's ``resize(resize, BILINEAR, antialias=True)`` then
-        ``center_crop(R)`` (tested), computed with one Pillow resize and a numpy slice: the
-        functional API's dispatch and checks cost more than the pixels at 32 px.
+        torchvision's ``resize(resize, BILINEAR, antialias=True)`` then ``center_crop(R)``,
+        computed as one Pillow resize of the source box that the centre crop covers: only the
+        R x R pixels kept are resampled, with the same filter over the same source pixels
+        (the whole image, not the box, bounds the filter's support). At 224 px that is 2x
+        less resampling (~525 x 350 photos: 1.5 vs 3.0 ms). The filter weights are computed
+        from the box's origin instead of the image's, so they differ in their last bits, and
+        Pillow rounds after each of its two passes: an output pixel can differ from
+        torchvision's by up to two grey levels (tested), where the previous version was
+        bit-identical.
         """
         width, height = img.size
         short, long = min(width, height), max(width, height)
@@ -259,11 +265,16 @@ class ClusterTransform:
         # torchvision's output size: short side -> resize, long side truncated (not rounded).
         new_long = int(self.resize * long / short)
         size = (self.resize, new_long) if width <= height else (new_long, self.resize)
-        if size != (width, height):  # torchvision returns the image itself when equal
-            img = img.resize(size, Image.Resampling.BILINEAR)
         r = self.resolution
         top, left = _centre(size[1], r), _centre(size[0], r)
-        return _normalized(_pixels(img)[top : top + r, left : left + r].transpose(2, 0, 1))
+        if size == (width, height):  # torchvision returns the image itself when equal
+            return _normalized(_pixels(img)[top : top + r, left : left + r].transpose(2, 0, 1))
+        # The crop's window in source pixels: output pixel j of the resized image has its
+        # centre at source (j + 0.5) * width / size[0], as in Pillow's full resize.
+        sx, sy = width / size[0], height / size[1]
+        box = (left * sx, top * sy, (left + r) * sx, (top + r) * sy)
+        img = img.resize((r, r), Image.Resampling.BILINEAR, box=box)
+        return _normalized(_pixels(img).transpose(2, 0, 1))
 
     def __repr__(self) -> str:
         return f"ClusterTransform(resolution={self.resolution}, resize={self.resize})"

@@ -175,15 +175,32 @@ def _torchvision_cluster(img: Image.Image, transform: ClusterTransform) -> torch
     return to_normalized_tensor(TF.center_crop(resized, [transform.resolution] * 2))
 
 
+def _grey_levels(t: torch.Tensor) -> torch.Tensor:
+    """Normalised (3, H, W) → the 0-255 levels it was made from."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return torch.round((t * std + mean) * 255)
+
+
 @pytest.mark.parametrize(
-    "size", [(32, 32), (37, 37), (50, 40), (33, 47), (500, 333), (1, 1), (3, 50), (41, 4000)]
+    "size",
+    [(32, 32), (37, 37), (50, 40), (33, 47), (500, 333), (1, 1), (3, 50), (41, 4000), (525, 350)],
 )
-@pytest.mark.parametrize(("resolution", "resize"), [(32, None), (24, 37), (16, 16)])
-def test_cluster_transform_is_bit_identical_to_torchvision(
+@pytest.mark.parametrize(("resolution", "resize"), [(32, None), (24, 37), (16, 16), (224, None)])
+def test_cluster_transform_is_torchvision_within_two_grey_levels(
     size: tuple[int, int], resolution: int, resize: int | None
 ) -> None:
     transform = ClusterTransform(resolution, resize)
+    # Uniform noise: every pixel differs from its neighbours, so a window one pixel off, or
+    # another filter, would differ by more than twice the tolerance (8+ levels even after a
+    # 30x downscale).
     for img in (_image(*size, seed=4), _image(*size, seed=4).convert("L")):
         out = transform(img)
         assert out.is_contiguous() and out.shape == (3, resolution, resolution)
-        assert torch.equal(out, _torchvision_cluster(img, transform))
+        reference = _grey_levels(_torchvision_cluster(img, transform))
+        # Pillow rounds after each of its two passes: a one-level difference after the first
+        # can become two after the second (seen: 32 x 32 in L mode to 37, cropped to 24).
+        assert (_grey_levels(out) - reference).abs().max() <= 2
+        if min(size) >= 4:
+            shifted = torch.roll(reference, 1, dims=2)
+            assert (_grey_levels(out) - shifted)[:, :, 1:].abs().max() > 4

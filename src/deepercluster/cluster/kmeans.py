@@ -207,6 +207,13 @@ def accumulate(x: np.ndarray, assignments: np.ndarray, k: int) -> tuple[np.ndarr
     for ``np.add.at``. Blocks of ~8 MB keep the float64 copy in cache; they grow to k rows when
     k is large, so that the (k, D) output of every block product stays cheaper than its input.
 
+    With faiss' OpenMP thread count T above 1, the block products run T at a time in Python
+    threads (scipy's product and numpy's cast release the GIL), and are added to the sums one
+    by one in block order, so the sums are bit-identical for any T; a wave holds T (k, D)
+    products. Measured on 2 cores (round 7): 400k x 128 float32 points, 59 vs 82 ms at k = 4,
+    55 vs 76 ms at k = 16, 97 vs 108 ms at k = 1,024; in the 50k x 128, k = 16 k-means loop
+    ~14% less time in this function.
+
     Args:
         x: (N, D) float32 points (or float64: then used without a copy).
         assignments: (N,) int64 cluster ids in [0, k).
@@ -218,14 +225,27 @@ def accumulate(x: np.ndarray, assignments: np.ndarray, k: int) -> tuple[np.ndarr
     """
     n, dim = x.shape
     block_rows = max(_BLOCK_VALUES // dim, k, 1024)
-    sums = np.zeros((k, dim), dtype=np.float64)
-    for start in range(0, n, block_rows):
+
+    def block_sums(start: int) -> np.ndarray:
         block = assignments[start : start + block_rows]
         rows = block.shape[0]
         one_hot = scipy.sparse.csc_matrix(
             (np.ones(rows, dtype=np.float64), block, np.arange(rows + 1)), shape=(k, rows)
         )
-        sums += one_hot @ x[start : start + rows].astype(np.float64, copy=False)
+        product: np.ndarray = one_hot @ x[start : start + rows].astype(np.float64, copy=False)
+        return product
+
+    starts = list(range(0, n, block_rows))
+    threads = min(faiss.omp_get_max_threads(), len(starts))
+    sums = np.zeros((k, dim), dtype=np.float64)
+    if threads <= 1:
+        for start in starts:
+            sums += block_sums(start)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            for first in range(0, len(starts), threads):
+                for product in pool.map(block_sums, starts[first : first + threads]):
+                    sums += product
     counts = np.bincount(assignments, minlength=k).astype(np.int64)
     return sums, counts
 

@@ -66,8 +66,9 @@ def test_steps_on_a_hand_example() -> None:
 
 def test_accumulate_is_the_same_for_any_input_kind_and_thread_count() -> None:
     rng = np.random.default_rng(3)
-    # More rows than one block, so the blocked float64 conversion is exercised too.
-    x = rng.standard_normal((20_000, 64)).astype(np.float32)
+    # Four blocks of 16,384 rows (the last one partial): the blocked float64 conversion, and
+    # with 2 or 3 threads waves of block products, whose sums must keep the block order.
+    x = rng.standard_normal((60_000, 64)).astype(np.float32)
     labels = rng.integers(0, 7, x.shape[0])
     reference = np.zeros((7, 64))
     np.add.at(reference, labels, x.astype(np.float64))
@@ -79,7 +80,7 @@ def test_accumulate_is_the_same_for_any_input_kind_and_thread_count() -> None:
     np.testing.assert_array_equal(counts, np.bincount(labels, minlength=7))
     threads = torch.get_num_threads()
     try:
-        for n_threads in (1, 2):
+        for n_threads in (1, 2, 3):
             torch.set_num_threads(n_threads)
             with faiss_threads(n_threads):
                 for points, ids in ((x, labels), (x64, labels), (frozen, frozen_labels)):
@@ -87,6 +88,14 @@ def test_accumulate_is_the_same_for_any_input_kind_and_thread_count() -> None:
                     np.testing.assert_array_equal(accumulate(points, ids, 7)[0], first)
     finally:
         torch.set_num_threads(threads)
+    # Over 24 decades of magnitude, float64 sums depend on their order (the ones above are
+    # exact): the block products must be added in block order for any thread count.
+    wide = (x * 10.0 ** rng.uniform(-12, 12, x.shape)).astype(np.float32)
+    with faiss_threads(1):
+        in_order = accumulate(wide, labels, 7)[0]
+    for n_threads in (2, 3):
+        with faiss_threads(n_threads):
+            np.testing.assert_array_equal(accumulate(wide, labels, 7)[0], in_order)
     # A rank without rows contributes zeros.
     sums, counts = accumulate(x[:0], labels[:0], 7)
     assert sums.shape == (7, 64) and not sums.any() and not counts.any()

@@ -188,8 +188,9 @@ def _query_parts(n: int, dim: int, threads: int) -> list[int]:
     """Row bounds [0, ..., n] of at most ``threads`` equal parts of the points to search.
 
     Every part keeps faiss on the path it takes for all the points: its BLAS path, taken when
-    queries x D reaches ``distance_compute_blas_threshold``, computes every distance from one
-    product whatever block its query falls in (the exhaustive path below it rounds otherwise).
+    queries x D reaches ``distance_compute_blas_threshold``, gives every query the same
+    distances whichever block or part it falls in (tested with unaligned parts; the exhaustive
+    path below the threshold rounds differently, and the test fails if a part takes it).
     Parts of fewer than 2,048 points would cost more in threads than they save.
     """
     threshold = int(faiss.cvar.distance_compute_blas_threshold)

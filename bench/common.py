@@ -128,18 +128,23 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
+def _ratios(times: dict[str, list[float]], ours: str, limit: str) -> list[float]:
+    """ours / limit of every repetition (each repetition's pair ran back to back)."""
+    return [a / b for a, b in zip(times[ours], times[limit], strict=True)]
+
+
 def per_rep(times: dict[str, list[float]], ours: str, limit: str) -> list[float]:
-    """ours / limit of every repetition (each repetition's pair ran back to back), rounded.
+    """The per-repetition ratios behind :func:`ratio`, rounded for the JSON.
 
     Rows keep these beside their median: on a shared machine a figure near its target can
     read either side of it, and the spread says how far to trust one reading.
     """
-    return [round(a / b, 4) for a, b in zip(times[ours], times[limit], strict=True)]
+    return [round(r, 4) for r in _ratios(times, ours, limit)]
 
 
 def ratio(times: dict[str, list[float]], ours: str, limit: str) -> float:
-    """Median over repetitions of ours / limit (each repetition's pair ran back to back)."""
-    return median([a / b for a, b in zip(times[ours], times[limit], strict=True)])
+    """Median over repetitions of ours / limit."""
+    return median(_ratios(times, ours, limit))
 
 
 @contextmanager

@@ -254,9 +254,10 @@ class ClusterTransform:
         width, height = img.size
         short, long = min(width, height), max(width, height)
         if long > _MAX_ASPECT * short:
-            # A 1×20000 spacer GIF resized to a 256-pixel short side would be 256×5M pixels.
             # The centre crop only keeps the middle `short` pixels of the long side, so cutting
-            # the long side to a few times that first changes nothing we keep.
+            # the long side to a few times that first changes nothing we keep. (This guarded
+            # the full resize of a 1×20000 spacer GIF, 256×5M pixels; the box resize below
+            # never builds that image, but the cut still sets a strip's scale, as tested.)
             keep = _MAX_ASPECT * short
             top, left = _centre(height, min(height, keep)), _centre(width, min(width, keep))
             img = img.crop((left, top, left + min(width, keep), top + min(height, keep)))

@@ -11,6 +11,7 @@ from torchvision.transforms import RandomResizedCrop
 
 from deepercluster.data import ClusterTransform, TrainTransform, normalize, rotate
 from deepercluster.data.position_rng import PositionRng
+from deepercluster.data.resample import dense_resize_pays
 from deepercluster.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_normalized_tensor
 
 
@@ -142,10 +143,15 @@ def _torchvision_reference(
 
 @pytest.mark.parametrize("size", [(37, 29), (300, 200)])
 def test_flip_and_rotation_as_strides_equal_the_reference(size: tuple[int, int]) -> None:
+    """Pillow path: bit for bit; dense path (small crops): within one grey level, no shift."""
     img = _image(*size, seed=5)
     transform = TrainTransform(24)
     seen = set()
     for key in range(64):
+        probe = PositionRng(key)
+        _, _, h, w = transform.crop_params(img.width, img.height, probe)
+        dense = dense_resize_pays(h, w, 24)
+        flip = probe.random() < 0.5
         for r in range(4):
             out = transform(img, PositionRng(key), rotation=r)
             reference, torchvision_reference = _torchvision_reference(
@@ -153,12 +159,22 @@ def test_flip_and_rotation_as_strides_equal_the_reference(size: tuple[int, int])
             )
             assert out.dtype == torch.float32 and out.shape == (3, 24, 24)
             assert out.is_contiguous()
-            assert torch.equal(out, reference)
-            assert torch.allclose(out, torchvision_reference, atol=1e-5)
-            probe = PositionRng(key)
-            transform.crop_params(img.width, img.height, probe)
-            seen.add((probe.random() < 0.5, r))
-    assert len(seen) == 8  # every flip x rotation combination was checked
+            if dense:
+                # Pillow rounds to 8 bits after each pass; the products do not round at all.
+                levels, reference_levels = _grey_levels(out), _grey_levels(reference)
+                assert (levels - reference_levels).abs().max() <= 1
+                # A flip or rotation applied the wrong way would move pixels: uniform noise
+                # then differs by far more than one level.
+                wrong = torch.flip(reference_levels, dims=(2,))
+                assert (levels - wrong).abs().max() > 8
+            else:
+                assert torch.equal(out, reference)
+                assert torch.allclose(out, torchvision_reference, atol=1e-5)
+            seen.add((dense, flip, r))
+    # Every flip x rotation combination was checked on the dense path, and the large image's
+    # big crops took Pillow's.
+    assert len({s for s in seen if s[0]}) == 8
+    assert any(not s[0] for s in seen) == (size == (300, 200))
 
 
 def test_train_transform_rejects_bad_rotation() -> None:

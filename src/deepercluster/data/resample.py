@@ -38,21 +38,33 @@ def dense_resize_pays(height: int, width: int, size: int) -> bool:
 
 
 @lru_cache(maxsize=512)
-def bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
-    """Pillow's BILINEAR resampling weights from ``n_in`` to ``n_out`` pixels along one axis.
+def bilinear_weights(
+    n_in: int, n_out: int, start: float = 0.0, end: float | None = None
+) -> np.ndarray:
+    """Pillow's BILINEAR weights resampling ``[start, end)`` of ``n_in`` pixels to ``n_out``.
+
+    Args:
+        n_in: Input pixels along the axis.
+        n_out: Output pixels.
+        start, end: The source window, in input pixel coordinates (Pillow's ``box``);
+            default the whole axis. The filter may reach past the window, not past the axis.
 
     Returns:
         Read-only float64 array (n_out, n_in); row i sums to 1 and holds the weight of every
         input pixel in output pixel i.
     """
-    if n_in <= 0 or n_out <= 0:
-        raise ValueError(f"sizes must be positive, got {n_in} -> {n_out}")
-    scale = n_in / n_out
+    end = float(n_in) if end is None else end
+    if n_in <= 0 or n_out <= 0 or not end > start:
+        raise ValueError(
+            f"sizes must be positive and the window non-empty, got {n_in} -> {n_out} "
+            f"over [{start}, {end})"
+        )
+    scale = (end - start) / n_out
     # Downscaling widens the triangle to cover every input pixel (antialiasing).
     support = max(scale, 1.0)
-    centre = (np.arange(n_out) + 0.5) * scale
-    # Pillow restricts each row to [int(c - s + 0.5), int(c + s + 0.5)) within the image;
-    # the triangle is zero outside that window anyway, so only the image bounds matter.
+    centre = start + (np.arange(n_out) + 0.5) * scale
+    # Pillow restricts each row to [int(c - s + 0.5), int(c + s + 0.5)) within the axis; the
+    # triangle is zero outside that window anyway, so only the axis' bounds matter.
     distance = (np.arange(n_in)[None, :] + 0.5 - centre[:, None]) / support
     weights = np.maximum(1.0 - np.abs(distance), 0.0)
     weights /= weights.sum(axis=1, keepdims=True)
@@ -61,34 +73,46 @@ def bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=512)
-def _column_weights(width: int, size: int) -> np.ndarray:
+def _column_weights(width: int, size: int, start: float, end: float) -> np.ndarray:
     """(width, size) float32: the right-hand factor of the column pass."""
-    return np.ascontiguousarray(bilinear_weights(width, size).T, dtype=np.float32)
+    return np.ascontiguousarray(bilinear_weights(width, size, start, end).T, dtype=np.float32)
 
 
 @lru_cache(maxsize=512)
-def _row_weights(height: int, size: int, scale: tuple[float, float, float]) -> np.ndarray:
+def _row_weights(
+    height: int, size: int, start: float, end: float, scale: tuple[float, float, float]
+) -> np.ndarray:
     """(3, size, height) float32: the row pass's weights, times each channel's scale."""
     per_channel = np.asarray(scale, dtype=np.float64)[:, None, None]
-    weights: np.ndarray = (per_channel * bilinear_weights(height, size)[None]).astype(np.float32)
+    rows = bilinear_weights(height, size, start, end)[None]
+    weights: np.ndarray = (per_channel * rows).astype(np.float32)
     return weights
 
 
-def resize_scaled(pixels: np.ndarray, size: int, scale: tuple[float, float, float]) -> np.ndarray:
-    """Resize an (h, w, 3) uint8 crop to (3, size, size) float32, channel c times ``scale[c]``.
+def resize_scaled(
+    pixels: np.ndarray,
+    size: int,
+    scale: tuple[float, float, float],
+    box: tuple[float, float, float, float] | None = None,
+) -> np.ndarray:
+    """Resize (h, w, 3) uint8 pixels to (3, size, size) float32, channel c times ``scale[c]``.
 
     Args:
         pixels: (h, w, 3) uint8 array with any strides, e.g. a crop of a decoded image.
         size: Output side.
         scale: Per-channel factor folded into the weights (a normalisation's 1 / (255 std)).
+        box: ``(left, top, right, bottom)`` source window, as Pillow's ``resize(box=...)``;
+            default all of ``pixels``.
 
     Returns:
         Contiguous float32 (3, size, size), channels first, rows then columns.
     """
     height, width = pixels.shape[:2]
+    left, top, right, bottom = (0.0, 0.0, float(width), float(height)) if box is None else box
     # One strided copy to channels-first float32, then the columns of every channel's rows in
     # one product (3h, w) @ (w, R), then each channel's rows: (R, h) @ (h, R), three at once.
     planes = pixels.transpose(2, 0, 1).astype(np.float32)
-    columns = planes.reshape(3 * height, width) @ _column_weights(width, size)
-    out: np.ndarray = np.matmul(_row_weights(height, size, scale), columns.reshape(3, height, size))
+    columns = planes.reshape(3 * height, width) @ _column_weights(width, size, left, right)
+    rows = _row_weights(height, size, top, bottom, scale)
+    out: np.ndarray = np.matmul(rows, columns.reshape(3, height, size))
     return out

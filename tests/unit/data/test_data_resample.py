@@ -25,6 +25,24 @@ def test_weights_are_pillows_float_resize(n_in: int, n_out: int) -> None:
     np.testing.assert_allclose(ours, theirs, atol=2e-6)
 
 
+@pytest.mark.parametrize(
+    ("n_in", "n_out", "box"),
+    [(32, 32, (2.3, 29.9)), (32, 24, (3.46, 28.54)), (50, 16, (0.0, 40.0)), (9, 20, (1.5, 8.0))],
+)
+def test_box_weights_are_pillows_float_resize_of_the_box(
+    n_in: int, n_out: int, box: tuple[float, float]
+) -> None:
+    """The window's weights, the filter reaching past it into the image (as Pillow's)."""
+    values = np.random.default_rng(n_in + n_out).random((n_in, n_in), dtype=np.float32)
+    theirs = np.asarray(
+        Image.fromarray(values, mode="F").resize(
+            (n_out, n_out), Image.Resampling.BILINEAR, box=(box[0], box[0], box[1], box[1])
+        )
+    )
+    weights = bilinear_weights(n_in, n_out, *box)
+    np.testing.assert_allclose(weights @ values.astype(np.float64) @ weights.T, theirs, atol=2e-6)
+
+
 def test_weights_are_cached_and_read_only() -> None:
     weights = bilinear_weights(29, 32)
     assert bilinear_weights(29, 32) is weights
@@ -32,6 +50,8 @@ def test_weights_are_cached_and_read_only() -> None:
         weights[0, 0] = 1.0
     with pytest.raises(ValueError, match="sizes must be positive"):
         bilinear_weights(0, 32)
+    with pytest.raises(ValueError, match="window non-empty"):
+        bilinear_weights(32, 32, 5.0, 5.0)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,10 @@
   (``tests/unit/data/test_data_transforms.py`` checks both), as in the paper's order.
 - Clustering: resize the shorter side to 256/224 × resolution, centre crop, normalise. No
   rotation: features for k-means come from upright images.
+
+Both resize with Pillow's antialiased bilinear filter: large images through Pillow itself,
+small ones (CIFAR's 32 px crops) through the same weights as two float32 products
+(``resample.py``, within one grey level of Pillow's 8-bit result).
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ At 32 px a Pillow resize costs ~30 us, nearly all of it per-call work (filter ta
 intermediate image, two passes), and the crop before it another ~9 us: a fifth of a CIFAR
 training item. The same filter written as two dense weight matrices, (R, h) for the rows and
 (w, R) for the columns, makes the resize two small BLAS products on a view of the decoded
-pixels, with the weights cached per (input, output) size. A product costs ``h * w * R``
-multiply-adds where Pillow's pass costs about ``h * R`` times the filter's few taps, so the
-dense form only pays on small crops: ``dense_resize_pays`` draws that line from measurements
-(see its docstring).
+pixels, with the weights cached per input size, output size and source window. A product
+costs ``h * w * R`` multiply-adds where Pillow's pass costs about ``h * R`` times the filter's
+few taps, so the dense form only pays on small crops: ``dense_resize_pays`` draws that line
+from measurements (see the comment above it).
 
 The weights are Pillow's (``libImaging/Resample.c``: a triangle of half-width
 ``max(in / out, 1)`` centred on ``(i + 0.5) * in / out``, normalised per output pixel), but

@@ -146,7 +146,7 @@ def test_flip_and_rotation_as_strides_equal_the_reference(size: tuple[int, int])
     """Pillow path: bit for bit; dense path (small crops): within one grey level, no shift."""
     img = _image(*size, seed=5)
     transform = TrainTransform(24)
-    seen = set()
+    seen, copied = set(), set()
     for key in range(64):
         probe = PositionRng(key)
         _, _, h, w = transform.crop_params(img.width, img.height, probe)
@@ -171,10 +171,14 @@ def test_flip_and_rotation_as_strides_equal_the_reference(size: tuple[int, int])
                 assert torch.equal(out, reference)
                 assert torch.allclose(out, torchvision_reference, atol=1e-5)
             seen.add((dense, flip, r))
+            if dense:
+                # The dense path copies out a small crop of a large image first.
+                copied.add(4 * h * w < size[0] * size[1])
     # Every flip x rotation combination was checked on the dense path, and the large image's
-    # big crops took Pillow's.
+    # big crops took Pillow's; the dense path was reached both ways (crop copied out or not).
     assert len({s for s in seen if s[0]}) == 8
     assert any(not s[0] for s in seen) == (size == (300, 200))
+    assert copied == {True, False}
 
 
 def test_train_transform_rejects_bad_rotation() -> None:

@@ -50,6 +50,9 @@ _STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
 _SCALE = (1.0 / (255.0 * _STD)).numpy()
 _SHIFT = (_MEAN / _STD).numpy()
 _SCALE_PER_CHANNEL = (float(_SCALE[0, 0, 0]), float(_SCALE[1, 0, 0]), float(_SCALE[2, 0, 0]))
+# Up to this many pixels, reading all of an image's bytes and slicing the crop out of them is
+# as fast as a Pillow crop first (measured: 6 vs 9 us at 32 px, 10 vs 10 us at 96 px).
+_COPY_ALL_MAX_PIXELS = 96 * 96
 
 
 # (flip, r) → (row step, column step, output axes) of the (H, W, 3) pixel view that shows the
@@ -215,7 +218,7 @@ class TrainTransform:
             # Small crops (every CIFAR one): the same filter as two BLAS products on a view
             # of the pixels; the whole transform takes 27 instead of 39 us at 32 px. Within
             # one grey level of Pillow's crop + resize (resample.py).
-            if 4 * h * w < img.width * img.height:
+            if img.width * img.height > max(4 * h * w, _COPY_ALL_MAX_PIXELS):
                 # A small crop of a large image: copy out only the crop's bytes (all of a
                 # 505 x 350 photo's take 108 us, a 90 x 80 crop's 17 us).
                 crop = _pixels(img.crop((left, top, left + w, top + h)))

@@ -251,9 +251,25 @@ def _stored_transposed(weight: Tensor) -> bool:
     return weight.stride(-2) == 1 and weight.shape[-1] > 1
 
 
-# Slice width and row bound of the sliced logits product (:func:`_logits`).
+# Slice width, row bound and sub-head size of the sliced logits product (:func:`_logits`).
 _K_SLICE = 32
 _FEW_ROWS = 24
+# Slices only pay when a sub-head is too large to stay in cache: 16 groups of 8-16 rows,
+# D = 512, 2 threads, one product / sliced: 0.39-0.46x at 250-1,000 classes (0.5-2 MB),
+# 0.76-0.80x at 2,500 (4.9 MB), 1.12-1.18x at 5,000 (9.8 MB), 1.46-1.56x at 10,000 (20 MB).
+_SLICE_MIN_BYTES = 8 << 20
+
+
+def _slices_pay(x: Tensor, w: Tensor) -> bool:
+    """Whether rows ``x`` (rows, D) should take their logits through sub-head ``w`` (D, n_sub)
+    in slices of ``_K_SLICE`` features: few rows, on the CPU, and a large sub-head."""
+    rows, dim = x.shape
+    return (
+        x.device.type == "cpu"
+        and rows < _FEW_ROWS
+        and dim > _K_SLICE
+        and w.numel() * w.element_size() >= _SLICE_MIN_BYTES
+    )
 
 
 # The three products of a training step, per sub-head, are all (n_sub x D) against ~16 rows at
@@ -268,18 +284,18 @@ def _logits(x: Tensor, weight: Tensor, bias: Tensor, slot: int) -> Tensor:
     if not _stored_transposed(weight):
         return torch.addmm(bias[slot].unsqueeze(1), weight[slot], x.t()).t()
     w = weight[slot].t()  # (D, n_sub), contiguous
-    rows, dim = x.shape
-    if x.device.type != "cpu" or rows >= _FEW_ROWS or dim <= _K_SLICE:
+    if not _slices_pay(x, w):
         return torch.addmm(bias[slot], x, w)
-    # Few rows on the CPU: the product in slices of _K_SLICE features (rows of w), accumulated
-    # in place. One (rows, D) x (D, n_sub) product seems to pack all of w (20 MB at
-    # 512 x 10,000) before using it, where a 32-feature slice (1.3 MB) stays in cache. Measured
+    # Few rows on the CPU, a large sub-head: the product in slices of _K_SLICE features (rows
+    # of w), accumulated in place. One (rows, D) x (D, n_sub) product seems to pack all of w
+    # (20 MB at 512 x 10,000) before using it, where a 32-feature slice (1.3 MB) stays in
+    # cache. Measured
     # (bench/heads.py shapes, MKL, 2 threads): the logits of 16 sub-heads of 10,000 x 512 at
     # 12-20 rows each took 38-53 ms sliced against 48-62 ms in one product (1.15-1.3x,
     # interleaved); from ~24 rows up one product is as fast or faster, and slices of 8-16 or
     # 64 features are slower.
     out = torch.addmm(bias[slot], x[:, :_K_SLICE], w[:_K_SLICE])
-    for k in range(_K_SLICE, dim, _K_SLICE):
+    for k in range(_K_SLICE, x.shape[1], _K_SLICE):
         out.addmm_(x[:, k : k + _K_SLICE], w[k : k + _K_SLICE])
     return out
 

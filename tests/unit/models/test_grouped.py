@@ -194,10 +194,24 @@ def test_correct_follows_argmax_on_ties() -> None:
     assert torch.equal(correct, logits.argmax(1) == targets)
 
 
-def test_sliced_logits_of_few_rows_equal_one_product_per_row() -> None:
-    # On the CPU a group of fewer than _FEW_ROWS rows takes its logits in slices of
-    # _K_SLICE features; D = 80 ends on a partial slice, and the 24- and 30-row groups take
-    # the single product. Every row is checked against its own product with its sub-head.
+def test_slices_only_for_few_rows_through_a_large_sub_head() -> None:
+    few, many = torch.zeros(grouped._FEW_ROWS - 1, 512), torch.zeros(grouped._FEW_ROWS, 512)
+    large = torch.zeros(512, 10_000)  # 20 MB: the heads benchmark's sub-heads
+    small = torch.zeros(512, 250)  # 0.5 MB: stays in cache, one product is faster
+    assert grouped._slices_pay(few, large)
+    assert not grouped._slices_pay(many, large)
+    assert not grouped._slices_pay(few, small)
+    assert not grouped._slices_pay(torch.zeros(4, grouped._K_SLICE), torch.zeros(32, 70_000))
+
+
+def test_sliced_logits_of_few_rows_equal_one_product_per_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On the CPU a group of fewer than _FEW_ROWS rows takes its logits through a large
+    # sub-head in slices of _K_SLICE features (every sub-head counts as large here); D = 80
+    # ends on a partial slice, and the 24- and 30-row groups take the single product. Every
+    # row is checked against its own product with its sub-head.
+    monkeypatch.setattr(grouped, "_SLICE_MIN_BYTES", 0)
     dim, n_sub = 80, 7
     assert dim % grouped._K_SLICE != 0 and dim > 2 * grouped._K_SLICE
     heads = random_heads(dim, S, n_sub, seed=4)
@@ -224,10 +238,15 @@ def test_sliced_logits_of_few_rows_equal_one_product_per_row() -> None:
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_sub_heads_run_in_their_weights_dtype_under_autocast() -> None:
+@pytest.mark.parametrize("slice_min_bytes", [0, grouped._SLICE_MIN_BYTES])
+def test_sub_heads_run_in_their_weights_dtype_under_autocast(
+    monkeypatch: pytest.MonkeyPatch, slice_min_bytes: int
+) -> None:
     # A user's own loop may wrap the heads in bf16 autocast: both the logits and the fused loss
     # (whose buffers are float32) must work there and give what they give without autocast,
-    # on the sliced path of few rows (D = 80) as on the single product.
+    # on the sliced path of few rows (D = 80, every sub-head counted as large) as on the
+    # single product.
+    monkeypatch.setattr(grouped, "_SLICE_MIN_BYTES", slice_min_bytes)
     heads = HierarchicalHeads(80, S, 7)
     x = torch.randn(6, 80, requires_grad=True)
     y, z = torch.tensor([0, 0, 2, 2, 2, 3]), torch.randint(7, (6,))

@@ -8,7 +8,8 @@ centroids (ours returns those assignments too). Both objectives are measured the
 the sum of squared distances of every point to its nearest final centroid. Then
 ``hierarchical_kmeans`` with m super-clusters against our flat engine at the same total k
 (target: at least m/2 faster), at that shape and at a larger one whose level-2 problems have
-hundreds to thousands of centroids each.
+hundreds to thousands of centroids each. For reference, the same hierarchy (our recipe and
+scheduling) with ``faiss.Kmeans`` as every flat k-means: what the library itself reaches there.
 The data are L2-normalised points of a Gaussian mixture, as after PCA-whitening.
 Runs on the CPU whatever ``--device`` (both engines are CPU code; faiss-cpu).
 """
@@ -21,8 +22,13 @@ import faiss
 import numpy as np
 
 from bench.common import Context, Row, at_least, at_most, info, interleaved, median, per_rep, ratio
-from deepercluster.cluster.hierarchical import hierarchical_kmeans
-from deepercluster.cluster.kmeans import assign, kmeans
+from deepercluster.cluster.hierarchical import (
+    balance_super_clusters,
+    hierarchical_kmeans,
+    one_cluster,
+    two_levels,
+)
+from deepercluster.cluster.kmeans import KMeansResult, assign, kmeans
 
 NAME = "kmeans"
 
@@ -34,6 +40,54 @@ def mixture(n: int, dim: int, centres: int, seed: int = 0) -> np.ndarray:
     x = c[rng.integers(centres, size=n)] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x
+
+
+def _faiss_kmeans(x: np.ndarray, k: int, niter: int, seed: int) -> KMeansResult:
+    """``faiss.Kmeans`` on all of ``x`` for exactly ``niter`` iterations, then the search that
+    assigns every point (as our engine returns), shaped like our result."""
+    km = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=niter,
+        seed=seed % 2**31,  # faiss takes a signed int; level-2 seeds are 32-bit unsigned
+        max_points_per_centroid=10**9,  # no silent subsampling
+        min_points_per_centroid=1,  # only silences a warning about few points per centroid
+        verbose=False,
+    )
+    km.cp.early_stop_threshold = -1.0
+    km.train(x)
+    distances, labels = km.index.search(x, 1)
+    return KMeansResult(
+        centroids=km.centroids,
+        assignments=labels[:, 0].astype(np.int64),
+        objective=float(np.maximum(distances[:, 0], 0).sum(dtype=np.float64)),
+        n_reseeded=0,
+        objectives=(),
+    )
+
+
+def faiss_hierarchy(x: np.ndarray, k: int, m: int, niter: int, seed: int) -> float:
+    """Our two-level recipe (balancing, level-2 runs two at a time on 2 cores) with
+    ``faiss.Kmeans`` as every flat k-means: the pace of the best library at this shape.
+
+    Returns:
+        The level-2 objective.
+    """
+    result = two_levels(
+        n=len(x),
+        dim=x.shape[1],
+        k=k,
+        m=m,
+        init=None,
+        cluster=lambda _run, rows, kk, sd, _init: _faiss_kmeans(
+            x if rows is None else x[rows], kk, niter, sd
+        ),
+        one_cluster=lambda: one_cluster(x),
+        balance=lambda a, c, size: balance_super_clusters(x, a, c, size),
+        seed=seed,
+        workers=None,
+    )
+    return result.objective
 
 
 def _objective(x: np.ndarray, centroids: np.ndarray) -> float:
@@ -123,7 +177,15 @@ def _hierarchical_vs_flat(
     def hier(m: int) -> None:
         objectives[f"hier{m}"] = hierarchical_kmeans(x, k=k, m=m, niter=niter, seed=seed).objective
 
-    times = interleaved({"flat": flat, **{f"hier{m}": partial(hier, m) for m in ms}}, ctx, reps=3)
+    def with_faiss(m: int) -> None:
+        objectives[f"faiss{m}"] = faiss_hierarchy(x, k, m, niter, seed)
+
+    fns = {
+        "flat": flat,
+        **{f"hier{m}": partial(hier, m) for m in ms},
+        **{f"faiss{m}": partial(with_faiss, m) for m in ms},
+    }
+    times = interleaved(fns, ctx, reps=3)
     rows = []
     for m in ms:
         shape = f"m={m} (N={len(x)}, k={k})"
@@ -149,6 +211,20 @@ def _hierarchical_vs_flat(
                 f"hierarchical / flat objective, {shape}",
                 objectives[f"hier{m}"] / objectives["flat"],
                 "x",
+            )
+        )
+        # The same hierarchy with faiss.Kmeans for every run: how far the m / 2 target is
+        # from what the library itself reaches at this shape.
+        rows.append(
+            info(
+                NAME,
+                f"reference: flat / hierarchy of faiss.Kmeans runs, {shape}",
+                ratio(times, "flat", f"faiss{m}"),
+                "x",
+                faiss_hier_s=median(times[f"faiss{m}"]),
+                ours_over_faiss=ratio(times, f"hier{m}", f"faiss{m}"),
+                per_rep=per_rep(times, "flat", f"faiss{m}"),
+                objective_faiss_over_ours=objectives[f"faiss{m}"] / objectives[f"hier{m}"],
             )
         )
     return rows

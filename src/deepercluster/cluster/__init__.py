@@ -23,6 +23,7 @@ from deepercluster.cluster.kmeans import (
     check_features,
     faiss_threads,
     kmeans,
+    lloyd,
     squared_distances,
     update_centroids,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "kmeans",
     "kmeans_distributed",
     "l2_normalize",
+    "lloyd",
     "pca_from_moments",
     "reseed_empty",
     "split_members",

@@ -23,7 +23,7 @@ from deepercluster.cluster.kmeans import (
     KMeansResult,
     check_features,
     faiss_threads,
-    kmeans,
+    lloyd,
     squared_distances,
 )
 from deepercluster.cluster.level2_runs import run_level2
@@ -314,7 +314,7 @@ def hierarchical_kmeans(
             k=k,
             m=m,
             init=init,
-            cluster=lambda _run, rows, kk, sd, ini: kmeans(
+            cluster=lambda _run, rows, kk, sd, ini: lloyd(
                 x if rows is None else x[rows], kk, niter=niter, seed=sd, init=ini
             ),
             one_cluster=lambda: one_cluster(x),

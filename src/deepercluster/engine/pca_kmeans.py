@@ -29,7 +29,7 @@ from deepercluster.cluster import (
     fit_pca,
     fit_pca_distributed,
     hierarchical_kmeans_grouped,
-    kmeans,
+    lloyd,
 )
 from deepercluster.cluster.chunked import hierarchical_kmeans_chunked, kmeans_chunked, row_blocks
 
@@ -307,7 +307,7 @@ def _hierarchy_one_process(
         init=init,
         # The same calls as hierarchical_kmeans, one saved file per finished run.
         cluster=stage.cached_runs(
-            lambda _run, rows, kk, sd, ini: kmeans(
+            lambda _run, rows, kk, sd, ini: lloyd(
                 rows_in_memory if rows is None else rows_in_memory[rows],
                 kk,
                 niter=c.niter,

@@ -62,6 +62,10 @@ def test_steps_on_a_hand_example() -> None:
     np.testing.assert_allclose(sums, [[0, 1], [20, 2], [0, 0]])
     updated = update_centroids(sums, counts, centroids)
     np.testing.assert_allclose(updated, [[0, 0.5], [10, 1], [50, 50]])
+    # No empty cluster (the usual case): every centroid is its float32 mean.
+    full = update_centroids(sums[:2], counts[:2], centroids[:2])
+    assert full.dtype == np.float32
+    np.testing.assert_array_equal(full, np.float32([[0, 0.5], [10, 1]]))
 
 
 def test_accumulate_is_the_same_for_any_input_kind_and_thread_count() -> None:

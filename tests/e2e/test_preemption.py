@@ -84,7 +84,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Counts the chunks extracted and the k-means runs computed by the in-process resume."""
     calls = {"chunks": 0, "kmeans": 0}
-    real_extract, real_kmeans = extraction.extract_features, pca_kmeans.kmeans
+    real_extract, real_kmeans = extraction.extract_features, pca_kmeans.lloyd
 
     def extract(*args: Any, **kwargs: Any) -> Any:
         calls["chunks"] += 1
@@ -95,7 +95,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         return real_kmeans(*args, **kwargs)
 
     monkeypatch.setattr(extraction, "extract_features", extract)
-    monkeypatch.setattr(pca_kmeans, "kmeans", kmeans)
+    monkeypatch.setattr(pca_kmeans, "lloyd", kmeans)
     return calls
 
 

@@ -42,9 +42,12 @@ def mixture(n: int, dim: int, centres: int, seed: int = 0) -> np.ndarray:
     return x
 
 
-def _faiss_kmeans(x: np.ndarray, k: int, niter: int, seed: int) -> KMeansResult:
-    """``faiss.Kmeans`` on all of ``x`` for exactly ``niter`` iterations, then the search that
-    assigns every point (as our engine returns), shaped like our result."""
+def _faiss_kmeans(
+    x: np.ndarray, k: int, niter: int, seed: int, init: np.ndarray | None = None
+) -> KMeansResult:
+    """``faiss.Kmeans`` on all of ``x`` for exactly ``niter`` iterations (from ``init`` if
+    given), then the search that assigns every point (as our engine returns), shaped like our
+    result."""
     km = faiss.Kmeans(
         x.shape[1],
         k,
@@ -55,7 +58,7 @@ def _faiss_kmeans(x: np.ndarray, k: int, niter: int, seed: int) -> KMeansResult:
         verbose=False,
     )
     km.cp.early_stop_threshold = -1.0
-    km.train(x)
+    km.train(x, init_centroids=init)
     distances, labels = km.index.search(x, 1)
     return KMeansResult(
         centroids=km.centroids,
@@ -110,20 +113,7 @@ def run(ctx: Context) -> list[Row]:
         results["ours"] = kmeans(x, k, niter=niter, seed=seed).centroids
 
     def with_faiss() -> None:
-        km = faiss.Kmeans(
-            dim,
-            k,
-            niter=niter,
-            seed=seed,
-            max_points_per_centroid=10**9,
-            min_points_per_centroid=1,  # only silences a warning about few points per centroid
-            verbose=False,
-        )
-        km.cp.early_stop_threshold = -1.0
-        km.train(x, init_centroids=init)
-        # Ours returns every point's assignment to the final centroids; so does this side.
-        km.index.search(x, 1)
-        results["faiss"] = km.centroids
+        results["faiss"] = _faiss_kmeans(x, k, niter, seed, init).centroids
 
     times = interleaved({"ours": ours, "faiss": with_faiss}, ctx)
     obj_ours = _objective(x, results["ours"])

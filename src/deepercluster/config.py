@@ -130,6 +130,10 @@ class ClusterConfig:
     """Fit PCA on at most this many images (0 = all); the reference fits on a sample."""
     niter: int = 10
     """Lloyd iterations at each level (reference: 10)."""
+    level1_sample: int = 0
+    """Fit the level-1 k-means (the super-clusters) on at most this many random images, then
+    assign every image to its nearest super-centroid (0 = all images, as the reference).
+    faiss.Kmeans' default would be 256 per super-cluster; docs/performance.md, round 10."""
     warm_start: bool = False
     """Start k-means from the previous centroids (reference flag warm_restart)."""
     feature_store: str = "memory"
@@ -164,6 +168,12 @@ class ClusterConfig:
             raise ValueError(f"cluster.niter ({self.niter}) must be >= 1")
         if self.pca_sample < 0:
             raise ValueError(f"cluster.pca_sample ({self.pca_sample}) must be >= 0")
+        if self.level1_sample and self.level1_sample < self.super_clusters:
+            raise ValueError(
+                f"cluster.level1_sample ({self.level1_sample}) must be 0 (every image) or at "
+                f"least cluster.super_clusters ({self.super_clusters}); faiss' rule of thumb "
+                f"is 256 per super-cluster: {256 * self.super_clusters}"
+            )
         if self.feature_store not in FEATURE_STORES:
             raise ValueError(
                 f"cluster.feature_store ({self.feature_store!r}) must be one of {FEATURE_STORES}"

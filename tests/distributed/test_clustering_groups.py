@@ -23,14 +23,14 @@ def _data() -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _grouped(rank: int, world: int, m: int, k: int) -> dict[str, Any]:
+def _grouped(rank: int, world: int, m: int, k: int, sample: int) -> dict[str, Any]:
     x = _data()
     lo = sum(SHARDS[:rank])
     groups = [list(range(s * world // m, (s + 1) * world // m)) for s in range(m)]
     process_groups = [distributed.new_group(g) for g in groups]
     result = hierarchical_kmeans_grouped(
         x[lo : lo + SHARDS[rank]], k=k, m=m, groups=groups, process_groups=process_groups,
-        niter=5, seed=3,
+        niter=5, seed=3, level1_sample=sample,
     )  # fmt: skip
     return {
         "super": result.super_assignments,
@@ -42,10 +42,11 @@ def _grouped(rank: int, world: int, m: int, k: int) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize(("m", "k"), [(2, 12), (4, 20)])
-def test_grouped_level2_equals_single_process(m: int, k: int) -> None:
-    results = run_ranks(_grouped, 4, m, k)
-    ref = hierarchical_kmeans(_data(), k=k, m=m, niter=5, seed=3)
+# (4, 20, 60): level 1 on 60 of the 280 rows, none of them on the empty rank.
+@pytest.mark.parametrize(("m", "k", "sample"), [(2, 12, 0), (4, 20, 0), (4, 20, 60)])
+def test_grouped_level2_equals_single_process(m: int, k: int, sample: int) -> None:
+    results = run_ranks(_grouped, 4, m, k, sample)
+    ref = hierarchical_kmeans(_data(), k=k, m=m, niter=5, seed=3, level1_sample=sample)
     np.testing.assert_array_equal(
         np.concatenate([r["super"] for r in results]), ref.super_assignments
     )

@@ -62,6 +62,11 @@ def _cases(data: dict[str, Any], run_kmeans: Any, run_hierarchical: Any) -> dict
         # k close to N on duplicates: many re-seeding rounds, and balancing among exact ties.
         "hier_dup": run_hierarchical(data["duplicated"], k=240, m=2, niter=3, seed=5),
         "flat": run_hierarchical(data["blobs"], k=6, m=1, niter=3, seed=6),
+        # Level 1 on 40 of the 303 rows, drawn over the whole collection: a rank's part of the
+        # sample may be one row or none.
+        "hier_sample": run_hierarchical(
+            data["blobs"], k=16, m=4, niter=4, seed=8, level1_sample=40
+        ),
     }
 
 
@@ -138,7 +143,7 @@ def test_distributed_equals_single_process(
 
     for name in ("kmeans", "dup", "far"):
         _same_kmeans([r[name] for r in results], expected[name])
-    for name in ("hier", "hier_dup", "flat"):
+    for name in ("hier", "hier_dup", "flat", "hier_sample"):
         _same_hierarchical([r[name] for r in results], expected[name])
     # The cases exercise what they are meant to.
     assert expected["kmeans"].n_reseeded == 0

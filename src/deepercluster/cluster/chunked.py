@@ -27,11 +27,13 @@ from deepercluster.cluster.kmeans import (
     squared_distances,
     update_centroids,
 )
+from deepercluster.cluster.level1_sample import Level1Sample, sample_rows
 from deepercluster.cluster.preprocess import PCAWhitening, pca_from_moments
 from deepercluster.cluster.reseed import halve_one_sided, reseed_empty, split_sides
 
 __all__ = [
     "RowSource",
+    "assign_chunked",
     "balance_chunked",
     "fit_pca_chunked",
     "hierarchical_kmeans_chunked",
@@ -273,6 +275,27 @@ def balance_chunked(
     return assignments, n_moved
 
 
+def assign_chunked(
+    source: RowSource, centroids: np.ndarray, block_rows: int = 65536
+) -> tuple[np.ndarray, float]:
+    """Every row's nearest centroid and the objective, rows streamed block by block.
+
+    Args:
+        source: the (N, D) float32 features.
+        centroids: (k, D) float32 centroids.
+        block_rows: rows per block.
+
+    Returns:
+        (N,) int64 labels and the float sum of squared distances.
+    """
+    labels = np.empty(source.rows, np.int64)
+    objective = 0.0
+    for pos, x in row_blocks(source, block_rows):
+        labels[pos : pos + len(x)], sq_distances = assign(x, centroids)
+        objective += float(sq_distances.sum(dtype=np.float64))
+    return labels, objective
+
+
 def hierarchical_kmeans_chunked(
     source: RowSource,
     *,
@@ -283,6 +306,7 @@ def hierarchical_kmeans_chunked(
     init: HierarchicalResult | None = None,
     block_rows: int = 65536,
     on_level_done: Callable[[int, int], None] | None = None,
+    level1_sample: int = 0,
 ) -> HierarchicalResult:
     """The two-level recipe of :func:`~.hierarchical.two_levels` over a streamed source.
 
@@ -296,9 +320,12 @@ def hierarchical_kmeans_chunked(
         init: a previous clustering to warm-start from.
         block_rows: rows per block.
         on_level_done: progress callback ``(runs done, m + 1)``.
+        level1_sample: fit level 1 on this many random rows, then assign every row (read
+            once more); 0: on every row.
     """
     if k % m or k > source.rows:
         raise ValueError(f"cluster.k ({k}) must be a multiple of m ({m}) and <= N ({source.rows})")
+    rows = sample_rows(source.rows, level1_sample, m, seed)
 
     def one_cluster() -> KMeansResult:
         total = np.zeros(source.dim, np.float64)
@@ -322,4 +349,7 @@ def hierarchical_kmeans_chunked(
         balance=lambda a, c, size: balance_chunked(source, a, c, size, block_rows),
         seed=seed,
         on_level_done=on_level_done,
+        sample=None
+        if rows is None
+        else Level1Sample(rows, lambda c: assign_chunked(source, c, block_rows)),
     )

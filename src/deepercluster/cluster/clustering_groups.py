@@ -22,6 +22,7 @@ from deepercluster.cluster.distributed_kmeans import (
     balance_distributed,
     check_k_fits,
     kmeans_distributed,
+    level1_sample_distributed,
     locate_shards,
 )
 from deepercluster.cluster.hierarchical import HierarchicalResult, check_init, subcluster_seed
@@ -42,6 +43,7 @@ def hierarchical_kmeans_grouped(
     seed: int = 0,
     init: HierarchicalResult | None = None,
     threads: int | None = None,
+    level1_sample: int = 0,
 ) -> HierarchicalResult:
     """Hierarchical k-means with level 2 in per-super-cluster groups (all ranks must call it).
 
@@ -50,7 +52,7 @@ def hierarchical_kmeans_grouped(
         k, m: total sub-clusters and super-clusters (m >= 2).
         groups: ranks of the clustering group of each super-cluster (m lists).
         process_groups: the matching process groups (from ``distributed.make_groups``).
-        niter, seed, init, threads: as :func:`hierarchical_kmeans_distributed`.
+        niter, seed, init, threads, level1_sample: as :func:`hierarchical_kmeans_distributed`.
 
     Returns:
         The :class:`HierarchicalResult`, with this rank's rows' assignments and the centroids
@@ -69,13 +71,16 @@ def hierarchical_kmeans_grouped(
     world = distributed.world_size()
     with faiss_threads(threads):
         # ============ level 1: super-clusters, all ranks ============
+        sample = level1_sample_distributed(x_local, shards, level1_sample, m, seed, None)
         level1 = kmeans_distributed(
-            x_local,
+            x_local if sample is None else x_local[sample.rows],
             m,
             niter=niter,
             seed=seed,
             init=None if init is None else init.super_centroids,
         )
+        if sample is not None:
+            level1 = sample.extend(level1)
         super_local, n_moved = balance_distributed(
             x_local, level1.assignments, level1.centroids, per_super, shards, None
         )

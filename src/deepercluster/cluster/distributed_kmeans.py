@@ -33,11 +33,17 @@ from deepercluster.cluster.kmeans import (
     squared_distances,
     update_centroids,
 )
+from deepercluster.cluster.level1_sample import Level1Sample, sample_rows
 from deepercluster.cluster.preprocess import PCAWhitening, feature_moments, pca_from_moments
 from deepercluster.cluster.reseed import halve_one_sided, reseed_empty, split_sides
 from deepercluster.distributed import ProcessGroup, all_gather_cat_np, all_reduce_sum_np, rank
 
-__all__ = ["fit_pca_distributed", "hierarchical_kmeans_distributed", "kmeans_distributed"]
+__all__ = [
+    "fit_pca_distributed",
+    "hierarchical_kmeans_distributed",
+    "kmeans_distributed",
+    "level1_sample_distributed",
+]
 
 _BLOCK_ROWS = 65536
 
@@ -400,6 +406,34 @@ def one_cluster_distributed(
     )
 
 
+def level1_sample_distributed(
+    x_local: np.ndarray, shards: Shards, sample: int, m: int, seed: int, group: ProcessGroup | None
+) -> Level1Sample | None:
+    """This rank's part of the level-1 sample (the same global rows as in one process).
+
+    Args:
+        x_local: (n_r, D) this rank's features.
+        shards: where they sit in the collection.
+        sample: ``cluster.level1_sample`` (0: no sample, returns None).
+        m, seed: super-clusters and clustering seed.
+        group: process group holding the shards (None: all ranks).
+
+    Returns:
+        The local sampled rows and a collective ``assign_all`` (every rank must call it), or
+        None when level 1 runs on every row.
+    """
+    rows = sample_rows(shards.n, sample, m, seed)
+    if rows is None:
+        return None
+
+    def assign_all(centroids: np.ndarray) -> tuple[np.ndarray, float]:
+        labels, sq_distances = _assign(x_local, centroids)
+        total = np.array([sq_distances.sum(dtype=np.float64)])
+        return labels, float(all_reduce_sum_np(total, group)[0])
+
+    return Level1Sample(_local_rows(rows, shards)[1], assign_all)
+
+
 def hierarchical_kmeans_distributed(
     x_local: np.ndarray,
     *,
@@ -410,6 +444,7 @@ def hierarchical_kmeans_distributed(
     init: HierarchicalResult | None = None,
     group: ProcessGroup | None = None,
     threads: int | None = None,
+    level1_sample: int = 0,
 ) -> HierarchicalResult:
     """:func:`~deepercluster.cluster.hierarchical.hierarchical_kmeans` over the shards.
 
@@ -430,6 +465,8 @@ def hierarchical_kmeans_distributed(
         init: previous clustering (the same on every rank) to warm-start the centroids from.
         group: process group holding the shards (None: all ranks).
         threads: faiss OpenMP threads for this call (None: leave the current setting).
+        level1_sample: fit level 1 on this many rows drawn over the collection (the same rows
+            as in one process), then assign every row; 0: on every row.
 
     Returns:
         The :class:`~deepercluster.cluster.hierarchical.HierarchicalResult` with (n_r,)
@@ -463,4 +500,5 @@ def hierarchical_kmeans_distributed(
             one_cluster=lambda: one_cluster_distributed(x_local, shards, group),
             balance=lambda a, c, size: balance_distributed(x_local, a, c, size, shards, group),
             seed=seed,
+            sample=level1_sample_distributed(x_local, shards, level1_sample, m, seed, group),
         )

@@ -26,6 +26,7 @@ from deepercluster.cluster.kmeans import (
     lloyd,
     squared_distances,
 )
+from deepercluster.cluster.level1_sample import Level1Sample, nearest, sample_rows
 from deepercluster.cluster.level2_runs import run_level2
 
 __all__ = [
@@ -266,6 +267,7 @@ def hierarchical_kmeans(
     threads: int | None = None,
     workers: int | None = None,
     on_level_done: Callable[[int, int], None] | None = None,
+    level1_sample: int = 0,
 ) -> HierarchicalResult:
     """Two-level k-means of DeeperCluster (paper [0] section 3).
 
@@ -288,12 +290,15 @@ def hierarchical_kmeans(
             result is the same for any value.
         on_level_done: called with (k-means runs done, m + 1) after level 1 and after each
             super-cluster's level 2 (progress bars; at paper scale level 2 takes hours).
+        level1_sample: fit level 1 on this many random images, then assign every image
+            (``cluster.level1_sample``, see :mod:`~.level1_sample`); 0: on every image.
 
     Returns:
         The :class:`HierarchicalResult`.
 
     Raises:
-        ValueError: ``k`` not a multiple of ``m``, ``k > N``, or an ``init`` of another shape.
+        ValueError: ``k`` not a multiple of ``m``, ``k > N``, an ``init`` of another shape, or
+            a ``level1_sample`` below m (and not 0).
     """
     x = check_features(x)
     n, dim = x.shape
@@ -307,6 +312,7 @@ def hierarchical_kmeans(
         )
     if init is not None:
         check_init(init, k, m, dim)
+    rows = sample_rows(n, level1_sample, m, seed)
     with faiss_threads(threads):
         return two_levels(
             n=len(x),
@@ -322,6 +328,7 @@ def hierarchical_kmeans(
             seed=seed,
             on_level_done=on_level_done,
             workers=workers,
+            sample=None if rows is None else Level1Sample(rows, lambda c: nearest(x, c)),
         )
 
 
@@ -338,6 +345,7 @@ def two_levels(
     seed: int,
     on_level_done: Callable[[int, int], None] | None = None,
     workers: int | None = 1,
+    sample: Level1Sample | None = None,
 ) -> HierarchicalResult:
     """The two-level recipe, shared by the in-memory, distributed and streamed clusterings.
 
@@ -359,13 +367,18 @@ def two_levels(
             :func:`~.level2_runs.level2_workers`). Only for a ``cluster`` that is thread-safe
             and makes no collective call (not the distributed one). Any value gives the same
             result.
+        sample: fit level 1 on these rows only, then assign every row
+            (``cluster.level1_sample``); None: fit on every row.
     """
     per_super = k // m
     # ============ level 1: super-clusters ============
     if m == 1:
         level1 = one_cluster()
     else:
-        level1 = cluster(1, None, m, seed, None if init is None else init.super_centroids)
+        rows = None if sample is None else sample.rows
+        level1 = cluster(1, rows, m, seed, None if init is None else init.super_centroids)
+        if sample is not None:
+            level1 = sample.extend(level1)
     super_assignments, n_moved = balance(level1.assignments, level1.centroids, per_super)
     if on_level_done is not None:
         on_level_done(1, m + 1)

@@ -38,10 +38,12 @@ from deepercluster.cluster.distributed_kmeans import (
     balance_distributed,
     check_k_fits,
     kmeans_distributed,
+    level1_sample_distributed,
     locate_shards,
     one_cluster_distributed,
 )
 from deepercluster.cluster.hierarchical import one_cluster, two_levels
+from deepercluster.cluster.level1_sample import Level1Sample, nearest, sample_rows
 from deepercluster.cluster.preprocess import PCAWhitening
 from deepercluster.cluster.store import FeatureStore
 from deepercluster.config import RunConfig
@@ -192,6 +194,7 @@ def cluster_features(
                 seed=seed,
                 init=warm,
                 threads=threads,
+                level1_sample=c.level1_sample,
             )
         else:
             with faiss_threads(threads):
@@ -261,6 +264,9 @@ def _hierarchy_distributed(
         one_cluster=lambda: one_cluster_distributed(x_local, shards, None),
         balance=lambda a, cen, size: balance_distributed(x_local, a, cen, size, shards, None),
         seed=seed,
+        sample=level1_sample_distributed(
+            x_local, shards, c.level1_sample, c.super_clusters, seed, None
+        ),
     )
 
 
@@ -291,6 +297,7 @@ def _hierarchy_one_process(
             init=init,
             block_rows=block,
             on_level_done=on_level_done,
+            level1_sample=c.level1_sample,
             cluster=stage.cached_runs(
                 lambda _run, members, kk, sd, ini: kmeans_chunked(
                     store, kk, members=members, niter=c.niter, seed=sd, init=ini, block_rows=block
@@ -299,6 +306,7 @@ def _hierarchy_one_process(
             ),
         )
     rows_in_memory = check_features(x)
+    rows = sample_rows(len(rows_in_memory), c.level1_sample, c.super_clusters, seed)
     return two_levels(
         n=len(rows_in_memory),
         dim=rows_in_memory.shape[1],
@@ -321,6 +329,9 @@ def _hierarchy_one_process(
         seed=seed,
         on_level_done=on_level_done,
         workers=None,  # level-2 runs side by side (cached_runs is thread-safe)
+        sample=None
+        if rows is None
+        else Level1Sample(rows, lambda cen: nearest(rows_in_memory, cen)),
     )
 
 

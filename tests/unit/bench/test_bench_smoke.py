@@ -56,6 +56,9 @@ def test_all_benchmarks_run_on_tiny_shapes(
     # The k-means hierarchy is also timed with faiss.Kmeans for every run, as a reference.
     reference = [r for r in rows if r["name"].startswith("reference: flat / hierarchy of faiss")]
     assert reference and all(r["detail"]["ours_over_faiss"] > 0 for r in reference)
+    # ... and with level 1 fitted on a sample (smaller than the tiny shape's 2,000 points).
+    sampled = [r for r in rows if "level 1 on 256 m images" in r["name"]]
+    assert [r["detail"].get("level1_sample") for r in sampled] == [512, None]
     assert record["machine_before"]["torch_threads"] == 1
     printed = capsys.readouterr().out
     assert "target" in printed and "repetitions" in printed and "written to" in printed

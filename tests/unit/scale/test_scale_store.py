@@ -86,22 +86,25 @@ def test_chunked_kmeans_equals_in_memory_kmeans(tmp_path: Path, k: int) -> None:
     assert a.objective == pytest.approx(b.objective, rel=1e-5)
 
 
-def test_chunked_hierarchy_equals_in_memory_hierarchy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("level1_sample", [0, 150])
+def test_chunked_hierarchy_equals_in_memory_hierarchy(tmp_path: Path, level1_sample: int) -> None:
     x = _data()
     store = _filled(tmp_path, x, 128)
-    a = hierarchical_kmeans(x, k=24, m=3, niter=5, seed=2)
+    a = hierarchical_kmeans(x, k=24, m=3, niter=5, seed=2, level1_sample=level1_sample)
     b = hierarchical_kmeans_chunked(
         store,
         k=24,
         m=3,
         seed=2,
         block_rows=100,
+        level1_sample=level1_sample,
         cluster=lambda _run, rows, kk, sd, ini: kmeans_chunked(
             store, kk, members=rows, niter=5, seed=sd, init=ini, block_rows=100
         ),
     )
     assert np.array_equal(a.labels, b.labels) and a.n_moved == b.n_moved
     assert a.objective == pytest.approx(b.objective, rel=1e-5)
+    assert a.super_objective == pytest.approx(b.super_objective, rel=1e-5)
 
 
 def test_memory_limit_refuses_a_round_that_cannot_fit() -> None:

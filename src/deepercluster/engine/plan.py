@@ -205,7 +205,10 @@ def make_plan(
         )
         in_ram = 0 if disk_store and w == 1 else whitened
         per_row = PER_IMAGE_BYTES + (4 * m if disk_store else 0)
-        level1 = 2.0 * (c.niter + 1) * n_r * m * d / (a.kmeans_gflops * 1e9)
+        # With cluster.level1_sample the iterations see this rank's share of the sample, and
+        # one more pass assigns every row.
+        fitted = n_r if not c.level1_sample or c.level1_sample >= n else -(-c.level1_sample // w)
+        level1 = 2.0 * (c.niter * fitted + n_r) * m * d / (a.kmeans_gflops * 1e9)
         stages.append(
             StageCost(
                 "k-means level 1",
@@ -213,7 +216,8 @@ def make_plan(
                 0,
                 0,
                 level1,
-                f"{m} super-clusters, {c.niter} iterations",
+                f"{m} super-clusters, {c.niter} iterations"
+                + (f" on {c.level1_sample:,} images" if fitted < n_r else ""),
             )
         )
         level2 = 2.0 * (c.niter + 1) * n_r * per_super * d / (a.kmeans_gflops * 1e9)

@@ -36,6 +36,23 @@ def test_paper_setting_plans_the_grouped_layout(capsys: pytest.CaptureFixture[st
     assert any("train.layout=grouped" in p for p in replicated.problems)
 
 
+def test_level1_sample_shrinks_the_level1_prediction() -> None:
+    def level1(*overrides: str) -> tuple[float, str]:
+        cfg = load_config(overrides=["cluster.k=320000", "model.arch=vgg16", *overrides])
+        stage = next(
+            s for s in make_plan(cfg, n_images=96_000_000, world_size=64).stages
+            if s.stage == "k-means level 1"
+        )  # fmt: skip
+        return stage.seconds, stage.note
+
+    full, note = level1()
+    sampled, sampled_note = level1("cluster.level1_sample=1024000")
+    # 10 iterations over 1.5 M rows per rank, plus the final pass, against 10 over 16,000 plus
+    # the final pass over all 1.5 M.
+    assert sampled / full == pytest.approx((10 * 16_000 + 1_500_000) / (11 * 1_500_000))
+    assert "on 1,024,000 images" in sampled_note and "images" not in note
+
+
 def test_model_measurements_match_the_real_network() -> None:
     stats = model_stats("small", True, 32)
     real = build_backbone("small", sobel=True, resolution=32)

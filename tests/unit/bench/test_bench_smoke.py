@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bench import level1_sample
 from bench.__main__ import BENCHES, main
 from PIL import Image
 
@@ -62,3 +63,14 @@ def test_all_benchmarks_run_on_tiny_shapes(
     assert record["machine_before"]["torch_threads"] == 1
     printed = capsys.readouterr().out
     assert "target" in printed and "repetitions" in printed and "written to" in printed
+
+
+def test_level1_sample_script_runs_on_a_tiny_tar(tmp_path: Path) -> None:
+    cifar = _jpeg_tar(tmp_path / "cifar.tar", [(32, 32)] * 160, seed=2)
+    args = ["--tar", str(cifar), "--n", "150", "--k", "32", "--dim", "8", "--per-super", "8"]
+    assert level1_sample.main([*args, "--reps", "2", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "level1_sample-cifar.json").read_text())["rows"]
+    assert len(rows) == 8 and all(math.isfinite(r["value"]) and r["value"] > 0 for r in rows)
+    # Level 1 saw 32 and 128 of the 150 images: the sampled runs differ from the full ones.
+    objectives = [r["detail"]["objectives"] for r in rows if "objectives" in r["detail"]]
+    assert all(o["sampled"] != o["all"] for o in objectives)

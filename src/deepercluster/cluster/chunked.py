@@ -24,6 +24,7 @@ from deepercluster.cluster.kmeans import (
     KMeansResult,
     accumulate,
     assign,
+    lloyd,
     squared_distances,
     update_centroids,
 )
@@ -149,7 +150,8 @@ def kmeans_chunked(
 
     The same initial rows, iterations, re-seeding and final guarantee (no empty cluster);
     only the summation order of the M-step differs (blocks), so centroids agree with the
-    in-memory k-means to float rounding.
+    in-memory k-means to float rounding. Rows that fit in one block are read once and
+    clustered in memory (:func:`~deepercluster.cluster.kmeans.lloyd`): the same result.
 
     Args:
         source: the (N, D) float32 features.
@@ -164,6 +166,12 @@ def kmeans_chunked(
     n = source.rows if members is None else len(members)
     if not 1 <= k <= n:
         raise ValueError(f"cluster.k ({k}) must be in [1, {n}] (the number of images)")
+    if n <= block_rows:
+        # The rows fit in one block (a level-1 sample, a super-cluster of up to block_rows
+        # images): read them once and run the in-memory loop, rather than reading them again
+        # at every E-step and M-step. The in-memory k-means' result on those rows.
+        ((_, rows),) = row_blocks(source, block_rows, members)
+        return lloyd(np.ascontiguousarray(rows), k, niter=niter, seed=seed, init=init)
     rng = np.random.default_rng(seed)
     if init is None:
         picks = np.sort(rng.choice(n, size=k, replace=False))

@@ -3,8 +3,8 @@
 Level 1 splits all N images into only m super-clusters (4 in the paper, 16 at most in
 practice). Each of its Lloyd iterations reads every feature twice (E-step and M-step) to
 compute an (N, m) product: memory-bound work that, in a 16-way hierarchy of 50k x 128
-features, takes about a third of the whole clustering (``bench/kmeans.py``,
-``docs/performance.md`` round 10). A handful of centroids is well estimated from far fewer
+features, takes ~40% of the whole clustering (``bench/kmeans.py``, ``docs/performance.md``
+rounds 9 and 10). A handful of centroids is well estimated from far fewer
 points: ``faiss.Kmeans`` fits on at most 256 points per centroid by default. With
 ``cluster.level1_sample = s`` the level-1 k-means runs on s images drawn without replacement,
 and one more pass assigns every image to its nearest super-centroid; the balancing and level 2

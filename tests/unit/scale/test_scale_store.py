@@ -86,6 +86,19 @@ def test_chunked_kmeans_equals_in_memory_kmeans(tmp_path: Path, k: int) -> None:
     assert a.objective == pytest.approx(b.objective, rel=1e-5)
 
 
+def test_rows_that_fit_in_one_block_are_clustered_in_memory(tmp_path: Path) -> None:
+    x = _data()
+    store = _filled(tmp_path, x, 128)
+    members = np.flatnonzero(np.arange(len(x)) % 3 == 1)  # 200 rows spread over every chunk
+    for rows in (None, members):
+        a = kmeans(x if rows is None else x[rows], 12, niter=4, seed=5)
+        b = kmeans_chunked(store, 12, members=rows, niter=4, seed=5, block_rows=len(x))
+        # Read once and run the in-memory loop: the very same result, not one within rounding.
+        np.testing.assert_array_equal(a.centroids, b.centroids)
+        np.testing.assert_array_equal(a.assignments, b.assignments)
+        assert (a.objective, a.objectives) == (b.objective, b.objectives)
+
+
 @pytest.mark.parametrize("level1_sample", [0, 150])
 def test_chunked_hierarchy_equals_in_memory_hierarchy(tmp_path: Path, level1_sample: int) -> None:
     x = _data()

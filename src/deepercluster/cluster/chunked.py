@@ -190,6 +190,19 @@ def kmeans_chunked(
             labels[pos : pos + len(x)], distances[pos : pos + len(x)] = assign(x, c)
         return labels, distances
 
+    def e_step_and_sums(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The E-step and the M-step's sums in one pass over the rows: each block's sums are
+        taken while it is in memory, for its new labels. Valid unless a cluster empties (the
+        re-seeding then moves rows, and the sums are taken again); the same block order, so
+        the same sums as a pass of their own."""
+        labels, distances = np.empty(n, np.int64), np.empty(n, np.float32)
+        sums = np.zeros((k, source.dim), np.float64)
+        for pos, x in blocks():
+            block = slice(pos, pos + len(x))
+            labels[block], distances[block] = assign(x, c)
+            sums += accumulate(x, labels[block], k)[0]
+        return labels, distances, sums
+
     def sums_of(labels: np.ndarray) -> np.ndarray:
         sums = np.zeros((k, source.dim), np.float64)
         for pos, x in blocks():
@@ -221,11 +234,14 @@ def kmeans_chunked(
     n_reseeded = 0
     objectives: list[float] = []
     for _ in range(niter):
-        labels, distances = e_step(centroids)
+        # One read of the rows per iteration, not two (the features may be on a disk).
+        labels, distances, sums = e_step_and_sums(centroids)
         objectives.append(float(distances.sum(dtype=np.float64)))
         labels, centroids, pairs = fill_empty(labels, centroids)
         n_reseeded += pairs.shape[0]
-        centroids = update_centroids(sums_of(labels), np.bincount(labels, minlength=k), centroids)
+        if pairs.shape[0] > 0:
+            sums = sums_of(labels)
+        centroids = update_centroids(sums, np.bincount(labels, minlength=k), centroids)
     labels, distances = e_step(centroids)
     labels, centroids, pairs = fill_empty(labels, centroids)
     if pairs.shape[0] > 0:

@@ -86,6 +86,32 @@ def test_chunked_kmeans_equals_in_memory_kmeans(tmp_path: Path, k: int) -> None:
     assert a.objective == pytest.approx(b.objective, rel=1e-5)
 
 
+class _CountingSource:
+    """A store that counts the rows read from it."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self.store, self.rows, self.dim, self.read_rows = store, store.rows, store.dim, 0
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        self.read_rows += stop - start
+        return self.store.read(start, stop)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        self.read_rows += len(rows)
+        return self.store.take(rows)
+
+
+def test_streamed_kmeans_reads_the_rows_once_per_iteration(tmp_path: Path) -> None:
+    x = _data()
+    source = _CountingSource(_filled(tmp_path, x, 128))
+    result = kmeans_chunked(source, 6, niter=4, seed=1, block_rows=100)
+    assert result.n_reseeded == 0
+    # k initial rows, then one pass per iteration (E-step and sums together) and the final
+    # E-step: not two passes per iteration.
+    assert source.read_rows == 6 + (4 + 1) * len(x)
+    np.testing.assert_array_equal(result.assignments, kmeans(x, 6, niter=4, seed=1).assignments)
+
+
 def test_rows_that_fit_in_one_block_are_clustered_in_memory(tmp_path: Path) -> None:
     x = _data()
     store = _filled(tmp_path, x, 128)

@@ -42,7 +42,8 @@ def cifar_features(tar: str, n: int, dim: int = 128) -> np.ndarray:
                 break
             if member.isfile() and member.name.lower().endswith((".jpg", ".jpeg", ".png")):
                 data = archive.extractfile(member)
-                assert data is not None
+                if data is None:
+                    raise ValueError(f"{tar}: cannot read {member.name}")
                 image = Image.open(io.BytesIO(data.read())).convert("RGB")
                 pixels.append(np.asarray(image, dtype=np.float32).ravel() / 255.0)
     x = np.stack(pixels)

@@ -23,6 +23,7 @@ from deepercluster.cluster import (
     kmeans,
     kmeans_distributed,
 )
+from deepercluster.cluster.level1_sample import sample_rows
 from tests.distributed.harness import run_ranks
 
 pytestmark = pytest.mark.distributed
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.distributed
 N = 303
 SHARDS = {2: [120, 183], 4: [0, 90, 13, 200]}
 PCA_SAMPLE = 150
+SAMPLE_SEED = 27  # the level-1 sample of 40 rows misses the 13-row shard of SHARDS[4]
 
 
 def _datasets() -> dict[str, Any]:
@@ -62,10 +64,10 @@ def _cases(data: dict[str, Any], run_kmeans: Any, run_hierarchical: Any) -> dict
         # k close to N on duplicates: many re-seeding rounds, and balancing among exact ties.
         "hier_dup": run_hierarchical(data["duplicated"], k=240, m=2, niter=3, seed=5),
         "flat": run_hierarchical(data["blobs"], k=6, m=1, niter=3, seed=6),
-        # Level 1 on 40 of the 303 rows, drawn over the whole collection: a rank's part of the
-        # sample may be one row or none.
+        # Level 1 on 40 of the 303 rows, drawn over the whole collection; with 4 ranks the
+        # 13-row shard holds none of them (checked below).
         "hier_sample": run_hierarchical(
-            data["blobs"], k=16, m=4, niter=4, seed=8, level1_sample=40
+            data["blobs"], k=16, m=4, niter=4, seed=SAMPLE_SEED, level1_sample=40
         ),
     }
 
@@ -150,6 +152,9 @@ def test_distributed_equals_single_process(
     assert expected["dup"].n_reseeded > 0 and expected["far"].n_reseeded > 0
     assert expected["hier"].n_moved > 0
     assert expected["hier_dup"].n_moved > 0 and expected["hier_dup"].n_reseeded > 0
+    sampled = sample_rows(N, 40, 4, SAMPLE_SEED)
+    lo = sum(SHARDS[4][:2])
+    assert sampled is not None and not ((sampled >= lo) & (sampled < lo + SHARDS[4][2])).any()
 
     pcas = {
         "pca": fit_pca(data["pca"], dim=6),

@@ -166,6 +166,12 @@ def kmeans_chunked(
     n = source.rows if members is None else len(members)
     if not 1 <= k <= n:
         raise ValueError(f"cluster.k ({k}) must be in [1, {n}] (the number of images)")
+    if niter < 0:
+        raise ValueError(f"cluster.niter ({niter}) must be >= 0")
+    if init is not None and init.shape != (k, source.dim):
+        raise ValueError(f"init has shape {init.shape}, expected {(k, source.dim)}")
+    if init is not None and not np.isfinite(init).all():
+        raise ValueError("init contains NaN or inf; pass init=None to start from random rows")
     if n <= block_rows:
         # The rows fit in one block (a level-1 sample, a super-cluster of up to block_rows
         # images): read them once and run the in-memory loop, rather than reading them again
@@ -177,8 +183,6 @@ def kmeans_chunked(
         picks = np.sort(rng.choice(n, size=k, replace=False))
         centroids = source.take(picks if members is None else members[picks])
     else:
-        if init.shape != (k, source.dim):
-            raise ValueError(f"init has shape {init.shape}, expected {(k, source.dim)}")
         centroids = np.array(init, dtype=np.float32, copy=True)
 
     def blocks() -> Iterator[tuple[int, np.ndarray]]:

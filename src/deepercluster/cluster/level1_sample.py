@@ -17,9 +17,8 @@ streamed and distributed clusterings pick the same rows and give the same result
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -51,10 +50,11 @@ class Level1Sample:
 
         The centroids stay those of the sample (as with ``faiss.Kmeans``' subsampling), so a
         super-cluster may end up with few or no images; the balancing that follows level 1
-        tops every super-cluster up to k/m images.
+        tops every super-cluster up to k/m images. ``objective`` becomes the whole
+        collection's; ``objectives`` (per iteration, for logging) stay the sample's.
         """
         labels, objective = self.assign_all(fit.centroids)
-        return dataclasses.replace(fit, assignments=labels, objective=objective)
+        return replace(fit, assignments=labels, objective=objective)
 
 
 def sample_rows(n: int, sample: int, m: int, seed: int) -> np.ndarray | None:

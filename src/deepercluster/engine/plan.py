@@ -205,10 +205,11 @@ def make_plan(
         )
         in_ram = 0 if disk_store and w == 1 else whitened
         per_row = PER_IMAGE_BYTES + (4 * m if disk_store else 0)
-        # With cluster.level1_sample the iterations see this rank's share of the sample, and
-        # one more pass assigns every row.
+        # With cluster.level1_sample the k-means (its iterations and final assignment) sees
+        # this rank's share of the sample, and one more pass assigns every row.
         fitted = n_r if not c.level1_sample or c.level1_sample >= n else -(-c.level1_sample // w)
-        level1 = 2.0 * (c.niter * fitted + n_r) * m * d / (a.kmeans_gflops * 1e9)
+        level1 = 2.0 * ((c.niter + 1) * fitted + (n_r if fitted < n_r else 0)) * m * d
+        level1 /= a.kmeans_gflops * 1e9
         stages.append(
             StageCost(
                 "k-means level 1",

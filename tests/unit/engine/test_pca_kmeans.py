@@ -1,15 +1,18 @@
-"""The engine's one-process hierarchy (memory and disk stores) passes the cluster settings on."""
+"""The engine's one-process hierarchy (memory and disk stores) passes the cluster settings on
+and resumes from its saved runs."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from deepercluster.cluster import hierarchical_kmeans
+from deepercluster.cluster import HierarchicalResult, hierarchical_kmeans
 from deepercluster.cluster.store import FeatureStore
 from deepercluster.config import ClusterConfig, RunConfig
+from deepercluster.engine import pca_kmeans
 from deepercluster.engine.pca_kmeans import _hierarchy_one_process
 from deepercluster.engine.stages import ClusteringStage
 
@@ -22,8 +25,8 @@ def _data(n: int = 600, dim: int = 10) -> np.ndarray:
 
 @pytest.mark.parametrize("store", ["memory", "disk"])
 @pytest.mark.parametrize("level1_sample", [0, 120])
-def test_one_process_hierarchy_equals_hierarchical_kmeans(
-    tmp_path: Path, store: str, level1_sample: int
+def test_one_process_hierarchy_equals_hierarchical_kmeans_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str, level1_sample: int
 ) -> None:
     x = _data()
     cfg = RunConfig(
@@ -36,18 +39,32 @@ def test_one_process_hierarchy_equals_hierarchical_kmeans(
             start, stop = rows.chunk_range(c)
             rows.write_chunk(c, x[start:stop])
     done: list[int] = []
-    result = _hierarchy_one_process(
-        rows,
-        cfg,
-        seed=11,
-        init=None,
-        block=100,
-        stage=ClusteringStage(tmp_path / "stage", {"test": store}),
-        safe_point=None,
-        on_level_done=lambda d, _total: done.append(d),
-    )
+
+    def hierarchy() -> HierarchicalResult:
+        return _hierarchy_one_process(
+            rows,
+            cfg,
+            seed=11,
+            init=None,
+            block=100,
+            stage=ClusteringStage(tmp_path / "stage", {"test": store}),
+            safe_point=None,
+            on_level_done=lambda d, _total: done.append(d),
+        )
+
+    result = hierarchy()
     expected = hierarchical_kmeans(x, k=24, m=4, niter=5, seed=11, level1_sample=level1_sample)
     np.testing.assert_array_equal(result.labels, expected.labels)
     np.testing.assert_allclose(result.super_centroids, expected.super_centroids, atol=1e-5)
     assert result.super_objective == pytest.approx(expected.super_objective, rel=1e-5)
     assert sorted(done) == [1, 2, 3, 4, 5]
+
+    # A resumed round reloads every saved run (level 1: the sample's fit) and computes none.
+    def no_kmeans(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("a saved k-means run was computed again")
+
+    monkeypatch.setattr(pca_kmeans, "lloyd", no_kmeans)
+    monkeypatch.setattr(pca_kmeans, "kmeans_chunked", no_kmeans)
+    resumed = hierarchy()
+    np.testing.assert_array_equal(resumed.labels, result.labels)
+    assert resumed.super_objective == result.super_objective

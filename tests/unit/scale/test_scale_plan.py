@@ -47,9 +47,9 @@ def test_level1_sample_shrinks_the_level1_prediction() -> None:
 
     full, note = level1()
     sampled, sampled_note = level1("cluster.level1_sample=1024000")
-    # 10 iterations over 1.5 M rows per rank, plus the final pass, against 10 over 16,000 plus
-    # the final pass over all 1.5 M.
-    assert sampled / full == pytest.approx((10 * 16_000 + 1_500_000) / (11 * 1_500_000))
+    # 10 iterations and the final assignment over 1.5 M rows per rank, against the same over
+    # 16,000 sampled rows plus one pass assigning all 1.5 M.
+    assert sampled / full == pytest.approx((11 * 16_000 + 1_500_000) / (11 * 1_500_000))
     assert "on 1,024,000 images" in sampled_note and "images" not in note
 
 

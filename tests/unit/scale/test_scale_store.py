@@ -118,7 +118,9 @@ def test_rows_that_fit_in_one_block_are_clustered_in_memory(tmp_path: Path) -> N
     members = np.flatnonzero(np.arange(len(x)) % 3 == 1)  # 200 rows spread over every chunk
     for rows in (None, members):
         a = kmeans(x if rows is None else x[rows], 12, niter=4, seed=5)
-        b = kmeans_chunked(store, 12, members=rows, niter=4, seed=5, block_rows=len(x))
+        source = _CountingSource(store)
+        b = kmeans_chunked(source, 12, members=rows, niter=4, seed=5, block_rows=len(x))
+        assert source.read_rows <= len(x)  # one sweep, not one per E-step and M-step
         # Read once and run the in-memory loop: the very same result, not one within rounding.
         np.testing.assert_array_equal(a.centroids, b.centroids)
         np.testing.assert_array_equal(a.assignments, b.assignments)

@@ -28,7 +28,7 @@ from deepercluster.cluster.kmeans import (
     squared_distances,
     update_centroids,
 )
-from deepercluster.cluster.level1_sample import Level1Sample, sample_rows
+from deepercluster.cluster.level1_sample import draw_level1_sample
 from deepercluster.cluster.preprocess import PCAWhitening, pca_from_moments
 from deepercluster.cluster.reseed import halve_one_sided, reseed_empty, split_sides
 
@@ -188,23 +188,18 @@ def kmeans_chunked(
     def blocks() -> Iterator[tuple[int, np.ndarray]]:
         return row_blocks(source, block_rows, members)
 
-    def e_step(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def e_step(c: np.ndarray, with_sums: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The E-step, and with ``with_sums`` the M-step's sums in the same pass over the rows:
+        each block's sums are taken while it is in memory, for its new labels. Valid unless a
+        cluster empties (the re-seeding then moves rows, and the sums are taken again); the
+        same block order, so the same sums as a pass of their own."""
         labels, distances = np.empty(n, np.int64), np.empty(n, np.float32)
-        for pos, x in blocks():
-            labels[pos : pos + len(x)], distances[pos : pos + len(x)] = assign(x, c)
-        return labels, distances
-
-    def e_step_and_sums(c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The E-step and the M-step's sums in one pass over the rows: each block's sums are
-        taken while it is in memory, for its new labels. Valid unless a cluster empties (the
-        re-seeding then moves rows, and the sums are taken again); the same block order, so
-        the same sums as a pass of their own."""
-        labels, distances = np.empty(n, np.int64), np.empty(n, np.float32)
-        sums = np.zeros((k, source.dim), np.float64)
+        sums = np.zeros((k, source.dim) if with_sums else (0, 0), np.float64)
         for pos, x in blocks():
             block = slice(pos, pos + len(x))
             labels[block], distances[block] = assign(x, c)
-            sums += accumulate(x, labels[block], k)[0]
+            if with_sums:
+                sums += accumulate(x, labels[block], k)[0]
         return labels, distances, sums
 
     def sums_of(labels: np.ndarray) -> np.ndarray:
@@ -239,14 +234,14 @@ def kmeans_chunked(
     objectives: list[float] = []
     for _ in range(niter):
         # One read of the rows per iteration, not two (the features may be on a disk).
-        labels, distances, sums = e_step_and_sums(centroids)
+        labels, distances, sums = e_step(centroids, with_sums=True)
         objectives.append(float(distances.sum(dtype=np.float64)))
         labels, centroids, pairs = fill_empty(labels, centroids)
         n_reseeded += pairs.shape[0]
         if pairs.shape[0] > 0:
             sums = sums_of(labels)
         centroids = update_centroids(sums, np.bincount(labels, minlength=k), centroids)
-    labels, distances = e_step(centroids)
+    labels, distances, _ = e_step(centroids, with_sums=False)
     labels, centroids, pairs = fill_empty(labels, centroids)
     if pairs.shape[0] > 0:
         n_reseeded += pairs.shape[0]
@@ -353,7 +348,6 @@ def hierarchical_kmeans_chunked(
     """
     if k % m or k > source.rows:
         raise ValueError(f"cluster.k ({k}) must be a multiple of m ({m}) and <= N ({source.rows})")
-    rows = sample_rows(source.rows, level1_sample, m, seed)
 
     def one_cluster() -> KMeansResult:
         total = np.zeros(source.dim, np.float64)
@@ -377,7 +371,7 @@ def hierarchical_kmeans_chunked(
         balance=lambda a, c, size: balance_chunked(source, a, c, size, block_rows),
         seed=seed,
         on_level_done=on_level_done,
-        sample=None
-        if rows is None
-        else Level1Sample(rows, lambda c: assign_chunked(source, c, block_rows)),
+        sample=draw_level1_sample(
+            source.rows, level1_sample, m, seed, lambda c: assign_chunked(source, c, block_rows)
+        ),
     )

@@ -33,7 +33,7 @@ from deepercluster.cluster.kmeans import (
     squared_distances,
     update_centroids,
 )
-from deepercluster.cluster.level1_sample import Level1Sample, sample_rows
+from deepercluster.cluster.level1_sample import Level1Sample, draw_level1_sample
 from deepercluster.cluster.preprocess import PCAWhitening, feature_moments, pca_from_moments
 from deepercluster.cluster.reseed import halve_one_sided, reseed_empty, split_sides
 from deepercluster.distributed import ProcessGroup, all_gather_cat_np, all_reduce_sum_np, rank
@@ -409,29 +409,18 @@ def one_cluster_distributed(
 def level1_sample_distributed(
     x_local: np.ndarray, shards: Shards, sample: int, m: int, seed: int, group: ProcessGroup | None
 ) -> Level1Sample | None:
-    """This rank's part of the level-1 sample (the same global rows as in one process).
-
-    Args:
-        x_local: (n_r, D) this rank's features.
-        shards: where they sit in the collection.
-        sample: ``cluster.level1_sample`` (0: no sample, returns None).
-        m, seed: super-clusters and clustering seed.
-        group: process group holding the shards (None: all ranks).
-
-    Returns:
-        The local sampled rows and a collective ``assign_all`` (every rank must call it), or
-        None when level 1 runs on every row.
+    """This rank's part of the level-1 sample (the same global rows as in one process), with
+    a collective ``assign_all`` (every rank must call it); None when level 1 runs on every row.
     """
-    rows = sample_rows(shards.n, sample, m, seed)
-    if rows is None:
-        return None
 
     def assign_all(centroids: np.ndarray) -> tuple[np.ndarray, float]:
         labels, sq_distances = _assign(x_local, centroids)
         total = np.array([sq_distances.sum(dtype=np.float64)])
         return labels, float(all_reduce_sum_np(total, group)[0])
 
-    return Level1Sample(_local_rows(rows, shards)[1], assign_all)
+    return draw_level1_sample(
+        shards.n, sample, m, seed, assign_all, offset=shards.offset, n_local=shards.n_local
+    )
 
 
 def hierarchical_kmeans_distributed(

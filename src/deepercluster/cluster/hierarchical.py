@@ -26,7 +26,7 @@ from deepercluster.cluster.kmeans import (
     lloyd,
     squared_distances,
 )
-from deepercluster.cluster.level1_sample import Level1Sample, nearest, sample_rows
+from deepercluster.cluster.level1_sample import Level1Sample, draw_level1_sample, nearest
 from deepercluster.cluster.level2_runs import run_level2
 
 __all__ = [
@@ -312,7 +312,7 @@ def hierarchical_kmeans(
         )
     if init is not None:
         check_init(init, k, m, dim)
-    rows = sample_rows(n, level1_sample, m, seed)
+    sample = draw_level1_sample(n, level1_sample, m, seed, lambda c: nearest(x, c))
     with faiss_threads(threads):
         return two_levels(
             n=len(x),
@@ -328,7 +328,7 @@ def hierarchical_kmeans(
             seed=seed,
             on_level_done=on_level_done,
             workers=workers,
-            sample=None if rows is None else Level1Sample(rows, lambda c: nearest(x, c)),
+            sample=sample,
         )
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from deepercluster.cluster.kmeans import KMeansResult, assign
 
-__all__ = ["Level1Sample", "nearest", "sample_rows"]
+__all__ = ["Level1Sample", "draw_level1_sample", "nearest", "sample_rows"]
 
 # Spawn key of the sample's random stream: the level-2 runs use keys 0..m-1 (subcluster_seed),
 # which stay below 2**32, so this one is never theirs.
@@ -85,6 +85,37 @@ def sample_rows(n: int, sample: int, m: int, seed: int) -> np.ndarray | None:
         )
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SAMPLE_KEY,)))
     return np.sort(rng.choice(n, size=sample, replace=False)).astype(np.int64)
+
+
+def draw_level1_sample(
+    n: int,
+    sample: int,
+    m: int,
+    seed: int,
+    assign_all: Callable[[np.ndarray], tuple[np.ndarray, float]],
+    *,
+    offset: int = 0,
+    n_local: int | None = None,
+) -> Level1Sample | None:
+    """The level-1 sample of the rows at hand: all ``n`` rows, or a shard of them.
+
+    Args:
+        n: rows in the whole collection (over all ranks).
+        sample, m, seed: as :func:`sample_rows`.
+        assign_all: see :class:`Level1Sample`.
+        offset, n_local: the shard at hand, global rows [offset, offset + n_local) (None: all).
+
+    Returns:
+        The sampled rows among those at hand (local indices), or None when level 1 runs on
+        every row.
+    """
+    rows = sample_rows(n, sample, m, seed)
+    if rows is None:
+        return None
+    if n_local is not None:
+        lo, hi = np.searchsorted(rows, [offset, offset + n_local])
+        rows = rows[lo:hi] - offset
+    return Level1Sample(rows, assign_all)
 
 
 def nearest(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, float]:

@@ -43,7 +43,7 @@ from deepercluster.cluster.distributed_kmeans import (
     one_cluster_distributed,
 )
 from deepercluster.cluster.hierarchical import one_cluster, two_levels
-from deepercluster.cluster.level1_sample import Level1Sample, nearest, sample_rows
+from deepercluster.cluster.level1_sample import draw_level1_sample, nearest
 from deepercluster.cluster.preprocess import PCAWhitening
 from deepercluster.cluster.store import FeatureStore
 from deepercluster.config import RunConfig
@@ -306,7 +306,6 @@ def _hierarchy_one_process(
             ),
         )
     rows_in_memory = check_features(x)
-    rows = sample_rows(len(rows_in_memory), c.level1_sample, c.super_clusters, seed)
     return two_levels(
         n=len(rows_in_memory),
         dim=rows_in_memory.shape[1],
@@ -329,9 +328,13 @@ def _hierarchy_one_process(
         seed=seed,
         on_level_done=on_level_done,
         workers=None,  # level-2 runs side by side (cached_runs is thread-safe)
-        sample=None
-        if rows is None
-        else Level1Sample(rows, lambda cen: nearest(rows_in_memory, cen)),
+        sample=draw_level1_sample(
+            len(rows_in_memory),
+            c.level1_sample,
+            c.super_clusters,
+            seed,
+            lambda cen: nearest(rows_in_memory, cen),
+        ),
     )
 
 

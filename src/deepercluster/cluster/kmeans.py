@@ -153,7 +153,11 @@ def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     T threads (faiss parallelises within each block of 4,096 queries; separate searches share
     nothing). Measured on 2 cores, D = 128 (``docs/performance.md``, round 7): 1.00-1.34x
     faster for 6k-100k points and k <= 256, 1.02-1.07x at k = 1,024; unequal parts were
-    slower (0.83x). Labels and distances are those of one search (tested, ties included).
+    slower (0.83x). Labels are those of one single-threaded search (tested, ties included), and
+    distances are too up to the last bit: on some CPUs (AMD EPYC with faiss-cpu 1.15's
+    OpenBLAS) a BLAS product's rounding depends on which rows share it, so a part not aligned
+    to faiss' 4,096-query blocks moves ~10% of its distances by an ulp, as faiss' own search
+    on 2 threads moves ~15% of them against 1 thread.
 
     Args:
         x: (N, D) float32 points, C-contiguous.
@@ -188,11 +192,10 @@ def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def _query_parts(n: int, dim: int, threads: int) -> list[int]:
     """Row bounds [0, ..., n] of at most ``threads`` equal parts of the points to search.
 
-    Every part keeps faiss on the path it takes for all the points: its BLAS path, taken when
-    queries x D reaches ``distance_compute_blas_threshold``, gives every query the same
-    distances whichever block or part it falls in (tested with unaligned parts; the exhaustive
-    path below the threshold rounds differently, and the test fails if a part takes it).
-    Parts of fewer than 2,048 points would cost more in threads than they save.
+    Every part keeps faiss on the path it takes for all the points, its BLAS path (taken when
+    queries x D reaches ``distance_compute_blas_threshold``): the exhaustive path below the
+    threshold computes the distances another way, exact zeros among them (tested). Parts of
+    fewer than 2,048 points would cost more in threads than they save.
     """
     threshold = int(faiss.cvar.distance_compute_blas_threshold)
     min_rows = max(_MIN_PART_ROWS, -(-threshold // dim))

@@ -330,6 +330,7 @@ def hierarchical_kmeans_chunked(
     block_rows: int = 65536,
     on_level_done: Callable[[int, int], None] | None = None,
     level1_sample: int = 0,
+    workers: int | None = 1,
 ) -> HierarchicalResult:
     """The two-level recipe of :func:`~.hierarchical.two_levels` over a streamed source.
 
@@ -338,13 +339,17 @@ def hierarchical_kmeans_chunked(
         k, m: sub-clusters in all and super-clusters.
         seed: level-1 seed; level 2 of super-cluster s uses :func:`~.subcluster_seed`.
         cluster: the flat k-means to run, ``(run, members, k, seed, init) -> KMeansResult``
-            (usually :func:`kmeans_chunked`, possibly behind a cache of finished runs); the
-            runs go one after the other (they share the source's reads).
+            (usually :func:`kmeans_chunked`, possibly behind a cache of finished runs).
         init: a previous clustering to warm-start from.
         block_rows: rows per block.
         on_level_done: progress callback ``(runs done, m + 1)``.
         level1_sample: fit level 1 on this many random rows, then assign every row (read
             once more); 0: on every row.
+        workers: level-2 runs at once, in threads (None:
+            :func:`~.level2_runs.level2_workers`); ``cluster`` and ``source`` must then be
+            thread-safe (:class:`~.store.FeatureStore` is: every read opens the file). Each
+            run in flight holds up to ``block_rows`` of its rows in float32 and float64.
+            Any value gives the same result.
     """
     if k % m or k > source.rows:
         raise ValueError(f"cluster.k ({k}) must be a multiple of m ({m}) and <= N ({source.rows})")
@@ -371,6 +376,7 @@ def hierarchical_kmeans_chunked(
         balance=lambda a, c, size: balance_chunked(source, a, c, size, block_rows),
         seed=seed,
         on_level_done=on_level_done,
+        workers=workers,
         sample=draw_level1_sample(
             source.rows, level1_sample, m, seed, lambda c: assign_chunked(source, c, block_rows)
         ),

@@ -47,7 +47,12 @@ from deepercluster.cluster.level1_sample import draw_level1_sample, nearest
 from deepercluster.cluster.preprocess import PCAWhitening
 from deepercluster.cluster.store import FeatureStore
 from deepercluster.config import RunConfig
-from deepercluster.engine.outofcore import block_rows, fit_pca_store, whiten_to_store
+from deepercluster.engine.outofcore import (
+    block_rows,
+    fit_pca_store,
+    level2_runs_at_once,
+    whiten_to_store,
+)
 from deepercluster.engine.stages import ClusteringStage, SafePoint
 from deepercluster.log import get_logger
 
@@ -219,6 +224,7 @@ def cluster_features(
                 seed=seed,
                 init=warm,
                 block=block,
+                workers=level2_runs_at_once(c, threads) if disk else None,
                 stage=stage,
                 safe_point=safe_point,
                 on_level_done=lambda done, total: bar.update(done - bar.n),
@@ -280,11 +286,15 @@ def _hierarchy_one_process(
     stage: ClusteringStage,
     safe_point: SafePoint | None,
     on_level_done: Callable[[int, int], None],
+    workers: int | None = None,
 ) -> HierarchicalResult:
     """The two-level k-means in one process, each finished run saved in (or read from) ``stage``.
 
     Args:
         x: (n, d) whitened features in memory, or their store (streamed in blocks).
+        workers: level-2 runs at once, in threads (None: ``level2_workers``, which the memory
+            store's budget counts; ``cluster_features`` passes ``level2_runs_at_once`` for a
+            store).
     """
     c = cfg.cluster
     if isinstance(x, FeatureStore):
@@ -298,6 +308,7 @@ def _hierarchy_one_process(
             block_rows=block,
             on_level_done=on_level_done,
             level1_sample=c.level1_sample,
+            workers=workers,  # side by side (cached_runs and the store are thread-safe)
             cluster=stage.cached_runs(
                 lambda _run, members, kk, sd, ini: kmeans_chunked(
                     store, kk, members=members, niter=c.niter, seed=sd, init=ini, block_rows=block
@@ -327,7 +338,7 @@ def _hierarchy_one_process(
         balance=lambda a, cen, size: balance_super_clusters(rows_in_memory, a, cen, size),
         seed=seed,
         on_level_done=on_level_done,
-        workers=None,  # level-2 runs side by side (cached_runs is thread-safe)
+        workers=workers,  # level-2 runs side by side (cached_runs is thread-safe)
         sample=draw_level1_sample(
             len(rows_in_memory),
             c.level1_sample,

@@ -23,10 +23,14 @@ def _data(n: int = 600, dim: int = 10) -> np.ndarray:
     return (centers[rng.integers(0, 12, n)] + rng.normal(size=(n, dim))).astype(np.float32)
 
 
-@pytest.mark.parametrize("store", ["memory", "disk"])
+@pytest.mark.parametrize(("store", "workers"), [("memory", None), ("disk", None), ("disk", 3)])
 @pytest.mark.parametrize("level1_sample", [0, 120])
 def test_one_process_hierarchy_equals_hierarchical_kmeans_and_resumes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str, level1_sample: int
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    store: str,
+    workers: int | None,
+    level1_sample: int,
 ) -> None:
     x = _data()
     cfg = RunConfig(
@@ -50,6 +54,7 @@ def test_one_process_hierarchy_equals_hierarchical_kmeans_and_resumes(
             stage=ClusteringStage(tmp_path / "stage", {"test": store}),
             safe_point=None,
             on_level_done=lambda d, _total: done.append(d),
+            workers=workers,
         )
 
     result = hierarchy()

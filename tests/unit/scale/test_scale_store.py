@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from deepercluster.cluster import fit_pca, hierarchical_kmeans, kmeans
+from deepercluster.cluster import KMeansResult, fit_pca, hierarchical_kmeans, kmeans
 from deepercluster.cluster.chunked import (
     fit_pca_chunked,
     hierarchical_kmeans_chunked,
     kmeans_chunked,
     row_blocks,
 )
+from deepercluster.cluster.level2_runs import level2_workers
 from deepercluster.cluster.store import FeatureStore
 from deepercluster.config import ClusterConfig, parse_size
-from deepercluster.engine.outofcore import check_memory
+from deepercluster.engine.outofcore import check_memory, level2_runs_at_once
 
 
 def _filled(folder: Path, x: np.ndarray, chunk: int, dtype: str = "float32") -> FeatureStore:
@@ -128,10 +132,22 @@ def test_rows_that_fit_in_one_block_are_clustered_in_memory(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("level1_sample", [0, 150])
-def test_chunked_hierarchy_equals_in_memory_hierarchy(tmp_path: Path, level1_sample: int) -> None:
+@pytest.mark.parametrize("workers", [1, 3])
+def test_chunked_hierarchy_equals_in_memory_hierarchy(
+    tmp_path: Path, level1_sample: int, workers: int
+) -> None:
     x = _data()
     store = _filled(tmp_path, x, 128)
     a = hierarchical_kmeans(x, k=24, m=3, niter=5, seed=2, level1_sample=level1_sample)
+    # With 3 workers the 3 level-2 runs must be in flight together: each waits for the others
+    # before streaming its ~200 rows (2 blocks) from the one store.
+    together = threading.Barrier(3, timeout=30)
+
+    def cluster(run: int, rows: np.ndarray | None, kk: int, sd: int, ini: Any) -> KMeansResult:
+        if workers > 1 and run >= 2:
+            together.wait()
+        return kmeans_chunked(store, kk, members=rows, niter=5, seed=sd, init=ini, block_rows=100)
+
     b = hierarchical_kmeans_chunked(
         store,
         k=24,
@@ -139,9 +155,8 @@ def test_chunked_hierarchy_equals_in_memory_hierarchy(tmp_path: Path, level1_sam
         seed=2,
         block_rows=100,
         level1_sample=level1_sample,
-        cluster=lambda _run, rows, kk, sd, ini: kmeans_chunked(
-            store, kk, members=rows, niter=5, seed=sd, init=ini, block_rows=100
-        ),
+        cluster=cluster,
+        workers=workers,
     )
     assert np.array_equal(a.labels, b.labels) and a.n_moved == b.n_moved
     assert a.objective == pytest.approx(b.objective, rel=1e-5)
@@ -158,6 +173,15 @@ def test_memory_limit_refuses_a_round_that_cannot_fit() -> None:
         check_memory(memory, rows=1_000_000, dim=4096)
     disk = ClusterConfig(k=8, memory_limit="2GB", feature_store="disk")
     check_memory(disk, rows=1_000_000, dim=4096)  # streamed: the 4096^2 PCA dominates
+
+
+def test_disk_store_runs_level2_side_by_side_without_a_memory_limit() -> None:
+    free = ClusterConfig(k=64, super_clusters=16, feature_store="disk")
+    assert level2_runs_at_once(free, threads=4) == 4  # as many as in memory
+    assert level2_runs_at_once(free, threads=1) == 1
+    assert level2_runs_at_once(free, threads=8) == level2_workers(16, 8) == 5
+    # A memory limit keeps them one at a time: per-thread heaps are outside its blocks.
+    assert level2_runs_at_once(dataclasses.replace(free, memory_limit="1GB"), threads=4) == 1
 
 
 @pytest.mark.parametrize("step", [1, 3, 200])  # dense sweep, strided sweep, row-by-row reads

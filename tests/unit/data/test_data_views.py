@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from deepercluster.data import (
     ArrayCollection,
+    BadImageError,
     ClusterTransform,
     ClusterView,
     EpochPlan,
@@ -20,6 +21,7 @@ from deepercluster.data import (
     TrainView,
     open_collection,
     uniform_epoch_plan,
+    views,
 )
 from deepercluster.data.position_rng import PositionRng
 
@@ -150,3 +152,54 @@ def test_dataloader_workers_over_tar_shards(tar_shards: list[Path]) -> None:
             assert all(e == "" for b in batches for e in b[2])
             train_batches = list(DataLoader(train, batch_size=4, num_workers=workers))
             assert torch.equal(torch.cat([b[0] for b in train_batches]), train_expected)
+
+
+@pytest.mark.parametrize("group_bytes", [1, 2 * 20 * 16 * 4, 2**20])
+def test_batched_fetch_equals_each_image_read_and_transformed(
+    tmp_path: Path,
+    encode: Encode,
+    bad_files: dict[str, tuple[bytes, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    group_bytes: int,
+) -> None:
+    # Groups of one image, of two, and all of them, good and unreadable images mixed.
+    monkeypatch.setattr(views, "GROUP_BYTES", group_bytes)
+    collection = open_collection(_folder_with_bad_files(tmp_path / "imgs", encode, bad_files))
+    plan = _plan(len(collection), size=14)
+    train = TrainView(collection, TrainTransform(8), plan, seed=3, epoch=1, start=2)
+    cluster = ClusterView(collection, ClusterTransform(8), indices=plan.indices)
+    js = list(range(len(train)))[::-1]  # any order
+    n_bad = 0
+    for j, (image, index, r, error) in zip(js, train.__getitems__(js), strict=True):
+        p = 2 + j
+        assert (index, r) == (plan.indices[p], plan.rotations[p])
+        c_image, c_index, c_error = cluster.__getitems__([p, 0])[0]
+        assert c_index == index and c_error == error
+        try:
+            img = collection.read(index)
+        except BadImageError as err:
+            assert error == err.reason and not image.any() and not c_image.any()
+            n_bad += 1
+            continue
+        assert error == ""
+        assert torch.equal(image, TrainTransform(8)(img, PositionRng(3, 1, p), rotation=r))
+        assert torch.equal(c_image, ClusterTransform(8)(img))
+    assert n_bad > 0
+    with pytest.raises(IndexError, match="out of range"):
+        train.__getitems__([0, len(train)])
+
+
+def test_dataloader_fetches_a_batch_at_once() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (10, 20, 30, 3), dtype=np.uint8)
+    fetched: list[int] = []
+
+    class Counted(TrainView):
+        def __getitems__(self, js: Sequence[int]) -> list[tuple[torch.Tensor, int, int, str]]:
+            fetched.append(len(js))
+            return super().__getitems__(js)
+
+    view = Counted(ArrayCollection(images), TrainTransform(8), _plan(10, size=10), seed=0, epoch=0)
+    batches = list(DataLoader(view, batch_size=4))
+    assert fetched == [4, 4, 2]  # one call per batch, not one per image
+    expected = torch.stack([view[j][0] for j in range(10)])
+    assert torch.equal(torch.cat([b[0] for b in batches]), expected)

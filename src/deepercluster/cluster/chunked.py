@@ -349,7 +349,8 @@ def hierarchical_kmeans_chunked(
             :func:`~.level2_runs.level2_workers`); ``cluster`` and ``source`` must then be
             thread-safe (:class:`~.store.FeatureStore` is: every read opens the file). Each
             run in flight holds up to ``block_rows`` of its rows in float32 and float64.
-            Any value gives the same result.
+            Any value gives the same clustering up to float rounding (a run's faiss threads
+            can move distances by an ulp on some CPUs: see ``kmeans.assign``).
     """
     if k % m or k > source.rows:
         raise ValueError(f"cluster.k ({k}) must be a multiple of m ({m}) and <= N ({source.rows})")

@@ -366,7 +366,8 @@ def two_levels(
         workers: level-2 runs at once, in threads that split faiss' OpenMP threads (None:
             :func:`~.level2_runs.level2_workers`). Only for a ``cluster`` that is thread-safe
             and makes no collective call (not the distributed one). Any value gives the same
-            result.
+            clustering up to float rounding (a run's faiss threads can move distances by an
+            ulp on some CPUs: see ``kmeans.assign``).
         sample: fit level 1 on these rows only, then assign every row
             (``cluster.level1_sample``); None: fit on every row.
     """

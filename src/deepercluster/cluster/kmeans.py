@@ -154,10 +154,10 @@ def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     nothing). Measured on 2 cores, D = 128 (``docs/performance.md``, round 7): 1.00-1.34x
     faster for 6k-100k points and k <= 256, 1.02-1.07x at k = 1,024; unequal parts were
     slower (0.83x). Labels are those of one single-threaded search (tested, ties included), and
-    distances are too up to the last bit: on some CPUs (AMD EPYC with faiss-cpu 1.15's
-    OpenBLAS) a BLAS product's rounding depends on which rows share it, so a part not aligned
-    to faiss' 4,096-query blocks moves ~10% of its distances by an ulp, as faiss' own search
-    on 2 threads moves ~15% of them against 1 thread.
+    so are distances, but for their last bit on some CPUs: there (an AMD EPYC with faiss-cpu
+    1.15's OpenBLAS) a BLAS product's rounding depends on which rows share it, and a part not
+    aligned to faiss' 4,096-query blocks moves ~10% of its distances by an ulp, as faiss' own
+    search on 2 threads moves ~15% of them against 1 thread.
 
     Args:
         x: (N, D) float32 points, C-contiguous.

@@ -419,7 +419,7 @@ def level1_sample_distributed(
         return labels, float(all_reduce_sum_np(total, group)[0])
 
     return draw_level1_sample(
-        shards.n, sample, m, seed, assign_all, offset=shards.offset, n_local=shards.n_local
+        shards.n, sample, m, seed, assign_all, lambda rows: _local_rows(rows, shards)[1]
     )
 
 

@@ -93,9 +93,7 @@ def draw_level1_sample(
     m: int,
     seed: int,
     assign_all: Callable[[np.ndarray], tuple[np.ndarray, float]],
-    *,
-    offset: int = 0,
-    n_local: int | None = None,
+    local: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Level1Sample | None:
     """The level-1 sample of the rows at hand: all ``n`` rows, or a shard of them.
 
@@ -103,7 +101,8 @@ def draw_level1_sample(
         n: rows in the whole collection (over all ranks).
         sample, m, seed: as :func:`sample_rows`.
         assign_all: see :class:`Level1Sample`.
-        offset, n_local: the shard at hand, global rows [offset, offset + n_local) (None: all).
+        local: maps the sorted global sample rows to the shard's local ones (None: every
+            row is at hand).
 
     Returns:
         The sampled rows among those at hand (local indices), or None when level 1 runs on
@@ -112,10 +111,7 @@ def draw_level1_sample(
     rows = sample_rows(n, sample, m, seed)
     if rows is None:
         return None
-    if n_local is not None:
-        lo, hi = np.searchsorted(rows, [offset, offset + n_local])
-        rows = rows[lo:hi] - offset
-    return Level1Sample(rows, assign_all)
+    return Level1Sample(rows if local is None else local(rows), assign_all)
 
 
 def nearest(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, float]:

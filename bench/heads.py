@@ -32,7 +32,7 @@ from bench.common import (
     ratio,
 )
 from deepercluster.losses import hierarchical_loss
-from deepercluster.models import HierarchicalHeads
+from deepercluster.models import HierarchicalHeads, cpu_blas
 
 NAME = "heads"
 
@@ -106,6 +106,8 @@ def run(ctx: Context) -> list[Row]:
 
     times = interleaved({"hier": fwd_bwd("hier"), "flat": fwd_bwd("flat")}, ctx)
     speedup = ratio(times, "flat", "hier")
+    # Which BLAS the heads chose for their products on this machine (timed on the first step).
+    chosen = cpu_blas.choices()
     rows = [
         at_least(
             NAME,
@@ -116,9 +118,31 @@ def run(ctx: Context) -> list[Row]:
             flat_s=median(times["flat"]),
             per_rep=per_rep(times, "flat", "hier"),
             theory=(4 * k) / (4 * m + k / m),
+            cpu_products=chosen,
             **shape,
         )
     ]
+    if chosen and ctx.device.type == "cpu":
+        # The same step with each BLAS forced, interleaved: what the choice is worth here.
+        def hier_on(backend: str) -> Callable[[], object]:
+            def fn() -> object:
+                with cpu_blas.forced(backend):
+                    return fwd_bwd("hier")()
+
+            return fn
+
+        blas = interleaved({b: hier_on(b) for b in ("torch", "openblas")}, ctx)
+        rows.append(
+            info(
+                NAME,
+                "hierarchical heads, time on torch's BLAS / on numpy's OpenBLAS",
+                ratio(blas, "torch", "openblas"),
+                "x",
+                torch_s=median(blas["torch"]),
+                openblas_s=median(blas["openblas"]),
+                per_rep=per_rep(blas, "torch", "openblas"),
+            )
+        )
     mem = {name: _activation_bytes(steps[name], params[name]) for name in steps}
     detail: dict[str, object] = {"hier_bytes": mem["hier"], "flat_bytes": mem["flat"]}
     if ctx.device.type == "cuda":

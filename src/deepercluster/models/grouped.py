@@ -15,7 +15,10 @@ At B = 256 with 16 sub-heads of 10,000 x 512 every sub-head sees ~16 rows; the p
 run far below the arithmetic peak and the per-operation costs count, so per group we only do
 what needs that group's sub-head, and the rest runs once over the batch. At ~16 rows the
 operands' layout also counts: the heads store the sub-heads as (S_own, D, n_sub) (the figures
-are in the note above :func:`_logits`). The weight gradient goes slot by slot into one
+are in the note above :func:`products.logits`), and so does the BLAS: on the CPU the fused
+function times torch's products against numpy's OpenBLAS on its first step for each shape
+and keeps the faster (:func:`_run_fastest`, :mod:`~deepercluster.models.products`). The
+weight gradient goes slot by slot into one
 (S_own, n_sub, D) tensor, laid out like the weight (autograd would stack per-group gradients:
 a 328 MB copy at k = 40,000, D = 512), and for the fused function that tensor's storage is
 reused across steps (:class:`GradBuffer`): a fresh one every step costs one page fault per
@@ -25,16 +28,17 @@ the products themselves. ``bench/heads.py`` and ``docs/performance.md`` have the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["GradBuffer", "grouped_cross_entropy", "grouped_linear"]
+from deepercluster.models import cpu_blas, products
+from deepercluster.models.products import Groups, spans
 
-Groups = list[tuple[int, int]]
+__all__ = ["GradBuffer", "grouped_cross_entropy", "grouped_linear"]
 
 
 class GradBuffer:
@@ -152,8 +156,8 @@ class _GroupedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, groups: Groups) -> Tensor:
         out = x.new_empty((x.shape[0], weight.shape[1]))
-        for slot, rows in _spans(groups):
-            out[rows].copy_(_logits(x[rows], weight, bias, slot))
+        for slot, rows in spans(groups):
+            out[rows].copy_(products.logits(x[rows], weight, bias, slot))
         ctx.save_for_backward(x, weight)
         ctx.groups = groups
         return out
@@ -167,9 +171,11 @@ class _GroupedLinear(torch.autograd.Function):
         grad_x = None
         if need_x:
             grad_x = torch.empty_like(x)
-            for slot, rows in _spans(groups):
-                _rows_grad(grad_out[rows], weight, slot, grad_x[rows])
-        grad_w = _weight_grad(grad_out, x, groups, torch.empty_like(weight)) if need_w else None
+            for slot, rows in spans(groups):
+                products.rows_grad(grad_out[rows], weight, slot, grad_x[rows])
+        grad_w = (
+            products.weight_grad(grad_out, x, groups, torch.empty_like(weight)) if need_w else None
+        )
         grad_b = _bias_grad(grad_out, groups, weight.shape[:2]) if need_b else None
         return grad_x, grad_w, grad_b, None
 
@@ -196,25 +202,18 @@ class _GroupedCrossEntropy(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         need_g = need_x or need_w or need_b
         b, n_sub = x.shape[0], weight.shape[1]
-        # Per group only what needs the sub-head (its products), the row-wise softmax and its
-        # one-hot correction (so that G W needs no gather of target rows, which are strided in
-        # the heads' storage order); everything else runs once over the batch: at ~16 rows per
-        # group, the per-call cost of an operation, not its arithmetic, is what a per-group
-        # loop would pay.
         log_p = x.new_empty((b, n_sub))
         grad_logits = x.new_empty((b, n_sub)) if need_g else None
         grad_x = torch.empty_like(x) if need_x else None
         t = targets.unsqueeze(1)
-        minus_one = x.new_full(t.shape, -1.0)
-        for slot, rows in _spans(groups):
-            z = log_p[rows]
-            torch.log_softmax(_logits(x[rows], weight, bias, slot), 1, out=z)
-            if grad_logits is not None:
-                g = torch.exp(z, out=grad_logits[rows])  # softmax
-                g.scatter_add_(1, t[rows], minus_one[rows])  # p - onehot
-                if grad_x is not None:
-                    # (p - onehot) W now, while this sub-head was just read.
-                    _rows_grad(g, weight, slot, grad_x[rows])
+
+        def on_torch() -> None:
+            _forward_per_group(x, weight, bias, t, groups, log_p, grad_logits, grad_x)
+
+        def on_blas() -> None:
+            _forward_by_phase(x, weight, bias, t, groups, log_p, grad_logits, grad_x)
+
+        _run_fastest("fused forward", x, weight, groups, on_torch, on_blas)
         at_target = log_p.gather(1, t)
         losses = at_target.squeeze(1).neg()
         correct = _is_argmax(log_p, t, at_target)
@@ -240,73 +239,96 @@ class _GroupedCrossEntropy(torch.autograd.Function):
             buffer: GradBuffer | None = ctx.grad_buffer
             out_w = torch.empty_like(weight) if buffer is None else buffer.take(weight)
             # dL/dW = G^T (g * x): scaling x (B, D) is cheaper than scaling G (B, n_sub).
-            _weight_grad(grad_logits, x * g, groups, out_w)
+            xg = x * g
+            _run_fastest(
+                "weight gradient",
+                xg,
+                weight,
+                groups,
+                lambda: products.weight_grad(grad_logits, xg, groups, out_w),
+                lambda: products.blas_weight_grad(grad_logits, xg, groups, out_w),
+            )
         return out_x, out_w, out_b, None, None, None
 
 
-def _stored_transposed(weight: Tensor) -> bool:
-    """Whether the (S_own, n_sub, D) ``weight`` is stored as (S_own, D, n_sub), i.e. each
-    sub-head's transpose is contiguous (how :class:`~deepercluster.models.HierarchicalHeads`
-    stores it)."""
-    return weight.stride(-2) == 1 and weight.shape[-1] > 1
-
-
-# Slice width, row bound and sub-head size of the sliced logits product (:func:`_logits`).
-_K_SLICE = 32
-_FEW_ROWS = 24
-# Slices only pay when a sub-head is too large to stay in cache: 16 groups of 8-16 rows,
-# D = 512, 2 threads, one product / sliced: 0.39-0.46x at 250-1,000 classes (0.5-2 MB),
-# 0.76-0.80x at 2,500 (4.9 MB), 1.12-1.18x at 5,000 (9.8 MB), 1.46-1.56x at 10,000 (20 MB).
-_SLICE_MIN_BYTES = 8 << 20
-
-
-def _slices_pay(x: Tensor, w: Tensor) -> bool:
-    """Whether rows ``x`` (rows, D) should take their logits through sub-head ``w`` (D, n_sub)
-    in slices of ``_K_SLICE`` features: few rows, on the CPU, and a large sub-head."""
-    rows, dim = x.shape
-    return (
-        x.device.type == "cpu"
-        and rows < _FEW_ROWS
-        and dim > _K_SLICE
-        and w.numel() * w.element_size() >= _SLICE_MIN_BYTES
-    )
-
-
-# The three products of a training step, per sub-head, are all (n_sub x D) against ~16 rows at
-# B = 256, far below the arithmetic peak, and MKL's speed then depends on which operand is
-# streamed and how it is laid out. Measured on 16 sub-heads of 10,000 x 512, 16 rows each,
-# 2 threads (ms): logits 36-43 stored (n_sub, D) as W x^T vs 57 stored (D, n_sub); rows'
-# gradient G W 55-57 vs 22; weight gradient 31-39 vs 25-31. Stored (D, n_sub) the step is
-# ~20% faster, so the heads keep that order, and each product below takes the orientation
-# that is fastest for the order it is given (any order gives the same values).
-def _logits(x: Tensor, weight: Tensor, bias: Tensor, slot: int) -> Tensor:
-    """(rows, n_sub) logits of rows ``x`` (rows, D) through sub-head ``slot``."""
-    if not _stored_transposed(weight):
-        return torch.addmm(bias[slot].unsqueeze(1), weight[slot], x.t()).t()
-    w = weight[slot].t()  # (D, n_sub), contiguous
-    if not _slices_pay(x, w):
-        return torch.addmm(bias[slot], x, w)
-    # Few rows on the CPU, a large sub-head: the product in slices of _K_SLICE features (rows
-    # of w), accumulated in place. One (rows, D) x (D, n_sub) product seems to pack all of w
-    # (20 MB at 512 x 10,000) before using it, where a 32-feature slice (1.3 MB) stays in
-    # cache. Measured
-    # (bench/heads.py shapes, MKL, 2 threads): the logits of 16 sub-heads of 10,000 x 512 at
-    # 12-20 rows each took 38-53 ms sliced against 48-62 ms in one product (1.15-1.3x,
-    # interleaved); from ~24 rows up one product is as fast or faster, and slices of 8-16 or
-    # 64 features are slower.
-    out = torch.addmm(bias[slot], x[:, :_K_SLICE], w[:_K_SLICE])
-    for k in range(_K_SLICE, x.shape[1], _K_SLICE):
-        out.addmm_(x[:, k : k + _K_SLICE], w[k : k + _K_SLICE])
-    return out
-
-
-def _rows_grad(grad_rows: Tensor, weight: Tensor, slot: int, out: Tensor) -> None:
-    """``out`` (rows, D) = ``grad_rows`` (rows, n_sub) @ sub-head ``slot`` (n_sub, D)."""
-    if _stored_transposed(weight):
-        # W^T G^T with the contiguous (D, n_sub) transpose streamed, then a (D, rows) copy.
-        out.copy_(torch.mm(weight[slot].t(), grad_rows.t()).t())
+def _run_fastest(
+    what: str,
+    x: Tensor,
+    weight: Tensor,
+    groups: Groups,
+    on_torch: Callable[[], object],
+    on_blas: Callable[[], object],
+) -> None:
+    """Run ``on_torch`` or ``on_blas`` (the same work through torch's BLAS or numpy's
+    OpenBLAS, :mod:`~deepercluster.models.products`): torch's where OpenBLAS does not apply,
+    else whichever :func:`cpu_blas.fastest` timed faster for this shape on this machine."""
+    if not products.blas_applies(x, weight):
+        on_torch()
+        return
+    key = (what, *products.shape_key(x, weight, groups))
+    if cpu_blas.fastest(key, {"torch": on_torch, "openblas": on_blas}) == "torch":
+        on_torch()
     else:
-        torch.mm(grad_rows, weight[slot], out=out)
+        on_blas()
+
+
+def _forward_per_group(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    t: Tensor,
+    groups: Groups,
+    log_p: Tensor,
+    grad_logits: Tensor | None,
+    grad_x: Tensor | None,
+) -> None:
+    """The fused forward pass on torch's BLAS, group after group.
+
+    Per group only what needs the sub-head (its products), the row-wise softmax and its
+    one-hot correction (so that G W needs no gather of target rows, which are strided in the
+    heads' storage order); everything else runs once over the batch: at ~16 rows per group,
+    the per-call cost of an operation, not its arithmetic, is what a per-group loop would pay.
+
+    Args:
+        x: (B, D) rows sorted by group; t: (B, 1) targets.
+        log_p: (B, n_sub) output, the log-softmax of the logits.
+        grad_logits: (B, n_sub) output, p - onehot(t), or None when no gradient is needed.
+        grad_x: (B, D) output, (p - onehot(t)) W, or None.
+    """
+    minus_one = x.new_full(t.shape, -1.0)
+    for slot, rows in spans(groups):
+        z = log_p[rows]
+        torch.log_softmax(products.logits(x[rows], weight, bias, slot), 1, out=z)
+        if grad_logits is not None:
+            g = torch.exp(z, out=grad_logits[rows])  # softmax
+            g.scatter_add_(1, t[rows], minus_one[rows])  # p - onehot
+            if grad_x is not None:
+                # (p - onehot) W now, while this sub-head was just read.
+                products.rows_grad(g, weight, slot, grad_x[rows])
+
+
+def _forward_by_phase(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    t: Tensor,
+    groups: Groups,
+    log_p: Tensor,
+    grad_logits: Tensor | None,
+    grad_x: Tensor | None,
+) -> None:
+    """The fused forward pass with numpy's OpenBLAS (one group per thread) for the products,
+    and the softmax once over the whole batch in between. Arguments as
+    :func:`_forward_per_group`."""
+    products.blas_logits(x, weight, bias, groups, log_p)
+    # log-softmax in place: z - logsumexp(z), row by row whatever the row's sub-head.
+    log_p.sub_(torch.logsumexp(log_p, 1, keepdim=True))
+    if grad_logits is None:
+        return
+    torch.exp(log_p, out=grad_logits)
+    grad_logits.scatter_add_(1, t, grad_logits.new_full(t.shape, -1.0))
+    if grad_x is not None:
+        products.blas_rows_grad(grad_logits, weight, groups, grad_x)
 
 
 def _is_argmax(scores: Tensor, t: Tensor, at_target: Tensor) -> Tensor:
@@ -335,34 +357,6 @@ def _is_argmax(scores: Tensor, t: Tensor, at_target: Tensor) -> Tensor:
     return correct
 
 
-def _spans(groups: Groups) -> Iterator[tuple[int, slice]]:
-    """(slot, rows) of each group: its sub-head's slot and its slice of the sorted rows."""
-    start = 0
-    for slot, n in groups:
-        yield slot, slice(start, start + n)
-        start += n
-
-
-def _weight_grad(grad_rows: Tensor, x: Tensor, groups: Groups, out: Tensor) -> Tensor:
-    """(S_own, n_sub, D) weight gradient into ``out``: slot s gets grad_rows_s^T x_s.
-
-    ``grad_rows`` (B, n_sub) and ``x`` (B, D) are sorted by group; ``out`` may be stored in
-    either order (it is laid out like the weight). Slots of sub-heads that had no rows get 0
-    (their gradient is 0, not undefined).
-    """
-    transposed = _stored_transposed(out)
-    for slot, rows in _spans(groups):
-        if transposed:  # written as its contiguous (D, n_sub) transpose
-            torch.mm(x[rows].t(), grad_rows[rows], out=out[slot].t())
-        else:
-            torch.mm(grad_rows[rows].t(), x[rows], out=out[slot])
-    present = {slot for slot, _ in groups}
-    for slot in range(out.shape[0]):
-        if slot not in present:
-            out[slot].zero_()
-    return out
-
-
 def _bias_grad(
     grad_rows: Tensor, groups: Groups, shape: torch.Size, row_weights: Tensor | None = None
 ) -> Tensor:
@@ -370,7 +364,7 @@ def _bias_grad(
     weighted by ``row_weights`` (B,) if given (one matrix-vector product per group, no
     weighted (B, n_sub) copy)."""
     grad_b = grad_rows.new_zeros(shape)
-    for slot, rows in _spans(groups):
+    for slot, rows in spans(groups):
         if row_weights is None:
             torch.sum(grad_rows[rows], 0, out=grad_b[slot])
         else:

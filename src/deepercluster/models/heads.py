@@ -37,7 +37,7 @@ class HierarchicalHeads(nn.Module):
     grouping a batch by super-class is indexing, and the whole set checkpoints and
     re-initialises as two tensors. The weight's memory order is (S_own, D, n_sub) (a
     transposed view): at ~16 rows per sub-head MKL runs the step's products ~20% faster that
-    way (``models/grouped.py``); its gradient and momentum follow that layout. By default
+    way (``models/products.py``); its gradient and momentum follow that layout. By default
     every process owns all S sub-heads (S_own = S). In the paper's grouped layout (section 6
     of docs/ALGORITHM.md) a process trains one super-class only, so it builds ``owned=[g]``
     and holds one (1, n_sub, D) slice: that is what makes k = 320 000 fit in memory. Targets

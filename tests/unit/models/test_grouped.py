@@ -1,16 +1,18 @@
 """The fused sub-head cross-entropy equals logits + F.cross_entropy; its gradient storage is
-reused across steps but never under someone who kept a gradient."""
+reused across steps but never under someone who kept a gradient. Every test runs twice: with
+the products on torch's BLAS and on numpy's OpenBLAS (one group per thread)."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import pytest
 import torch
 import torch.nn.functional as F
 from tests.unit.models.conftest import random_heads
 
-from deepercluster.models import HierarchicalHeads, grouped
+from deepercluster.models import HierarchicalHeads, cpu_blas, products
 from deepercluster.models.grouped import GradBuffer, grouped_cross_entropy, grouped_linear
 
 D, S, N_SUB = 6, 4, 5
@@ -21,6 +23,17 @@ TARGET_CASES = {
     "all_same": [1, 1, 1, 1],
     "some_absent": [0, 2, 2, 0, 2],
 }
+
+
+@pytest.fixture(autouse=True, params=["torch", "openblas"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The BLAS of the fused loss' products; OpenBLAS offered at any sub-head size here."""
+    if request.param == "openblas":
+        if not cpu_blas.available():
+            pytest.skip("numpy's OpenBLAS not found in this process")
+        monkeypatch.setattr(products, "_BLAS_MIN_BYTES", 0)
+    with cpu_blas.forced(request.param):
+        yield request.param
 
 
 def _heads(seed: int = 0) -> HierarchicalHeads:
@@ -195,13 +208,13 @@ def test_correct_follows_argmax_on_ties() -> None:
 
 
 def test_slices_only_for_few_rows_through_a_large_sub_head() -> None:
-    few, many = torch.zeros(grouped._FEW_ROWS - 1, 512), torch.zeros(grouped._FEW_ROWS, 512)
+    few, many = torch.zeros(products._FEW_ROWS - 1, 512), torch.zeros(products._FEW_ROWS, 512)
     large = torch.zeros(512, 10_000)  # 20 MB: the heads benchmark's sub-heads
     small = torch.zeros(512, 250)  # 0.5 MB: stays in cache, one product is faster
-    assert grouped._slices_pay(few, large)
-    assert not grouped._slices_pay(many, large)
-    assert not grouped._slices_pay(few, small)
-    assert not grouped._slices_pay(torch.zeros(4, grouped._K_SLICE), torch.zeros(32, 70_000))
+    assert products._slices_pay(few, large)
+    assert not products._slices_pay(many, large)
+    assert not products._slices_pay(few, small)
+    assert not products._slices_pay(torch.zeros(4, products._K_SLICE), torch.zeros(32, 70_000))
 
 
 def test_sliced_logits_of_few_rows_equal_one_product_per_row(
@@ -211,11 +224,11 @@ def test_sliced_logits_of_few_rows_equal_one_product_per_row(
     # sub-head in slices of _K_SLICE features (every sub-head counts as large here); D = 80
     # ends on a partial slice, and the 24- and 30-row groups take the single product. Every
     # row is checked against its own product with its sub-head.
-    monkeypatch.setattr(grouped, "_SLICE_MIN_BYTES", 0)
+    monkeypatch.setattr(products, "_SLICE_MIN_BYTES", 0)
     dim, n_sub = 80, 7
-    assert dim % grouped._K_SLICE != 0 and dim > 2 * grouped._K_SLICE
+    assert dim % products._K_SLICE != 0 and dim > 2 * products._K_SLICE
     heads = random_heads(dim, S, n_sub, seed=4)
-    sizes = {0: 1, 1: grouped._FEW_ROWS - 1, 2: grouped._FEW_ROWS, 3: 30}
+    sizes = {0: 1, 1: products._FEW_ROWS - 1, 2: products._FEW_ROWS, 3: 30}
     y = torch.cat([torch.full((n,), s) for s, n in sizes.items()])
     g = torch.Generator().manual_seed(5)
     feats = torch.randn(len(y), dim, generator=g, dtype=torch.float64, requires_grad=True)
@@ -238,7 +251,7 @@ def test_sliced_logits_of_few_rows_equal_one_product_per_row(
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("slice_min_bytes", [0, grouped._SLICE_MIN_BYTES])
+@pytest.mark.parametrize("slice_min_bytes", [0, products._SLICE_MIN_BYTES])
 def test_sub_heads_run_in_their_weights_dtype_under_autocast(
     monkeypatch: pytest.MonkeyPatch, slice_min_bytes: int
 ) -> None:
@@ -246,7 +259,7 @@ def test_sub_heads_run_in_their_weights_dtype_under_autocast(
     # (whose buffers are float32) must work there and give what they give without autocast,
     # on the sliced path of few rows (D = 80, every sub-head counted as large) as on the
     # single product.
-    monkeypatch.setattr(grouped, "_SLICE_MIN_BYTES", slice_min_bytes)
+    monkeypatch.setattr(products, "_SLICE_MIN_BYTES", slice_min_bytes)
     heads = HierarchicalHeads(80, S, 7)
     x = torch.randn(6, 80, requires_grad=True)
     y, z = torch.tensor([0, 0, 2, 2, 2, 3]), torch.randint(7, (6,))

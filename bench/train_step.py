@@ -17,7 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.common import Context, Row, at_most, info, interleaved, median, per_rep, ratio
+from bench.common import (
+    Context,
+    Row,
+    at_most,
+    bf16_skipped,
+    info,
+    interleaved,
+    median,
+    per_rep,
+    ratio,
+)
 from deepercluster.engine.train import Targets, train_one_epoch
 from deepercluster.features import autocast
 from deepercluster.models import HierarchicalHeads, build_backbone
@@ -120,6 +130,9 @@ def run(ctx: Context) -> list[Row]:
     settings = [("fp32", False), ("fp32", True), ("bf16", True)]
     if ctx.tiny:
         settings = settings[:1]
+    skipped = bf16_skipped(ctx, NAME)
+    if skipped:
+        settings = [s for s in settings if s[0] != "bf16"]
     fns: dict[str, Callable[[], object]] = {}
     steps = 1
     for precision, cl in settings:
@@ -129,7 +142,7 @@ def run(ctx: Context) -> list[Row]:
         )
     # Every setting in one interleaved round, so the levers' ratios share the machine's load.
     times = interleaved(fns, ctx)
-    rows: list[Row] = []
+    rows: list[Row] = list(skipped)
     for precision, cl in settings:
         label = f"{precision}{' channels_last' if cl else ''}"
         step_ours = median(times[f"ours {label}"]) / steps

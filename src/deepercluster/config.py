@@ -228,7 +228,8 @@ class TrainConfig:
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda."""
     precision: str = "fp32"
-    """fp32 or bf16 (autocast; ~2.5x faster on CPUs with AMX and on recent GPUs)."""
+    """fp32 or bf16 (autocast; ~2.5x faster on CPUs with AMX and on recent GPUs, ~12x slower
+    on CPUs without native bf16, e.g. AVX2-only: a warning says so at start)."""
     channels_last: bool = False
     """Keep conv weights and activations in NHWC order (bench: 1.13x on the CPU training step
     alone, needed for the full bf16 gain; neutral to slightly slower on tiny 32 px nets)."""

@@ -35,6 +35,20 @@ class ExtractedFeatures:
     images_per_second: float = 0.0
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 convolutions and products natively, not emulated.
+
+    On the CPU that is oneDNN's own test (AVX-512 or AMX with bf16). Without it autocast
+    still works but converts every operand: on an AMD EPYC (Zen 3, AVX2 only) the small
+    convnet's bf16 training step ran at 0.08x the fp32 step's speed (``bench train``).
+    """
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return True
+
+
 def autocast(device: torch.device, precision: str) -> torch.autocast | nullcontext[None]:
     """bf16 autocast on CPU/CUDA when asked for, a no-op context otherwise."""
     if precision == "bf16":

@@ -14,6 +14,7 @@ from deepercluster import cli
 from deepercluster.config import load_config
 from deepercluster.engine import fit as fit_module
 from deepercluster.engine.checkpoint import load_backbone, load_checkpoint
+from deepercluster.features import native_bf16
 
 SMALL = [
     "--set", "train.device=cpu",  # bitwise resume checks: CPU kernels are deterministic
@@ -149,6 +150,9 @@ def test_bf16_autocast_channels_last_trains(tiny_image_dir: Path, tmp_path: Path
     # the saved trunk loads into an ordinary (NCHW) network and runs
     net = load_backbone(out / "backbone.pth")
     assert net(torch.randn(2, 3, 32, 32)).shape[0] == 2
+    # where the CPU has no native bf16 (emulated: ~12x slower) the run says so at start
+    warned = "without native bf16" in (out / "train.log").read_text()
+    assert warned == (not native_bf16(torch.device("cpu")))
 
 
 def test_finished_clustering_is_not_redone(

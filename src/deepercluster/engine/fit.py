@@ -59,6 +59,7 @@ from deepercluster.engine.train import (
     steps_left,
     train_one_epoch,
 )
+from deepercluster.features import native_bf16
 from deepercluster.log import MetricsWriter, format_record, get_logger, setup_logging
 from deepercluster.models import (
     Backbone,
@@ -247,6 +248,12 @@ def _fit(
         cfg.cluster.sub_per_super,
         device,
     )
+    if cfg.train.precision == "bf16" and not native_bf16(device):
+        log.warning(
+            "train.precision=bf16 on a %s without native bf16: autocast emulates it, ~10x "
+            "slower than fp32 on an AVX2-only CPU; use train.precision=fp32 here",
+            device,
+        )
     if env.world_size > 1:
         log.info(
             "%d processes (%s), %s layout: batch %d per process = %d per step, batch norm "

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bench import level1_sample
+import torch
+from bench import common, level1_sample
 from bench.__main__ import BENCHES, main
 from PIL import Image
+
+from deepercluster.features import native_bf16
 
 
 def _jpeg_tar(path: Path, sizes: list[tuple[int, int]], seed: int) -> Path:
@@ -74,3 +77,21 @@ def test_level1_sample_script_runs_on_a_tiny_tar(tmp_path: Path) -> None:
     # Level 1 saw 32 and 128 of the 150 images: the sampled runs differ from the full ones.
     objectives = [r["detail"]["objectives"] for r in rows if "objectives" in r["detail"]]
     assert all(o["sampled"] != o["all"] for o in objectives)
+
+
+def test_bf16_rows_are_left_out_only_where_bf16_is_emulated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpu = torch.device("cpu")
+    quick = common.Context(cpu, size="quick")
+    monkeypatch.delenv("BENCH_BF16", raising=False)
+    assert bool(common.bf16_skipped(quick, "train")) == (not native_bf16(cpu))
+    monkeypatch.setattr(common, "native_bf16", lambda device: False)
+    (row,) = common.bf16_skipped(quick, "train")
+    assert row.bench == "train" and "BENCH_BF16=1" in row.name and row.ok is None
+    assert common.bf16_skipped(common.Context(cpu, size="tiny"), "train") == []
+    monkeypatch.setenv("BENCH_BF16", "1")
+    assert common.bf16_skipped(quick, "train") == []
+    monkeypatch.setattr(common, "native_bf16", lambda device: True)
+    monkeypatch.delenv("BENCH_BF16")
+    assert common.bf16_skipped(quick, "train") == []

@@ -174,7 +174,9 @@ def run(ctx: Context) -> list[Row]:
 
             return fn
 
-        t_big = interleaved({"hier": big("hier"), "flat": big("flat")}, ctx, reps=3)
+        # Two repetitions: the flat side takes 14-20 s a call on 2 cores, and the ratio is ~2x
+        # above its target.
+        t_big = interleaved({"hier": big("hier"), "flat": big("flat")}, ctx, reps=2)
         rows.append(
             at_least(
                 NAME,

@@ -8,11 +8,12 @@ gradient G^T x, with x (rows, D), W (n_sub, D) and G (rows, n_sub).
 At B = 256 with 16 sub-heads of 10,000 x 512 each group has ~16 rows; such products run far
 below the arithmetic peak, and how far depends on the BLAS, the operands' layout and the CPU.
 Two implementations are kept: torch's (MKL on x86; per group, with the tuning of the notes
-below, measured on an Intel Xeon) and numpy's OpenBLAS, one sub-head per thread
+below, measured on an Intel Xeon; this module) and numpy's OpenBLAS, one sub-head per thread
 (:mod:`~deepercluster.models.cpu_blas`; on an AMD EPYC it took the logits of 16 sub-heads in
-28-40 ms where MKL took 50-82). The fused loss (:mod:`~deepercluster.models.grouped`) times
-both on its first step for each shape and keeps the faster; :func:`blas_applies` says when
-the choice is offered at all.
+28-40 ms where MKL took 50-82): the weight gradient here, the forward pass's logits and G W
+in the fused loss (:mod:`~deepercluster.models.grouped`), which times both ways on its first
+step for each shape and keeps the faster; :func:`blas_applies` says when the choice is
+offered at all.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ from deepercluster.models.cpu_blas import ndarray
 __all__ = [
     "Groups",
     "blas_applies",
-    "blas_logits",
-    "blas_rows_grad",
     "blas_weight_grad",
     "logits",
     "rows_grad",
@@ -171,26 +170,6 @@ def shape_key(x: Tensor, weight: Tensor, groups: Groups) -> tuple[object, ...]:
     rows per group (to the power of two)."""
     rows = x.shape[0] // max(1, len(groups))
     return (tuple(weight.shape[1:]), str(weight.dtype), rows.bit_length())
-
-
-def blas_logits(x: Tensor, weight: Tensor, bias: Tensor, groups: Groups, out: Tensor) -> None:
-    """``out`` (B, n_sub) = each group's x W^T + b, numpy's OpenBLAS, one group per thread.
-    ``weight`` in the heads' storage order (:func:`blas_applies`); ``out`` contiguous."""
-    xs, ws, bs, outs = ndarray(x), ndarray(weight), ndarray(bias), ndarray(out)
-
-    def group(job: tuple[int, slice]) -> None:
-        slot, rows = job
-        o = outs[rows]
-        np.matmul(xs[rows], ws[slot].T, out=o)  # ws[slot].T: the contiguous (D, n_sub)
-        o += bs[slot]
-
-    cpu_blas.each(group, spans(groups))
-
-
-def blas_rows_grad(grad_rows: Tensor, weight: Tensor, groups: Groups, out: Tensor) -> None:
-    """``out`` (B, D) = each group's G W, numpy's OpenBLAS, one group per thread."""
-    gs, ws, outs = ndarray(grad_rows), ndarray(weight), ndarray(out)
-    cpu_blas.each(lambda job: np.matmul(gs[job[1]], ws[job[0]], out=outs[job[1]]), spans(groups))
 
 
 def blas_weight_grad(grad_rows: Tensor, x: Tensor, groups: Groups, out: Tensor) -> Tensor:

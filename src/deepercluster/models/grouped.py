@@ -32,12 +32,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from deepercluster.models import cpu_blas, products
-from deepercluster.models.cpu_blas import ndarray
 from deepercluster.models.products import Groups, spans
 
 __all__ = ["GradBuffer", "grouped_cross_entropy", "grouped_linear"]
@@ -210,10 +208,10 @@ class _GroupedCrossEntropy(torch.autograd.Function):
         t = targets.unsqueeze(1)
 
         def on_torch() -> None:
-            _forward_per_group(x, weight, bias, t, groups, log_p, grad_logits, grad_x)
+            products.fused_forward(x, weight, bias, t, groups, log_p, grad_logits, grad_x)
 
         def on_blas() -> None:
-            _forward_by_sub_head(x, weight, bias, t, groups, log_p, grad_logits, grad_x)
+            products.blas_fused_forward(x, weight, bias, t, groups, log_p, grad_logits, grad_x)
 
         _run_fastest("fused forward", x, weight, groups, on_torch, on_blas)
         at_target = log_p.gather(1, t)
@@ -272,84 +270,6 @@ def _run_fastest(
         on_torch()
     else:
         on_blas()
-
-
-def _forward_per_group(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    t: Tensor,
-    groups: Groups,
-    log_p: Tensor,
-    grad_logits: Tensor | None,
-    grad_x: Tensor | None,
-) -> None:
-    """The fused forward pass on torch's BLAS, group after group.
-
-    Per group only what needs the sub-head (its products), the row-wise softmax and its
-    one-hot correction (so that G W needs no gather of target rows, which are strided in the
-    heads' storage order); everything else runs once over the batch: at ~16 rows per group,
-    the per-call cost of an operation, not its arithmetic, is what a per-group loop would pay.
-
-    Args:
-        x: (B, D) rows sorted by group; t: (B, 1) targets.
-        log_p: (B, n_sub) output, the log-softmax of the logits.
-        grad_logits: (B, n_sub) output, p - onehot(t), or None when no gradient is needed.
-        grad_x: (B, D) output, (p - onehot(t)) W, or None.
-    """
-    minus_one = x.new_full(t.shape, -1.0)
-    for slot, rows in spans(groups):
-        z = log_p[rows]
-        torch.log_softmax(products.logits(x[rows], weight, bias, slot), 1, out=z)
-        if grad_logits is not None:
-            g = torch.exp(z, out=grad_logits[rows])  # softmax
-            g.scatter_add_(1, t[rows], minus_one[rows])  # p - onehot
-            if grad_x is not None:
-                # (p - onehot) W now, while this sub-head was just read.
-                products.rows_grad(g, weight, slot, grad_x[rows])
-
-
-def _forward_by_sub_head(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor,
-    t: Tensor,
-    groups: Groups,
-    log_p: Tensor,
-    grad_logits: Tensor | None,
-    grad_x: Tensor | None,
-) -> None:
-    """The fused forward pass on numpy's OpenBLAS, one group per thread: each task takes its
-    group's logits, log-softmax, p - onehot and (p - onehot) W (numpy, one thread), the last
-    while its sub-head was just read. Arguments as :func:`_forward_per_group`.
-
-    Against three phases over all groups (the logits, the softmax once over the batch in
-    torch, then G W): 83 vs 87 ms for 16 sub-heads of 10,000 x 512, 16 rows each, 2 threads
-    (medians of 15; fastest 70 vs 79 ms), the heads' forward + backward 1.06x faster.
-    """
-    xs, ws, bs, ts = ndarray(x), ndarray(weight), ndarray(bias), ndarray(t)[:, 0]
-    lps = ndarray(log_p)
-    gls = None if grad_logits is None else ndarray(grad_logits)
-    gxs = None if grad_x is None else ndarray(grad_x)
-
-    def group(job: tuple[int, slice]) -> None:
-        slot, rows = job
-        z = lps[rows]  # logits, then log-softmax in place
-        np.matmul(xs[rows], ws[slot].T, out=z)  # ws[slot].T: the contiguous (D, n_sub)
-        z += bs[slot]
-        z -= z.max(axis=1, keepdims=True)
-        p = np.empty_like(z) if gls is None else gls[rows]
-        np.exp(z, out=p)
-        total = p.sum(axis=1, keepdims=True)
-        z -= np.log(total)
-        if gls is None:
-            return
-        p /= total  # softmax
-        p[np.arange(p.shape[0]), ts[rows]] -= 1.0  # p - onehot
-        if gxs is not None:
-            np.matmul(p, ws[slot], out=gxs[rows])
-
-    cpu_blas.each(group, spans(groups))
 
 
 def _is_argmax(scores: Tensor, t: Tensor, at_target: Tensor) -> Tensor:

@@ -38,12 +38,14 @@ class ExtractedFeatures:
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` runs bf16 convolutions and products natively, not emulated.
 
-    On the CPU that is oneDNN's own test (AVX-512 or AMX with bf16). Without it autocast
-    still works but converts every operand: on an AMD EPYC (Zen 3, AVX2 only) the small
-    convnet's bf16 training step ran at 0.08x the fp32 step's speed (``bench train``).
+    On the CPU that is oneDNN's own test (AVX-512 class or newer: bf16 instructions, AMX, or
+    AVX-512's fast conversions); on CUDA a GPU of compute capability 8 or more (Ampere on).
+    Without it autocast still works but converts every operand: on an AMD EPYC (Zen 3, AVX2
+    only) the small convnet's bf16 training step ran at 0.08x the fp32 step's speed
+    (``bench train``).
     """
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+        return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return True

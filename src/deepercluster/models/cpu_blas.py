@@ -17,6 +17,7 @@ uses more cores than torch's own products would.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,10 @@ __all__ = ["available", "choices", "each", "fastest", "forced", "forget", "ndarr
 
 T = TypeVar("T")
 
+# Set to a candidate's name ("torch", "openblas") to skip the timing: e.g. to keep a resumed
+# run on the BLAS it started with (the two round differently).
+PIN_ENV = "DEEPERCLUSTER_CPU_BLAS"
+
 # Choices made so far: key -> candidate name. Per process; a new shape or thread count is
 # timed again.
 _choices: dict[tuple[object, ...], str] = {}
@@ -51,10 +56,13 @@ def _numpy_openblas() -> Any | None:
     libs = [
         lib
         for lib in ThreadpoolController().select(internal_api="openblas").lib_controllers
-        # numpy's wheels put it beside the package (numpy.libs) or inside it; scipy's and
-        # faiss' own OpenBLAS builds (scipy.libs, faiss_cpu.libs) are not the one np.matmul
-        # calls.
+        # numpy's Linux wheels put it beside the package (numpy.libs); scipy's and faiss' own
+        # OpenBLAS builds (scipy.libs, faiss_cpu.libs) are not the one np.matmul calls.
+        # Elsewhere (macOS' numpy/.dylibs, a system numpy) it is not found, and the heads keep
+        # torch's products. Only the pthreads build: an OpenMP one limits its threads per
+        # calling thread, which would leave the pool's threads unlimited.
         if Path(lib.filepath).resolve().parent in (numpy_dir, numpy_dir.parent / "numpy.libs")
+        and getattr(lib, "threading_layer", None) == "pthreads"
     ]
     if len(libs) != 1:
         return None
@@ -83,7 +91,10 @@ def each(run: Callable[[T], object], items: Iterable[T]) -> None:
         raise RuntimeError("numpy's OpenBLAS was not found; check cpu_blas.available() first")
     threads = max(1, torch.get_num_threads())
     with controller.limit(limits=1):
-        if threads == 1:
+        # The limit can be refused (threadpoolctl lets only one thread control OpenBLAS'
+        # pthreads count): then OpenBLAS keeps its own threads, and the tasks run one after
+        # another here rather than each on all of them.
+        if threads == 1 or controller.info()[0]["num_threads"] != 1:
             for item in items:
                 run(item)
             return
@@ -98,10 +109,12 @@ def fastest(key: tuple[object, ...], candidates: Mapping[str, Callable[[], objec
     Every candidate must do the same work with the same result (they are run for real: the
     last one run leaves its output), and be safe to repeat. Each runs three times,
     interleaved; the shortest time of each decides (the shortest is the least disturbed by
-    other work on a shared machine). :func:`forced` overrides the choice.
+    other work on a shared machine). :func:`forced`, or the environment variable
+    ``DEEPERCLUSTER_CPU_BLAS`` set to a candidate's name, overrides the choice.
     """
-    if _forced is not None and _forced in candidates:
-        return _forced
+    pinned = _forced or os.environ.get(PIN_ENV) or None
+    if pinned is not None and pinned in candidates:
+        return pinned
     key = (*key, torch.get_num_threads())
     name = _choices.get(key)
     if name is not None and name in candidates:

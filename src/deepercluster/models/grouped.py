@@ -213,7 +213,7 @@ class _GroupedCrossEntropy(torch.autograd.Function):
         def on_blas() -> None:
             products.blas_fused_forward(x, weight, bias, t, groups, log_p, grad_logits, grad_x)
 
-        _run_fastest("fused forward", x, weight, groups, on_torch, on_blas)
+        _run_fastest("fused forward", x, weight, groups, on_torch, on_blas, bias)
         at_target = log_p.gather(1, t)
         losses = at_target.squeeze(1).neg()
         correct = _is_argmax(log_p, t, at_target)
@@ -258,11 +258,12 @@ def _run_fastest(
     groups: Groups,
     on_torch: Callable[[], object],
     on_blas: Callable[[], object],
+    bias: Tensor | None = None,
 ) -> None:
     """Run ``on_torch`` or ``on_blas`` (the same work through torch's BLAS or numpy's
     OpenBLAS, :mod:`~deepercluster.models.products`): torch's where OpenBLAS does not apply,
     else whichever :func:`cpu_blas.fastest` timed faster for this shape on this machine."""
-    if not products.blas_applies(x, weight):
+    if not products.blas_applies(x, weight, bias):
         on_torch()
         return
     key = (what, *products.shape_key(x, weight, groups))

@@ -208,7 +208,7 @@ def blas_fused_forward(
     def group(job: tuple[int, slice]) -> None:
         slot, rows = job
         z = lps[rows]  # logits, then log-softmax in place
-        np.matmul(xs[rows], ws[slot].T, out=z)  # ws[slot].T: the contiguous (D, n_sub)
+        np.matmul(xs[rows], ws[slot].T, out=z)  # ws[slot].T: (D, n_sub), contiguous here
         z += bs[slot]
         z -= z.max(axis=1, keepdims=True)
         p = np.empty_like(z) if gls is None else gls[rows]
@@ -231,11 +231,14 @@ def blas_fused_forward(
 _BLAS_MIN_BYTES = 8 << 20
 
 
-def blas_applies(x: Tensor, weight: Tensor) -> bool:
+def blas_applies(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     """Whether numpy's OpenBLAS may run the products of rows ``x`` (B, D) through ``weight``
-    (S_own, n_sub, D): CPU tensors of a BLAS dtype, contiguous rows, the heads' storage order
-    (each sub-head's (D, n_sub) transpose contiguous), large sub-heads, and an OpenBLAS whose
-    threads :func:`cpu_blas.each` can limit."""
+    (S_own, n_sub, D) and ``bias`` (S_own, n_sub): CPU tensors of one BLAS dtype (numpy would
+    cast a mismatch silently where torch refuses it), contiguous rows, the heads' storage
+    order (each sub-head's (D, n_sub) transpose contiguous), large sub-heads, and an OpenBLAS
+    whose threads :func:`cpu_blas.each` can limit."""
+    if bias is not None and (bias.device.type != "cpu" or bias.dtype != x.dtype):
+        return False
     return (
         x.device.type == "cpu"
         and weight.device.type == "cpu"

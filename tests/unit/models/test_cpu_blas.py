@@ -3,9 +3,11 @@ that runs OpenBLAS one thread per task, and when the heads offer the choice at a
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -57,6 +59,16 @@ def test_fastest_times_each_candidate_once_per_key_and_remembers() -> None:
     finally:
         torch.set_num_threads(threads)
     assert len(calls) == 6
+
+
+def test_the_environment_pins_the_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    candidates = dict([_counting(0.01, calls, "slow"), _counting(0.0, calls, "quick")])
+    monkeypatch.setenv(cpu_blas.PIN_ENV, "slow")
+    assert cpu_blas.fastest(("op",), candidates) == "slow"
+    assert calls == []  # nothing timed
+    monkeypatch.setenv(cpu_blas.PIN_ENV, "")  # empty: choose by timing
+    assert cpu_blas.fastest(("op",), candidates) == "quick"
 
 
 def test_forced_overrides_the_timing_choice() -> None:
@@ -121,6 +133,29 @@ def test_each_propagates_a_task_error_and_restores_the_thread_count() -> None:
     assert _numpy_blas_threads() == before
 
 
+def test_each_runs_in_the_calling_thread_when_openblas_refuses_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # threadpoolctl lets one thread control OpenBLAS' pthreads count; when the limit does not
+    # take, OpenBLAS keeps its threads and the tasks must not run on several threads at once.
+    class Refusing:
+        def limit(self, limits: int) -> Any:
+            return contextlib.nullcontext()
+
+        def info(self) -> list[dict[str, int]]:
+            return [{"num_threads": 2}]
+
+    monkeypatch.setattr(cpu_blas, "_numpy_openblas", lambda: Refusing())
+    names: list[str] = []
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cpu_blas.each(lambda item: names.append(threading.current_thread().name), range(5))
+    finally:
+        torch.set_num_threads(previous)
+    assert names == [threading.current_thread().name] * 5
+
+
 def test_openblas_is_offered_only_for_large_cpu_sub_heads_in_the_heads_order() -> None:
     big = HierarchicalHeads(512, 2, 5_000)  # (512, 5,000) float32: 10 MB per sub-head
     x = torch.zeros(32, 512)
@@ -131,6 +166,9 @@ def test_openblas_is_offered_only_for_large_cpu_sub_heads_in_the_heads_order() -
     assert not products.blas_applies(x, plain)
     assert not products.blas_applies(x.bfloat16(), big.sub_weight.detach().bfloat16())
     assert not products.blas_applies(torch.zeros(512, 32).t(), big.sub_weight)
+    assert products.blas_applies(x, big.sub_weight, big.sub_bias) == cpu_blas.available()
+    # numpy would cast a float64 bias silently where torch refuses the mix
+    assert not products.blas_applies(x, big.sub_weight, big.sub_bias.detach().double())
 
 
 @needs_openblas

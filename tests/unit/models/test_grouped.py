@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -26,14 +27,26 @@ TARGET_CASES = {
 
 
 @pytest.fixture(autouse=True, params=["torch", "openblas"])
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The BLAS of the fused loss' products; OpenBLAS offered at any sub-head size here."""
+def backend(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, int]]:
+    """The BLAS of the fused loss' products (OpenBLAS offered at any sub-head size here);
+    yields how often each OpenBLAS function ran."""
+    calls = {"forward": 0, "weight": 0}
     if request.param == "openblas":
         if not cpu_blas.available():
             pytest.skip("numpy's OpenBLAS not found in this process")
         monkeypatch.setattr(products, "_BLAS_MIN_BYTES", 0)
+        for name, key in (("blas_fused_forward", "forward"), ("blas_weight_grad", "weight")):
+            original = getattr(products, name)
+
+            def counted(*args: Any, _run: Any = original, _key: str = key) -> Any:
+                calls[_key] += 1
+                return _run(*args)
+
+            monkeypatch.setattr(products, name, counted)
     with cpu_blas.forced(request.param):
-        yield request.param
+        yield calls
 
 
 def _heads(seed: int = 0) -> HierarchicalHeads:
@@ -47,7 +60,9 @@ def _grads(heads: HierarchicalHeads, feats: torch.Tensor) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("case", sorted(TARGET_CASES))
-def test_fused_cross_entropy_matches_logits_then_cross_entropy(case: str) -> None:
+def test_fused_cross_entropy_matches_logits_then_cross_entropy(
+    case: str, request: pytest.FixtureRequest, backend: dict[str, int]
+) -> None:
     y = torch.tensor(TARGET_CASES[case])
     z = torch.randint(N_SUB, y.shape, generator=torch.Generator().manual_seed(1))
     heads = _heads()
@@ -70,6 +85,9 @@ def test_fused_cross_entropy_matches_logits_then_cross_entropy(case: str) -> Non
     absent = sorted(set(range(S)) - set(TARGET_CASES[case]))
     assert heads.sub_weight.grad is not None
     assert torch.equal(heads.sub_weight.grad[absent], torch.zeros(len(absent), N_SUB, D).double())
+    # the forced backend is the one that ran (OpenBLAS: forward and weight gradient once each)
+    on_blas = request.node.callspec.params["backend"] == "openblas"
+    assert backend == ({"forward": 1, "weight": 1} if on_blas else {"forward": 0, "weight": 0})
 
 
 def test_gradients_accumulate_into_an_existing_grad() -> None:

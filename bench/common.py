@@ -15,11 +15,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from deepercluster.features import native_bf16
+
+SettingT = TypeVar("SettingT", bound=tuple[Any, ...])
 
 
 @dataclass(frozen=True)
@@ -92,17 +94,20 @@ def info(bench: str, name: str, value: float, unit: str, **detail: Any) -> Row:
     return Row(bench, name, value, unit, "", None, detail)
 
 
-def bf16_skipped(ctx: Context, bench: str) -> list[Row]:
-    """[] when the bf16 settings should run; else one row saying why they are left out.
+def without_emulated_bf16(
+    ctx: Context, bench: str, settings: list[SettingT]
+) -> tuple[list[SettingT], list[Row]]:
+    """``settings`` (tuples whose first item is the precision) less the bf16 ones where bf16
+    is emulated, and the row saying so ([] when nothing is left out).
 
     Where the device has no native bf16 (an AVX2-only CPU) autocast emulates it: the bf16
     training step ran at 0.08x the fp32 step's speed on an AMD EPYC (Zen 3), and its rows alone
     would take the suite past its 10 minutes. ``BENCH_BF16=1`` runs them anyway.
     """
     if ctx.tiny or native_bf16(ctx.device) or os.environ.get("BENCH_BF16") == "1":
-        return []
+        return settings, []
     why = f"bf16 rows skipped: no native bf16 on this {ctx.device.type} (BENCH_BF16=1 runs them)"
-    return [info(bench, why, 0.0, "")]
+    return [s for s in settings if s[0] != "bf16"], [info(bench, why, 0.0, "")]
 
 
 def sync(device: torch.device) -> None:

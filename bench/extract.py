@@ -20,12 +20,12 @@ from bench.common import (
     Context,
     Row,
     at_most,
-    bf16_skipped,
     info,
     interleaved,
     median,
     per_rep,
     ratio,
+    without_emulated_bf16,
 )
 from deepercluster.data import (
     ArrayCollection,
@@ -141,12 +141,10 @@ def run(ctx: Context) -> list[Row]:
     sources: dict[str, Collection] = {"ArrayCollection": arrays}
     if os.path.exists(cifar) and not ctx.tiny:
         sources["CIFAR-10 JPEG tar"] = open_collection(cifar)
-    rows: list[Row] = bf16_skipped(ctx, NAME)
     settings = [("fp32", False, 0), ("fp32", False, 1), ("bf16", True, 1)]
     if ctx.tiny:
         settings = settings[:1]
-    if rows:
-        settings = [s for s in settings if s[0] != "bf16"]
+    settings, rows = without_emulated_bf16(ctx, NAME, settings)
     for precision, cl, workers in settings:
         rows += _setting(ctx, sources, n, batch, res, precision, cl, workers)
     return rows

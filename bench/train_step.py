@@ -21,12 +21,12 @@ from bench.common import (
     Context,
     Row,
     at_most,
-    bf16_skipped,
     info,
     interleaved,
     median,
     per_rep,
     ratio,
+    without_emulated_bf16,
 )
 from deepercluster.engine.train import Targets, train_one_epoch
 from deepercluster.features import autocast
@@ -130,9 +130,7 @@ def run(ctx: Context) -> list[Row]:
     settings = [("fp32", False), ("fp32", True), ("bf16", True)]
     if ctx.tiny:
         settings = settings[:1]
-    skipped = bf16_skipped(ctx, NAME)
-    if skipped:
-        settings = [s for s in settings if s[0] != "bf16"]
+    settings, skipped = without_emulated_bf16(ctx, NAME, settings)
     fns: dict[str, Callable[[], object]] = {}
     steps = 1
     for precision, cl in settings:

@@ -84,14 +84,21 @@ def test_bf16_rows_are_left_out_only_where_bf16_is_emulated(
 ) -> None:
     cpu = torch.device("cpu")
     quick = common.Context(cpu, size="quick")
+    settings = [("fp32", False), ("bf16", True)]
+
+    def skipped(ctx: common.Context) -> list[common.Row]:
+        kept, rows = common.without_emulated_bf16(ctx, "train", settings)
+        assert kept == (settings[:1] if rows else settings)
+        return rows
+
     monkeypatch.delenv("BENCH_BF16", raising=False)
-    assert bool(common.bf16_skipped(quick, "train")) == (not native_bf16(cpu))
+    assert bool(skipped(quick)) == (not native_bf16(cpu))
     monkeypatch.setattr(common, "native_bf16", lambda device: False)
-    (row,) = common.bf16_skipped(quick, "train")
+    (row,) = skipped(quick)
     assert row.bench == "train" and "BENCH_BF16=1" in row.name and row.ok is None
-    assert common.bf16_skipped(common.Context(cpu, size="tiny"), "train") == []
+    assert skipped(common.Context(cpu, size="tiny")) == []
     monkeypatch.setenv("BENCH_BF16", "1")
-    assert common.bf16_skipped(quick, "train") == []
+    assert skipped(quick) == []
     monkeypatch.setattr(common, "native_bf16", lambda device: True)
     monkeypatch.delenv("BENCH_BF16")
-    assert common.bf16_skipped(quick, "train") == []
+    assert skipped(quick) == []

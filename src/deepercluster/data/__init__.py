@@ -16,7 +16,7 @@ functions: plain ``sorted()`` and ruff's isort-style RUF022 then agree on its or
 """
 
 from .collection import ArrayCollection, Collection, ImageCollection, open_collection
-from .decode import BadImageError, decode_image, to_rgb
+from .decode import BadImageError, RGBImage, decode_image, decode_pixels, to_rgb
 from .samplers import EpochPlan, storage_order, super_class_epoch_plan, uniform_epoch_plan
 from .skiplog import SkipLog
 from .sources import expand_braces
@@ -31,10 +31,12 @@ __all__ = [
     "Collection",
     "EpochPlan",
     "ImageCollection",
+    "RGBImage",
     "SkipLog",
     "TrainTransform",
     "TrainView",
     "decode_image",
+    "decode_pixels",
     "expand_braces",
     "normalize",
     "open_collection",

@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image
+from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, RGBImage, decode_image, decode_pixels
 from .pathtable import PathTable
 from .sources import (
     has_pattern,
@@ -44,6 +44,11 @@ class Collection(Protocol):
 
     def read(self, index: int) -> Image.Image:
         """Image ``index`` in RGB with EXIF orientation applied; raises ``BadImageError``."""
+        ...
+
+    def read_pixels(self, index: int) -> RGBImage:
+        """``read(index)``, or the same image's (H, W, 3) uint8 pixels where the collection
+        has them without a Pillow image (what the data views' transforms read)."""
         ...
 
     def path(self, index: int) -> str:
@@ -115,6 +120,13 @@ class ImageCollection:
         if self._tar is not None:
             return decode_image(self._tar.read_bytes(i), max_pixels=self.max_pixels)
         return decode_image(self._files[i], max_pixels=self.max_pixels)
+
+    def read_pixels(self, index: int) -> RGBImage:
+        """:meth:`read`, with small plain JPEGs as their pixels (``decode.decode_pixels``)."""
+        i = self._check(index)
+        if self._tar is not None:
+            return decode_pixels(self._tar.read_bytes(i), max_pixels=self.max_pixels)
+        return decode_pixels(self._files[i], max_pixels=self.max_pixels)
 
     def path(self, index: int) -> str:
         """Display path of image ``index`` (``"<shard>:<member>"`` for tar members)."""
@@ -213,10 +225,19 @@ class ArrayCollection:
 
     def read(self, index: int) -> Image.Image:
         """Image ``index`` as an RGB ``PIL.Image``."""
+        return Image.fromarray(np.ascontiguousarray(self.read_pixels(index)))
+
+    def read_pixels(self, index: int) -> np.ndarray:
+        """Image ``index`` as read-only (H, W, 3) uint8 pixels (a view of the array when RGB)."""
         i = operator.index(index)
         if not 0 <= i < len(self):
             raise IndexError(f"image id {i} out of range for a collection of {len(self)} images")
-        return Image.fromarray(np.ascontiguousarray(self.images[i])).convert("RGB")
+        image = self.images[i]
+        # Grey: the three equal channels of Pillow's convert("RGB"). RGB: a view with its own
+        # flags, so that the caller's array stays writeable.
+        pixels = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image.view()
+        pixels.flags.writeable = False
+        return pixels
 
     def path(self, index: int) -> str:
         """Display path ``"<name>[<index>]"``."""

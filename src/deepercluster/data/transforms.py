@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from .decode import RGBImage, as_pillow, image_size
 from .resample import dense_resize_pays, resize_scaled
 
 if TYPE_CHECKING:
@@ -99,17 +100,21 @@ def normalize(x: Tensor) -> Tensor:
     return (x - _MEAN.to(x.device)) / _STD.to(x.device)
 
 
-def to_normalized_tensor(img: Image.Image) -> Tensor:
-    """``PIL.Image`` (H, W) in RGB (else converted) → float32 tensor (3, H, W), normalised."""
+def to_normalized_tensor(img: RGBImage) -> Tensor:
+    """``PIL.Image`` (H, W) in RGB (else converted), or (H, W, 3) uint8 pixels → float32
+    tensor (3, H, W), normalised."""
     return _normalized(_pixels(img).transpose(2, 0, 1))
 
 
-def _pixels(img: Image.Image) -> np.ndarray:
-    """Read-only (H, W, 3) uint8 view of an image's bytes, converted to RGB if need be.
+def _pixels(img: RGBImage) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of an image (read-only view of its bytes), converted to RGB if
+    need be; pixels are returned as they are.
 
     ``frombuffer(tobytes())`` rather than ``np.asarray``: Pillow's array interface calls
     ``tobytes`` too, plus its own overhead (11 vs 16 us for a 32 px image).
     """
+    if isinstance(img, np.ndarray):
+        return img
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.frombuffer(img.tobytes(), dtype=np.uint8).reshape(img.height, img.width, 3)
@@ -191,11 +196,11 @@ class TrainTransform:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, max(h, 1), max(w, 1)
 
-    def __call__(self, img: Image.Image, rng: UniformSource, rotation: int = 0) -> Tensor:
+    def __call__(self, img: RGBImage, rng: UniformSource, rotation: int = 0) -> Tensor:
         """Augment one image, then rotate it by ``rotation * 90`` degrees counter-clockwise.
 
         Args:
-            img: RGB image of any size.
+            img: RGB image of any size (Pillow image or (H, W, 3) uint8 pixels).
             rng: Source of all randomness for this sample.
             rotation: Rotation index in {0, 1, 2, 3}; the result equals
                 ``rotate(transform(img, rng), rotation)`` without the second copy.
@@ -207,7 +212,8 @@ class TrainTransform:
             ValueError: ``rotation`` is not in 0..3.
         """
         _check_rotation(rotation)
-        top, left, h, w = self.crop_params(img.width, img.height, rng)
+        width, height = image_size(img)
+        top, left, h, w = self.crop_params(width, height, rng)
         # The coin is always drawn so the crop stream does not depend on the setting.
         flip = rng.random() < 0.5 and self.hflip
         # Flip and rotation as strides of a view, so the normalising step is the only copy
@@ -218,7 +224,9 @@ class TrainTransform:
             # Small crops (every CIFAR one): the same filter as two BLAS products on a view
             # of the pixels; the whole transform takes 27 instead of 39 us at 32 px. Within
             # one grey level of Pillow's crop + resize (resample.py).
-            if img.width * img.height > max(4 * h * w, _COPY_ALL_MAX_PIXELS):
+            if isinstance(img, Image.Image) and width * height > max(
+                4 * h * w, _COPY_ALL_MAX_PIXELS
+            ):
                 # A small crop of a large image: copy out only the crop's bytes (all of a
                 # 505 x 350 photo's take 108 us, a 90 x 80 crop's 17 us).
                 crop = _pixels(img.crop((left, top, left + w, top + h)))
@@ -231,7 +239,11 @@ class TrainTransform:
             return torch.from_numpy(out)
         # What torchvision's resized_crop does on a PIL image (crop, then an antialiased
         # bilinear resize), without its dispatch and argument checks.
-        resized = img.crop((left, top, left + w, top + h)).resize((r, r), Image.Resampling.BILINEAR)
+        if isinstance(img, Image.Image):
+            crop_image = img.crop((left, top, left + w, top + h))
+        else:
+            crop_image = as_pillow(img[top : top + h, left : left + w])
+        resized = crop_image.resize((r, r), Image.Resampling.BILINEAR)
         return _normalized(_pixels(resized)[::rows, ::cols].transpose(axes))
 
     def __repr__(self) -> str:
@@ -261,8 +273,9 @@ class ClusterTransform:
         self.resolution = resolution
         self.resize = resize
 
-    def __call__(self, img: Image.Image) -> Tensor:
-        """Image of any size → float32 tensor (3, R, R), ImageNet-normalised.
+    def __call__(self, img: RGBImage) -> Tensor:
+        """Image of any size (Pillow image or (H, W, 3) uint8 pixels) → float32 tensor
+        (3, R, R), ImageNet-normalised.
 
         torchvision's ``resize(resize, BILINEAR, antialias=True)`` then ``center_crop(R)``,
         computed as one Pillow resize of the source box that the centre crop covers: only the
@@ -275,7 +288,7 @@ class ClusterTransform:
         bit-identical. Small images (CIFAR's) take the same filter over the same box as two
         float32 products instead (``resample.resize_scaled``), which do not round.
         """
-        width, height = img.size
+        width, height = image_size(img)
         short, long = min(width, height), max(width, height)
         if long > _MAX_ASPECT * short:
             # The centre crop only keeps the middle `short` pixels of the long side, so cutting
@@ -284,8 +297,12 @@ class ClusterTransform:
             # never builds that image, but the cut still sets a strip's scale, as tested.)
             keep = _MAX_ASPECT * short
             top, left = _centre(height, min(height, keep)), _centre(width, min(width, keep))
-            img = img.crop((left, top, left + min(width, keep), top + min(height, keep)))
-            width, height = img.size
+            right, bottom = left + min(width, keep), top + min(height, keep)
+            if isinstance(img, Image.Image):
+                img = img.crop((left, top, right, bottom))
+            else:
+                img = img[top:bottom, left:right]
+            width, height = image_size(img)
             long = max(width, height)
         # torchvision's output size: short side -> resize, long side truncated (not rounded).
         new_long = int(self.resize * long / short)
@@ -303,8 +320,8 @@ class ClusterTransform:
             scaled = resize_scaled(_pixels(img), r, _SCALE_PER_CHANNEL, box=box)
             scaled -= _SHIFT
             return torch.from_numpy(scaled)
-        img = img.resize((r, r), Image.Resampling.BILINEAR, box=box)
-        return _normalized(_pixels(img).transpose(2, 0, 1))
+        resized = as_pillow(img).resize((r, r), Image.Resampling.BILINEAR, box=box)
+        return _normalized(_pixels(resized).transpose(2, 0, 1))
 
     def __repr__(self) -> str:
         return f"ClusterTransform(resolution={self.resolution}, resize={self.resize})"

@@ -13,12 +13,11 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from .collection import Collection
-from .decode import BadImageError
+from .decode import BadImageError, RGBImage, image_size
 from .position_rng import PositionRng
 from .samplers import EpochPlan
 from .transforms import ClusterTransform, TrainTransform
@@ -27,19 +26,20 @@ __all__ = ["ClusterView", "TrainView"]
 
 Item = TypeVar("Item")
 
-#: Decoded pixels (Pillow's 4 bytes a pixel) that a batched fetch holds before transforming
-#: them: 64 CIFAR-size images, one photo. Holding 8 MiB (~11 photos of 525 x 350) made a
-#: 224 px training item ~5% slower (2.49 vs 2.38 ms): the photos had left the cache by their turn.
+#: Decoded pixels (counted at Pillow's 4 bytes a pixel) that a batched fetch holds before
+#: transforming them: 64 CIFAR-size images, one photo. Holding 8 MiB (~11 photos of
+#: 525 x 350) made a 224 px training item ~5% slower (2.49 vs 2.38 ms): the photos had left
+#: the cache by their turn.
 GROUP_BYTES = 256 * 2**10
 
 
 def decode_then_transform(
     collection: Collection,
     ids: Sequence[int],
-    transform: Callable[[int, Image.Image], Item],
+    transform: Callable[[int, RGBImage], Item],
     failed: Callable[[int, str], Item],
 ) -> list[Item]:
-    """``[transform(k, read(ids[k]))]`` for every k, decoding a group of images before
+    """``[transform(k, read_pixels(ids[k]))]`` for every k, decoding a group of images before
     transforming them, rather than alternating image by image.
 
     Alternating libjpeg's decoder with the transform's numpy and BLAS kernels evicts each
@@ -58,7 +58,7 @@ def decode_then_transform(
         One item per id, in order.
     """
     items: list[Item] = []
-    group: list[Image.Image | str] = []
+    group: list[RGBImage | str] = []
     held = 0
 
     def flush() -> None:
@@ -75,12 +75,13 @@ def decode_then_transform(
 
     for index in ids:
         try:
-            img = collection.read(index)
+            img = collection.read_pixels(index)
         except BadImageError as err:
             group.append(err.reason)
             continue
         group.append(img)
-        held += img.width * img.height * 4
+        width, height = image_size(img)
+        held += width * height * 4
         if held >= GROUP_BYTES:
             flush()
             held = 0
@@ -210,7 +211,7 @@ class TrainView(Dataset[tuple[Tensor, int, int, str]]):
         rotations = [int(self.plan.rotations[p]) for p in positions]
         size = self.transform.resolution
 
-        def augment(k: int, img: Image.Image) -> tuple[Tensor, int, int, str]:
+        def augment(k: int, img: RGBImage) -> tuple[Tensor, int, int, str]:
             stream = self._streams.child(positions[k])
             return self.transform(img, stream, rotation=rotations[k]), ids[k], rotations[k], ""
 

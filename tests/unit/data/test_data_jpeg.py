@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepercluster.data import BadImageError, decode_image
+from deepercluster.data import BadImageError, decode_image, decode_pixels
 from deepercluster.data import jpeg as fast_jpeg
 
 
@@ -52,6 +52,22 @@ def test_plain_jpegs_decode_to_pillows_pixels_without_pillow(
         img = decode_image(data)
     assert img.mode == "RGB" and img.size == size
     np.testing.assert_array_equal(np.asarray(img), expected)
+
+
+def test_decode_pixels_keeps_the_fast_paths_array_and_pillows_image() -> None:
+    small = _jpeg((40, 24))
+    pixels = decode_pixels(small)
+    assert isinstance(pixels, np.ndarray)
+    assert pixels.shape == (24, 40, 3) and pixels.dtype == np.uint8
+    assert pixels.flags.c_contiguous
+    np.testing.assert_array_equal(pixels, np.asarray(decode_image(small)))
+    np.testing.assert_array_equal(pixels, _pillow_rgb(small))
+    large = _jpeg((129, 128))  # above FAST_MAX_PIXELS: Pillow's image, as decode_image's
+    img = decode_pixels(large)
+    assert isinstance(img, Image.Image) and img.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(img), _pillow_rgb(large))
+    with pytest.raises(BadImageError, match="^truncated image"):
+        decode_pixels(small[: len(small) // 2])
 
 
 def test_larger_plain_jpegs_are_left_to_pillow() -> None:
@@ -112,10 +128,10 @@ def test_self_check_fails_when_the_decoder_disagrees(monkeypatch: pytest.MonkeyP
         fast_jpeg._agrees_with_pillow.cache_clear()
         shifted = fast_jpeg._decode
 
-        def off_by_one(data: bytes, size: tuple[int, int]) -> Image.Image | None:
-            img = shifted(data, size)
-            assert img is not None
-            return Image.fromarray(np.asarray(img) ^ 1)
+        def off_by_one(data: bytes, size: tuple[int, int]) -> np.ndarray | None:
+            pixels = shifted(data, size)
+            assert pixels is not None
+            return pixels ^ 1
 
         monkeypatch.setattr(fast_jpeg, "_decode", off_by_one)
         assert not fast_jpeg._agrees_with_pillow()

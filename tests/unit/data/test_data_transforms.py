@@ -230,3 +230,22 @@ def test_cluster_transform_is_torchvision_within_two_grey_levels(
         if min(size) >= 4:
             shifted = torch.roll(reference, 1, dims=2)
             assert (_grey_levels(out) - shifted)[:, :, 1:].abs().max() > 4
+
+
+@pytest.mark.parametrize("size", [(32, 32), (37, 29), (300, 200), (41, 4000), (5, 300)])
+@pytest.mark.parametrize("resolution", [24, 224])
+def test_pixels_and_pillow_image_give_the_same_tensor(
+    size: tuple[int, int], resolution: int
+) -> None:
+    """Views pass (H, W, 3) arrays where they have them (``read_pixels``): every path of both
+    transforms (dense products, Pillow's resize, the strip trim) must not tell the two apart."""
+    img = _image(*size, seed=7)
+    pixels = np.asarray(img).copy()
+    pixels.flags.writeable = False  # what ArrayCollection.read_pixels returns
+    cluster = ClusterTransform(resolution)
+    assert torch.equal(cluster(pixels), cluster(img))
+    train = TrainTransform(resolution)
+    for key in range(16):
+        for r in (0, 1):
+            expected = train(img, PositionRng(key), rotation=r)
+            assert torch.equal(train(pixels, PositionRng(key), rotation=r), expected)

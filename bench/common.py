@@ -126,14 +126,25 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], ctx: Context, *, reps: int | None = None
+    fns: dict[str, Callable[[], object]],
+    ctx: Context,
+    *,
+    reps: int | None = None,
+    warmup: int | None = None,
 ) -> dict[str, list[float]]:
     """Time several functions A, B, A, B, ... after ``ctx.warmup`` untimed rounds.
+
+    Args:
+        fns: what to time, by name.
+        ctx: the run's context (device, repetitions, warm-up rounds).
+        reps: timed rounds instead of ``ctx.reps``.
+        warmup: untimed rounds instead of ``ctx.warmup`` (0 where the same functions have
+            just run at another shape, so that nothing is left to warm but memory).
 
     Returns:
         The seconds of every timed call, per name, in repetition order.
     """
-    for _ in range(ctx.warmup):
+    for _ in range(ctx.warmup if warmup is None else warmup):
         for fn in fns.values():
             fn()
     sync(ctx.device)

@@ -66,7 +66,7 @@ def test_decode_pixels_keeps_the_fast_paths_array_and_pillows_image() -> None:
     img = decode_pixels(large)
     assert isinstance(img, Image.Image) and img.mode == "RGB"
     np.testing.assert_array_equal(np.asarray(img), _pillow_rgb(large))
-    with pytest.raises(BadImageError, match="^truncated image"):
+    with pytest.raises(BadImageError, match=r"^truncated image"):
         decode_pixels(small[: len(small) // 2])
 
 

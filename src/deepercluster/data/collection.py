@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -28,7 +28,7 @@ from .sources import (
 )
 from .tarshards import COMPRESSED_TAR_SUFFIXES, TarShards, compressed_tar_message
 
-__all__ = ["ArrayCollection", "Collection", "ImageCollection", "open_collection"]
+__all__ = ["ArrayCollection", "Collection", "ImageCollection", "open_collection", "pixel_reader"]
 
 _SUPPORTED = (
     "a folder of images, a .txt/.lst list file, a .csv file, or plain .tar shards (one file, a "
@@ -38,7 +38,13 @@ _SUPPORTED = (
 
 @runtime_checkable
 class Collection(Protocol):
-    """What the data views need: a length, decoded images by id, and a path to report."""
+    """What the data views need: a length, decoded images by id, and a path to report.
+
+    A collection may also have ``read_pixels(index) -> RGBImage``: the same image, as its
+    (H, W, 3) uint8 pixels where it has them without a Pillow image (``ImageCollection`` for
+    small JPEGs, ``ArrayCollection`` always). The views call it when present (see
+    :func:`pixel_reader`), and ``read`` otherwise.
+    """
 
     def __len__(self) -> int: ...
 
@@ -46,14 +52,16 @@ class Collection(Protocol):
         """Image ``index`` in RGB with EXIF orientation applied; raises ``BadImageError``."""
         ...
 
-    def read_pixels(self, index: int) -> RGBImage:
-        """``read(index)``, or the same image's (H, W, 3) uint8 pixels where the collection
-        has them without a Pillow image (what the data views' transforms read)."""
-        ...
-
     def path(self, index: int) -> str:
         """Display path of image ``index``, e.g. ``"/a/b.jpg"`` or ``"shard-000.tar:x.jpg"``."""
         ...
+
+
+def pixel_reader(collection: Collection) -> Callable[[int], RGBImage]:
+    """The collection's ``read_pixels`` if it has one, else its ``read``: what the data views'
+    transforms take (a collection written against the three-method protocol still works)."""
+    reader: Callable[[int], RGBImage] = getattr(collection, "read_pixels", collection.read)
+    return reader
 
 
 class ImageCollection:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .collection import Collection
+from .collection import Collection, pixel_reader
 from .decode import BadImageError, RGBImage, image_size
 from .position_rng import PositionRng
 from .samplers import EpochPlan
@@ -39,8 +39,9 @@ def decode_then_transform(
     transform: Callable[[int, RGBImage], Item],
     failed: Callable[[int, str], Item],
 ) -> list[Item]:
-    """``[transform(k, read_pixels(ids[k]))]`` for every k, decoding a group of images before
-    transforming them, rather than alternating image by image.
+    """``[transform(k, read(ids[k]))]`` for every k, decoding a group of images before
+    transforming them, rather than alternating image by image (``read``: the collection's
+    :func:`~.collection.pixel_reader`).
 
     Alternating libjpeg's decoder with the transform's numpy and BLAS kernels evicts each
     other's code and data from the caches. On the AMD EPYC of docs/performance.md (round 11)
@@ -60,6 +61,7 @@ def decode_then_transform(
     items: list[Item] = []
     group: list[RGBImage | str] = []
     held = 0
+    read = pixel_reader(collection)
 
     def flush() -> None:
         for img in group:
@@ -75,7 +77,7 @@ def decode_then_transform(
 
     for index in ids:
         try:
-            img = collection.read_pixels(index)
+            img = read(index)
         except BadImageError as err:
             group.append(err.reason)
             continue

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from deepercluster.data import (
@@ -15,6 +16,7 @@ from deepercluster.data import (
     BadImageError,
     ClusterTransform,
     ClusterView,
+    Collection,
     EpochPlan,
     SkipLog,
     TrainTransform,
@@ -23,6 +25,7 @@ from deepercluster.data import (
     uniform_epoch_plan,
     views,
 )
+from deepercluster.data.collection import pixel_reader
 from deepercluster.data.position_rng import PositionRng
 
 Encode = Callable[..., bytes]
@@ -203,3 +206,40 @@ def test_dataloader_fetches_a_batch_at_once() -> None:
     assert fetched == [4, 4, 2]  # one call per batch, not one per image
     expected = torch.stack([view[j][0] for j in range(10)])
     assert torch.equal(torch.cat([b[0] for b in batches]), expected)
+
+
+class _ReadOnlyCollection:
+    """A user's collection with only the three methods of the ``Collection`` protocol."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def read(self, index: int) -> Image.Image:
+        return Image.fromarray(self.images[index])
+
+    def path(self, index: int) -> str:
+        return f"mine[{index}]"
+
+
+def test_a_collection_without_read_pixels_gives_the_same_items() -> None:
+    images = np.random.default_rng(2).integers(0, 256, (6, 20, 24, 3), dtype=np.uint8)
+    mine, arrays = _ReadOnlyCollection(images), ArrayCollection(images)
+    assert isinstance(mine, Collection) and not hasattr(mine, "read_pixels")
+    assert isinstance(pixel_reader(mine)(0), Image.Image)  # falls back to read
+    assert isinstance(pixel_reader(arrays)(0), np.ndarray)
+    plan = _plan(6, size=6)
+    ours, theirs = (
+        TrainView(c, TrainTransform(16), plan, seed=3, epoch=0).__getitems__(range(6))
+        for c in (mine, arrays)
+    )
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+    for a, b in zip(
+        ClusterView(mine, ClusterTransform(16)).__getitems__(range(6)),
+        ClusterView(arrays, ClusterTransform(16)).__getitems__(range(6)),
+        strict=True,
+    ):
+        assert torch.equal(a[0], b[0]) and a[1:] == b[1:]

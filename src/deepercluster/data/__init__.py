@@ -15,7 +15,13 @@ Constants live in their modules (``transforms.IMAGENET_MEAN``/``IMAGENET_STD``,
 functions: plain ``sorted()`` and ruff's isort-style RUF022 then agree on its order.
 """
 
-from .collection import ArrayCollection, Collection, ImageCollection, open_collection
+from .collection import (
+    ArrayCollection,
+    Collection,
+    ImageCollection,
+    open_collection,
+    pixel_reader,
+)
 from .decode import BadImageError, RGBImage, decode_image, decode_pixels, to_rgb
 from .samplers import EpochPlan, storage_order, super_class_epoch_plan, uniform_epoch_plan
 from .skiplog import SkipLog
@@ -40,6 +46,7 @@ __all__ = [
     "expand_braces",
     "normalize",
     "open_collection",
+    "pixel_reader",
     "rotate",
     "storage_order",
     "super_class_epoch_plan",

@@ -42,8 +42,8 @@ class Collection(Protocol):
 
     A collection may also have ``read_pixels(index) -> RGBImage``: the same image, as its
     (H, W, 3) uint8 pixels where it has them without a Pillow image (``ImageCollection`` for
-    small JPEGs, ``ArrayCollection`` always). The views call it when present (see
-    :func:`pixel_reader`), and ``read`` otherwise.
+    small JPEGs, ``ArrayCollection`` always). The views call it when present and consistent
+    with ``read`` (see :func:`pixel_reader`), and ``read`` otherwise.
     """
 
     def __len__(self) -> int: ...
@@ -58,10 +58,20 @@ class Collection(Protocol):
 
 
 def pixel_reader(collection: Collection) -> Callable[[int], RGBImage]:
-    """The collection's ``read_pixels`` if it has one, else its ``read``: what the data views'
-    transforms take (a collection written against the three-method protocol still works)."""
-    reader: Callable[[int], RGBImage] = getattr(collection, "read_pixels", collection.read)
-    return reader
+    """The collection's ``read_pixels``, or its ``read``: what the data views' transforms take.
+
+    ``read_pixels`` only where the class that defines it is the one that defines ``read`` or
+    a subclass of it: a subclass that overrides ``read`` (to mask or recolour images, say) but
+    inherits ``read_pixels`` means its ``read``, and so does a collection written against the
+    three-method protocol, or a wrapper that forwards attributes by ``__getattr__``.
+    """
+    mro = type(collection).__mro__
+    read_owner = next((c for c in mro if "read" in vars(c)), None)
+    pixels_owner = next((c for c in mro if "read_pixels" in vars(c)), None)
+    if read_owner is not None and pixels_owner is not None and issubclass(pixels_owner, read_owner):
+        reader: Callable[[int], RGBImage] = collection.read_pixels  # type: ignore[attr-defined]
+        return reader
+    return collection.read
 
 
 class ImageCollection:

@@ -28,6 +28,7 @@ __all__ = [
     "BadImageError",
     "RGBImage",
     "as_pillow",
+    "check_pixels",
     "decode_image",
     "decode_pixels",
     "image_size",
@@ -102,11 +103,27 @@ def image_size(img: RGBImage) -> tuple[int, int]:
     return img.size
 
 
+def check_pixels(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` itself if it is (H, W, 3) uint8 RGB, else a ``ValueError`` saying what it is.
+
+    Pixels come from a collection's ``read_pixels``, a user's included; a float or grey array
+    would otherwise be misread (Pillow takes a float64 0.5 for black) or fail deep inside a
+    transform.
+    """
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(
+            f"image pixels must be an (H, W, 3) uint8 RGB array, got {pixels.dtype} of shape "
+            f"{pixels.shape}; convert them (e.g. np.repeat(grey[..., None], 3, axis=2), "
+            "(x * 255).round().astype(np.uint8)) or return a PIL image"
+        )
+    return pixels
+
+
 def as_pillow(img: RGBImage) -> Image.Image:
     """The image as a Pillow "RGB" image (pixels are copied into one, an image returned)."""
     if isinstance(img, Image.Image):
         return img
-    pixels = np.ascontiguousarray(img)
+    pixels = np.ascontiguousarray(check_pixels(img))
     return Image.frombuffer("RGB", image_size(pixels), pixels, "raw", "RGB", 0, 1)
 
 

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .decode import RGBImage, as_pillow, image_size
+from .decode import RGBImage, as_pillow, check_pixels, image_size
 from .resample import dense_resize_pays, resize_scaled
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ def _pixels(img: RGBImage) -> np.ndarray:
     ``tobytes`` too, plus its own overhead (11 vs 16 us for a 32 px image).
     """
     if isinstance(img, np.ndarray):
-        return img
+        return check_pixels(img)
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.frombuffer(img.tobytes(), dtype=np.uint8).reshape(img.height, img.width, 3)

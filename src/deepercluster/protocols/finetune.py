@@ -21,7 +21,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from deepercluster.data import BadImageError, ClusterTransform, Collection, TrainTransform
+from deepercluster.data import (
+    BadImageError,
+    ClusterTransform,
+    Collection,
+    TrainTransform,
+    pixel_reader,
+)
 from deepercluster.models import Backbone
 from deepercluster.models.backbone import reference_init
 from deepercluster.models.fold import fold_sobel
@@ -78,6 +84,8 @@ class LabelledImages(Dataset[tuple[Tensor, int]]):
         seed: int = 0,
     ) -> None:
         self.collection = collection
+        # The transforms read pixels: a small JPEG's without a Pillow image in between.
+        self.read = pixel_reader(collection)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.transform = transform
@@ -90,7 +98,7 @@ class LabelledImages(Dataset[tuple[Tensor, int]]):
     def __getitem__(self, j: int) -> tuple[Tensor, int]:
         index = int(self.indices[j])
         try:
-            image = self.collection.read(index)
+            image = self.read(index)
         except BadImageError:
             r = self.transform.resolution
             return torch.zeros(3, r, r), -1

@@ -243,3 +243,23 @@ def test_a_collection_without_read_pixels_gives_the_same_items() -> None:
         strict=True,
     ):
         assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def test_a_subclass_overriding_read_is_read_through_its_read() -> None:
+    class Dimmed(ArrayCollection):
+        def read(self, index: int) -> Image.Image:
+            return Image.fromarray(self.images[index] // 2)
+
+    images = np.full((2, 8, 8, 3), 200, dtype=np.uint8)
+    dimmed, plain = Dimmed(images), ArrayCollection(images)
+    assert isinstance(pixel_reader(plain)(0), np.ndarray)
+    assert np.asarray(pixel_reader(dimmed)(0)).max() == 100  # its read, not read_pixels
+
+    class Both(Dimmed):
+        def read_pixels(self, index: int) -> np.ndarray:
+            return np.asarray(self.read(index))
+
+    assert pixel_reader(Both(images))(0).max() == 100
+    item = ClusterView(dimmed, ClusterTransform(8)).__getitems__([1])[0]
+    reference = ClusterView(ArrayCollection(images // 2), ClusterTransform(8))[1]
+    assert torch.equal(item[0], reference[0])

@@ -48,6 +48,13 @@ class Context:
     def full(self) -> bool:
         return self.size == "full"
 
+    @property
+    def repeat_warmup(self) -> int | None:
+        """Warm-up rounds of a round whose code has just run at another shape or with another
+        model of the same shapes: none in the tiny and quick runs (the quick suite's 10
+        minutes on 2 cores), ``warmup`` (None) in the full one. For ``interleaved``."""
+        return None if self.full else 0
+
     def pick(self, tiny: Any, quick: Any, full: Any) -> Any:
         """The value for this run's size."""
         return {"tiny": tiny, "quick": quick, "full": full}[self.size]

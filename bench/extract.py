@@ -153,7 +153,7 @@ def run(ctx: Context) -> list[Row]:
         # In the quick run a warm-up round only for a precision and memory format not yet
         # run: the next setting's model has the same weights and shapes, so nothing is left
         # to warm (a round of the 1-worker setting took ~25 s on 2 cores).
-        warmup = 0 if (precision, cl) in warmed and not ctx.full else None
+        warmup = ctx.repeat_warmup if (precision, cl) in warmed else None
         rows += _setting(ctx, sources, n, batch, res, precision, cl, workers, warmup)
         warmed.add((precision, cl))
     return rows

@@ -179,15 +179,10 @@ def run(ctx: Context) -> list[Row]:
         # up: its first call at this shape times the two BLAS (models/cpu_blas.py), while the
         # flat side's is one more of the products it has just run at B = 256 (a warm-up call
         # of it took 17 s). A GPU's first call at a new shape may allocate and pick kernels.
-        warm_flat = ctx.device.type != "cpu" or ctx.full
-        if not warm_flat:
+        warmup = ctx.repeat_warmup if ctx.device.type == "cpu" else None
+        if warmup == 0:
             big("hier")()
-        t_big = interleaved(
-            {"hier": big("hier"), "flat": big("flat")},
-            ctx,
-            reps=2,
-            warmup=None if warm_flat else 0,
-        )
+        t_big = interleaved({"hier": big("hier"), "flat": big("flat")}, ctx, reps=2, warmup=warmup)
         rows.append(
             at_least(
                 NAME,

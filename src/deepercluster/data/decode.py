@@ -29,6 +29,7 @@ __all__ = [
     "RGBImage",
     "as_pillow",
     "check_pixels",
+    "crop",
     "decode_image",
     "decode_pixels",
     "image_size",
@@ -101,6 +102,14 @@ def image_size(img: RGBImage) -> tuple[int, int]:
     if isinstance(img, np.ndarray):
         return int(img.shape[1]), int(img.shape[0])
     return img.size
+
+
+def crop(img: RGBImage, left: int, top: int, right: int, bottom: int) -> RGBImage:
+    """The box ``[left, right) x [top, bottom)`` of an image, in the form it came in (a
+    Pillow crop, or a view of the pixels)."""
+    if isinstance(img, np.ndarray):
+        return img[top:bottom, left:right]
+    return img.crop((left, top, right, bottom))
 
 
 def check_pixels(pixels: np.ndarray) -> np.ndarray:

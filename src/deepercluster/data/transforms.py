@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .decode import RGBImage, as_pillow, check_pixels, image_size
+from .decode import RGBImage, as_pillow, check_pixels, crop, image_size
 from .resample import dense_resize_pays, resize_scaled
 
 if TYPE_CHECKING:
@@ -229,21 +229,18 @@ class TrainTransform:
             ):
                 # A small crop of a large image: copy out only the crop's bytes (all of a
                 # 505 x 350 photo's take 108 us, a 90 x 80 crop's 17 us).
-                crop = _pixels(img.crop((left, top, left + w, top + h)))
+                pixels = _pixels(img.crop((left, top, left + w, top + h)))
             else:
-                crop = _pixels(img)[top : top + h, left : left + w]
-            scaled = resize_scaled(crop, r, _SCALE_PER_CHANNEL)  # (3, R, R), channels first
+                pixels = _pixels(img)[top : top + h, left : left + w]
+            scaled = resize_scaled(pixels, r, _SCALE_PER_CHANNEL)  # (3, R, R), channels first
             oriented = scaled.transpose(1, 2, 0)[::rows, ::cols].transpose(axes)
             out = np.empty(oriented.shape, dtype=np.float32)
             np.subtract(oriented, _SHIFT, out=out)
             return torch.from_numpy(out)
         # What torchvision's resized_crop does on a PIL image (crop, then an antialiased
         # bilinear resize), without its dispatch and argument checks.
-        if isinstance(img, Image.Image):
-            crop_image = img.crop((left, top, left + w, top + h))
-        else:
-            crop_image = as_pillow(img[top : top + h, left : left + w])
-        resized = crop_image.resize((r, r), Image.Resampling.BILINEAR)
+        box = as_pillow(crop(img, left, top, left + w, top + h))
+        resized = box.resize((r, r), Image.Resampling.BILINEAR)
         return _normalized(_pixels(resized)[::rows, ::cols].transpose(axes))
 
     def __repr__(self) -> str:
@@ -297,11 +294,7 @@ class ClusterTransform:
             # never builds that image, but the cut still sets a strip's scale, as tested.)
             keep = _MAX_ASPECT * short
             top, left = _centre(height, min(height, keep)), _centre(width, min(width, keep))
-            right, bottom = left + min(width, keep), top + min(height, keep)
-            if isinstance(img, Image.Image):
-                img = img.crop((left, top, right, bottom))
-            else:
-                img = img[top:bottom, left:right]
+            img = crop(img, left, top, left + min(width, keep), top + min(height, keep))
             width, height = image_size(img)
             long = max(width, height)
         # torchvision's output size: short side -> resize, long side truncated (not rounded).

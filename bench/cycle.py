@@ -18,7 +18,6 @@ a second time in one process; in a fresh interpreter it reads +180 to +191 MiB.
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
 import os
 import threading
@@ -31,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.common import Context, Row, info, sync
+from deepercluster.allocator import malloc_trim, reuse_freed_memory
 from deepercluster.cluster.hierarchical import hierarchical_kmeans
 from deepercluster.cluster.preprocess import fit_pca
 from deepercluster.data import (
@@ -54,16 +54,6 @@ def _rss() -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
-# glibc's malloc_trim, looked up once among the symbols already loaded (None elsewhere).
-_MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None)
-
-
-def _release_free_memory() -> None:
-    """Return the C allocator's free pages to the system (glibc only; elsewhere a no-op)."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
 class Stage:
     """Wall time and peak memory (RSS above the start, CUDA peak allocated) of a block."""
 
@@ -82,7 +72,7 @@ class Stage:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self._cuda_base = torch.cuda.memory_allocated(self.device)
-        _release_free_memory()
+        malloc_trim()
         self._thread = threading.Thread(target=self._poll, args=(_rss(),), daemon=True)
         self._thread.start()
         self._tic = time.perf_counter()
@@ -109,18 +99,20 @@ def run(ctx: Context) -> list[Row]:
         1,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_child_settings,
-        initargs=(torch.get_num_threads(), multiprocessing.get_start_method()),
+        initargs=(torch.get_num_threads(), multiprocessing.get_start_method(), ctx.reuse_memory),
     ) as pool:
         rows: list[Row] = pool.submit(_cycle, ctx, cifar).result()
     return rows
 
 
-def _child_settings(threads: int, start_method: str) -> None:
-    """This process's torch threads and DataLoader start method in the fresh interpreter (a
-    spawned process defaults to spawning its own workers, which re-import torch: 30-50% slower
-    stages)."""
+def _child_settings(threads: int, start_method: str, reuse_memory: bool) -> None:
+    """This process's torch threads, DataLoader start method and malloc settings in the fresh
+    interpreter (a spawned process defaults to spawning its own workers, which re-import
+    torch: 30-50% slower stages)."""
     torch.set_num_threads(threads)
     multiprocessing.set_start_method(start_method, force=True)
+    if reuse_memory:
+        reuse_freed_memory()
 
 
 def _cycle(ctx: Context, cifar: str) -> list[Row]:

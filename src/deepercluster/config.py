@@ -238,6 +238,10 @@ class TrainConfig:
     """Also checkpoint every this many training iterations (0 = only at epoch ends)."""
     threads: int = 0
     """CPU threads for torch and faiss (0 = leave the library defaults)."""
+    reuse_memory: bool = True
+    """Keep freed blocks below 1 GiB in the process for the next step instead of handing them
+    back to the kernel (glibc malloc settings, see ``deepercluster.allocator``): CPU steps
+    1.15-1.3x faster, resident memory stays at its peak. No effect off glibc."""
     layout: str = "auto"
     """Multi-process layout: replicated heads, the paper's grouped layout (a multiple of S
     processes; each group holds one sub-head), or auto (grouped when the heads are big)."""

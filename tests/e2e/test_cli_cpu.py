@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,9 @@ def test_train_writes_a_complete_run(tiny_image_dir: Path, tmp_path: Path) -> No
     backbone = load_checkpoint(out / "backbone.pth")
     assert backbone["arch"] == "small" and backbone["resolution"] == 32
     assert json.loads((out / "config.json").read_text())["cluster"]["super_clusters"] == 2
+    # train.reuse_memory (the default) set glibc's malloc to keep freed activations
+    kept = "malloc keeps freed blocks below 1024 MiB" in (out / "train.log").read_text()
+    assert kept == (platform.libc_ver()[0] == "glibc")
     # the exported trunk and the full checkpoint rebuild the same network
     x = torch.randn(2, 3, 32, 32)
     a, b = load_backbone(out / "backbone.pth"), load_backbone(out / "checkpoint.pth")

@@ -32,6 +32,7 @@ RESUMABLE_CHANGES = frozenset(
         "data.workers",
         "train.device",
         "train.threads",
+        "train.reuse_memory",
         "train.checkpoint_every",
         "train.epochs",
         "train.precision",

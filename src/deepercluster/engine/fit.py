@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from deepercluster import distributed
+from deepercluster.allocator import reuse_freed_memory
 from deepercluster.config import RunConfig
 from deepercluster.data import (
     Collection,
@@ -151,6 +152,13 @@ def _fit(
     )
     if threads:
         torch.set_num_threads(threads)
+    if cfg.train.reuse_memory:
+        # Every CPU step would otherwise fault its activations' pages in again (allocator.py).
+        kept = reuse_freed_memory()
+        if kept:
+            log.info("malloc keeps freed blocks below %d MiB for reuse", kept >> 20)
+        else:
+            log.info("train.reuse_memory: the C library is not glibc; its malloc is left as is")
     torch.manual_seed(cfg.train.seed)
 
     # ============ preparing data ============

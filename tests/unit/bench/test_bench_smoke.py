@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import platform
 import statistics
 import tarfile
 from pathlib import Path
@@ -16,6 +17,7 @@ from bench import common, level1_sample
 from bench.__main__ import BENCHES, main
 from PIL import Image
 
+from deepercluster.allocator import REUSE_LIMIT
 from deepercluster.features import native_bf16
 
 
@@ -64,8 +66,28 @@ def test_all_benchmarks_run_on_tiny_shapes(
     sampled = [r for r in rows if "level 1 on 256 m images" in r["name"]]
     assert [r["detail"].get("level1_sample") for r in sampled] == [512, None]
     assert record["machine_before"]["torch_threads"] == 1
+    # The suite runs under a training run's malloc settings (train.reuse_memory) and says so.
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert record["malloc_kept_below_bytes"] == (REUSE_LIMIT if glibc else 0)
     printed = capsys.readouterr().out
     assert "target" in printed and "repetitions" in printed and "written to" in printed
+
+
+@pytest.mark.slow
+def test_malloc_benchmark_compares_fresh_interpreters(tmp_path: Path) -> None:
+    assert (
+        main(["malloc", "--tiny", "--threads", "1", "--malloc", "defaults", "--out", str(tmp_path)])
+        == 0
+    )
+    record = json.loads((tmp_path / "malloc-tiny-cpu.json").read_text())
+    assert record["malloc_kept_below_bytes"] == 0
+    rows = {r["name"].split(",")[0]: r for r in record["rows"]}
+    assert set(rows) == {"bare inference", "bare training step", "peak resident memory"}
+    for r in rows.values():
+        assert math.isfinite(r["value"]) and r["value"] > 0 and r["ok"] is None, r
+    timed = [rows["bare inference"], rows["bare training step"]]
+    assert all(len(r["detail"]["per_rep"]) == 2 for r in timed)
+    assert all(r["detail"]["faults_reuse"] >= 0 for r in timed)
 
 
 def test_level1_sample_script_runs_on_a_tiny_tar(tmp_path: Path) -> None:

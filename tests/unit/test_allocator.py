@@ -1,0 +1,69 @@
+"""allocator.reuse_freed_memory: freed blocks are reused instead of faulted in again.
+
+The settings are process-wide, so each case runs in a fresh interpreter and counts the
+minor page faults of its own loop.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from deepercluster.allocator import REUSE_LIMIT, malloc_trim, reuse_freed_memory
+
+glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+
+# Allocates, fills and frees a 64 MiB tensor (above glibc's largest dynamic mmap threshold,
+# 32 MiB) eight times, as a step does its activations; prints the threshold set and the
+# faults of the last four rounds (the heap may still be settling in the first ones). A torch
+# tensor, not a numpy array: numpy asks for transparent huge pages, 2 MiB a fault, so its
+# faults would not count the pages.
+_LOOP = """
+import json, resource, sys
+import torch
+from deepercluster.allocator import reuse_freed_memory
+kept = reuse_freed_memory() if sys.argv[1] == "reuse" else -1
+faults = []
+for _ in range(8):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = torch.ones(16 << 20)  # 64 MiB of float32, every page written
+    del block
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"kept": kept, "faults": faults[4:]}))
+"""
+
+_PAGES = (64 << 20) // 4096
+
+
+def _run(mode: str) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-c", _LOOP, mode], capture_output=True, text=True, check=True
+    ).stdout
+    result: dict[str, object] = json.loads(out)
+    return result
+
+
+@glibc_only
+def test_default_malloc_faults_every_round_and_reuse_faults_none() -> None:
+    default, reused = _run("default"), _run("reuse")
+    # glibc maps and unmaps the block each round: all of its pages fault again.
+    assert all(f >= 0.9 * _PAGES for f in default["faults"])  # type: ignore[attr-defined]
+    assert reused["kept"] == REUSE_LIMIT
+    # The block comes back from the heap: no page faults once the heap holds it.
+    assert all(f < 0.02 * _PAGES for f in reused["faults"])  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("limit", [0, 1000, 1 << 31])
+def test_limit_out_of_range_is_refused(limit: int) -> None:
+    with pytest.raises(ValueError, match="limit must lie in"):
+        reuse_freed_memory(limit)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] == "glibc", reason="for other C libraries")
+def test_other_c_libraries_are_left_alone() -> None:
+    assert reuse_freed_memory() == 0
+    assert malloc_trim() is False

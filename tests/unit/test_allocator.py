@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from deepercluster import allocator
 from deepercluster.allocator import REUSE_LIMIT, malloc_trim, reuse_freed_memory
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
@@ -67,3 +68,43 @@ def test_limit_out_of_range_is_refused(limit: int) -> None:
 def test_other_c_libraries_are_left_alone() -> None:
     assert reuse_freed_memory() == 0
     assert malloc_trim() is False
+
+
+# Keeps a freed 256 MiB tensor in the heap, then hands it back; prints the resident MiB of
+# the process before the tensor, after its free, and after malloc_trim.
+_TRIM = """
+import json
+import torch
+from deepercluster.allocator import malloc_trim, reuse_freed_memory
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+reuse_freed_memory()
+base = rss()
+block = torch.ones(64 << 20)
+del block
+kept = rss()
+print(json.dumps({"base": base, "kept": kept, "trimmed": rss() if malloc_trim() else -1}))
+"""
+
+
+@glibc_only
+def test_malloc_trim_hands_the_kept_heap_back() -> None:
+    out = subprocess.run([sys.executable, "-c", _TRIM], capture_output=True, text=True, check=True)
+    rss = json.loads(out.stdout)
+    assert rss["kept"] - rss["base"] >= 240  # the freed 256 MiB stayed resident
+    assert rss["trimmed"] >= 0 and abs(rss["trimmed"] - rss["base"]) < 16  # and went back
+
+
+class _Loader:
+    def __init__(self, num_workers: int) -> None:
+        self.num_workers = num_workers
+
+
+@pytest.mark.parametrize(("loader", "trims"), [(_Loader(2), 1), (_Loader(0), 0), ([1, 2], 0)])
+def test_heap_is_trimmed_only_before_forking_workers(
+    loader: object, trims: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[None] = []
+    monkeypatch.setattr(allocator, "malloc_trim", lambda: calls.append(None) or True)
+    allocator.trim_before_workers(loader)
+    assert len(calls) == trims

@@ -7,15 +7,19 @@ kernel above 2x that. A CPU training step or inference batch allocates and frees
 activations every time, most of them above 32 MiB at useful batch sizes, so every step
 faults all their pages in again and the kernel zeroes each one: on the Zen 3 EPYC of
 ``docs/performance.md`` (round 14) ~640,000 minor faults (2.6 GB) per 1,536 CIFAR-size
-images of the small convnet's inference, ~210,000 per training step of 256 images.
+images of the small convnet's inference, 210,000-330,000 per training step of 256 images.
 
 :func:`reuse_freed_memory` raises the mmap threshold to 1 GiB and lets the heap keep up to
 1 GiB of free memory at its top (``mallopt``'s ``M_MMAP_THRESHOLD`` and
 ``M_TRIM_THRESHOLD``), so the next step is served from the blocks the last one freed and
-faults nothing. Measured there: bare fp32 inference 1.3x faster, a training step 1.15-1.3x
-(``bench/allocator.py``). The price is the process' resident size: it keeps its peak
-instead of shrinking between steps, ~1.4x the peak with glibc's defaults in a training step
-at 96 px (2.49 vs 1.74 GB). Blocks of 1 GiB or more are still mapped and unmapped each time.
+faults nothing. Measured there (``python -m bench malloc``, fresh interpreters A/B): a bare
+training step of 256 images at 32 px 1.34x faster (331,676 faults a step -> 2), bare
+inference 1.09x; in ad-hoc runs 1.16-1.19x for that step, 1.33x for 64 images at 96 px,
+1.3x for inference. The price is the process' resident size: it keeps its peak instead of
+shrinking between steps, 1.2x the peak with glibc's defaults in the benchmark (1,322 ->
+1,600 MiB), 1.3-1.5x in the 96 px step (1.74 -> 2.30-2.55 GB). Blocks of 1 GiB or more are
+still mapped and unmapped each time. A process that forks DataLoader workers hands the kept
+heap back first (:func:`trim_before_workers`).
 
 The settings are process-wide and inherited by forked DataLoader workers. Elsewhere than
 glibc (macOS, musl) :func:`reuse_freed_memory` changes nothing and says so.

@@ -17,9 +17,10 @@ training step of 256 images at 32 px 1.34x faster (331,676 faults a step -> 2), 
 inference 1.09x; in ad-hoc runs 1.16-1.19x for that step, 1.33x for 64 images at 96 px,
 1.3x for inference. The price is the process' resident size: it keeps its peak instead of
 shrinking between steps, 1.2x the peak with glibc's defaults in the benchmark (1,322 ->
-1,600 MiB), 1.3-1.5x in the 96 px step (1.74 -> 2.30-2.55 GB). Blocks of 1 GiB or more are
-still mapped and unmapped each time. A process that forks DataLoader workers hands the kept
-heap back first (:func:`trim_before_workers`).
+1,600 MiB), 1.3-1.5x in the 96 px step (1.74 -> 2.30-2.55 GB), 1.6x in a 224 px step of 16
+images (2.10 -> 3.32 GB, steady from the fourth step; 6.6-7.2 -> 4.8-5.2 s a step). Blocks
+of 1 GiB or more are still mapped and unmapped each time. A process that forks DataLoader
+workers hands the kept heap back first (:func:`trim_before_workers`).
 
 The settings are process-wide and inherited by forked DataLoader workers. Elsewhere than
 glibc (macOS, musl) :func:`reuse_freed_memory` changes nothing and says so.

@@ -241,7 +241,8 @@ class TrainConfig:
     reuse_memory: bool = True
     """Keep freed blocks below 1 GiB in the process for the next step instead of handing them
     back to the kernel (glibc malloc settings, see ``deepercluster.allocator``): CPU steps
-    1.15-1.3x faster, resident memory stays at its peak. No effect off glibc."""
+    1.15-1.35x faster, but resident memory stays at its peak (1.2-1.6x the peak with glibc's
+    defaults). No effect off glibc."""
     layout: str = "auto"
     """Multi-process layout: replicated heads, the paper's grouped layout (a multiple of S
     processes; each group holds one sub-head), or auto (grouped when the heads are big)."""

@@ -8,12 +8,13 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from bench.common import Context, Row, machine
-from deepercluster.allocator import reuse_freed_memory
+from deepercluster.allocator import request_huge_pages, reuse_freed_memory
 
 BENCHES = ("train", "heads", "kmeans", "extract", "data", "cycle")
 # Run by name only, not by `all`: a lever's before / after rather than a ratio against a limit
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         "size": size,
         "reps": reps,
         "malloc_kept_below_bytes": kept,
+        # Decided when bench was imported, before torch.
+        "huge_pages": asdict(request_huge_pages()),
         "machine_before": machine(device),
     }
     rows: list[Row] = []

@@ -7,6 +7,7 @@ minor page faults of its own loop.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -14,7 +15,12 @@ import sys
 import pytest
 
 from deepercluster import allocator
-from deepercluster.allocator import REUSE_LIMIT, malloc_trim, reuse_freed_memory
+from deepercluster.allocator import (
+    HUGE_PAGES_ENV,
+    REUSE_LIMIT,
+    malloc_trim,
+    reuse_freed_memory,
+)
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 
@@ -22,7 +28,8 @@ glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc
 # 32 MiB) eight times, as a step does its activations; prints the threshold set and the
 # faults of the last four rounds (the heap may still be settling in the first ones). A torch
 # tensor, not a numpy array: numpy asks for transparent huge pages, 2 MiB a fault, so its
-# faults would not count the pages.
+# faults would not count the pages. For the same reason torch is imported first and the
+# interpreter gets no THP_MEM_ALLOC_ENABLE: torch's huge pages stay off (test_huge_pages.py).
 _LOOP = """
 import json, resource, sys
 import torch
@@ -41,8 +48,9 @@ _PAGES = (64 << 20) // 4096
 
 
 def _run(mode: str) -> dict[str, object]:
+    env = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_ENV}
     out = subprocess.run(
-        [sys.executable, "-c", _LOOP, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _LOOP, mode], capture_output=True, text=True, check=True, env=env
     ).stdout
     result: dict[str, object] = json.loads(out)
     return result
@@ -71,9 +79,12 @@ def test_other_c_libraries_are_left_alone() -> None:
 
 
 # Keeps a freed 256 MiB tensor in the heap, then hands it back; prints the resident MiB of
-# the process before the tensor, after its free, and after malloc_trim.
+# the process before the tensor, after its free, and after malloc_trim. The modules named in
+# argv[1] are imported first: deepercluster first gives torch's huge pages, as a run has them.
 _TRIM = """
-import json
+import json, sys
+for name in sys.argv[1].split(","):
+    __import__(name)
 import torch
 from deepercluster.allocator import malloc_trim, reuse_freed_memory
 def rss():
@@ -88,8 +99,12 @@ print(json.dumps({"base": base, "kept": kept, "trimmed": rss() if malloc_trim() 
 
 
 @glibc_only
-def test_malloc_trim_hands_the_kept_heap_back() -> None:
-    out = subprocess.run([sys.executable, "-c", _TRIM], capture_output=True, text=True, check=True)
+@pytest.mark.parametrize("order", ["torch,deepercluster", "deepercluster,torch"])
+def test_malloc_trim_hands_the_kept_heap_back(order: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_ENV}
+    out = subprocess.run(
+        [sys.executable, "-c", _TRIM, order], capture_output=True, text=True, check=True, env=env
+    )
     rss = json.loads(out.stdout)
     assert rss["kept"] - rss["base"] >= 240  # the freed 256 MiB stayed resident
     assert rss["trimmed"] >= 0 and abs(rss["trimmed"] - rss["base"]) < 16  # and went back

@@ -8,6 +8,7 @@ import math
 import platform
 import statistics
 import tarfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from bench import common, level1_sample
 from bench.__main__ import BENCHES, main
 from PIL import Image
 
-from deepercluster.allocator import REUSE_LIMIT
+from deepercluster.allocator import REUSE_LIMIT, kernel_thp_mode, request_huge_pages
 from deepercluster.features import native_bf16
 
 
@@ -82,12 +83,18 @@ def test_malloc_benchmark_compares_fresh_interpreters(tmp_path: Path) -> None:
     record = json.loads((tmp_path / "malloc-tiny-cpu.json").read_text())
     assert record["malloc_kept_below_bytes"] == 0
     rows = {r["name"].split(",")[0]: r for r in record["rows"]}
-    assert set(rows) == {"bare inference", "bare training step", "peak resident memory"}
+    fork = "fork + exit of a process with 256 MiB of tensors"
+    assert set(rows) == {"bare inference", "bare training step", "peak resident memory", fork}
     for r in rows.values():
         assert math.isfinite(r["value"]) and r["value"] > 0 and r["ok"] is None, r
-    timed = [rows["bare inference"], rows["bare training step"]]
+    timed = [rows["bare inference"], rows["bare training step"], rows[fork]]
     assert all(len(r["detail"]["per_rep"]) == 2 for r in timed)
-    assert all(r["detail"]["faults_reuse"] >= 0 for r in timed)
+    assert all(r["detail"]["faults_reuse"] >= 0 for r in timed[:2])
+    # The huge-pages side asked for them wherever the kernel has them; the other side did not.
+    has_them = kernel_thp_mode() in ("always", "madvise")
+    assert rows[fork]["detail"]["on_side_asks"] == float(has_them)
+    # and the record says what this process decided (here pytest imported torch first)
+    assert record["huge_pages"] == asdict(request_huge_pages())
 
 
 def test_level1_sample_script_runs_on_a_tiny_tar(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ The public API, in three lines::
 
 # First, before anything imports torch: torch's allocator reads its huge-page switch once, at
 # its first allocation (allocator.request_huge_pages).
-from deepercluster.allocator import request_huge_pages
+from deepercluster.allocator import request_huge_pages as _request_huge_pages
 
-request_huge_pages()
+_request_huge_pages()
 
 from deepercluster.config import (  # noqa: E402
     PRESETS,

@@ -33,11 +33,11 @@ ends, one entry per 4 KiB page, ~65 ms per GiB of live tensors for a worker's st
 on the Zen 3 EPYC of ``docs/performance.md`` (round 15); with huge pages one entry covers 2
 MiB (3 GiB of live tensors: 205 -> 35 ms). A training run forks its loaders' workers every
 epoch, with the model, its optimizer state and the heads alive; extraction with one worker
-in the full benchmark suite read 1.06-1.16x bare inference without (4 runs), 1.00-1.10x with
-(3 runs; 1.02x or less in two). The price is small: peak RSS 1-15% higher in the steps
-measured (2 MiB granules), and no step measured slower. Torch reads
-the variable once, at its first allocation, so the request must come before torch is
-imported: ``import deepercluster`` makes it (the command line always does). An explicit
+in the full benchmark suite read 1.06-1.16x bare inference without them (3 runs), 1.00-1.10x
+with them (3 runs; 1.02x or less in two). The price is small: peak RSS 1-15% higher in the
+steps measured (2 MiB granules), and no step measured slower. Torch reads the variable once,
+at its first allocation, so the request must come before torch is imported:
+``import deepercluster`` makes it (the command line always does). An explicit
 ``THP_MEM_ALLOC_ENABLE`` in the environment is left as it is (``=0`` turns them off).
 """
 

@@ -6,21 +6,13 @@ minor page faults of its own loop.
 
 from __future__ import annotations
 
-import json
-import os
 import platform
-import subprocess
-import sys
 
 import pytest
+from tests.conftest import run_fresh_python
 
 from deepercluster import allocator
-from deepercluster.allocator import (
-    HUGE_PAGES_ENV,
-    REUSE_LIMIT,
-    malloc_trim,
-    reuse_freed_memory,
-)
+from deepercluster.allocator import REUSE_LIMIT, malloc_trim, reuse_freed_memory
 
 glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 
@@ -47,18 +39,9 @@ print(json.dumps({"kept": kept, "faults": faults[4:]}))
 _PAGES = (64 << 20) // 4096
 
 
-def _run(mode: str) -> dict[str, object]:
-    env = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_ENV}
-    out = subprocess.run(
-        [sys.executable, "-c", _LOOP, mode], capture_output=True, text=True, check=True, env=env
-    ).stdout
-    result: dict[str, object] = json.loads(out)
-    return result
-
-
 @glibc_only
 def test_default_malloc_faults_every_round_and_reuse_faults_none() -> None:
-    default, reused = _run("default"), _run("reuse")
+    default, reused = run_fresh_python(_LOOP, "default"), run_fresh_python(_LOOP, "reuse")
     # glibc maps and unmaps the block each round: all of its pages fault again.
     assert all(f >= 0.9 * _PAGES for f in default["faults"])  # type: ignore[attr-defined]
     assert reused["kept"] == REUSE_LIMIT
@@ -101,11 +84,7 @@ print(json.dumps({"base": base, "kept": kept, "trimmed": rss() if malloc_trim() 
 @glibc_only
 @pytest.mark.parametrize("order", ["torch,deepercluster", "deepercluster,torch"])
 def test_malloc_trim_hands_the_kept_heap_back(order: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_ENV}
-    out = subprocess.run(
-        [sys.executable, "-c", _TRIM, order], capture_output=True, text=True, check=True, env=env
-    )
-    rss = json.loads(out.stdout)
+    rss = run_fresh_python(_TRIM, order)
     assert rss["kept"] - rss["base"] >= 240  # the freed 256 MiB stayed resident
     assert rss["trimmed"] >= 0 and abs(rss["trimmed"] - rss["base"]) < 16  # and went back
 

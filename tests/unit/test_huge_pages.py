@@ -9,13 +9,11 @@ torch asked for whether or not the kernel had huge pages free at that moment.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from tests.conftest import run_fresh_python
 
 from deepercluster import allocator
 from deepercluster.allocator import HUGE_PAGES_ENV, kernel_thp_mode
@@ -52,14 +50,7 @@ print(json.dumps({"on": decision.on, "reason": decision.reason,
 
 
 def _probe(order: str, switch: str | None = None) -> dict[str, object]:
-    env = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_ENV}
-    if switch is not None:
-        env[HUGE_PAGES_ENV] = switch
-    out = subprocess.run(
-        [sys.executable, "-c", _PROBE, order], capture_output=True, text=True, check=True, env=env
-    ).stdout
-    result: dict[str, object] = json.loads(out)
-    return result
+    return run_fresh_python(_PROBE, order, huge_pages=switch)
 
 
 @with_kernel_huge_pages

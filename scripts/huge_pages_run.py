@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deepercluster.allocator import kernel_thp_mode
+
 VMSTAT_KEYS = ("thp_fault_alloc", "thp_fault_fallback", "compact_stall", "thp_collapse_alloc")
 STAGES = ("extract", "pca", "kmeans", "train")
 
@@ -86,18 +88,17 @@ def run_once(variant: str, out: Path, args: argparse.Namespace) -> dict[str, Any
         command += ["--set", setting]
     before = vmstat()
     tic = time.perf_counter()
-    log = open(f"{out}.log", "w")  # noqa: SIM115 - closed below, after the child has exited
-    child = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     peak = {"Rss": 0, "AnonHugePages": 0}
-    while True:
-        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-        if pid:
-            break
-        for key, value in smaps_kib(child.pid).items():
-            peak[key] = max(peak[key], value)
-        time.sleep(1.0)
+    with open(f"{out}.log", "w") as log:
+        child = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        while True:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            for key, value in smaps_kib(child.pid).items():
+                peak[key] = max(peak[key], value)
+            time.sleep(1.0)
     wall = time.perf_counter() - tic
-    log.close()
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"the {variant} run failed; see {out}.log")
     after = vmstat()
@@ -127,10 +128,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     args = p.parse_args()
     thp = Path("/sys/kernel/mm/transparent_hugepage")
-    kernel = {
-        name: (thp / name).read_text().strip() if (thp / name).exists() else "absent"
-        for name in ("enabled", "defrag")
-    }
+    kernel = {name: kernel_thp_mode(thp / name) for name in ("enabled", "defrag")}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     runs = []
     for i, variant in enumerate(args.order.split(",")):

@@ -163,12 +163,13 @@ _request: HugePages | None = None
 def kernel_thp_mode(path: Path = _THP_MODE_FILE) -> str | None:
     """The kernel's transparent huge page mode: "always", "madvise" (only memory advised for
     them, as torch's allocator does) or "never"; None where the kernel has none (not Linux,
-    or built without them)."""
+    or built without them). Reads any file of that directory written the same way, e.g.
+    ``defrag`` (whose choices include "defer+madvise")."""
     try:
         text = path.read_text()
     except OSError:
         return None
-    chosen = re.search(r"\[(\w+)\]", text)
+    chosen = re.search(r"\[([^\]]+)\]", text)
     return chosen.group(1) if chosen else None
 
 

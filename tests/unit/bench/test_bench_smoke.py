@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from bench import common, level1_sample
+from bench import common, level1_sample, summary
 from bench.__main__ import BENCHES, main
 from PIL import Image
 
@@ -50,7 +50,8 @@ def test_all_benchmarks_run_on_tiny_shapes(
     rows = record["rows"]
     assert {r["bench"] for r in rows} == set(BENCHES)
     for r in rows:
-        assert math.isfinite(r["value"]) and r["value"] > 0, r
+        # A stage's peak memory above its start may be 0 MiB at toy shapes; nothing else is 0.
+        assert math.isfinite(r["value"]) and (r["value"] > 0 or r["unit"] == "MiB"), r
         assert (r["ok"] is None) == (r["target"] == ""), r
     # Every timed ratio with a target keeps its per-repetition ratios, whose median it is.
     timed = [
@@ -70,8 +71,19 @@ def test_all_benchmarks_run_on_tiny_shapes(
     # The suite runs under a training run's malloc settings (train.reuse_memory) and says so.
     glibc = platform.libc_ver()[0] == "glibc"
     assert record["malloc_kept_below_bytes"] == (REUSE_LIMIT if glibc else 0)
+    # Each cycle stage reports its time and its peak memory as rows of their own.
+    cycle: dict[str, list[str]] = {}
+    for r in rows:
+        if r["bench"] == "cycle" and ":" in r["name"]:
+            cycle.setdefault(r["name"].split(":")[0], []).append(r["unit"])
+    assert cycle == {stage: ["s", "MiB"] for stage in ("extract", "pca", "kmeans", "train")}
     printed = capsys.readouterr().out
     assert "target" in printed and "repetitions" in printed and "written to" in printed
+    # bench.summary reads the file as written: one figure per row with a unit.
+    assert summary.main([str(out)]) == 0
+    figures = summary.summarise(summary.load([out])[0])
+    assert len(figures) == sum(1 for r in rows if r["unit"])
+    assert "reading 1: all-tiny-cpu on" in capsys.readouterr().out
 
 
 @pytest.mark.slow

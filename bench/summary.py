@@ -140,14 +140,25 @@ def load(paths: list[Path]) -> tuple[list[Reading], list[Path]]:
 
 def summarise(readings: list[Reading]) -> list[Figure]:
     """Every figure with a unit (notes such as "bf16 rows skipped" have none), in the order
-    of first appearance, with its value in each reading that has it."""
+    of first appearance, with its value in each reading that has it.
+
+    Raises:
+        ValueError: a row without a bench, a name or a numeric value.
+    """
     values: dict[tuple[str, str, str, str], list[tuple[str, float, bool | None]]] = {}
     for reading in readings:
         for row in reading.rows:
             if not row.get("unit"):
                 continue
-            key = (row["bench"], row["name"], row["unit"], row.get("target", ""))
-            values.setdefault(key, []).append((reading.label, float(row["value"]), row.get("ok")))
+            try:
+                key = (str(row["bench"]), str(row["name"]), str(row["unit"]), row.get("target", ""))
+                value = float(row["value"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(
+                    f"{reading.label}: a row without a bench, a name or a numeric value "
+                    f"({str(row)[:80]}); pass only files that python -m bench wrote"
+                ) from e
+            values.setdefault(key, []).append((reading.label, value, row.get("ok")))
     return [Figure(*key, values=tuple(v)) for key, v in values.items()]
 
 
@@ -195,10 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         readings, skipped = load(args.paths)
+        figures = summarise(readings)
     except ValueError as e:
         print(f"bench.summary: {e}", file=sys.stderr)
         return 2
-    figures = summarise(readings)
     for i, reading in enumerate(readings, 1):
         print(f"reading {i}: {reading.label} on {reading.machine}")
     for file in skipped:

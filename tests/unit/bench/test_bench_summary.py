@@ -85,6 +85,12 @@ def test_a_file_named_twice_counts_once(tmp_path: Path) -> None:
         (lambda d: _empty(d), "no results of python -m bench"),
         (lambda d: _text(d / "x.json", '{"objective": 1}'), "is not a result of python -m bench"),
         (lambda d: _text(d / "x.json", '{"rows": [ '), "could not be read as JSON"),
+        (
+            lambda d: _text(
+                d / "x.json", '{"rows": [{"bench": "heads", "unit": "x", "value": "?"}]}'
+            ),
+            "a row without a bench, a name or a numeric value",
+        ),
     ],
 )
 def test_bad_inputs_are_refused_with_the_fix(
@@ -95,7 +101,7 @@ def test_bad_inputs_are_refused_with_the_fix(
 ) -> None:
     path = make(tmp_path)  # type: ignore[operator]
     with pytest.raises(ValueError, match=message):
-        summary.load([path])
+        summary.summarise(summary.load([path])[0])
     assert summary.main([str(path)]) == 2
     assert message in capsys.readouterr().err
 

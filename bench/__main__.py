@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import Context, Row, machine
+from bench.common import Context, Row, format_value, machine
 from deepercluster.allocator import request_huge_pages, reuse_freed_memory
 
 BENCHES = ("train", "heads", "kmeans", "extract", "data", "cycle")
@@ -35,7 +35,7 @@ def _table(rows: list[Row]) -> str:
     lines = [f"{'bench':8} {'figure':78} {'value':>10}  {'target':9} {'ok':3} repetitions"]
     for r in rows:
         ok = "" if r.ok is None else ("yes" if r.ok else "NO")
-        value = f"{r.value:.3g} {r.unit}" if r.unit != "x" else f"{r.value:.2f}x"
+        value = format_value(r.value, r.unit)
         reps = r.detail.get("per_rep")
         spread = f"{min(reps):.2f}-{max(reps):.2f}" if reps else ""
         lines.append(f"{r.bench:8} {r.name[:78]:78} {value:>10}  {r.target:9} {ok:3} {spread}")

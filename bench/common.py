@@ -104,6 +104,12 @@ def info(bench: str, name: str, value: float, unit: str, **detail: Any) -> Row:
     return Row(bench, name, value, unit, "", None, detail)
 
 
+def format_value(value: float, unit: str) -> str:
+    """A figure as the tables print it: ratios to two decimals (``7.85x``), others to three
+    significant digits with their unit (``399 img/s``)."""
+    return f"{value:.2f}x" if unit == "x" else f"{value:.3g} {unit}"
+
+
 def without_emulated_bf16(
     ctx: Context, bench: str, settings: list[SettingT]
 ) -> tuple[list[SettingT], list[Row]]:

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.common import format_value
+
 
 @dataclass(frozen=True)
 class Reading:
@@ -162,12 +164,8 @@ def summarise(readings: list[Reading]) -> list[Figure]:
     return [Figure(*key, values=tuple(v)) for key, v in values.items()]
 
 
-def _number(value: float, unit: str) -> str:
-    return f"{value:.2f}x" if unit == "x" else f"{value:.3g} {unit}"
-
-
 def _range(f: Figure) -> str:
-    low, high = _number(f.low, f.unit), _number(f.high, f.unit)
+    low, high = format_value(f.low, f.unit), format_value(f.high, f.unit)
     return low if low == high else f"{low} - {high}"
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -140,16 +141,42 @@ def load(paths: list[Path]) -> tuple[list[Reading], list[Path]]:
     return readings, skipped
 
 
+# Before round 17, bench/cycle.py carried a stage's peak memory in its time row's name,
+# e.g. "train: seconds for 5000 images (peak RSS +517 MiB)", so no two runs shared the name.
+_OLD_CYCLE_ROW = re.compile(
+    r"^(?P<stage>\w+): seconds for (?P<n>\d+) images \(peak RSS \+(?P<mib>\d+) MiB\)$"
+)
+
+
+def current_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """``row`` as today's suite writes it: an old cycle stage row becomes the time row and the
+    peak-memory row that bench/cycle.py now writes (the memory, rounded to whole MiB in the
+    old name, becomes the second row's value); any other row is returned as it is."""
+    match = _OLD_CYCLE_ROW.match(str(row.get("name", ""))) if row.get("bench") == "cycle" else None
+    if match is None:
+        return [row]
+    stage, n = match["stage"], match["n"]
+    memory = {
+        **row,
+        "name": f"{stage}: peak RSS above the stage's start, {n} images",
+        "value": float(match["mib"]),
+        "unit": "MiB",
+        "detail": {},
+    }
+    return [{**row, "name": f"{stage}: seconds for {n} images"}, memory]
+
+
 def summarise(readings: list[Reading]) -> list[Figure]:
     """Every figure with a unit (notes such as "bf16 rows skipped" have none), in the order
-    of first appearance, with its value in each reading that has it.
+    of first appearance, with its value in each reading that has it. Rows of older suites
+    are read as today's (:func:`current_rows`).
 
     Raises:
         ValueError: a row without a bench, a name or a numeric value.
     """
     values: dict[tuple[str, str, str, str], list[tuple[str, float, bool | None]]] = {}
     for reading in readings:
-        for row in reading.rows:
+        for row in (r for old in reading.rows for r in current_rows(old)):
             if not row.get("unit"):
                 continue
             try:

@@ -72,6 +72,37 @@ def test_a_changed_target_is_another_figure_and_info_rows_are_never_judged(
     assert "| cycle | total | 50 s | 50 |  |  |" in summary.markdown_table(figures)
 
 
+def test_old_cycle_rows_are_read_as_todays_time_and_memory_rows(tmp_path: Path) -> None:
+    # Before round 17 the memory was in the time row's name; today each is a row of its own.
+    old = _write(
+        tmp_path / "r14.json",
+        [
+            info("cycle", "train: seconds for 5000 images (peak RSS +517 MiB)", 46.2, "s"),
+            info("cycle", "cycle total for 5000 images (k=256, m=4, 32px)", 60.9, "s"),
+        ],
+    )
+    new = _write(
+        tmp_path / "r17.json",
+        [
+            info("cycle", "train: seconds for 5000 images", 40.4, "s"),
+            info("cycle", "train: peak RSS above the stage's start, 5000 images", 582.4, "MiB"),
+        ],
+    )
+    # A row of another bench that happens to look the same is left alone.
+    odd = _write(
+        tmp_path / "r18.json", [info("x", "a: seconds for 1 images (peak RSS +1 MiB)", 1, "s")]
+    )
+
+    figures = summary.summarise(summary.load([old, new, odd])[0])
+
+    assert [(f.bench, f.name, f.unit, [v for _, v, _ in f.values]) for f in figures] == [
+        ("cycle", "train: seconds for 5000 images", "s", [46.2, 40.4]),
+        ("cycle", "train: peak RSS above the stage's start, 5000 images", "MiB", [517.0, 582.4]),
+        ("cycle", "cycle total for 5000 images (k=256, m=4, 32px)", "s", [60.9]),
+        ("x", "a: seconds for 1 images (peak RSS +1 MiB)", "s", [1.0]),
+    ]
+
+
 def test_a_file_named_twice_counts_once(tmp_path: Path) -> None:
     a = _write(tmp_path / "run" / "a.json", [_heads(9.0)])
     readings, _ = summary.load([a, tmp_path / "run", a])

@@ -5,11 +5,19 @@ centre crop, normalise) of an ``ArrayCollection`` or of the CIFAR-10 JPEG tar, a
 ``engine.clustering`` builds it. Bare: ``model(x)`` under ``torch.no_grad()`` in eval mode over
 the same number of images already in memory as one tensor. A third figure isolates the loop:
 ``extract_features`` over batches already in memory, against the same bare inference.
+
+With DataLoader workers, each ratio row also records the CPU seconds the workers spent per
+call (``worker_cpu_s``, from ``getrusage(RUSAGE_CHILDREN)`` once the loader has joined them),
+and a row of its own gives that time over a bare call's. Where the inference already keeps
+the cores busy (2 cores and 2 intra-op threads here), the workers' time comes out of the
+inference's: that row is about how far above 1 the ratio with workers can be expected to
+read (docs/performance.md, round 18).
 """
 
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Callable
 
 import numpy as np
@@ -44,6 +52,12 @@ def _model(ctx: Context, res: int, channels_last: bool) -> torch.nn.Module:
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return build_backbone("small", sobel=True, resolution=res).to(ctx.device, memory_format=fmt)
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process' children that have been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _setting(
@@ -92,14 +106,22 @@ def _setting(
     fns: dict[str, Callable[[], object]] = {"bare": bare}
     if workers == 0:
         fns["loop"] = ours_loop
+    # Per source, the workers' CPU seconds of every call (warm-up included).
+    worker_cpu: dict[str, list[float]] = {name: [] for name in sources}
     for src_name, collection in sources.items():
         view = ClusterView(collection, ClusterTransform(res), indices=np.arange(n))
 
-        def ours(model: torch.nn.Module = model, view: ClusterView = view) -> object:
+        def ours(
+            model: torch.nn.Module = model, view: ClusterView = view, src_name: str = src_name
+        ) -> object:
+            before = _children_cpu()
             loader = DataLoader(view, batch_size=batch, num_workers=workers)
-            return extract_features(
+            out = extract_features(
                 model, loader, n, dim, device=ctx.device, precision=precision, progress=False
             )
+            # The loader has joined its workers when the loop ends: their time is counted.
+            worker_cpu[src_name].append(_children_cpu() - before)
+            return out
 
         fns[src_name] = ours
     times = interleaved(fns, ctx, reps=max(2, ctx.reps - 2), warmup=warmup)
@@ -116,6 +138,9 @@ def _setting(
             )
         )
     for src_name in sources:
+        workers_detail: dict[str, object] = {}
+        if workers > 0:
+            workers_detail = {"worker_cpu_s": median(worker_cpu[src_name])}
         rows.append(
             at_most(
                 NAME,
@@ -127,8 +152,18 @@ def _setting(
                 N=n,
                 batch=batch,
                 per_rep=per_rep(times, src_name, "bare"),
+                **workers_detail,
             )
         )
+        if workers > 0:
+            rows.append(
+                info(
+                    NAME,
+                    f"workers' CPU time / bare inference time, over {src_name} ({label})",
+                    median(worker_cpu[src_name]) / bare_s,
+                    "x",
+                )
+            )
     rows.append(info(NAME, f"bare inference images/s ({label})", n / bare_s, "img/s"))
     return rows
 
@@ -146,7 +181,7 @@ def run(ctx: Context) -> list[Row]:
         sources["CIFAR-10 JPEG tar"] = open_collection(cifar)
     settings = [("fp32", False, 0), ("fp32", False, 1), ("bf16", True, 1)]
     if ctx.tiny:
-        settings = settings[:1]
+        settings = settings[:2]  # one setting without a worker, one with
     settings, rows = without_emulated_bf16(ctx, NAME, settings)
     warmed: set[tuple[str, bool]] = set()
     for precision, cl, workers in settings:

@@ -7,7 +7,10 @@ import json
 import math
 import platform
 import statistics
+import subprocess
+import sys
 import tarfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import pytest
 import torch
 from bench import common, level1_sample, summary
 from bench.__main__ import BENCHES, main
+from bench.extract import _children_cpu
 from PIL import Image
 
 from deepercluster.allocator import REUSE_LIMIT, kernel_thp_mode, request_huge_pages
@@ -71,6 +75,21 @@ def test_all_benchmarks_run_on_tiny_shapes(
     # The suite runs under a training run's malloc settings (train.reuse_memory) and says so.
     glibc = platform.libc_ver()[0] == "glibc"
     assert record["malloc_kept_below_bytes"] == (REUSE_LIMIT if glibc else 0)
+    # Extraction with a DataLoader worker records the worker's CPU time (a forked process'
+    # decoding and start-up, counted once the loader has joined it), and its share of a bare
+    # call as a row; without a worker there is none.
+    extract = {r["name"]: r for r in rows if r["bench"] == "extract"}
+    with_worker = extract[
+        "extract_features over ArrayCollection / bare inference (fp32, 1 worker(s))"
+    ]
+    assert with_worker["detail"]["worker_cpu_s"] > 0
+    share = extract[
+        "workers' CPU time / bare inference time, over ArrayCollection (fp32, 1 worker(s))"
+    ]
+    assert share["value"] > 0 and share["unit"] == "x"
+    without = extract["extract_features over ArrayCollection / bare inference (fp32, 0 worker(s))"]
+    assert "worker_cpu_s" not in without["detail"]
+    assert not any(n.startswith("workers' CPU") and "0 worker" in n for n in extract)
     # Each cycle stage reports its time and its peak memory as rows of their own.
     cycle: dict[str, list[str]] = {}
     for r in rows:
@@ -143,3 +162,16 @@ def test_bf16_rows_are_left_out_only_where_bf16_is_emulated(
     monkeypatch.setattr(common, "native_bf16", lambda device: True)
     monkeypatch.delenv("BENCH_BF16")
     assert skipped(quick) == []
+
+
+def test_children_cpu_counts_a_finished_child_not_this_process() -> None:
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    before = _children_cpu()
+    t = time.process_time()
+    while time.process_time() - t < 0.3:  # this process' own CPU time is not counted
+        pass
+    mid = _children_cpu()
+    subprocess.run([sys.executable, "-c", burn], check=True)
+    after = _children_cpu()
+    assert mid - before < 0.05
+    assert after - mid >= 0.25

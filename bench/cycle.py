@@ -115,6 +115,16 @@ def _child_settings(threads: int, start_method: str, reuse_memory: bool) -> None
         reuse_freed_memory()
 
 
+def stage_time_name(stage: str, n: int | str) -> str:
+    """The name of a stage's time row (bench.summary maps older rows onto it)."""
+    return f"{stage}: seconds for {n} images"
+
+
+def stage_memory_name(stage: str, n: int | str) -> str:
+    """The name of a stage's peak-memory row (bench.summary maps older rows onto it)."""
+    return f"{stage}: peak RSS above the stage's start, {n} images"
+
+
 def _cycle(ctx: Context, cifar: str) -> list[Row]:
     collection = open_collection(cifar)
     n = min(len(collection), ctx.pick(128, 5000, 50_000))
@@ -167,7 +177,7 @@ def _cycle(ctx: Context, cifar: str) -> list[Row]:
         rows.append(
             info(
                 NAME,
-                f"{name}: seconds for {n} images",
+                stage_time_name(name, n),
                 s.seconds,
                 "s",
                 cuda_peak_bytes=s.cuda_peak,
@@ -177,7 +187,7 @@ def _cycle(ctx: Context, cifar: str) -> list[Row]:
         rows.append(
             info(
                 NAME,
-                f"{name}: peak RSS above the stage's start, {n} images",
+                stage_memory_name(name, n),
                 s.peak_rss / 2**20,
                 "MiB",
                 peak_rss_bytes=s.peak_rss,

@@ -140,7 +140,8 @@ def _setting(
     for src_name in sources:
         workers_detail: dict[str, object] = {}
         if workers > 0:
-            workers_detail = {"worker_cpu_s": median(worker_cpu[src_name])}
+            cpu_s = median(worker_cpu[src_name])
+            workers_detail = {"worker_cpu_s": cpu_s}
         rows.append(
             at_most(
                 NAME,
@@ -160,7 +161,7 @@ def _setting(
                 info(
                     NAME,
                     f"workers' CPU time / bare inference time, over {src_name} ({label})",
-                    median(worker_cpu[src_name]) / bare_s,
+                    cpu_s / bare_s,
                     "x",
                 )
             )

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import format_value
+from bench.cycle import stage_memory_name, stage_time_name
 
 
 @dataclass(frozen=True)
@@ -158,12 +159,12 @@ def current_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
     stage, n = match["stage"], match["n"]
     memory = {
         **row,
-        "name": f"{stage}: peak RSS above the stage's start, {n} images",
+        "name": stage_memory_name(stage, n),
         "value": float(match["mib"]),
         "unit": "MiB",
         "detail": {},
     }
-    return [{**row, "name": f"{stage}: seconds for {n} images"}, memory]
+    return [{**row, "name": stage_time_name(stage, n)}, memory]
 
 
 def summarise(readings: list[Reading]) -> list[Figure]:

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from deepercluster import distributed
-from deepercluster.allocator import request_huge_pages, reuse_freed_memory
 from deepercluster.config import RunConfig
 from deepercluster.data import (
     Collection,
@@ -152,20 +151,6 @@ def _fit(
     )
     if threads:
         torch.set_num_threads(threads)
-    if cfg.train.reuse_memory:
-        # Every CPU step would otherwise fault its activations' pages in again (allocator.py).
-        kept = reuse_freed_memory()
-        if kept:
-            log.info("malloc keeps freed blocks below %d MiB for reuse", kept >> 20)
-        else:
-            log.info("train.reuse_memory: the C library is not glibc; its malloc is left as is")
-    # Decided at import, before torch's first allocation; said here so that train.log has it.
-    huge = request_huge_pages()
-    log.info(
-        "torch's CPU allocator %s transparent huge pages for tensors >= 2 MiB (%s)",
-        "asks for" if huge.on else "does not ask for",
-        huge.reason,
-    )
     torch.manual_seed(cfg.train.seed)
 
     # ============ preparing data ============

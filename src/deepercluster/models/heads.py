@@ -220,8 +220,11 @@ class HierarchicalHeads(nn.Module):
                 for (s, _), r in zip(present, rows, strict=True)
             ]
         )
-        # Sorted row j is batch row order[j]: the inverse permutation puts it back there.
-        return logits.index_select(0, torch.argsort(order))
+        # Sorted row j is batch row order[j]: put it back there (its gradient is then a gather,
+        # where undoing the sort by indexing with the inverse permutation would scatter).
+        out = torch.empty_like(logits)
+        out[order] = logits
+        return out
 
     def _present(self, x: Tensor, super_targets: Tensor) -> list[tuple[int, int]]:
         """(super-class, number of rows) of every super-class present in the batch, in id

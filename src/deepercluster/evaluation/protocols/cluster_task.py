@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 
 from deepercluster.data import open_collection
+from deepercluster.evaluation.protocols.clusters import label_agreement, tag_analysis
+from deepercluster.evaluation.protocols.labels import class_labels, match_rows, read_column
+from deepercluster.evaluation.protocols.report import markdown_table, plot_curves, write_result
+from deepercluster.evaluation.protocols.runs import load_run_clusters
 from deepercluster.evaluation.tags import TagPairs
-from deepercluster.protocols.clusters import label_agreement, tag_analysis
-from deepercluster.protocols.labels import class_labels, match_rows, read_column
-from deepercluster.protocols.report import markdown_table, plot_curves, write_result
-from deepercluster.protocols.runs import load_run_clusters
 
 __all__ = ["run_clusters_task"]
 

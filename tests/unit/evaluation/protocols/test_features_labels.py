@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from deepercluster.data import ArrayCollection, open_collection
+from deepercluster.evaluation.protocols import FINAL, class_labels, extract_layers, pooled_side
+from deepercluster.evaluation.protocols.labels import match_rows
+from deepercluster.evaluation.protocols.linear import stratified_holdout
+from deepercluster.evaluation.protocols.tasks import balanced_subset
 from deepercluster.models import build_backbone
-from deepercluster.protocols import FINAL, class_labels, extract_layers, pooled_side
-from deepercluster.protocols.labels import match_rows
-from deepercluster.protocols.linear import stratified_holdout
-from deepercluster.protocols.tasks import balanced_subset
 
 
 @pytest.mark.parametrize(

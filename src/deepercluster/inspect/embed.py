@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 
 from deepercluster.cluster import HierarchicalResult, PCAWhitening, assign
 from deepercluster.data import ClusterTransform, ClusterView, Collection
+from deepercluster.engine.run_folder import RunFolder
 from deepercluster.features import extract_features
-from deepercluster.inspect.run import RunFolder
 
 __all__ = [
     "Embedding",
@@ -322,8 +322,8 @@ def embed_new_images(
         The files written (see :func:`write_embedding`).
     """
     from deepercluster.data import open_collection
+    from deepercluster.engine.run_folder import open_run
     from deepercluster.inspect.report import collection_paths
-    from deepercluster.inspect.run import open_run
 
     run = open_run(run_dir)
     _clustering_space(run)  # fail before reading the images

@@ -9,7 +9,6 @@ the centroid and random members, with over-represented tags when metadata is giv
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from deepercluster.data import Collection
+from deepercluster.engine.run_folder import RunFolder, open_run
 from deepercluster.inspect.embed import run_embedding
 from deepercluster.inspect.html import ClusterCard, PageSet, write_pages
 from deepercluster.inspect.plots import (
@@ -29,7 +29,6 @@ from deepercluster.inspect.plots import (
     plot_stage_times,
     plot_training,
 )
-from deepercluster.inspect.run import RunFolder, open_run, read_metrics
 from deepercluster.inspect.tags import TagScore, match_tags, overrepresented_tags, read_tag_table
 from deepercluster.inspect.thumbnails import ThumbnailCache
 
@@ -218,7 +217,7 @@ def inspect_run(
     cards = cluster_cards(
         emb.labels, emb.super_clusters, emb.sub_clusters, emb.distances, run.k, options, tags
     )
-    records = read_metrics(run.path)
+    records = run.metrics()
     summary = _summary(run, records, t_features)
     config = _flatten(run.config.to_dict())
     return render_report(
@@ -256,12 +255,10 @@ def _summary(
     rows.append(
         ("time: features for this report", f"{t_features:.1f} s (extracted once per checkpoint)")
     )
-    summary_file = run.path / "summary.json"
-    if summary_file.is_file():
-        last = json.loads(summary_file.read_text())
-        for key in ("train/loss", "train/super_acc", "train/sub_acc", "cluster/nmi_previous"):
-            if key in last:
-                rows.append((f"last epoch: {key}", f"{float(last[key]):.4g}"))
+    last = run.summary()
+    for key in ("train/loss", "train/super_acc", "train/sub_acc", "cluster/nmi_previous"):
+        if key in last:
+            rows.append((f"last epoch: {key}", f"{float(last[key]):.4g}"))
     return rows
 
 

@@ -1,9 +1,10 @@
 """Evaluation protocols of the paper on any labelled image collection (layer above engine).
 
-They load run folders and checkpoints, open image collections, extract and cache per-layer
-features, run the algorithms of :mod:`deepercluster.evaluation` (the parent package), and
-write JSON, Markdown and PNG results: linear probes per layer, weighted kNN, cluster analysis
-against labels or tags, and transfer by fine-tuning.
+They read run folders and checkpoints through :mod:`deepercluster.engine.run_folder`, open
+image collections, extract and cache per-layer features, run the algorithms of
+:mod:`deepercluster.evaluation` (the parent package), and write JSON, Markdown and PNG results:
+linear probes per layer, weighted kNN, cluster analysis against labels or tags, and transfer by
+fine-tuning.
 """
 
 from deepercluster.evaluation.protocols.clusters import label_agreement, tag_analysis
@@ -19,12 +20,6 @@ from deepercluster.evaluation.protocols.labels import (
     open_labelled,
 )
 from deepercluster.evaluation.protocols.linear import LayerResult, LinearProtocol, run_linear_probes
-from deepercluster.evaluation.protocols.runs import (
-    Pretrained,
-    RunClusters,
-    load_pretrained,
-    load_run_clusters,
-)
 
 __all__ = [
     "FINAL",
@@ -32,13 +27,9 @@ __all__ = [
     "LayerFeatures",
     "LayerResult",
     "LinearProtocol",
-    "Pretrained",
-    "RunClusters",
     "class_labels",
     "extract_layers",
     "label_agreement",
-    "load_pretrained",
-    "load_run_clusters",
     "open_labelled",
     "pooled_side",
     "run_linear_probes",

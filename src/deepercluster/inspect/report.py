@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from deepercluster.data import Collection
+from deepercluster.data.pathmatch import csv_values
 from deepercluster.engine.run_folder import RunFolder, open_run
+from deepercluster.evaluation.tags import Enriched, TagPairs, overrepresented
 from deepercluster.inspect.embed import run_embedding
 from deepercluster.inspect.html import ClusterCard, PageSet, write_pages
 from deepercluster.inspect.plots import (
@@ -29,7 +31,6 @@ from deepercluster.inspect.plots import (
     plot_stage_times,
     plot_training,
 )
-from deepercluster.inspect.tags import TagScore, match_tags, overrepresented_tags, read_tag_table
 from deepercluster.inspect.thumbnails import ThumbnailCache
 
 __all__ = ["ReportOptions", "cluster_cards", "collection_paths", "inspect_run", "render_report"]
@@ -78,7 +79,7 @@ def cluster_cards(
     distances: np.ndarray,
     k: int,
     options: ReportOptions,
-    tags: Sequence[list[TagScore]] | None = None,
+    tags: Sequence[list[Enriched]] | None = None,
 ) -> list[ClusterCard]:
     """One card per cluster: its nearest and random members, size and tags.
 
@@ -210,10 +211,10 @@ def inspect_run(
     paths = collection_paths(collection)
     tags = None
     if metadata is not None:
-        table = read_tag_table(metadata, path_column=path_column, tags_column=tags_column)
-        tags = overrepresented_tags(
-            match_tags(paths, table), emb.labels, run.k, top=options.top_tags
-        )
+        values = csv_values(paths, metadata, tags_column, path_column=path_column)
+        shown = emb.labels >= 0
+        pairs = TagPairs.from_strings([v or "" for v, s in zip(values, shown, strict=True) if s])
+        tags = overrepresented(emb.labels[shown], pairs, run.k, top=options.top_tags)
     cards = cluster_cards(
         emb.labels, emb.super_clusters, emb.sub_clusters, emb.distances, run.k, options, tags
     )

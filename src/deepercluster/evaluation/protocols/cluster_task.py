@@ -6,9 +6,10 @@ from typing import Any
 
 import numpy as np
 
+from deepercluster.data.pathmatch import csv_values
 from deepercluster.engine.run_folder import open_run
 from deepercluster.evaluation.protocols.clusters import label_agreement, tag_analysis
-from deepercluster.evaluation.protocols.labels import class_labels, match_rows, read_column
+from deepercluster.evaluation.protocols.labels import class_labels
 from deepercluster.evaluation.protocols.report import (
     markdown_table,
     output_dir,
@@ -68,8 +69,8 @@ def run_clusters_task(
     payload: dict[str, Any] = {"run": str(folder), "data": spec, "images": int(valid.sum())}
     text = f"Clusters of `{folder}` ({int(valid.sum())} clustered images of {spec}).\n\n"
     if metadata_csv is not None:
-        paths, values = read_column(metadata_csv, column)
-        tags = match_rows(collection, paths, values)
+        paths = [collection.path(i) for i in range(len(collection))]
+        tags = csv_values(paths, metadata_csv, column)
         keep = valid & np.array([t is not None for t in tags])
         pairs = TagPairs.from_strings([t or "" for t, k in zip(tags, keep, strict=True) if k])
         payload["tags"] = {}

@@ -26,12 +26,22 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["csv_values", "match_paths", "path_parts", "read_path_csv"]
+from .collection import Collection
+
+__all__ = ["csv_values", "display_paths", "match_paths", "path_parts", "read_path_csv"]
 
 # Path columns looked for, in this order, when the caller names none.
 PATH_COLUMNS = ("path", "file", "filepath", "image")
 
 _TAR_MEMBER = re.compile(r"(\.tar):", re.IGNORECASE)
+
+
+def display_paths(collection: Collection) -> list[str]:
+    """The display path of every image id (the collection's ``paths`` when it has them)."""
+    paths = getattr(collection, "paths", None)
+    if paths is not None:
+        return list(paths)
+    return [collection.path(i) for i in range(len(collection))]
 
 
 def path_parts(path: str) -> tuple[str, ...]:

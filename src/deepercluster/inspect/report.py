@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from deepercluster.data import Collection
-from deepercluster.data.pathmatch import csv_values
+from deepercluster.data.pathmatch import csv_values, display_paths
 from deepercluster.engine.run_folder import RunFolder, open_run
 from deepercluster.evaluation.tags import Enriched, TagPairs, overrepresented
 from deepercluster.inspect.embed import run_embedding
@@ -33,7 +33,7 @@ from deepercluster.inspect.plots import (
 )
 from deepercluster.inspect.thumbnails import ThumbnailCache
 
-__all__ = ["ReportOptions", "cluster_cards", "collection_paths", "inspect_run", "render_report"]
+__all__ = ["ReportOptions", "cluster_cards", "inspect_run", "render_report"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,14 +62,6 @@ class ReportOptions:
                 f"per_page ({self.per_page}) and nearest ({self.nearest}) must be >= 1 and "
                 f"random ({self.random}) >= 0"
             )
-
-
-def collection_paths(collection: Collection) -> list[str]:
-    """Display path of every image id."""
-    paths = getattr(collection, "paths", None)
-    if paths is not None:
-        return list(paths)
-    return [collection.path(i) for i in range(len(collection))]
 
 
 def cluster_cards(
@@ -208,7 +200,7 @@ def inspect_run(
         progress=progress,
     )
     t_features = time.perf_counter() - tic
-    paths = collection_paths(collection)
+    paths = display_paths(collection)
     tags = None
     if metadata is not None:
         values = csv_values(paths, metadata, tags_column, path_column=path_column)

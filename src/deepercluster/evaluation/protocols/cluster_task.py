@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from deepercluster.data.pathmatch import csv_values
+from deepercluster.data.pathmatch import csv_values, display_paths
 from deepercluster.engine.run_folder import open_run
 from deepercluster.evaluation.protocols.clusters import label_agreement, tag_analysis
 from deepercluster.evaluation.protocols.labels import class_labels
@@ -69,8 +69,7 @@ def run_clusters_task(
     payload: dict[str, Any] = {"run": str(folder), "data": spec, "images": int(valid.sum())}
     text = f"Clusters of `{folder}` ({int(valid.sum())} clustered images of {spec}).\n\n"
     if metadata_csv is not None:
-        paths = [collection.path(i) for i in range(len(collection))]
-        tags = csv_values(paths, metadata_csv, column)
+        tags = csv_values(display_paths(collection), metadata_csv, column)
         keep = valid & np.array([t is not None for t in tags])
         pairs = TagPairs.from_strings([t or "" for t, k in zip(tags, keep, strict=True) if k])
         payload["tags"] = {}

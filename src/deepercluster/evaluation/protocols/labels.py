@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from deepercluster.data import Collection, open_collection
-from deepercluster.data.pathmatch import csv_values
+from deepercluster.data.pathmatch import csv_values, display_paths
 
 __all__ = ["LabelledCollection", "class_labels", "open_labelled"]
 
@@ -44,8 +44,7 @@ def class_labels(
         ValueError: no source of labels (not a class-per-folder collection and no CSV).
     """
     if labels_csv is not None:
-        paths = [collection.path(i) for i in range(len(collection))]
-        names: list[str | None] = csv_values(paths, labels_csv, column)
+        names: list[str | None] = csv_values(display_paths(collection), labels_csv, column)
     else:
         own = getattr(collection, "labels", None)
         if own is not None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["markdown_table", "plot_curves", "write_result"]
+__all__ = ["markdown_table", "output_dir", "plot_curves", "write_result"]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -51,6 +51,15 @@ def plot_curves(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def output_dir(run: str | Path, out: str | None) -> Path:
+    """Where results go: ``out`` if given, else ``<run folder>/eval`` (``run``: the folder or
+    a file in it)."""
+    if out:
+        return Path(out)
+    path = Path(run)
+    return (path if path.is_dir() else path.parent) / "eval"
 
 
 def write_result(out_dir: Path, name: str, payload: dict[str, Any], markdown: str) -> list[Path]:

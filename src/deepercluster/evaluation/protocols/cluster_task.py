@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deepercluster.data import open_collection
+from deepercluster.data.pathmatch import csv_values, display_paths
+from deepercluster.engine.run_folder import open_run
+from deepercluster.evaluation.protocols.clusters import label_agreement, tag_analysis
+from deepercluster.evaluation.protocols.labels import class_labels
+from deepercluster.evaluation.protocols.report import (
+    markdown_table,
+    output_dir,
+    plot_curves,
+    write_result,
+)
 from deepercluster.evaluation.tags import TagPairs
-from deepercluster.protocols.clusters import label_agreement, tag_analysis
-from deepercluster.protocols.labels import class_labels, match_rows, read_column
-from deepercluster.protocols.report import markdown_table, plot_curves, write_result
-from deepercluster.protocols.runs import load_run_clusters
 
 __all__ = ["run_clusters_task"]
 
@@ -46,25 +50,26 @@ def run_clusters_task(
     Returns:
         ``(markdown, JSON payload)``.
     """
-    clusters = load_run_clusters(run)
-    folder = Path(run) if Path(run).is_dir() else Path(run).parent
-    out_dir = Path(out) if out else folder / "eval"
-    spec = data or clusters.data_path
-    if not spec:
-        raise ValueError(f"{run} does not record its data; pass --data")
-    collection = open_collection(spec, path_column=clusters.path_column)
-    if len(collection) != len(clusters.labels):
+    opened = open_run(run)
+    folder = opened.path
+    if opened.k <= 1:
         raise ValueError(
-            f"the run clustered {len(clusters.labels)} images but {spec} holds {len(collection)}; "
-            "pass --data the collection the run trained on"
+            f"{folder} comes from a run without clustering (cluster.k = 1); evaluate its "
+            "features with `eval linear` or `eval knn` instead"
         )
-    valid = clusters.valid
-    levels = {"sub-clusters": clusters.labels, "super-clusters": clusters.super_clusters}
+    out_dir = output_dir(run, out)
+    collection = opened.collection(data)
+    spec = data or opened.config.data.path
+    clusters = opened.clustering
+    valid = clusters.valid.astype(bool)
+    levels = {
+        "sub-clusters": clusters.labels.astype(np.int64),
+        "super-clusters": clusters.super_clusters.astype(np.int64),
+    }
     payload: dict[str, Any] = {"run": str(folder), "data": spec, "images": int(valid.sum())}
     text = f"Clusters of `{folder}` ({int(valid.sum())} clustered images of {spec}).\n\n"
     if metadata_csv is not None:
-        paths, values = read_column(metadata_csv, column)
-        tags = match_rows(collection, paths, values)
+        tags = csv_values(display_paths(collection), metadata_csv, column)
         keep = valid & np.array([t is not None for t in tags])
         pairs = TagPairs.from_strings([t or "" for t, k in zip(tags, keep, strict=True) if k])
         payload["tags"] = {}
@@ -104,19 +109,22 @@ def run_clusters_task(
         text += markdown_table(
             ["level", "clusters", "NMI", "NMI random", "AMI", "ARI", "purity"], rows
         )
-    if clusters.nmi_previous:
-        payload["nmi_previous"] = [{"epoch": e, "nmi": v} for e, v in clusters.nmi_previous]
+    history = [
+        (int(r["epoch"]), float(r["cluster/nmi_previous"]))
+        for r in opened.metrics()
+        if "cluster/nmi_previous" in r
+    ]
+    if history:
+        payload["nmi_previous"] = [{"epoch": e, "nmi": v} for e, v in history]
         text += "\nNMI between consecutive clusterings (stability over epochs):\n\n"
-        text += markdown_table(
-            ["epoch", "NMI(t-1, t)"], [[e, f"{v:.3f}"] for e, v in clusters.nmi_previous]
-        )
-        if len(clusters.nmi_previous) > 1:
+        text += markdown_table(["epoch", "NMI(t-1, t)"], [[e, f"{v:.3f}"] for e, v in history])
+        if len(history) > 1:
             plot_curves(
                 out_dir / "clusters.png",
                 {
                     "NMI(t-1, t)": (
-                        [e for e, _ in clusters.nmi_previous],
-                        [v for _, v in clusters.nmi_previous],
+                        [e for e, _ in history],
+                        [v for _, v in history],
                         None,
                     )
                 },

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from deepercluster.evaluation.linear import SGDSettings, train_linear_probes
-from deepercluster.protocols.features import LayerFeatures
+from deepercluster.evaluation.protocols.features import LayerFeatures
 
 __all__ = ["LayerResult", "LinearProtocol", "run_linear_probes", "stratified_holdout"]
 

@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from deepercluster.data import ArrayCollection, open_collection
+from deepercluster.data.pathmatch import match_paths
+from deepercluster.evaluation.protocols import FINAL, class_labels, extract_layers, pooled_side
+from deepercluster.evaluation.protocols.linear import stratified_holdout
+from deepercluster.evaluation.protocols.tasks import balanced_subset
 from deepercluster.models import build_backbone
-from deepercluster.protocols import FINAL, class_labels, extract_layers, pooled_side
-from deepercluster.protocols.labels import match_rows
-from deepercluster.protocols.linear import stratified_holdout
-from deepercluster.protocols.tasks import balanced_subset
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,7 @@ def test_labels_from_tar_member_folders_and_csv(tmp_path: Path) -> None:
     labels, names = class_labels(collection, csv_file)
     assert names == ["x", "y"] and sorted(labels.tolist()) == [-1, 0, 1]  # c.png has no row
     with pytest.raises(ValueError, match="no row of the CSV"):
-        match_rows(collection, ["elsewhere/z.png"], ["q"])
+        match_paths(collection.paths, ["elsewhere/z.png"])
 
 
 def test_unlabelled_collection_says_how_to_label_it() -> None:

@@ -8,15 +8,15 @@ from typing import Any
 import torch
 
 from deepercluster.data import ClusterTransform, TrainTransform
-from deepercluster.protocols.finetune import (
+from deepercluster.evaluation.protocols.finetune import (
     FinetuneSettings,
     LabelledImages,
     classifier,
     finetune,
     reinitialise,
 )
-from deepercluster.protocols.report import markdown_table, plot_curves, write_result
-from deepercluster.protocols.tasks import Inputs, balanced_subset, open_inputs
+from deepercluster.evaluation.protocols.report import markdown_table, plot_curves, write_result
+from deepercluster.evaluation.protocols.tasks import Inputs, balanced_subset, open_inputs
 
 __all__ = ["run_finetune_task"]
 

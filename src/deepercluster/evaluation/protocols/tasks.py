@@ -16,13 +16,18 @@ import numpy as np
 import torch
 
 from deepercluster.cluster import fit_pca, kmeans, l2_normalize
+from deepercluster.engine.run_folder import Pretrained, load_pretrained
 from deepercluster.evaluation import knn_predict
-from deepercluster.protocols.clusters import label_agreement
-from deepercluster.protocols.features import FINAL, LayerFeatures, extract_layers
-from deepercluster.protocols.labels import LabelledCollection, open_labelled
-from deepercluster.protocols.linear import LinearProtocol, run_linear_probes
-from deepercluster.protocols.report import markdown_table, plot_curves, write_result
-from deepercluster.protocols.runs import Pretrained, load_pretrained, output_dir
+from deepercluster.evaluation.protocols.clusters import label_agreement
+from deepercluster.evaluation.protocols.features import FINAL, LayerFeatures, extract_layers
+from deepercluster.evaluation.protocols.labels import LabelledCollection, open_labelled
+from deepercluster.evaluation.protocols.linear import LinearProtocol, run_linear_probes
+from deepercluster.evaluation.protocols.report import (
+    markdown_table,
+    output_dir,
+    plot_curves,
+    write_result,
+)
 
 __all__ = ["Inputs", "balanced_subset", "open_inputs", "run_knn_task", "run_linear_task"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deepercluster.evaluation.protocols.finetune import classifier, reinitialise
 from deepercluster.models import build_backbone
-from deepercluster.protocols.finetune import classifier, reinitialise
 
 
 def test_folded_classifier_has_a_trainable_rgb_first_conv_and_the_same_outputs() -> None:

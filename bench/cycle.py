@@ -123,12 +123,12 @@ def _child_settings(threads: int, start_method: str) -> None:
 
 
 def stage_time_name(stage: str, n: int | str) -> str:
-    """The name of a stage's time row (bench.summary maps older rows onto it)."""
+    """The name of a stage's time row."""
     return f"{stage}: seconds for {n} images"
 
 
 def stage_memory_name(stage: str, n: int | str) -> str:
-    """The name of a stage's peak-memory row (bench.summary maps older rows onto it)."""
+    """The name of a stage's peak-memory row."""
     return f"{stage}: peak RSS above the stage's start, {n} images"
 
 
@@ -179,8 +179,8 @@ def _cycle(ctx: Context, cifar: str) -> list[Row]:
     total = sum(s.seconds for s in stages.values())
     rows = []
     for name, s in stages.items():
-        # Time and memory as rows of their own (not the memory in the time's name), so that
-        # bench.summary finds each figure under one name in every run.
+        # Time and memory as rows of their own: a row's name must not carry a measured value,
+        # so that two runs' results compare row by row.
         rows.append(
             info(
                 NAME,

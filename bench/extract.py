@@ -11,7 +11,7 @@ call (``worker_cpu_s``, from ``getrusage(RUSAGE_CHILDREN)`` once the loader has 
 and a row of its own gives that time over a bare call's. Where the inference already keeps
 the cores busy (2 cores and 2 intra-op threads here), the workers' time comes out of the
 inference's: that row is about how far above 1 the ratio with workers can be expected to
-read (docs/performance.md, round 18).
+read (docs/performance.md, "Reading the results").
 """
 
 from __future__ import annotations
@@ -172,8 +172,8 @@ def _setting(
 def run(ctx: Context) -> list[Row]:
     cifar = os.environ.get("BENCH_CIFAR", "/work/shared/data/cifar10/train.tar")
     res = 32
-    # 1,536 images a side in the quick run: 2,048 took 149 s of its 10-minute budget on the
-    # Zen 3 EPYC of round 12 (6 sides x 4 rounds at ~440 images/s).
+    # 1,536 images a side in the quick run: enough for a steady ratio, small enough that the
+    # whole suite stays within minutes on 2 cores.
     n, batch = ctx.pick((128, 64), (1536, 256), (16384, 256))
     rng = np.random.default_rng(0)
     arrays = ArrayCollection(rng.integers(0, 256, (n, res, res, 3), dtype=np.uint8))

@@ -22,7 +22,7 @@ import numpy as np
 
 from deepercluster.data import ArrayCollection
 from deepercluster.inspect.report import ReportOptions, cluster_cards, render_report
-from deepercluster.inspect.tags import overrepresented_tags
+from deepercluster.evaluation.tags import TagPairs, overrepresented
 
 
 def main() -> None:
@@ -55,7 +55,8 @@ def main() -> None:
         timings[name] = round(time.perf_counter() - tic, 2)
         return value
 
-    tags = timed("tags_s", overrepresented_tags, image_tags, labels, k)
+    rows = [",".join(tags) for tags in image_tags]
+    tags = timed("tags_s", lambda: overrepresented(labels, TagPairs.from_strings(rows), k))
     cards = timed("cards_s", cluster_cards, labels, labels // per_super, labels % per_super,
                   distances, k, options, tags)  # fmt: skip
     kwargs = dict(title=f"synthetic run, k = {k}", summary=[("images", f"{n:,}")],

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deepercluster.protocols.report import markdown_table, plot_curves
+from deepercluster.evaluation.protocols.report import markdown_table, plot_curves
 
 
 def _load(path: Path) -> dict[str, Any] | None:

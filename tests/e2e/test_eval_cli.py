@@ -96,10 +96,11 @@ def test_clusters_vs_folder_labels_and_vs_tags(
     metadata = train.parent / "metadata.csv"
     lines = ["file,tags"] + [
         f'{p.name},"{p.parent.name},stripes"' for p in sorted(train.rglob("*.png"))
-    ]  # file names repeat across classes: matched by full path only when unique...
+    ]  # file names repeat across classes, so a bare name fits two rows equally well...
     metadata.write_text("\n".join(lines) + "\n")
     code = main(["eval", "clusters", "--run", str(run), "--metadata", str(metadata)])
-    assert code == 2  # ...so every name is ambiguous here and nothing matches: a clear error
+    assert code == 2  # ...and is refused with a clear error (data.pathmatch)
+    assert "enough parent folders" in capsys.readouterr().err
     unique = ["path,tags"] + [
         f'{p},"{p.parent.name},stripes"' for p in sorted(train.rglob("*.png"))
     ]

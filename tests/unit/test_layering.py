@@ -1,9 +1,16 @@
 """The import arrows of the architecture (STYLE.md), checked on the source with ``ast``.
 
-    cli ─► demo ─► engine ─► {features, losses, evaluation}
+    cli ─► {demo, inspect, evaluation.protocols} ─► engine ─► {features, losses, evaluation}
         ─► {data, models, cluster} ─► {config, log, distributed}
 
 A part may import its own subpackage and anything in a lower layer, never sideways or up.
+
+A part is a top-level module or subpackage, except ``evaluation.protocols``: all evaluation
+code lives in ``evaluation/``, but its two halves sit on both sides of ``engine``. The
+algorithms (NMI, agreement, tags, probes, kNN: arrays in, numbers out) are used by the
+clustering rounds inside ``engine``, while the protocols read run folders through
+``engine.run_folder`` and checkpoints. So ``evaluation.protocols`` is its own part, a layer
+above ``engine``, and ``evaluation/__init__.py`` must not import it.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ LAYER = {
     "features": 2,
     "losses": 2,
     "evaluation": 2,
-    "protocols": 4,
+    "evaluation.protocols": 4,
     "engine": 3,
     "demo": 4,
     "inspect": 4,
@@ -36,9 +43,18 @@ LAYER = {
 }
 
 
+def _part_of(dotted: str) -> str:
+    """The part of ``a.b.c`` (relative to the package): the longest prefix named in LAYER."""
+    parts = dotted.split(".")
+    for n in range(len(parts), 1, -1):
+        if ".".join(parts[:n]) in LAYER:
+            return ".".join(parts[:n])
+    return parts[0]
+
+
 def _part(path: Path) -> str:
-    rel = path.relative_to(ROOT)
-    return rel.parts[0].removesuffix(".py")
+    rel = path.relative_to(ROOT).with_suffix("")
+    return _part_of(".".join(rel.parts))
 
 
 def _imports(path: Path) -> list[str]:
@@ -66,7 +82,7 @@ def test_imports_point_down() -> None:
         for name in _imports(path):
             if not name.startswith("deepercluster."):
                 continue
-            other = name.split(".")[1]
+            other = _part_of(name.removeprefix("deepercluster."))
             if other == me:
                 continue
             assert other in LAYER, f"{path}: unknown part {name}; add it to LAYER"

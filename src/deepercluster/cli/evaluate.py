@@ -154,7 +154,7 @@ def register(sub: Any) -> None:
 def _inputs(args: argparse.Namespace) -> Any:
     import torch
 
-    from deepercluster.protocols.tasks import Inputs
+    from deepercluster.evaluation.protocols.tasks import Inputs
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -176,8 +176,8 @@ def _inputs(args: argparse.Namespace) -> Any:
 
 
 def _cmd_linear(args: argparse.Namespace) -> int:
-    from deepercluster.protocols.linear import LinearProtocol
-    from deepercluster.protocols.tasks import run_linear_task
+    from deepercluster.evaluation.protocols.linear import LinearProtocol
+    from deepercluster.evaluation.protocols.tasks import run_linear_task
 
     protocol = LinearProtocol(
         lrs=args.lrs,
@@ -195,7 +195,7 @@ def _cmd_linear(args: argparse.Namespace) -> int:
 
 
 def _cmd_knn(args: argparse.Namespace) -> int:
-    from deepercluster.protocols.tasks import run_knn_task
+    from deepercluster.evaluation.protocols.tasks import run_knn_task
 
     table, _ = run_knn_task(_inputs(args), args.k, args.temperature, args.kmeans)
     print(table, end="")
@@ -203,7 +203,7 @@ def _cmd_knn(args: argparse.Namespace) -> int:
 
 
 def _cmd_clusters(args: argparse.Namespace) -> int:
-    from deepercluster.protocols.cluster_task import run_clusters_task
+    from deepercluster.evaluation.protocols.cluster_task import run_clusters_task
 
     text, _ = run_clusters_task(
         args.run,
@@ -221,8 +221,8 @@ def _cmd_clusters(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from deepercluster.protocols.finetune import FinetuneSettings
-    from deepercluster.protocols.finetune_task import run_finetune_task
+    from deepercluster.evaluation.protocols.finetune import FinetuneSettings
+    from deepercluster.evaluation.protocols.finetune_task import run_finetune_task
 
     settings = FinetuneSettings(
         epochs=args.epochs,

@@ -145,10 +145,12 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from deepercluster.inspect.export import check_onnx, export_backbone, export_onnx, load_source
+    from deepercluster.engine.run_folder import load_pretrained
+    from deepercluster.inspect.export import check_onnx, export_backbone, export_onnx
     from deepercluster.models.fold import fold_sobel
 
-    model, resolution = load_source(args.source)
+    pre = load_pretrained(args.source)
+    model, resolution = pre.backbone, pre.resolution
     if args.rgb:
         model = fold_sobel(model)
     path = export_backbone(model, args.to)

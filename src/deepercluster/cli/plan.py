@@ -16,8 +16,9 @@ Examples:
   deepercluster plan --data 'shards/{000000..009999}.tar' --config my.toml --world-size 8
   deepercluster plan --images 1000000 --k 10000 --feature-store disk --memory-limit 8GB
 
-Sizes are counted from the arrays each stage holds; times divide the measured FLOPs of the
-network and of k-means by the throughputs given below (or measured with --calibrate).
+Sizes are counted from the arrays each stage holds. With --calibrate, times come from running
+each stage's own code on a sample of --data on this machine (the only reliable figure for a
+CPU); without it, from FLOP counts divided by the stated throughputs below (GPU defaults).
 Exit code 2 when the configuration cannot run (each problem is listed with its fix).
 """
 
@@ -59,15 +60,18 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--calibrate",
         action="store_true",
-        help="measure the convnet and k-means throughputs on this machine first (seconds)",
+        help="first run each stage on a sample of --data here, at the configured batch size, "
+        "workers and device, and plan from the measured rates (seconds to a minute)",
     )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=_cmd_plan)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from deepercluster.data import open_collection
-    from deepercluster.engine.plan import Assumptions, calibrate, format_plan, make_plan
+    from deepercluster.data import Collection, open_collection
+    from deepercluster.engine.calibrate import calibrate
+    from deepercluster.engine.fit import resolve_device
+    from deepercluster.engine.plan import Assumptions, format_plan, make_plan
 
     for name, (key, kind) in _SHORTCUTS.items():
         value = getattr(args, name)
@@ -75,16 +79,19 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             text = quote(value) if kind is str else str(value)
             args.overrides = [f"{key}={text}", *args.overrides]
     cfg = config_from_args(args)
-    if args.images is None:
-        if not cfg.data.path:
-            raise ValueError("give --images N, or --data PATH to count the images")
+    if args.images is None and not cfg.data.path:
+        raise ValueError("give --images N, or --data PATH to count the images")
+    collection: Collection | None = None
+    if cfg.data.path and (args.images is None or args.calibrate):
         collection = open_collection(
             cfg.data.path, max_pixels=cfg.data.max_pixels, path_column=cfg.data.path_column
         )
-        n_images = len(collection)
-    else:
-        n_images = args.images
-    assume = calibrate(cfg) if args.calibrate else Assumptions()
+    n_images = args.images if args.images is not None else len(collection)  # type: ignore[arg-type]
+    assume = (
+        calibrate(cfg, device=resolve_device(cfg.train.device), collection=collection)
+        if args.calibrate
+        else Assumptions()
+    )
     changes = {
         "gpu_tflops": args.gpu_tflops,
         "kmeans_gflops": args.kmeans_gflops,

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from deepercluster.config import RunConfig
+from deepercluster.config import ClusterConfig, DataConfig
 from deepercluster.data import (
     Collection,
     TrainTransform,
@@ -28,8 +28,11 @@ def seeded_generator(seed: int, epoch: int) -> torch.Generator:
 def epoch_loader(
     collection: Collection,
     clustering: Clustering,
-    cfg: RunConfig,
+    data: DataConfig,
+    cluster: ClusterConfig,
     *,
+    seed: int,
+    batch_size: int,
     layout: TrainingLayout,
     epoch: int,
     start: int,
@@ -46,9 +49,9 @@ def epoch_loader(
         plan = uniform_epoch_plan(
             clustering.labels,
             size=plan_size,
-            seed=cfg.train.seed,
+            seed=seed,
             epoch=epoch,
-            rotation=cfg.cluster.rotation,
+            rotation=cluster.rotation,
         )
     else:
         plan = super_class_epoch_plan(
@@ -56,33 +59,33 @@ def epoch_loader(
             clustering.sub_clusters,
             clustering.valid,
             super_class=layout.super_class,
-            n_super_clusters=cfg.cluster.super_clusters,
-            rotation=cfg.cluster.rotation,
+            n_super_clusters=cluster.super_clusters,
+            rotation=cluster.rotation,
             size=plan_size,
-            seed=cfg.train.seed,
+            seed=seed,
             epoch=epoch,
         )
-    if cfg.data.shard_buffer:
+    if data.shard_buffer:
         groups = getattr(collection, "storage_groups", None)
         ids = np.arange(len(collection), dtype=np.int64)
         plan = storage_order(
             plan,
             groups() if callable(groups) else ids // 1024,
-            buffer=cfg.data.shard_buffer,
-            seed=cfg.train.seed,
+            buffer=data.shard_buffer,
+            seed=seed,
             epoch=epoch,
         )
     share_rank, share_size = layout.share
     positions = rank_positions(
-        start, plan_size, batch_size=cfg.train.batch_size, rank=share_rank, world=share_size
+        start, plan_size, batch_size=batch_size, rank=share_rank, world=share_size
     )
-    view = TrainView(collection, transform, plan, seed=cfg.train.seed, epoch=epoch)
+    view = TrainView(collection, transform, plan, seed=seed, epoch=epoch)
     return DataLoader(
         Subset(view, positions.tolist()),
-        batch_size=cfg.train.batch_size,
+        batch_size=batch_size,
         shuffle=False,
-        num_workers=cfg.data.workers,
+        num_workers=data.workers,
         # A DataLoader draws its worker seed from the global RNG unless given its own
         # generator; that draw would shift dropout masks after a mid-epoch resume.
-        generator=seeded_generator(cfg.train.seed, epoch),
+        generator=seeded_generator(seed, epoch),
     )

@@ -14,42 +14,29 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
 import torch
 
 from deepercluster import distributed
-from deepercluster.config import RunConfig
-from deepercluster.data import (
-    Collection,
-    SkipLog,
-    TrainTransform,
-    open_collection,
-)
+from deepercluster.config import ClusterConfig, RunConfig
+from deepercluster.data import Collection, SkipLog, TrainTransform, open_collection
 from deepercluster.distributed import DistEnv
-from deepercluster.engine.checkpoint import (
-    CHECKPOINT_NAME,
-    TrainingState,
-    arrays_to_tensors,
-    rng_state,
-    save_backbone,
-    save_checkpoint,
-)
+from deepercluster.engine.checkpoint import CHECKPOINT_NAME, TrainingState, save_backbone
 from deepercluster.engine.clustering import Clustering, recluster, trivial_clustering
 from deepercluster.engine.epoch import epoch_loader, seeded_generator
-from deepercluster.engine.layout import (
-    build_layout,
-    full_heads_state,
-    sync_gradients,
+from deepercluster.engine.network import (
+    Network,
+    StepCheckpoints,
+    build_network,
+    build_schedule,
+    save_training_checkpoint,
 )
-from deepercluster.engine.preemption import FaultPoints, StopSignal
+from deepercluster.engine.preemption import SafePoints, StopSignal
 from deepercluster.engine.resume import resume_from_checkpoint
-from deepercluster.engine.schedules import lr_schedule
 from deepercluster.engine.stages import clear_stage
 from deepercluster.engine.train import (
     EpochStats,
@@ -61,12 +48,7 @@ from deepercluster.engine.train import (
 )
 from deepercluster.features import native_bf16
 from deepercluster.log import MetricsWriter, format_record, get_logger, setup_logging
-from deepercluster.models import (
-    Backbone,
-    HierarchicalHeads,
-    build_backbone,
-    convert_sync_batchnorm,
-)
+from deepercluster.models import Backbone
 
 log = get_logger("fit")
 _INFO, _WARNING = logging.INFO, logging.WARNING
@@ -143,15 +125,9 @@ def _fit(
     out_dir = Path(cfg.out)
     setup_logging(out_dir if env.is_main else None, level=_INFO if env.is_main else _WARNING)
     progress = progress and env.is_main
-    device = env.device
-    # torchrun sets OMP_NUM_THREADS=1 per process; CPU stages (k-means, PCA) would then use one
-    # core per process on a GPU node: share the machine's cores among its processes instead.
-    threads = cfg.train.threads or (
-        max(1, (os.cpu_count() or 1) // env.local_world_size) if env.world_size > 1 else 0
-    )
-    if threads:
-        torch.set_num_threads(threads)
+    _set_threads(cfg.train.threads, env)
     torch.manual_seed(cfg.train.seed)
+    safe_point = SafePoints(out_dir, stop, env.rank)
 
     # ============ preparing data ============
     if collection is None:
@@ -159,111 +135,28 @@ def _fit(
             cfg.data.path, max_pixels=cfg.data.max_pixels, path_column=cfg.data.path_column
         )
     n_images = len(collection)
-    if cfg.cluster.k > n_images:
-        raise ValueError(
-            f"cluster.k ({cfg.cluster.k}) is larger than the number of images ({n_images}); "
-            f"lower cluster.k (a few images per cluster at least, e.g. "
-            f"{max(1, n_images // 10 // cfg.cluster.super_clusters) * cfg.cluster.super_clusters})"
-        )
+    _check_k(cfg.cluster, n_images)
     epoch_size = cfg.train.epoch_size or n_images
     train_transform = TrainTransform(
         cfg.data.resolution, scale=(cfg.data.crop_scale_min, 1.0), hflip=cfg.data.hflip
     )
     skip_log = SkipLog()
-    faults = FaultPoints(out_dir, stop, env.rank)
-
-    def safe_point(stage: str, what: str) -> None:
-        # Work up to here is saved: a test may crash us here, a stop signal ends the run here.
-        faults.reached(stage)
-        stop.check(what)
 
     # ============ building the network and heads ============
-    backbone = build_backbone(
-        cfg.model.arch, sobel=cfg.model.sobel, resolution=cfg.data.resolution
-    ).to(device)
-    if cfg.train.channels_last:  # inputs need no change: the first conv's output follows
-        backbone = backbone.to(memory_format=torch.channels_last)
-    layout = build_layout(
-        env,
-        layout=cfg.train.layout,
-        n_super=cfg.cluster.n_super_classes,
-        n_sub=cfg.cluster.sub_per_super,
-        dim=backbone.feature_dim,
-        n_super_clusters=cfg.cluster.super_clusters,
+    net = build_network(cfg.model, cfg.cluster, cfg.train, resolution=cfg.data.resolution, env=env)
+    backbone, heads, layout = net.backbone, net.heads, net.layout
+    schedule = build_schedule(
+        cfg.train,
+        epoch_size=epoch_size,
+        n_super_classes=cfg.cluster.n_super_classes,
+        layout=layout,
     )
     level2_groups = (
         (layout.plan.clustering_groups(), list(layout.clustering_groups))
         if layout.clustering_groups
         else None
     )
-    heads = HierarchicalHeads(
-        backbone.feature_dim,
-        cfg.cluster.n_super_classes,
-        cfg.cluster.sub_per_super,
-        owned=layout.owned(),
-    ).to(device)
-    # Grouped: each training group draws its own super-class's plan of E/S images.
-    plan_size = (
-        math.ceil(epoch_size / cfg.cluster.n_super_classes) if layout.plan.grouped else epoch_size
-    )
-    share_size = layout.share[1]
-    # train.batch_size is per process (the paper: 48 per GPU); a step covers
-    # batch_size x share_size positions of this rank's plan (all ranks step together).
-    plan_batch = cfg.train.batch_size * share_size
-    iters_per_epoch = math.ceil(plan_size / plan_batch)
-    heads.reset_parameters(seeded_generator(cfg.train.seed, -1))
-    if env.world_size > 1:
-        # Each process sees a slice of the batch: batch norm must see all of it, on CPU too.
-        backbone = cast(Backbone, convert_sync_batchnorm(backbone))
-    # Weights were drawn identically on every rank; dropout masks must not be.
-    torch.manual_seed(cfg.train.seed * 1_000_003 + env.rank)
-    # Frozen Sobel weights are not parameters, so the optimizer never touches them.
-    optimizer = torch.optim.SGD(
-        [p for p in [*backbone.parameters(), *heads.parameters()] if p.requires_grad],
-        lr=cfg.train.lr,
-        momentum=cfg.train.momentum,
-        weight_decay=cfg.train.weight_decay,
-    )
-    grad_sync = functools.partial(
-        sync_gradients,
-        layout,
-        [*backbone.parameters(), *heads.super_head.parameters()],
-        [heads.sub_weight, heads.sub_bias],
-    )
-    lrs = lr_schedule(
-        base_lr=cfg.train.lr,
-        epochs=cfg.train.epochs,
-        iters_per_epoch=iters_per_epoch,
-        kind=cfg.train.schedule,
-        warmup_epochs=cfg.train.warmup_epochs,
-        step_epochs=cfg.train.step_epochs,
-    )
-    log.info(
-        "%s | %s (sobel=%s, feature dim %d) | %d super-classes x %d sub-clusters | %s",
-        _describe(collection),
-        cfg.model.arch,
-        cfg.model.sobel,
-        backbone.feature_dim,
-        cfg.cluster.n_super_classes,
-        cfg.cluster.sub_per_super,
-        device,
-    )
-    if cfg.train.precision == "bf16" and not native_bf16(device):
-        log.warning(
-            "train.precision=bf16 on a %s without native bf16: autocast emulates it, ~10x "
-            "slower than fp32 on an AVX2-only CPU; use train.precision=fp32 here",
-            device,
-        )
-    if env.world_size > 1:
-        log.info(
-            "%d processes (%s), %s layout: batch %d per process = %d per step, batch norm "
-            "synchronised over all processes",
-            env.world_size,
-            env.backend,
-            layout.plan.layout,
-            cfg.train.batch_size,
-            cfg.train.batch_size * env.world_size,
-        )
+    _log_setup(cfg, env, net, collection)
 
     # ============ resuming from a checkpoint ============
     ckpt_path = out_dir / CHECKPOINT_NAME
@@ -273,7 +166,7 @@ def _fit(
         env,
         backbone=backbone,
         heads=heads,
-        optimizer=optimizer,
+        optimizer=net.optimizer,
         layout=layout,
         n_images=n_images,
         skip_log=skip_log,
@@ -283,34 +176,14 @@ def _fit(
     stats: EpochStats | None = resumed.stats if resumed else None
     if env.is_main:
         (out_dir / "config.json").write_text(cfg.to_json() + "\n")
-
-    def checkpoint(st: TrainingState, epoch_stats: EpochStats | None) -> None:
-        # Every rank calls this at the same point: the gathers below are collectives.
-        rngs = distributed.all_gather_object(rng_state())
-        total = reduce_stats(epoch_stats) if epoch_stats is not None else None
-        full = full_heads_state(heads, optimizer, layout)
-        for entries in distributed.all_gather_object(skip_log.entries):
-            for path, reason in entries:
-                skip_log.record(path, reason)
-        if full is None:  # not rank 0
-            return
-        save_checkpoint(
-            ckpt_path,
-            {
-                "model": backbone.state_dict(),
-                "heads": full[0],
-                "optimizer": full[1],
-                "layout": {"layout": layout.plan.layout, "group_size": share_size},
-                "rng": rngs,
-                "state": asdict(st),
-                "stats": asdict(total) if total is not None else {},
-                "clustering": arrays_to_tensors(clustering.to_dict()) if clustering else None,
-                "skipped": [list(e) for e in skip_log.entries],
-                "n_images": n_images,
-                "config": cfg.to_dict(),
-            },
-        )
-        skip_log.write_csv(out_dir / "skipped.csv")
+    save = functools.partial(
+        save_training_checkpoint,
+        ckpt_path,
+        net,
+        skip_log=skip_log,
+        n_images=n_images,
+        config=cfg.to_dict(),
+    )
 
     history: list[dict[str, Any]] = []
     with MetricsWriter(out_dir, enabled=env.is_main) as writer:
@@ -327,7 +200,7 @@ def _fit(
                     collection,
                     cfg,
                     epoch=epoch,
-                    device=device,
+                    device=env.device,
                     previous=clustering,
                     level2_groups=level2_groups,
                     progress=progress,
@@ -338,72 +211,54 @@ def _fit(
                     skip_log.record(collection.path(index), reason)
                 reset_heads(
                     heads,
-                    optimizer,
+                    net.optimizer,
                     seeded_generator(cfg.train.seed, epoch),
                     keep_super=cfg.cluster.super_clusters == 1,
                 )
                 state = TrainingState(epoch=epoch, iteration=0, clustered_epoch=epoch)
                 stats = None
-                checkpoint(state, None)  # a restart never redoes a finished clustering
+                # A restart never redoes a finished clustering.
+                save(state=state, stats=None, clustering=clustering)
                 distributed.barrier()  # the targets are saved: the stage files can go
                 clear_stage(out_dir, env.rank)
 
             # ============ training one epoch ============
             start = state.position if state.epoch == epoch else 0
-            start_it = start // plan_batch
+            here = TrainingState(epoch, start // schedule.plan_batch, state.clustered_epoch, start)
             loader = epoch_loader(
                 collection,
                 clustering,
-                cfg,
+                cfg.data,
+                cfg.cluster,
+                seed=cfg.train.seed,
+                batch_size=cfg.train.batch_size,
                 layout=layout,
                 epoch=epoch,
                 start=start,
-                plan_size=plan_size,
+                plan_size=schedule.plan_size,
                 transform=train_transform,
             )
-            targets = Targets(
-                super_clusters=torch.from_numpy(clustering.super_clusters),
-                sub_clusters=torch.from_numpy(clustering.sub_clusters),
-                n_super_clusters=cfg.cluster.super_clusters,
-                rotation=cfg.cluster.rotation,
-            )
-            n_steps = steps_left(start, plan_size, global_batch=plan_batch)
-            first_lr = min(epoch * iters_per_epoch + start_it, len(lrs) - 1)
-            epoch_lrs = lrs[first_lr : first_lr + n_steps]
-            epoch_lrs = np.pad(epoch_lrs, (0, n_steps - len(epoch_lrs)), mode="edge")
-            here = TrainingState(epoch, start_it, state.clustered_epoch, start)
-
-            def on_step(done: int, st: EpochStats, here: TrainingState = here) -> None:
-                # Mid-epoch checkpoints let a killed run lose at most `checkpoint_every` steps.
-                # A stop signal saves here too (the last step's state is saved at epoch end).
-                it = here.iteration + done
-                every = cfg.train.checkpoint_every
-                mid = TrainingState(
-                    here.epoch, it, here.clustered_epoch, here.position + done * plan_batch
-                )
-                saved = bool(every and it % every == 0 and it < iters_per_epoch)
-                if saved:
-                    checkpoint(mid, st)
-                faults.reached("train")
-                if it < iters_per_epoch and stop.agreed():
-                    if not saved:
-                        checkpoint(mid, st)
-                    stop.check(f"epoch {here.epoch}, iteration {it}")
-
+            n_steps = steps_left(start, schedule.plan_size, global_batch=schedule.plan_batch)
             stats = train_one_epoch(
                 backbone,
                 heads,
                 loader,
-                optimizer,
-                targets=targets,
-                lrs=epoch_lrs,
-                device=device,
+                net.optimizer,
+                targets=Targets.of(clustering, cfg.cluster),
+                lrs=schedule.epoch_lrs(epoch, here.iteration, n_steps),
+                device=env.device,
                 precision=cfg.train.precision,
                 stats=stats if state.epoch == epoch else None,
-                on_step=on_step,
+                on_step=StepCheckpoints(
+                    here,
+                    schedule,
+                    every=cfg.train.checkpoint_every,
+                    save=functools.partial(save, clustering=clustering),
+                    safe_point=safe_point,
+                ),
                 on_skip=lambda i, reason: skip_log.record(collection.path(i), reason),
                 image_shape=(3, cfg.data.resolution, cfg.data.resolution),
-                sync=grad_sync if env.world_size > 1 else None,
+                sync=net.grad_sync,
                 progress=progress,
             )
             stats = reduce_stats(stats)
@@ -414,43 +269,14 @@ def _fit(
                 )
 
             # ============ logging and checkpointing ============
-            record: dict[str, Any] = {
-                "epoch": epoch,
-                "lr": float(lrs[(epoch + 1) * iters_per_epoch - 1]),
-            }
-            record.update(stats.summary())
-            # Timings of the clustering stage only on the epoch that ran it; the clusters'
-            # own numbers describe the current targets and are repeated every epoch.
-            reclustered = clustering.metrics.get("cluster/epoch") == epoch
-            record.update(
-                {
-                    k: v
-                    for k, v in clustering.metrics.items()
-                    if reclustered or k.startswith("cluster/")
-                }
-            )
-            record["data/skipped"] = len(skip_log)
+            lr = float(schedule.lrs[(epoch + 1) * schedule.iters_per_epoch - 1])
+            record = _epoch_record(epoch, lr, stats, clustering, n_skipped=len(skip_log))
             writer.write(record, step=epoch)
             history.append(record)
-            log.info(
-                "epoch %d/%d %s",
-                epoch + 1,
-                cfg.train.epochs,
-                format_record(
-                    record,
-                    [
-                        "train/loss",
-                        "train/super_acc",
-                        "train/sub_acc",
-                        "cluster/objective",
-                        "cluster/nmi_previous",
-                        "train/images_per_s",
-                    ],
-                ),
-            )
+            log.info("epoch %d/%d %s", epoch + 1, cfg.train.epochs, format_record(record, _SHOWN))
             state = TrainingState(epoch + 1, 0, state.clustered_epoch)
             stats = None
-            checkpoint(state, None)
+            save(state=state, stats=None, clustering=clustering)
             if epoch + 1 < cfg.train.epochs:
                 stop.check(f"the end of epoch {epoch}")
 
@@ -467,6 +293,81 @@ def _fit(
     assert clustering is not None
     backbone.eval()
     return FitResult(out_dir, backbone, clustering, history, len(skip_log))
+
+
+_SHOWN = [
+    "train/loss",
+    "train/super_acc",
+    "train/sub_acc",
+    "cluster/objective",
+    "cluster/nmi_previous",
+    "train/images_per_s",
+]
+"""The metrics of the console's epoch line (all of them go to metrics.jsonl)."""
+
+
+def _set_threads(threads: int, env: DistEnv) -> None:
+    # torchrun sets OMP_NUM_THREADS=1 per process; CPU stages (k-means, PCA) would then use one
+    # core per process on a GPU node: share the machine's cores among its processes instead.
+    n = threads or (
+        max(1, (os.cpu_count() or 1) // env.local_world_size) if env.world_size > 1 else 0
+    )
+    if n:
+        torch.set_num_threads(n)
+
+
+def _check_k(cluster: ClusterConfig, n_images: int) -> None:
+    if cluster.k > n_images:
+        raise ValueError(
+            f"cluster.k ({cluster.k}) is larger than the number of images ({n_images}); "
+            f"lower cluster.k (a few images per cluster at least, e.g. "
+            f"{max(1, n_images // 10 // cluster.super_clusters) * cluster.super_clusters})"
+        )
+
+
+def _log_setup(cfg: RunConfig, env: DistEnv, net: Network, collection: Collection) -> None:
+    log.info(
+        "%s | %s (sobel=%s, feature dim %d) | %d super-classes x %d sub-clusters | %s",
+        _describe(collection),
+        cfg.model.arch,
+        cfg.model.sobel,
+        net.backbone.feature_dim,
+        cfg.cluster.n_super_classes,
+        cfg.cluster.sub_per_super,
+        env.device,
+    )
+    if cfg.train.precision == "bf16" and not native_bf16(env.device):
+        log.warning(
+            "train.precision=bf16 on a %s without native bf16: autocast emulates it, many "
+            "times slower than fp32; use train.precision=fp32 here",
+            env.device,
+        )
+    if env.world_size > 1:
+        log.info(
+            "%d processes (%s), %s layout: batch %d per process = %d per step, batch norm "
+            "synchronised over all processes",
+            env.world_size,
+            env.backend,
+            net.layout.plan.layout,
+            cfg.train.batch_size,
+            cfg.train.batch_size * env.world_size,
+        )
+
+
+def _epoch_record(
+    epoch: int, lr: float, stats: EpochStats, clustering: Clustering, *, n_skipped: int
+) -> dict[str, Any]:
+    """One row of metrics.jsonl: the epoch's training sums and the current clusters."""
+    record: dict[str, Any] = {"epoch": epoch, "lr": lr}
+    record.update(stats.summary())
+    # Timings of the clustering stage only on the epoch that ran it; the clusters' own
+    # numbers describe the current targets and are repeated every epoch.
+    reclustered = clustering.metrics.get("cluster/epoch") == epoch
+    record.update(
+        {k: v for k, v in clustering.metrics.items() if reclustered or k.startswith("cluster/")}
+    )
+    record["data/skipped"] = n_skipped
+    return record
 
 
 def _describe(collection: Collection) -> str:

@@ -37,17 +37,23 @@ TARGET_BYTES_PER_IMAGE = 25
 
 @dataclass(frozen=True)
 class Assumptions:
-    """Throughputs that turn counts into seconds (override them with measured ones).
+    """Throughputs that turn counts into seconds (``plan --calibrate`` measures them).
 
     Attributes:
-        gpu_tflops: effective convnet TFLOPS per process (A100 bf16/TF32 convnets: ~25-60;
-            this project's 2-core CPU: 0.3 in fp32, 0.9 in bf16).
-        kmeans_gflops: faiss/BLAS GFLOPS of the k-means assignment step per process (CPU;
-            measured here: 200-370 on 2 cores).
+        gpu_tflops: effective convnet TFLOPS per process (A100-class GPUs: ~25-60 on
+            convnets); used where no stage rate was measured.
+        kmeans_gflops: GFLOPS of the k-means distance products per process; used where no
+            per-row time was measured.
         pca_gflops: float64 GFLOPS of the covariance accumulation per process (CPU).
-        decode_per_worker: images/s one data-loading worker decodes and augments at 224 px
-            (measured here: 600-700).
+        decode_per_worker: images/s one data-loading worker decodes and augments; used where
+            no stage rate was measured.
         gpu_memory_gb: memory of one accelerator.
+        extract_images_per_s, train_images_per_s: measured steady rates of the extraction
+            and training stages, data path included (0 = derive from the FLOPs).
+        extract_fixed_s, train_fixed_s: measured fixed cost of one pass of each stage
+            (starting the loader's workers, the first batches).
+        kmeans_level1_s_per_row, kmeans_level2_s_per_row: measured seconds of one Lloyd
+            iteration per row at each level's number of centroids (0 = from the FLOPs).
     """
 
     gpu_tflops: float = 25.0
@@ -55,6 +61,12 @@ class Assumptions:
     pca_gflops: float = 50.0
     decode_per_worker: float = 650.0
     gpu_memory_gb: float = 80.0
+    extract_images_per_s: float = 0.0
+    extract_fixed_s: float = 0.0
+    train_images_per_s: float = 0.0
+    train_fixed_s: float = 0.0
+    kmeans_level1_s_per_row: float = 0.0
+    kmeans_level2_s_per_row: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -184,7 +196,9 @@ def make_plan(
                 extract_ram,
                 batch_gpu,
                 n_r * dim * value_bytes,
-                n_r * max(fwd, decode),
+                a.extract_fixed_s + n_r / a.extract_images_per_s
+                if a.extract_images_per_s
+                else n_r * max(fwd, decode),
                 f"chunks of {chunk:,} images saved to the run folder as they finish",
             )
         )
@@ -208,8 +222,8 @@ def make_plan(
         # With cluster.level1_sample the k-means (its iterations and final assignment) sees
         # this rank's share of the sample, and one more pass assigns every row.
         fitted = n_r if not c.level1_sample or c.level1_sample >= n else -(-c.level1_sample // w)
-        level1 = 2.0 * ((c.niter + 1) * fitted + (n_r if fitted < n_r else 0)) * m * d
-        level1 /= a.kmeans_gflops * 1e9
+        level1_rows = (c.niter + 1) * fitted + (n_r if fitted < n_r else 0)
+        level1 = level1_rows * (a.kmeans_level1_s_per_row or 2.0 * m * d / (a.kmeans_gflops * 1e9))
         stages.append(
             StageCost(
                 "k-means level 1",
@@ -221,7 +235,11 @@ def make_plan(
                 + (f" on {c.level1_sample:,} images" if fitted < n_r else ""),
             )
         )
-        level2 = 2.0 * (c.niter + 1) * n_r * per_super * d / (a.kmeans_gflops * 1e9)
+        level2 = (
+            (c.niter + 1)
+            * n_r
+            * (a.kmeans_level2_s_per_row or 2.0 * per_super * d / (a.kmeans_gflops * 1e9))
+        )
         stages.append(
             StageCost(
                 "k-means level 2",
@@ -237,7 +255,11 @@ def make_plan(
     epoch_size = t.epoch_size or n
     steps = math.ceil(epoch_size / (t.batch_size * w))
     train_gpu = stats.params * 4 * 3 + owned_heads * 3 + t.batch_size * stats.activation_bytes
-    train_s = steps * t.batch_size * max(3 * fwd, decode)
+    train_s = (
+        a.train_fixed_s + steps * t.batch_size / a.train_images_per_s
+        if a.train_images_per_s
+        else steps * t.batch_size * max(3 * fwd, decode)
+    )
     stages.append(
         StageCost(
             "training (one epoch)",
@@ -318,9 +340,7 @@ def format_plan(plan: Plan, cfg: RunConfig) -> str:
         f"one clustering round {_duration(plan.round_seconds)}, one epoch "
         f"{_duration(plan.epoch_seconds)}, the whole run ({cfg.train.epochs} epochs, re-clustering "
         f"every {c.reassign}) {_duration(plan.run_seconds)}",
-        f"assumed: convnet {a.gpu_tflops:g} TFLOPS/process, k-means {a.kmeans_gflops:g} GFLOPS, "
-        f"PCA moments {a.pca_gflops:g} GFLOPS, decoding {a.decode_per_worker:g} images/s per "
-        f"worker x {max(cfg.data.workers, 1)}, {a.gpu_memory_gb:g} GB per accelerator",
+        _assumed(a, workers=max(cfg.data.workers, 1)),
     ]
     lines += (
         ["", "problems:", *(f"  - {p}" for p in plan.problems)]
@@ -328,6 +348,24 @@ def format_plan(plan: Plan, cfg: RunConfig) -> str:
         else ["", "configuration OK"]
     )
     return "\n".join(lines)
+
+
+def _assumed(a: Assumptions, *, workers: int) -> str:
+    """The line that says where the times come from: measured rates or stated throughputs."""
+    if a.train_images_per_s:
+        return (
+            f"measured here: extraction {a.extract_images_per_s:,.0f} images/s (+"
+            f"{a.extract_fixed_s:.1f} s a pass), training {a.train_images_per_s:,.0f} images/s "
+            f"(+{a.train_fixed_s:.1f} s an epoch), k-means {a.kmeans_level1_s_per_row * 1e9:.0f}"
+            f" / {a.kmeans_level2_s_per_row * 1e9:.0f} ns per row and iteration (level 1 / 2); "
+            f"{a.gpu_memory_gb:g} GB per accelerator"
+        )
+    return (
+        f"assumed: convnet {a.gpu_tflops:g} TFLOPS/process, k-means {a.kmeans_gflops:g} GFLOPS, "
+        f"PCA moments {a.pca_gflops:g} GFLOPS, decoding {a.decode_per_worker:g} images/s per "
+        f"worker x {workers}, {a.gpu_memory_gb:g} GB per accelerator (measure them on the "
+        "machine that will run with --calibrate)"
+    )
 
 
 def _size(n: int) -> str:
@@ -349,39 +387,3 @@ def _duration(s: float) -> str:
     if s < 86400 * 2:
         return f"{s / 3600:.1f} h"
     return f"{s / 86400:.1f} d"
-
-
-def calibrate(cfg: RunConfig, *, seconds: float = 3.0) -> Assumptions:
-    """Measure the convnet and k-means throughputs on this machine (a few seconds each).
-
-    The convnet runs forward + backward on random images at ``data.resolution`` on the
-    configured device; k-means runs faiss' nearest-centroid search at the configured PCA
-    dimension. Both are reported as FLOPS, which :func:`make_plan` divides into.
-    """
-    import time
-
-    import numpy as np
-
-    from deepercluster.cluster import assign
-    from deepercluster.engine.fit import resolve_device
-
-    device = resolve_device(cfg.train.device)
-    res = cfg.data.resolution
-    stats = model_stats(cfg.model.arch, cfg.model.sobel, res)
-    model = build_backbone(cfg.model.arch, sobel=cfg.model.sobel, resolution=res).to(device)
-    batch = torch.randn(4, 3, res, res, device=device)
-    done, tic = 0, time.perf_counter()
-    while done == 0 or time.perf_counter() - tic < seconds:
-        model(batch).sum().backward()
-        done += len(batch)
-    gpu_tflops = done * 3 * stats.flops / (time.perf_counter() - tic) / 1e12
-    rng = np.random.default_rng(0)
-    d = min(cfg.cluster.pca_dim, stats.feature_dim)
-    x = rng.standard_normal((20000, d), dtype=np.float32)
-    centroids = rng.standard_normal((1000, d), dtype=np.float32)
-    done, tic = 0, time.perf_counter()
-    while done == 0 or time.perf_counter() - tic < seconds / 3:
-        assign(x, centroids)
-        done += 1
-    kmeans_gflops = done * 2 * x.shape[0] * 1000 * d / (time.perf_counter() - tic) / 1e9
-    return Assumptions(gpu_tflops=gpu_tflops, kmeans_gflops=kmeans_gflops)

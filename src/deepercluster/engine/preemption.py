@@ -18,9 +18,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -94,9 +95,13 @@ class StopSignal:
             what: the safe point reached, for the message (e.g. "epoch 3, iteration 40").
         """
         if self.agreed():
-            name = signal.Signals(self.received).name if self.received else "another rank"
-            log.warning("stop requested (%s): saved at %s; run again to continue", name, what)
-            raise Preempted(f"stopped by {name} at {what}; run the same command to continue")
+            self.stop_here(what)
+
+    def stop_here(self, what: str) -> NoReturn:
+        """Raise :class:`Preempted` (after :meth:`agreed` returned True on every rank)."""
+        name = signal.Signals(self.received).name if self.received else "another rank"
+        log.warning("stop requested (%s): saved at %s; run again to continue", name, what)
+        raise Preempted(f"stopped by {name} at {what}; run the same command to continue")
 
 
 class FaultPoints:
@@ -126,3 +131,45 @@ class FaultPoints:
         deadline = time.monotonic() + 60.0
         while not self.stop.requested and time.monotonic() < deadline:
             time.sleep(0.02)
+
+
+class SafePoints:
+    """The driver's safe points: one call per point counts it for the test hook and stops
+    the run there if a stop signal arrived anywhere (a collective call).
+
+    Args:
+        run_dir: the run folder (where the pause hook leaves its marker).
+        stop: the run's :class:`StopSignal`.
+        rank: this process's rank (the hook may target one rank).
+    """
+
+    def __init__(self, run_dir: Path, stop: StopSignal, rank: int = 0) -> None:
+        self.stop = stop
+        self.faults = FaultPoints(run_dir, stop, rank)
+
+    def __call__(
+        self,
+        stage: str,
+        what: str,
+        *,
+        save: Callable[[], None] | None = None,
+        check_stop: bool = True,
+    ) -> None:
+        """Reach a safe point of ``stage`` (extract, pca, kmeans, train).
+
+        Args:
+            stage: the stage, for the test hook.
+            what: the point reached, for the stop message (e.g. "epoch 3, iteration 40").
+            save: called before stopping when the work up to here is not saved yet.
+            check_stop: False where the stop is checked a little later instead (the last
+                step of an epoch: the epoch's own checkpoint comes first). Every rank must
+                pass the same value, since the check is a collective.
+
+        Raises:
+            Preempted: a stop was asked on some rank; the work up to here is saved.
+        """
+        self.faults.reached(stage)
+        if check_stop and self.stop.agreed():
+            if save is not None:
+                save()
+            self.stop.stop_here(what)

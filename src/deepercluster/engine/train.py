@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,9 +19,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from deepercluster import distributed
+from deepercluster.config import ClusterConfig
 from deepercluster.features import autocast
 from deepercluster.losses import hierarchical_loss, super_class_targets
 from deepercluster.models import HierarchicalHeads
+
+if TYPE_CHECKING:
+    from deepercluster.engine.clustering import Clustering
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,16 @@ class Targets:
     sub_clusters: Tensor
     n_super_clusters: int
     rotation: bool
+
+    @classmethod
+    def of(cls, clustering: Clustering, cluster: ClusterConfig) -> Targets:
+        """The targets of a clustering, under ``cluster``'s super-clusters and rotation."""
+        return cls(
+            super_clusters=torch.from_numpy(clustering.super_clusters),
+            sub_clusters=torch.from_numpy(clustering.sub_clusters),
+            n_super_clusters=cluster.super_clusters,
+            rotation=cluster.rotation,
+        )
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Cluster agreement (NMI, AMI, ARI, purity), clusters against multi-label tags, linear probes
 trained by SGD on frozen features, and weighted kNN. The protocols that load checkpoints and
-images and write reports live in :mod:`deepercluster.protocols`.
+images and write reports live in :mod:`deepercluster.evaluation.protocols`.
 """
 
 from deepercluster.evaluation.agreement import ami, ari, contingency, purity

@@ -7,7 +7,8 @@ things that handle many tags per image:
 - **per-tag mutual information** ``I(1[tag t]; cluster)`` between "the image has tag t" and
   the cluster, in nats, and as the fraction of the tag's entropy the clusters explain;
 - **enrichment**: for cluster k and tag t, ``lift = P(t | k) / P(t)`` with the counts behind
-  it, to list the tags most over-represented in each cluster;
+  it, to list the tags most over-represented in each cluster (ranked by lift, or by
+  ``count x log(lift)`` for the report's cluster pages);
 - **NMI against each image's most specific tag**: the image's rarest tag among those used
   at least ``min_count`` times (rarer tags are near-unique ids that inflate NMI), compared
   with the same NMI for random clusters of the same sizes.
@@ -29,6 +30,7 @@ __all__ = [
     "cluster_tag_counts",
     "enrichment",
     "most_specific_tag",
+    "overrepresented",
     "random_nmi",
     "tag_mutual_information",
 ]
@@ -181,27 +183,74 @@ def enrichment(
         tag passing ``min_count`` map to an empty list.
     """
     clusters = np.asarray(clusters, dtype=np.int64)
-    n = pairs.n_images
-    k_ids, t_ids, counts = cluster_tag_counts(clusters, pairs)
-    sizes = np.bincount(clusters)
-    tag_n = pairs.tag_counts()
-    lift = (counts / sizes[k_ids]) / (tag_n[t_ids] / n)
+    cells = _Cells.count(clusters, pairs, int(clusters.max()) + 1 if clusters.size else 0)
     out: dict[int, list[Enriched]] = {int(k): [] for k in np.unique(clusters)}
-    order = np.lexsort((-counts, -lift, k_ids))
-    for m in order:
-        k = int(k_ids[m])
-        if counts[m] < min_count or len(out[k]) >= top:
-            continue
-        out[k].append(
-            Enriched(
-                pairs.vocabulary[int(t_ids[m])],
-                int(counts[m]),
-                int(sizes[k]),
-                int(tag_n[t_ids[m]]),
-                float(lift[m]),
-            )
-        )
+    order = np.lexsort((-cells.counts, -cells.lift, cells.k_ids))
+    for m in order[cells.counts[order] >= min_count]:
+        if len(out[int(cells.k_ids[m])]) < top:
+            out[int(cells.k_ids[m])].append(cells.entry(m, pairs))
     return out
+
+
+def overrepresented(
+    clusters: np.ndarray, pairs: TagPairs, k: int, *, top: int = 5, min_count: int = 2
+) -> list[list[Enriched]]:
+    """The ``top`` tags of each cluster by ``count x log(lift)``, among the tags with lift > 1
+    carried by at least ``min_count`` of its images (or all of them, in a smaller cluster).
+
+    Lift alone (:func:`enrichment`) ranks a tag seen twice in the whole collection first
+    whenever both images fall in one cluster, above a tag carried by a third of the cluster;
+    ``count x log(lift)`` is the tag's term in the mutual information between tags and
+    clusters. A tag no more frequent in a cluster than everywhere (lift <= 1) says nothing
+    about the cluster.
+
+    Args:
+        clusters: (N,) cluster ids in [0, k).
+        pairs: the tags of the same N images.
+        k: number of clusters.
+
+    Returns:
+        For each of the ``k`` clusters, up to ``top`` tags, best first.
+    """
+    cells = _Cells.count(np.asarray(clusters, dtype=np.int64), pairs, k)
+    keep = (cells.counts >= np.minimum(min_count, cells.sizes[cells.k_ids])) & (cells.lift > 1)
+    score = np.where(keep, cells.counts * np.log(np.where(keep, cells.lift, 1.0)), 0.0)
+    out: list[list[Enriched]] = [[] for _ in range(k)]
+    order = np.lexsort((-cells.counts, -score, cells.k_ids))
+    for m in order[keep[order]]:
+        if len(out[int(cells.k_ids[m])]) < top:
+            out[int(cells.k_ids[m])].append(cells.entry(m, pairs))
+    return out
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """The non-zero (cluster, tag) cells with their lift, shared by the two rankings."""
+
+    k_ids: np.ndarray  # (M,) cluster of each cell
+    t_ids: np.ndarray  # (M,) tag of each cell
+    counts: np.ndarray  # (M,) images of the cluster carrying the tag
+    sizes: np.ndarray  # (K,) images per cluster
+    tag_n: np.ndarray  # (T,) images per tag
+    lift: np.ndarray  # (M,) P(tag | cluster) / P(tag)
+
+    @classmethod
+    def count(cls, clusters: np.ndarray, pairs: TagPairs, k: int) -> _Cells:
+        k_ids, t_ids, counts = cluster_tag_counts(clusters, pairs)
+        sizes = np.bincount(clusters, minlength=k)
+        tag_n = pairs.tag_counts()
+        lift = (counts / np.maximum(sizes[k_ids], 1)) / (tag_n[t_ids] / pairs.n_images)
+        return cls(k_ids, t_ids, counts, sizes, tag_n, lift)
+
+    def entry(self, m: int, pairs: TagPairs) -> Enriched:
+        t = int(self.t_ids[m])
+        return Enriched(
+            pairs.vocabulary[t],
+            int(self.counts[m]),
+            int(self.sizes[self.k_ids[m]]),
+            int(self.tag_n[t]),
+            float(self.lift[m]),
+        )
 
 
 def most_specific_tag(pairs: TagPairs, *, min_count: int = 5) -> np.ndarray:

@@ -6,11 +6,11 @@ folders; ``embed_collection`` places new images in a run's clustering space;
 ``export_backbone`` writes the trained network for other code (state_dict, RGB-folded, ONNX).
 """
 
+from deepercluster.engine.run_folder import RunFolder, open_run
 from deepercluster.inspect.assignments import Assignments, read_assignments, write_assignments
 from deepercluster.inspect.embed import Embedding, embed_collection, nearest_clusters
 from deepercluster.inspect.materialize import materialize
 from deepercluster.inspect.report import ReportOptions, inspect_run
-from deepercluster.inspect.run import RunFolder, open_run
 
 __all__ = [
     "Assignments",

@@ -144,9 +144,9 @@ def run_assignments(
             ``"cached"`` measures them only when that cache is already there.
         batch_size, workers, device, progress: feature extraction.
     """
+    from deepercluster.data.pathmatch import display_paths
+    from deepercluster.engine.run_folder import open_run
     from deepercluster.inspect.embed import has_cached_embedding, run_embedding
-    from deepercluster.inspect.report import collection_paths
-    from deepercluster.inspect.run import open_run
 
     run = open_run(run_dir)
     collection = run.collection(data)
@@ -166,7 +166,7 @@ def run_assignments(
             progress=progress,
         ).distances
     return Assignments(
-        paths=collection_paths(collection),
+        paths=display_paths(collection),
         super_clusters=np.where(c.valid, c.super_clusters, -1),
         sub_clusters=np.where(c.valid, c.sub_clusters, -1),
         clusters=c.labels.astype(np.int64),

@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 
 from deepercluster.cluster import HierarchicalResult, PCAWhitening, assign
 from deepercluster.data import ClusterTransform, ClusterView, Collection
+from deepercluster.engine.run_folder import RunFolder
 from deepercluster.features import extract_features
-from deepercluster.inspect.run import RunFolder
 
 __all__ = [
     "Embedding",
@@ -322,12 +322,12 @@ def embed_new_images(
         The files written (see :func:`write_embedding`).
     """
     from deepercluster.data import open_collection
-    from deepercluster.inspect.report import collection_paths
-    from deepercluster.inspect.run import open_run
+    from deepercluster.data.pathmatch import display_paths
+    from deepercluster.engine.run_folder import open_run
 
     run = open_run(run_dir)
     _clustering_space(run)  # fail before reading the images
     cfg = run.config.data
     collection = open_collection(data, max_pixels=cfg.max_pixels, path_column=cfg.path_column)
     emb = _embed_with_run(run, collection, batch_size, workers, device, progress)
-    return write_embedding(emb, collection_paths(collection), out)
+    return write_embedding(emb, display_paths(collection), out)

@@ -1,6 +1,7 @@
 """``deepercluster export``: the trained trunk for other code, without the DeeperCluster heads.
 
-Three forms:
+The trunk comes from :func:`deepercluster.engine.run_folder.load_pretrained` (a run folder or
+any file that holds one). Three forms:
 
 - a plain ``state_dict`` (``torch.save`` of a dict of tensors): ``deepercluster.load_backbone``
   rebuilds the network from it (the architecture is read from the keys and shapes), and for
@@ -13,7 +14,6 @@ Three forms:
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -23,40 +23,10 @@ import torch
 from torch import nn
 from torch.jit._trace import TracerWarning
 
-from deepercluster.engine.checkpoint import CHECKPOINT_NAME, load_backbone
 from deepercluster.models import Backbone
 from deepercluster.models.fold import fold_sobel
 
-__all__ = ["check_onnx", "export_backbone", "export_onnx", "load_source"]
-
-
-def load_source(source: str | Path) -> tuple[Backbone, int]:
-    """The trunk of a run folder (its ``backbone.pth``, else ``checkpoint.pth``) or of a file.
-
-    Returns:
-        The backbone and its input side: the run's ``data.resolution`` when the source is in a
-        run folder, VGG-16's own size otherwise, else 224.
-    """
-    source = Path(source)
-    if source.is_dir():
-        for name in ("backbone.pth", CHECKPOINT_NAME):
-            if (source / name).is_file():
-                source = source / name
-                break
-        else:
-            raise FileNotFoundError(
-                f"{source} holds neither backbone.pth nor {CHECKPOINT_NAME}; pass a run folder"
-            )
-    if not source.is_file():
-        raise FileNotFoundError(f"{source} does not exist")
-    model = load_backbone(source)
-    if not isinstance(model, Backbone):
-        raise ValueError(f"{source} does not hold one of our backbones")
-    resolution = int(getattr(model, "resolution", 224))
-    config = source.parent / "config.json"
-    if config.is_file():
-        resolution = int(json.loads(config.read_text())["data"]["resolution"])
-    return model, resolution
+__all__ = ["check_onnx", "export_backbone", "export_onnx"]
 
 
 def export_backbone(model: Backbone, path: str | Path, *, rgb: bool = False) -> Path:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
-from deepercluster.inspect.tags import TagScore
+from deepercluster.evaluation.tags import Enriched
 
 __all__ = ["ClusterCard", "PageSet", "page_name", "write_pages"]
 
@@ -61,7 +61,7 @@ class ClusterCard:
     size: int
     nearest: list[int]
     random: list[int]
-    tags: list[TagScore] = field(default_factory=list)
+    tags: list[Enriched] = field(default_factory=list)
     mean_distance: float = float("nan")
 
 

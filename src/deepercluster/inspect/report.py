@@ -9,7 +9,6 @@ the centroid and random members, with over-represented tags when metadata is giv
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,9 @@ import numpy as np
 import torch
 
 from deepercluster.data import Collection
+from deepercluster.data.pathmatch import csv_values, display_paths
+from deepercluster.engine.run_folder import RunFolder, open_run
+from deepercluster.evaluation.tags import Enriched, TagPairs, overrepresented
 from deepercluster.inspect.embed import run_embedding
 from deepercluster.inspect.html import ClusterCard, PageSet, write_pages
 from deepercluster.inspect.plots import (
@@ -29,11 +31,9 @@ from deepercluster.inspect.plots import (
     plot_stage_times,
     plot_training,
 )
-from deepercluster.inspect.run import RunFolder, open_run, read_metrics
-from deepercluster.inspect.tags import TagScore, match_tags, overrepresented_tags, read_tag_table
 from deepercluster.inspect.thumbnails import ThumbnailCache
 
-__all__ = ["ReportOptions", "cluster_cards", "collection_paths", "inspect_run", "render_report"]
+__all__ = ["ReportOptions", "cluster_cards", "inspect_run", "render_report"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,14 +64,6 @@ class ReportOptions:
             )
 
 
-def collection_paths(collection: Collection) -> list[str]:
-    """Display path of every image id."""
-    paths = getattr(collection, "paths", None)
-    if paths is not None:
-        return list(paths)
-    return [collection.path(i) for i in range(len(collection))]
-
-
 def cluster_cards(
     labels: np.ndarray,
     super_clusters: np.ndarray,
@@ -79,7 +71,7 @@ def cluster_cards(
     distances: np.ndarray,
     k: int,
     options: ReportOptions,
-    tags: Sequence[list[TagScore]] | None = None,
+    tags: Sequence[list[Enriched]] | None = None,
 ) -> list[ClusterCard]:
     """One card per cluster: its nearest and random members, size and tags.
 
@@ -208,17 +200,17 @@ def inspect_run(
         progress=progress,
     )
     t_features = time.perf_counter() - tic
-    paths = collection_paths(collection)
+    paths = display_paths(collection)
     tags = None
     if metadata is not None:
-        table = read_tag_table(metadata, path_column=path_column, tags_column=tags_column)
-        tags = overrepresented_tags(
-            match_tags(paths, table), emb.labels, run.k, top=options.top_tags
-        )
+        values = csv_values(paths, metadata, tags_column, path_column=path_column)
+        shown = emb.labels >= 0
+        pairs = TagPairs.from_strings([v or "" for v, s in zip(values, shown, strict=True) if s])
+        tags = overrepresented(emb.labels[shown], pairs, run.k, top=options.top_tags)
     cards = cluster_cards(
         emb.labels, emb.super_clusters, emb.sub_clusters, emb.distances, run.k, options, tags
     )
-    records = read_metrics(run.path)
+    records = run.metrics()
     summary = _summary(run, records, t_features)
     config = _flatten(run.config.to_dict())
     return render_report(
@@ -256,12 +248,10 @@ def _summary(
     rows.append(
         ("time: features for this report", f"{t_features:.1f} s (extracted once per checkpoint)")
     )
-    summary_file = run.path / "summary.json"
-    if summary_file.is_file():
-        last = json.loads(summary_file.read_text())
-        for key in ("train/loss", "train/super_acc", "train/sub_acc", "cluster/nmi_previous"):
-            if key in last:
-                rows.append((f"last epoch: {key}", f"{float(last[key]):.4g}"))
+    last = run.summary()
+    for key in ("train/loss", "train/super_acc", "train/sub_acc", "cluster/nmi_previous"):
+        if key in last:
+            rows.append((f"last epoch: {key}", f"{float(last[key]):.4g}"))
     return rows
 
 

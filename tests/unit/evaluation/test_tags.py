@@ -11,6 +11,7 @@ from deepercluster.evaluation import TagPairs, nmi
 from deepercluster.evaluation.tags import (
     enrichment,
     most_specific_tag,
+    overrepresented,
     random_nmi,
     tag_mutual_information,
 )
@@ -67,6 +68,28 @@ def test_enrichment_lists_lift_and_counts() -> None:
     # cluster 1: soup 2/3 vs 2/6 -> lift 2; food has only 1 image there (< min_count).
     assert top[1][0].tag == "soup" and top[1][0].lift == pytest.approx(2.0)
     assert "food" not in [e.tag for e in top[1]]
+
+
+def test_overrepresented_needs_lift_above_one() -> None:
+    # The images the report leaves out (unreadable, cluster -1) are dropped by the caller.
+    pairs = TagPairs.from_strings(["cat,all", "cat,all", "dog,all", "dog,all", "all"])
+    top = overrepresented(np.array([0, 0, 1, 1, 1]), pairs, 2)
+    assert [(t.tag, t.count) for t in top[0]] == [("cat", 2)]  # "all": lift 1, not shown
+    assert top[0][0].lift == pytest.approx((2 / 2) / (2 / 5))
+    assert [t.tag for t in top[1]] == ["dog"]
+
+
+def test_a_frequent_tag_outranks_a_rare_one() -> None:
+    # "rare" is on 2 of 20 images, both in cluster 0 (lift 0.25 / 0.1 = 2.5); "wide" is on 6 of
+    # cluster 0's 8 images and 2 of the 12 others (lift 0.75 / 0.4 = 1.875): lift alone
+    # (enrichment) puts "rare" first, count x log(lift) (overrepresented) puts "wide" first.
+    rows = ["rare,wide", "rare,wide", *["wide"] * 4, "", "", "wide", "wide", *[""] * 10]
+    pairs = TagPairs.from_strings(rows)
+    labels = np.array([0] * 8 + [1] * 12)
+    top = overrepresented(labels, pairs, 2)
+    assert [t.tag for t in top[0]] == ["wide", "rare"]
+    assert top[0][1].lift == pytest.approx(2.5) and top[0][0].lift == pytest.approx(1.875)
+    assert [t.tag for t in enrichment(labels, pairs, min_count=2)[0]] == ["rare", "wide"]
 
 
 def test_most_specific_tag_skips_rare_tags_and_breaks_ties_alphabetically() -> None:

@@ -8,6 +8,7 @@ from tests.unit.inspect.conftest import TinyRun
 
 from deepercluster.cluster import HierarchicalResult
 from deepercluster.data import open_collection
+from deepercluster.engine.run_folder import open_run
 from deepercluster.inspect import embed as embed_module
 from deepercluster.inspect.embed import (
     embed_collection,
@@ -15,7 +16,6 @@ from deepercluster.inspect.embed import (
     nearest_clusters,
     run_embedding,
 )
-from deepercluster.inspect.run import open_run
 
 
 def test_nearest_clusters_follow_the_hierarchy() -> None:

@@ -10,7 +10,8 @@ from tests.unit.inspect.conftest import TinyRun
 from torch import nn
 
 import deepercluster
-from deepercluster.inspect.export import check_onnx, export_backbone, export_onnx, load_source
+from deepercluster.engine.run_folder import load_pretrained
+from deepercluster.inspect.export import check_onnx, export_backbone, export_onnx
 from deepercluster.models import build_backbone
 from deepercluster.models.convert import infer_architecture, torchvision_backbone
 
@@ -87,11 +88,12 @@ def test_onnx_matches_pytorch(tmp_path: Path) -> None:
     assert check_onnx(model, path, resolution=32, batch=3) < 1e-4
 
 
-def test_load_source_from_a_run_folder(tiny_run: TinyRun) -> None:
-    model, resolution = load_source(tiny_run.path)
-    assert resolution == 32 and model.feature_dim == 512
+def test_load_pretrained_from_a_run_folder(tiny_run: TinyRun) -> None:
+    pre = load_pretrained(tiny_run.path)
+    assert pre.resolution == 32 and pre.backbone.feature_dim == 512
+    assert pre.source == tiny_run.path / "checkpoint.pth"  # no backbone.pth in this run
     with pytest.raises(FileNotFoundError, match="neither backbone"):
-        load_source(tiny_run.images)
+        load_pretrained(tiny_run.images)
 
 
 def _perturb_bn(model: nn.Module) -> None:

@@ -12,7 +12,6 @@ from tests.unit.inspect.conftest import K, TinyRun
 
 from deepercluster.data import ArrayCollection
 from deepercluster.inspect.report import ReportOptions, cluster_cards, inspect_run
-from deepercluster.inspect.tags import match_tags, overrepresented_tags
 from deepercluster.inspect.thumbnails import ThumbnailCache
 
 
@@ -78,26 +77,3 @@ def test_cluster_cards_nearest_first_and_random_from_the_rest() -> None:
     assert cards[0].nearest == [1, 3] and cards[0].random == [0, 2] and cards[0].size == 4
     assert cards[1].nearest == [4, 5] and cards[1].random == []
     assert cards[0].mean_distance == pytest.approx(0.25)
-
-
-def test_tags_matching_and_lift() -> None:
-    table = {"images/a.jpg": ["cat"], "b.jpg": ["dog"], "/abs/c.jpg": ["eel"]}
-    paths = ["/data/s.tar:images/a.jpg", "/x/y/b.jpg", "/abs/c.jpg", "/nowhere.jpg"]
-    assert match_tags(paths, table) == [["cat"], ["dog"], ["eel"], []]
-    tags = [["cat", "all"], ["cat", "all"], ["dog", "all"], ["dog", "all"], ["all"], ["all"]]
-    top = overrepresented_tags(tags, np.array([0, 0, 1, 1, 1, -1]), 2)
-    assert [(t.tag, t.count) for t in top[0]] == [("cat", 2)]
-    assert top[0][0].lift == pytest.approx((2 / 2) / (2 / 5))
-    assert [t.tag for t in top[1]] == ["dog"]
-
-
-def test_a_frequent_tag_outranks_a_rare_one() -> None:
-    # "rare" is on 2 of 20 images, both in cluster 0 (lift 0.25 / 0.1 = 2.5); "wide" is on 6 of
-    # cluster 0's 8 images and 2 of the 12 others (lift 0.75 / 0.4 = 1.875): lift alone would
-    # put "rare" first, count x log(lift) puts "wide" first.
-    tags = [["rare", "wide"], ["rare", "wide"], *[["wide"]] * 4, [], [], ["wide"], ["wide"]]
-    tags += [[]] * 10
-    labels = np.array([0] * 8 + [1] * 12)
-    top = overrepresented_tags(tags, labels, 2)
-    assert [t.tag for t in top[0]] == ["wide", "rare"]
-    assert top[0][1].lift == pytest.approx(2.5) and top[0][0].lift == pytest.approx(1.875)

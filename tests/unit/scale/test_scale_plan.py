@@ -9,7 +9,7 @@ import pytest
 from deepercluster import cli
 from deepercluster.cluster.store import FeatureStore
 from deepercluster.config import load_config
-from deepercluster.engine.plan import Assumptions, make_plan, model_stats
+from deepercluster.engine.plan import Assumptions, format_plan, make_plan, model_stats
 from deepercluster.models import build_backbone
 
 PAPER = ["--images", "96000000", "--k", "320000", "--super-clusters", "4", "--dim-pca", "256"]
@@ -101,11 +101,29 @@ def test_plan_counts_the_images_of_a_data_path(
     assert capsys.readouterr().out.startswith("12 images, k = 4")
 
 
-def test_calibration_measures_this_machine() -> None:
-    from deepercluster.engine.plan import calibrate
+def test_calibration_runs_the_stages_on_the_users_images(tmp_path: Path) -> None:
+    import torch
+    from tests.conftest import write_pattern_images
 
-    cfg = load_config(overrides=["model.arch=small", "data.resolution=32", "train.device=cpu"])
-    measured = calibrate(cfg, seconds=0.3)
-    assert 0 < measured.gpu_tflops < 100 and 0 < measured.kmeans_gflops < 1e5
-    slow = make_plan(cfg, n_images=10_000, world_size=1, assume=measured)
-    assert slow.epoch_seconds > make_plan(cfg, n_images=10_000, world_size=1).epoch_seconds
+    from deepercluster.data import open_collection
+    from deepercluster.engine.calibrate import calibrate
+
+    data = write_pattern_images(tmp_path / "images", n=24)
+    cfg = load_config(
+        overrides=[
+            "model.arch=small", "data.resolution=32", "data.workers=0", "train.batch_size=4",
+            "cluster.k=8", "cluster.super_clusters=2", "cluster.pca_dim=16",
+        ]
+    )  # fmt: skip
+    measured = calibrate(cfg, device=torch.device("cpu"), collection=open_collection(str(data)))
+    assert measured.extract_images_per_s > 0 and measured.train_images_per_s > 0
+    assert measured.extract_fixed_s >= 0 and measured.train_fixed_s >= 0
+    assert measured.kmeans_level1_s_per_row > 0 and measured.kmeans_level2_s_per_row > 0
+    # the plan's times are the measured rates: fixed cost + images / rate
+    plan = make_plan(cfg, n_images=1000, world_size=1, assume=measured)
+    stages = {s.stage: s.seconds for s in plan.stages}
+    expected = measured.train_fixed_s + 1000 / measured.train_images_per_s
+    assert stages["training (one epoch)"] == pytest.approx(expected)
+    expected = measured.extract_fixed_s + 1000 / measured.extract_images_per_s
+    assert stages["extraction"] == pytest.approx(expected)
+    assert "measured here" in format_plan(plan, cfg)

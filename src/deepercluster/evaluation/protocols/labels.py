@@ -1,0 +1,73 @@
+"""Class labels for the images of a collection.
+
+Labels come, in order of preference, from a labels CSV (rows matched to images by
+:func:`deepercluster.data.pathmatch.csv_values`), from the collection itself (first-level
+class sub-folders of an image folder), or from the parent folder of each tar member
+(``train/cat/0001.jpg`` -> ``cat``, the layout of class-per-folder archives).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deepercluster.data import Collection, open_collection
+from deepercluster.data.pathmatch import csv_values, display_paths
+
+__all__ = ["LabelledCollection", "class_labels", "open_labelled"]
+
+
+@dataclass(frozen=True)
+class LabelledCollection:
+    """A collection with a class per image.
+
+    Attributes:
+        collection: the images.
+        labels: (N,) int64 index into ``class_names``, -1 where unknown.
+        class_names: sorted class names.
+    """
+
+    collection: Collection
+    labels: np.ndarray
+    class_names: list[str]
+
+
+def class_labels(
+    collection: Collection, labels_csv: str | Path | None = None, column: str = "label"
+) -> tuple[np.ndarray, list[str]]:
+    """(N,) int64 class index of each image (-1 if unknown) and the sorted class names.
+
+    Raises:
+        ValueError: no source of labels (not a class-per-folder collection and no CSV).
+    """
+    if labels_csv is not None:
+        names: list[str | None] = csv_values(display_paths(collection), labels_csv, column)
+    else:
+        own = getattr(collection, "labels", None)
+        if own is not None:
+            return np.asarray(own, dtype=np.int64), list(getattr(collection, "class_names", []))
+        names = []
+        for i in range(len(collection)):
+            path = collection.path(i)
+            member = path.split(":", 1)[1] if ":" in path else ""
+            parent = posixpath.basename(posixpath.dirname(member))
+            names.append(parent or None)
+        if len({n for n in names if n}) < 2:
+            raise ValueError(
+                "cannot tell the class of the images: use a folder with one sub-folder per "
+                "class (or tar members under <class>/ folders), or pass --labels CSV with "
+                "path and label columns"
+            )
+    classes = sorted({n for n in names if n})
+    lookup = {c: j for j, c in enumerate(classes)}
+    return np.array([lookup[n] if n else -1 for n in names], dtype=np.int64), classes
+
+
+def open_labelled(spec: str, labels_csv: str | None = None) -> LabelledCollection:
+    """Open a collection and its class labels (see :func:`class_labels`)."""
+    collection = open_collection(spec)
+    labels, names = class_labels(collection, labels_csv)
+    return LabelledCollection(collection, np.asarray(labels, dtype=np.int64), list(names))

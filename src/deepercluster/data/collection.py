@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, RGBImage, decode_image
+from .files import DEFAULT_MAX_BYTES
 from .pathtable import PathTable
 from .sources import (
     has_pattern,
@@ -83,6 +84,7 @@ class ImageCollection:
         class_names: Names of the classes ``labels`` index.
         metadata: Optional extra columns (e.g. from a CSV), each a list of N strings.
         max_pixels: Decompression-bomb limit passed to ``decode_image``.
+        max_bytes: Files and tar members larger than this are skipped unread.
         source: Words for ``describe()``, e.g. ``"folder /data/train"``.
         tar: Tar shard index to read members from instead of files.
     """
@@ -95,11 +97,14 @@ class ImageCollection:
         class_names: Sequence[str] = (),
         metadata: Mapping[str, Sequence[str]] | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         source: str = "",
         tar: TarShards | None = None,
     ) -> None:
         if max_pixels <= 0:
             raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         # Compact: millions of paths would otherwise be millions of Python strings.
         self._files: Sequence[str] = (
             PathTable(())
@@ -122,6 +127,7 @@ class ImageCollection:
             if len(values) != n:
                 raise ValueError(f"metadata column {key!r} has {len(values)} values for {n} images")
         self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
         self.source = source
 
     def __len__(self) -> int:
@@ -136,8 +142,9 @@ class ImageCollection:
         """
         i = self._check(index)
         if self._tar is not None:
-            return decode_image(self._tar.read_bytes(i), max_pixels=self.max_pixels)
-        return decode_image(self._files[i], max_pixels=self.max_pixels)
+            data = self._tar.read_bytes(i, max_bytes=self.max_bytes)
+            return decode_image(data, max_pixels=self.max_pixels)
+        return decode_image(self._files[i], max_pixels=self.max_pixels, max_bytes=self.max_bytes)
 
     def path(self, index: int) -> str:
         """Display path of image ``index`` (``"<shard>:<member>"`` for tar members)."""
@@ -272,6 +279,7 @@ def open_collection(
     spec: str | os.PathLike[str],
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     path_column: str = "path",
 ) -> ImageCollection:
     """Open images from a folder, list file, CSV file or tar shards, with stable ids.
@@ -284,11 +292,18 @@ def open_collection(
       "filepath" or "image"); other columns become ``metadata``.
     - ``.tar``, a glob (``shards/*.tar``) or a brace pattern (``shards/train-{000..099}.tar``):
       members are indexed by one header scan and read by seeking, never extracted. A pattern
-      matching image files instead of tars gives a file collection.
+      matching image files instead of tars gives a file collection. A damaged header costs
+      only the span up to the next valid one, and a shard that cannot be read, or holds no
+      image, only itself: each keeps an id whose read fails with the reason (``TarShards``).
+
+    Files are checked when they are read, not here: a FIFO, device, socket or directory
+    under an image's name (or a symlink to one), or a file above ``max_bytes``, fails its
+    read with the reason (see ``files``), so the run skips and lists it.
 
     Args:
         spec: The path or pattern.
         max_pixels: Images above this many pixels are skipped as decompression bombs.
+        max_bytes: Files and tar members above this many bytes are skipped unread.
         path_column: CSV column holding the image paths.
 
     Returns:
@@ -296,7 +311,8 @@ def open_collection(
 
     Raises:
         FileNotFoundError: The path does not exist or the pattern matches nothing.
-        ValueError: Unsupported or compressed file, or no images found.
+        ValueError: Unsupported or compressed file, no images found, or no tar shard could
+            be read.
     """
     text = os.path.expanduser(os.fspath(spec))
     path = Path(text)
@@ -307,36 +323,49 @@ def open_collection(
             labels=scan.labels,
             class_names=scan.class_names,
             max_pixels=max_pixels,
+            max_bytes=max_bytes,
             source=f"folder {os.path.abspath(text)}",
         )
-    if path.exists():
-        return _open_file(text, max_pixels=max_pixels, path_column=path_column)
+    if path.is_file():
+        return _open_file(text, max_pixels=max_pixels, max_bytes=max_bytes, path_column=path_column)
+    if path.exists():  # reading a FIFO named list.txt would block forever
+        raise ValueError(f"{text} is not a regular file or folder; point --data at {_SUPPORTED}")
     if has_pattern(text):
-        return _open_many(resolve_pattern(text), text, max_pixels=max_pixels)
+        return _open_many(resolve_pattern(text), text, max_pixels=max_pixels, max_bytes=max_bytes)
     raise FileNotFoundError(f"{text} does not exist; point --data at {_SUPPORTED}")
 
 
-def _open_file(text: str, *, max_pixels: int, path_column: str) -> ImageCollection:
+def _open_file(text: str, *, max_pixels: int, max_bytes: int, path_column: str) -> ImageCollection:
     lower = text.lower()
     if lower.endswith((".txt", ".lst")):
         paths = read_list_file(text)
-        return ImageCollection(paths, max_pixels=max_pixels, source=f"list file {text}")
+        return ImageCollection(
+            paths, max_pixels=max_pixels, max_bytes=max_bytes, source=f"list file {text}"
+        )
     if lower.endswith(".csv"):
         table = read_csv_file(text, path_column)
         return ImageCollection(
-            table.paths, metadata=table.metadata, max_pixels=max_pixels, source=f"CSV {text}"
+            table.paths,
+            metadata=table.metadata,
+            max_pixels=max_pixels,
+            max_bytes=max_bytes,
+            source=f"CSV {text}",
         )
     if lower.endswith(".tar") or lower.endswith(COMPRESSED_TAR_SUFFIXES):
-        return _open_tars([text], max_pixels=max_pixels)
+        return _open_tars([text], max_pixels=max_pixels, max_bytes=max_bytes)
     raise ValueError(f"cannot read images from {text}: expected {_SUPPORTED}")
 
 
-def _open_many(files: list[str], pattern: str, *, max_pixels: int) -> ImageCollection:
+def _open_many(
+    files: list[str], pattern: str, *, max_pixels: int, max_bytes: int
+) -> ImageCollection:
     is_tar = [f.lower().endswith((".tar", *COMPRESSED_TAR_SUFFIXES)) for f in files]
     if all(is_tar):
-        return _open_tars(files, max_pixels=max_pixels)
+        return _open_tars(files, max_pixels=max_pixels, max_bytes=max_bytes)
     if all(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
-        return ImageCollection(files, max_pixels=max_pixels, source=f"pattern {pattern}")
+        return ImageCollection(
+            files, max_pixels=max_pixels, max_bytes=max_bytes, source=f"pattern {pattern}"
+        )
     odd = next(f for f, tar in zip(files, is_tar, strict=True) if not tar)
     raise ValueError(
         f"pattern {pattern} matched {odd}, which is not a .tar shard, and not every match is "
@@ -344,12 +373,22 @@ def _open_many(files: list[str], pattern: str, *, max_pixels: int) -> ImageColle
     )
 
 
-def _open_tars(shards: list[str], *, max_pixels: int) -> ImageCollection:
+def _open_tars(shards: list[str], *, max_pixels: int, max_bytes: int) -> ImageCollection:
     for shard in shards:
         if shard.lower().endswith(COMPRESSED_TAR_SUFFIXES):
             raise ValueError(compressed_tar_message(shard))
     index = TarShards(shards)
     count = f"{len(shards)} tar shard{'' if len(shards) == 1 else 's'}"
-    if len(index) == 0:
-        raise ValueError(no_images_message(f"{count} ({shards[0]}, ...)"))
-    return ImageCollection(tar=index, max_pixels=max_pixels, source=count)
+    if index.n_members == 0:
+        failed = [(index.path(i), reason) for i, reason in index.problems.items()]
+        if all(reason.startswith("empty tar shard") for _, reason in failed):
+            raise ValueError(no_images_message(f"{count} ({shards[0]}, ...)"))
+        # One bad shard among many is skipped and listed; all of them is a wrong --data.
+        shown = "; ".join(f"{path}: {reason}" for path, reason in failed[:3])
+        more = "; ..." if len(failed) > 3 else ""
+        raise ValueError(
+            f"no image could be read from the {count} ({shown}{more}); point --data at plain "
+            f".tar shards of image files (`tar tvf {shards[0]} | head` lists a shard's first "
+            f"members)"
+        )
+    return ImageCollection(tar=index, max_pixels=max_pixels, max_bytes=max_bytes, source=count)

@@ -20,6 +20,8 @@ import zlib
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .files import DEFAULT_MAX_BYTES, BadImageError, read_file
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
@@ -77,22 +79,6 @@ _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _ORIENTATION_SOURCES = frozenset({"exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"})
 
 
-class BadImageError(Exception):
-    """An image that cannot be decoded; ``reason`` says why in a few words.
-
-    The reason starts with a short kind ("zero-byte file", "truncated image", "not an image",
-    "decompression bomb", ...), optionally followed by ``": "`` and details, so that a
-    ``SkipLog`` can count skipped images per kind.
-
-    Args:
-        reason: Short human-readable reason, e.g. ``"truncated image: image file is truncated"``.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 def image_size(img: RGBImage) -> tuple[int, int]:
     """``(width, height)`` of a Pillow image or of (H, W, 3) pixels."""
     if isinstance(img, np.ndarray):
@@ -133,7 +119,10 @@ def as_pillow(img: RGBImage) -> Image.Image:
 
 
 def decode_image(
-    data: bytes | str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes | str | os.PathLike[str],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Image.Image:
     """Decode encoded image bytes (or a file) into a fully loaded RGB image.
 
@@ -147,16 +136,18 @@ def decode_image(
             pixels are decoded (decompression-bomb guard). Pillow additionally refuses images
             above ``2 * PIL.Image.MAX_IMAGE_PIXELS`` whatever this value; raise that global in
             the application if you really need larger images.
+        max_bytes: A file (``data`` given as a path) larger than this is not read.
 
     Returns:
         A loaded ``PIL.Image.Image`` in mode ``"RGB"``, independent of any open file.
 
     Raises:
         BadImageError: The data is empty, missing, not an image, truncated, corrupt, too large
-            or in an unconvertible mode. ``reason`` tells which.
+            or in an unconvertible mode, or the path is not a regular file or holds more than
+            ``max_bytes``. ``reason`` tells which.
     """
     if not isinstance(data, bytes):
-        data = _read_file(data)
+        data = read_file(data, max_bytes=max_bytes)
     if len(data) == 0:
         raise BadImageError("zero-byte file")
     # Pillow warns about recoverable oddities of crawled files (corrupt EXIF, palette
@@ -250,18 +241,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def _available_formats() -> tuple[str, ...]:
     Image.init()  # registers every plugin; optional ones (AVIF) may be missing from a build
     return tuple(f for f in _PHOTO_FORMATS if f in Image.OPEN)
-
-
-def _read_file(path: str | os.PathLike[str]) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise BadImageError("file not found: it was moved or deleted after indexing") from None
-    except IsADirectoryError:
-        raise BadImageError("not an image: is a directory") from None
-    except OSError as err:
-        raise BadImageError(f"unreadable file: {err.strerror or err}") from None
 
 
 def _exif_transpose(img: Image.Image) -> None:

@@ -9,15 +9,19 @@ then be read with one seek and one read.
 from __future__ import annotations
 
 import os
-import tarfile
+from array import array
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from .decode import IMAGE_EXTENSIONS, BadImageError
+from deepercluster.log import get_logger
+
+from .decode import IMAGE_EXTENSIONS
+from .files import DEFAULT_MAX_BYTES, BadImageError, open_regular, too_large
 from .pathtable import PathTable
+from .tarscan import Member, scan_shard
 
 __all__ = ["COMPRESSED_TAR_SUFFIXES", "TarShards", "is_image_name"]
 
@@ -27,6 +31,7 @@ COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".
 # Thousands of shards may be indexed; keeping every one open would exhaust the process's file
 # descriptors (often 1024), and each DataLoader worker holds its own set.
 _MAX_OPEN_SHARDS = 32
+_log = get_logger("data")
 
 
 def is_image_name(name: str) -> bool:
@@ -65,50 +70,77 @@ class TarShards:
     Args:
         shards: Paths of plain (uncompressed) ``.tar`` files, in the order that defines ids.
 
-    Raises:
-        ValueError: A shard is compressed or not a tar archive.
+    A damaged header does not end a shard's listing: the scan resynchronises at the next
+    valid header (see ``tarscan``). Each lost span, and each shard that cannot be read or
+    holds no image, keeps an id whose read raises ``BadImageError`` with the reason, so it
+    is listed in the run's ``skipped.csv`` like a bad image (``problems`` maps those ids to
+    their reasons).
     """
 
     def __init__(self, shards: Sequence[str]) -> None:
         self.shards: list[str] = [str(s) for s in shards]
-        shard_ids: list[np.ndarray] = []
-        offsets: list[int] = []
-        sizes: list[int] = []
-        names: list[str] = []
-        for shard_id, shard in enumerate(self.shards):
-            before = len(offsets)
-            for member in _scan(shard):
-                names.append(member.name)
-                offsets.append(member.offset_data)
-                sizes.append(member.size)
-            shard_ids.append(np.full(len(offsets) - before, shard_id, dtype=np.int32))
         # Arrays rather than per-member objects: millions of members stay compact and pickle
         # quickly when a DataLoader spawns workers.
-        self.names = PathTable(names)
-        self.shard_of = np.concatenate(shard_ids) if shard_ids else np.zeros(0, np.int32)
-        self.offsets = np.asarray(offsets, dtype=np.int64)
-        self.sizes = np.asarray(sizes, dtype=np.int64)
+        shard_of, offsets, sizes = array("i"), array("q"), array("q")
+        self.problems: dict[int, str] = {}
+
+        def names() -> Iterator[str]:
+            # One pass: the names stream into the PathTable while the numbers are appended.
+            for shard_id, shard in enumerate(self.shards):
+                for name, offset, size, reason in _entries(shard):
+                    if reason is not None:
+                        self.problems[len(offsets)] = reason
+                    shard_of.append(shard_id)
+                    offsets.append(offset)
+                    sizes.append(size)
+                    yield name
+
+        self.names = PathTable(names(), prefix="")
+        self.shard_of = np.frombuffer(shard_of, dtype=np.int32).copy()
+        self.offsets = np.frombuffer(offsets, dtype=np.int64).copy()
+        self.sizes = np.frombuffer(sizes, dtype=np.int64).copy()
         self._handles: OrderedDict[int, BinaryIO] = OrderedDict()
         self._pid = os.getpid()
+
+    @property
+    def n_members(self) -> int:
+        """How many ids are image members (the others stand for lost spans or bad shards)."""
+        return len(self) - len(self.problems)
 
     def __len__(self) -> int:
         return len(self.names)
 
     def path(self, index: int) -> str:
-        """Display path ``"<shard>:<member name>"`` of image ``index``."""
-        return f"{self.shards[int(self.shard_of[index])]}:{self.names[index]}"
+        """Display path of image ``index``: ``"<shard>:<member name>"``; for a lost span
+        ``"<shard>@<byte offset>"``, for a shard that gave nothing ``"<shard>"``."""
+        shard = self.shards[int(self.shard_of[index])]
+        if self.sizes[index] < 0:
+            return f"{shard}{self.names[index]}"
+        return f"{shard}:{self.names[index]}"
 
-    def read_bytes(self, index: int) -> bytes:
+    def read_bytes(self, index: int, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
         """The encoded bytes of image ``index``, read straight from its shard.
 
+        Args:
+            index: The image id.
+            max_bytes: A member larger than this is not read.
+
         Raises:
-            BadImageError: The shard vanished or the member is cut short (truncated copy).
+            BadImageError: The id stands for a lost span or a bad shard, the member is
+                larger than ``max_bytes``, the shard vanished, or the member is cut short
+                (truncated copy).
         """
         size = int(self.sizes[index])
+        if size < 0:
+            raise BadImageError(self.problems[index])
+        if size > max_bytes:
+            raise too_large(size, max_bytes)
         try:
             handle = self._handle(int(self.shard_of[index]))
             handle.seek(int(self.offsets[index]))
             data = handle.read(size)
+        except BadImageError as err:
+            raise BadImageError(f"unreadable tar shard: {err.reason}") from None
         except OSError as err:
             raise BadImageError(f"unreadable tar shard: {err.strerror or err}") from None
         if len(data) != size:
@@ -148,7 +180,7 @@ class TarShards:
             self._pid = pid
         handle = self._handles.get(shard_id)
         if handle is None:
-            handle = open(self.shards[shard_id], "rb", buffering=0)  # noqa: SIM115 (cached)
+            handle = open_regular(self.shards[shard_id], buffering=0)
             self._handles[shard_id] = handle
             if len(self._handles) > _MAX_OPEN_SHARDS:
                 _, oldest = self._handles.popitem(last=False)
@@ -158,29 +190,46 @@ class TarShards:
         return handle
 
 
-def _scan(shard: str) -> list[tarfile.TarInfo]:
-    """Headers of the image members of one shard, in archive order."""
-    if shard.lower().endswith(COMPRESSED_TAR_SUFFIXES):
-        raise ValueError(compressed_tar_message(shard))
+def _entries(shard: str) -> Iterator[tuple[str, int, int, str | None]]:
+    """``(name, offset, size, problem)`` of each id of one shard, in archive order.
+
+    An image member gives its name, data offset, size and None. A lost span gives
+    ``("@<start>", start, -1, reason)``; a shard that cannot be read, or holds neither an
+    image member nor a lost span, one ``("", 0, -1, reason)``. Each problem is logged as a
+    warning too.
+    """
+    found = False
     try:
-        # "r:" refuses compressed streams: with "r:*" a .tar that is secretly gzipped would be
-        # indexed, but its offsets would point into compressed data.
-        archive = tarfile.open(shard, mode="r:")  # noqa: SIM115 (closed by the with below)
-    except tarfile.ReadError as err:
-        raise ValueError(
-            f"{shard} is not a plain (uncompressed) tar archive ({err}); if it is compressed, "
-            f"repack it as a plain .tar (e.g. `gzip -dc {shard} > shard.tar`)"
-        ) from None
-    members: list[tarfile.TarInfo] = []
-    with archive:
-        try:
-            for m in archive:
-                # Zero-byte image members are kept: reading them reports "zero-byte file" in
-                # the skip log, as for a folder, instead of the image silently vanishing.
-                if m.isreg() and not m.issparse() and is_image_name(m.name):
-                    members.append(m)
-        except tarfile.ReadError:
-            # The shard ends inside a member (an interrupted copy): keep what was indexed;
-            # the cut member reads as "truncated image" and is skipped like any bad file.
-            pass
-    return members
+        for entry in scan_shard(shard):
+            if isinstance(entry, Member):
+                if is_image_name(entry.name):
+                    # Zero-byte image members are kept: reading them reports "zero-byte
+                    # file" in the skip log, as for a folder, instead of the image vanishing.
+                    found = True
+                    yield entry.name, entry.offset, entry.size, None
+                continue
+            found = True
+            lost = f"{entry.end - entry.start:,} bytes"
+            reason = f"damaged tar header at offset {entry.start:,}: " + (
+                f"no valid header follows; the last {lost} of the shard are skipped, with "
+                f"the members stored there"
+                if entry.last
+                else f"the {lost} up to the next valid header (offset {entry.end:,}) are "
+                f"skipped, with the members stored there"
+            )
+            _log.warning("%s@%d: %s", shard, entry.start, reason)
+            yield f"@{entry.start}", entry.start, -1, reason
+    except (BadImageError, OSError) as err:
+        reason = (
+            err.reason
+            if isinstance(err, BadImageError)
+            else f"unreadable tar shard: {err.strerror or err}"
+        )
+        _log.warning("skipping %s: %s", shard, reason)
+        yield "", 0, -1, reason
+        return
+    if not found:
+        shown = ", ".join(IMAGE_EXTENSIONS[:4])
+        reason = f"empty tar shard: no image members ({shown}, ...)"
+        _log.warning("skipping %s: %s", shard, reason)
+        yield "", 0, -1, reason

@@ -76,6 +76,9 @@ class DataConfig:
     """DataLoader worker processes (one is enough on CPU: decoding is ~2% of the work)."""
     max_pixels: int = 89_478_485
     """Images with more pixels are skipped as decompression bombs (Pillow's default limit)."""
+    max_bytes: str = "256MiB"
+    """Image files (and tar members) larger than this are skipped unread, e.g. "1GB" or a
+    number of bytes: a huge or endless file (a symlink to /dev/zero) cannot fill the RAM."""
     path_column: str = "path"
     """Column holding the image path when ``path`` is a CSV file."""
     shard_buffer: int = 0
@@ -98,6 +101,12 @@ class DataConfig:
             raise ValueError(f"data.max_pixels ({self.max_pixels}) must be positive")
         if self.shard_buffer < 0:
             raise ValueError(f"data.shard_buffer ({self.shard_buffer}) must be >= 0")
+        parse_size(self.max_bytes, "data.max_bytes")
+
+    @property
+    def max_file_bytes(self) -> int:
+        """``max_bytes`` as a number of bytes."""
+        return parse_size(self.max_bytes, "data.max_bytes")
 
 
 @dataclass(frozen=True, kw_only=True)

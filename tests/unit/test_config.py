@@ -55,6 +55,9 @@ def test_override_value_types_are_coerced() -> None:
     assert isinstance(cfg.train.lr, float) and cfg.train.lr == 1.0
     assert cfg.data.path == "/some/photos"
     assert cfg.cluster.rotation is False
+    assert load_config().data.max_file_bytes == 256 * 2**20
+    assert load_config(overrides=["data.max_bytes=1000"]).data.max_file_bytes == 1000
+    assert load_config(overrides=["data.max_bytes=1.5GB"]).data.max_file_bytes == 1_500_000_000
 
 
 @pytest.mark.parametrize(
@@ -72,6 +75,7 @@ def test_override_value_types_are_coerced() -> None:
         (["cluster.k"], "section.key=value"),
         (["train.lr=-1"], r"train.lr \(-1.0\) must be > 0"),
         (["train.seed=-1"], r"train.seed \(-1\) must be >= 0"),
+        (["data.max_bytes=lots"], r"data.max_bytes \('lots'\) must be a size such as 20GB"),
         (
             ["cluster.rotation=false", "cluster.k=1", "cluster.super_clusters=1"],
             "nothing to predict",

@@ -11,12 +11,17 @@ from __future__ import annotations
 import csv
 import io
 import os
+import signal
 import struct
 import tarfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
+import pytest
 from PIL import Image
 from tests.conftest import write_pattern_images
 
@@ -33,6 +38,27 @@ SETTINGS = [
 def _train(data: str, out: Path) -> int:
     sets = [a for s in SETTINGS for a in ("--set", s)]
     return cli.main(["train", "--data", data, "--out", str(out), "--no-progress", *sets])
+
+
+@contextmanager
+def _deadline(seconds: int) -> Iterator[None]:
+    """Fail (instead of hanging CI) when the block runs longer, e.g. blocked in an open()."""
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _skipped(out: Path) -> dict[str, str]:
+    with (out / "skipped.csv").open(newline="") as fh:
+        return {r["path"]: r["reason"] for r in csv.DictReader(fh)}
 
 
 def _constant_png(width: int, height: int) -> bytes:
@@ -141,3 +167,71 @@ def test_tar_shard_cut_in_the_middle_of_a_member(tmp_path: Path) -> None:
     lines = (out / "skipped.csv").read_text().splitlines()
     assert len(lines) == 2 and lines[1].startswith(f"{cut}:{last.name},truncated image")
     assert load_checkpoint(out / "checkpoint.pth")["n_images"] == 24
+
+
+def test_fifo_dev_zero_and_a_huge_file_are_skipped_not_waited_on(tmp_path: Path) -> None:
+    root = write_pattern_images(tmp_path / "images", n=16)
+    os.mkfifo(root / "x.jpg")  # opening it would wait for a writer forever
+    (root / "zero.jpg").symlink_to("/dev/zero")  # reading it whole would fill the RAM
+    with (root / "huge.png").open("wb") as fh:
+        fh.truncate(300 * 2**20)  # sparse: above the 256 MiB default of data.max_bytes
+    out = tmp_path / "run"
+    with _deadline(240):
+        assert _train(str(root), out) == 0
+    assert _skipped(out) == {
+        str(root / "x.jpg"): "not a regular file: a FIFO (named pipe)",
+        str(root / "zero.jpg"): "not a regular file: a character device (a symlink to /dev/zero)",
+        str(root / "huge.png"): "too large: 314,572,800 bytes > data.max_bytes (268,435,456 "
+        "bytes); raise data.max_bytes to read it",
+    }
+    ck = load_checkpoint(out / "checkpoint.pth")
+    assert ck["n_images"] == 19 and int(ck["clustering"]["valid"].sum()) == 16
+
+
+def _shard(path: Path, images: list[Path]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for f in images:
+            tar.add(f, arcname=f.name)
+    return path
+
+
+def test_damaged_header_and_bad_shards_cost_only_themselves(tmp_path: Path) -> None:
+    files = sorted(write_pattern_images(tmp_path / "images", n=20).iterdir())
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    damaged = _shard(shards / "part-000.tar", files[:10])
+    _shard(shards / "part-001.tar", files[10:])
+    (shards / "part-002.tar").write_bytes(np.random.default_rng(0).bytes(8192))
+    (shards / "part-003.tar").write_bytes(b"")
+    with tarfile.open(damaged) as tar:
+        fifth, sixth = tar.getmembers()[4:6]
+    with damaged.open("r+b") as fh:
+        fh.seek(fifth.offset_data - 512 + 148)  # the checksum of member 5's own header
+        fh.write(b"9999999\0")
+    out = tmp_path / "run"
+    assert _train(str(shards / "part-{000..003}.tar"), out) == 0
+    assert _skipped(out) == {
+        f"{damaged}@{fifth.offset}": f"damaged tar header at offset {fifth.offset:,}: "
+        f"{sixth.offset - fifth.offset:,} bytes skipped up to the next valid header at offset "
+        f"{sixth.offset:,}; any member stored in them is lost",
+        f"{shards}/part-002.tar": "unreadable tar shard: no valid tar header in its 8,192 bytes "
+        "(not a tar archive)",
+        f"{shards}/part-003.tar": "empty tar shard: 0 bytes",
+    }
+    ck = load_checkpoint(out / "checkpoint.pth")
+    # 19 of 20 images: the one behind the damaged header is the only loss.
+    assert ck["n_images"] == 19 + 3 and int(ck["clustering"]["valid"].sum()) == 19
+
+
+def test_no_readable_shard_exits_2_with_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "a.tar").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp_path / "b.tar").write_bytes(b"")
+    assert _train(str(tmp_path / "*.tar"), tmp_path / "run") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"deepercluster: error: no image could be read from the 2 tar shards ({tmp_path}/a.tar: "
+        f"unreadable tar shard: no valid tar header in its 4,096 bytes (not a tar archive); "
+        f"{tmp_path}/b.tar: empty tar shard: 0 bytes); point --data at plain .tar shards of "
+        f"image files (`tar tvf {tmp_path}/a.tar | head` lists a shard's first members)"
+    )

@@ -209,14 +209,15 @@ def _entries(shard: str) -> Iterator[tuple[str, int, int, str | None]]:
                     yield entry.name, entry.offset, entry.size, None
                 continue
             found = True
-            lost = f"{entry.end - entry.start:,} bytes"
+            # The span may hold a whole member, or only the extended (pax) header of the
+            # member found next: either way nothing in it can be read.
+            lost = f"{entry.end - entry.start:,} bytes skipped"
             reason = f"damaged tar header at offset {entry.start:,}: " + (
-                f"no valid header follows; the last {lost} of the shard are skipped, with "
-                f"the members stored there"
+                f"{lost} to the end of the shard (no valid header follows)"
                 if entry.last
-                else f"the {lost} up to the next valid header (offset {entry.end:,}) are "
-                f"skipped, with the members stored there"
+                else f"{lost} up to the next valid header at offset {entry.end:,}"
             )
+            reason += "; any member stored in them is lost"
             _log.warning("%s@%d: %s", shard, entry.start, reason)
             yield f"@{entry.start}", entry.start, -1, reason
     except (BadImageError, OSError) as err:

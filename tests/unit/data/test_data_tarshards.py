@@ -121,14 +121,33 @@ def test_damaged_header_resynchronises_at_the_next_one(
         else:  # nothing after the damage is lost, and the ids keep the member order
             assert index.path(i) == f"{shard}:{names[i]}"
             assert index.read_bytes(i) == members[names[i]]
-    lost = f"{next_at - lost_at:,} bytes"
-    assert index.problems[damaged] == (
-        f"damaged tar header at offset {lost_at:,}: the {lost} up to the next valid header "
-        f"(offset {next_at:,}) are skipped, with the members stored there"
+    where = (
+        f"up to the next valid header at offset {next_at:,}"
         if damaged < 19
-        else f"damaged tar header at offset {lost_at:,}: no valid header follows; the last "
-        f"{lost} of the shard are skipped, with the members stored there"
+        else "to the end of the shard (no valid header follows)"
     )
+    assert index.problems[damaged] == (
+        f"damaged tar header at offset {lost_at:,}: {next_at - lost_at:,} bytes skipped "
+        f"{where}; any member stored in them is lost"
+    )
+    index.close()
+
+
+def test_a_damaged_pax_header_costs_only_the_name_it_carried(
+    tmp_path: Path, write_tar: WriteTar
+) -> None:
+    members = {f"été/{i:02d}.png": bytes([i]) * 700 for i in range(6)}
+    shard = write_tar(tmp_path / "s.tar", members)
+    with tarfile.open(shard) as archive:
+        pax_at = archive.getmembers()[2].offset  # the pax header that carries the UTF-8 name
+    with shard.open("r+b") as f:
+        f.seek(pax_at + 148)
+        f.write(b"9999999\0")
+    index = TarShards([str(shard)])
+    # The member's own (ASCII) header is still valid: its bytes are read, under that name.
+    assert index.n_members == 6 and index.path(2) == f"{shard}@{pax_at}"
+    assert [index.read_bytes(i) for i in (0, 1, 3, 4, 5, 6)] == list(members.values())
+    assert index.names[3].endswith("02.png") and index.names[3] != "été/02.png"
     index.close()
 
 

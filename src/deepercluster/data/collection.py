@@ -292,13 +292,10 @@ def open_collection(
       "filepath" or "image"); other columns become ``metadata``.
     - ``.tar``, a glob (``shards/*.tar``) or a brace pattern (``shards/train-{000..099}.tar``):
       members are indexed by one header scan and read by seeking, never extracted. A pattern
-      matching image files instead of tars gives a file collection. A damaged header costs
-      only the span up to the next valid one, and a shard that cannot be read, or holds no
-      image, only itself: each keeps an id whose read fails with the reason (``TarShards``).
+      matching image files instead of tars gives a file collection. A damaged header or an
+      unreadable shard costs only itself (see ``TarShards``).
 
-    Files are checked when they are read, not here: a FIFO, device, socket or directory
-    under an image's name (or a symlink to one), or a file above ``max_bytes``, fails its
-    read with the reason (see ``files``), so the run skips and lists it.
+    Files are checked when read (see ``files``): non-regular or too large, the read fails.
 
     Args:
         spec: The path or pattern.

@@ -62,6 +62,12 @@ class TarShards:
     Ids follow the shard order given, then the member order inside each archive, so they
     are stable as long as the shards are unchanged.
 
+    A damaged header does not end a shard's listing: the scan resynchronises at the next
+    valid header (see ``tarscan``). Each lost span, and each shard that cannot be read or
+    holds no image, keeps an id (in its place in that order) whose read raises
+    ``BadImageError`` with the reason, so it is listed in the run's ``skipped.csv`` like a
+    bad image; ``problems`` maps those ids to their reasons.
+
     File handles are opened lazily and remembered together with the process id: a
     DataLoader worker forked after indexing shares the parent's open file *description*
     (hence its file offset), so concurrent seek+read calls from several workers would race.
@@ -69,12 +75,6 @@ class TarShards:
 
     Args:
         shards: Paths of plain (uncompressed) ``.tar`` files, in the order that defines ids.
-
-    A damaged header does not end a shard's listing: the scan resynchronises at the next
-    valid header (see ``tarscan``). Each lost span, and each shard that cannot be read or
-    holds no image, keeps an id whose read raises ``BadImageError`` with the reason, so it
-    is listed in the run's ``skipped.csv`` like a bad image (``problems`` maps those ids to
-    their reasons).
     """
 
     def __init__(self, shards: Sequence[str]) -> None:

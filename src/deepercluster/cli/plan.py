@@ -84,7 +84,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     collection: Collection | None = None
     if cfg.data.path and (args.images is None or args.calibrate):
         collection = open_collection(
-            cfg.data.path, max_pixels=cfg.data.max_pixels, path_column=cfg.data.path_column
+            cfg.data.path,
+            max_pixels=cfg.data.max_pixels,
+            path_column=cfg.data.path_column,
+            max_bytes=cfg.data.max_file_bytes,
         )
     n_images = args.images if args.images is not None else len(collection)  # type: ignore[arg-type]
     assume = (

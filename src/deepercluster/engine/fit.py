@@ -132,7 +132,10 @@ def _fit(
     # ============ preparing data ============
     if collection is None:
         collection = open_collection(
-            cfg.data.path, max_pixels=cfg.data.max_pixels, path_column=cfg.data.path_column
+            cfg.data.path,
+            max_pixels=cfg.data.max_pixels,
+            path_column=cfg.data.path_column,
+            max_bytes=cfg.data.max_file_bytes,
         )
     n_images = len(collection)
     _check_k(cfg.cluster, n_images)

@@ -101,7 +101,10 @@ class RunFolder:
                 "was trained on an in-memory collection); pass --data PATH"
             )
         collection = open_collection(
-            spec, max_pixels=self.config.data.max_pixels, path_column=self.config.data.path_column
+            spec,
+            max_pixels=self.config.data.max_pixels,
+            path_column=self.config.data.path_column,
+            max_bytes=self.config.data.max_file_bytes,
         )
         if len(collection) != self.n_images:
             raise ValueError(

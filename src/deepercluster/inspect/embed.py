@@ -328,6 +328,8 @@ def embed_new_images(
     run = open_run(run_dir)
     _clustering_space(run)  # fail before reading the images
     cfg = run.config.data
-    collection = open_collection(data, max_pixels=cfg.max_pixels, path_column=cfg.path_column)
+    collection = open_collection(
+        data, max_pixels=cfg.max_pixels, path_column=cfg.path_column, max_bytes=cfg.max_file_bytes
+    )
     emb = _embed_with_run(run, collection, batch_size, workers, device, progress)
     return write_embedding(emb, display_paths(collection), out)

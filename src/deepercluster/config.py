@@ -146,7 +146,8 @@ class ClusterConfig:
     level1_sample: int = 0
     """Fit the level-1 k-means (the super-clusters) on at most this many random images, then
     assign every image to its nearest super-centroid (0 = all images, as the reference).
-    faiss.Kmeans' default would be 256 per super-cluster; docs/performance.md, round 10."""
+    A few centroids are well estimated from a sample; faiss.Kmeans' default would be 256
+    images per super-cluster."""
     warm_start: bool = False
     """Start k-means from the previous centroids (reference flag warm_restart)."""
     feature_store: str = "memory"
@@ -241,11 +242,12 @@ class TrainConfig:
     device: str = "auto"
     """auto (CUDA when available), cpu or cuda."""
     precision: str = "fp32"
-    """fp32 or bf16 (autocast; ~2.5x faster on CPUs with AMX and on recent GPUs, ~12x slower
-    on CPUs without native bf16, e.g. AVX2-only: a warning says so at start)."""
+    """fp32 or bf16 (autocast). bf16 pays on GPUs of compute capability 8+ and on CPUs with
+    native bf16 (AMX, AVX-512 bf16); elsewhere autocast emulates it, many times slower than
+    fp32, and a warning says so at start."""
     channels_last: bool = False
-    """Keep conv weights and activations in NHWC order (bench: 1.13x on the CPU training step
-    alone, needed for the full bf16 gain; neutral to slightly slower on tiny 32 px nets)."""
+    """Keep conv weights and activations in NHWC order, the layout oneDNN and cuDNN prefer for
+    convolutions (needed for the full bf16 gain); measure with ``python -m bench train``."""
     seed: int = 0
     checkpoint_every: int = 0
     """Also checkpoint every this many training iterations (0 = only at epoch ends)."""

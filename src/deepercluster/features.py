@@ -40,9 +40,8 @@ def native_bf16(device: torch.device) -> bool:
 
     On the CPU that is oneDNN's own test (AVX-512 class or newer: bf16 instructions, AMX, or
     AVX-512's fast conversions); on CUDA a GPU of compute capability 8 or more (Ampere on).
-    Without it autocast still works but converts every operand: on an AMD EPYC (Zen 3, AVX2
-    only) the small convnet's bf16 training step ran at 0.08x the fp32 step's speed
-    (``bench train``).
+    Without it autocast still works but converts every operand, and a bf16 step runs many
+    times slower than fp32 (``python -m bench train`` measures it).
     """
     if device.type == "cuda":
         return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8

@@ -64,7 +64,7 @@ class MetricsWriter:
         self.enabled = enabled
         self._tb: Any = None
         if tensorboard and enabled:
-            # Imported lazily: tensorboard pulls in protobuf and takes ~1 s to import.
+            # Imported lazily: tensorboard pulls in protobuf, which is slow to import.
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(log_dir=str(out_dir / "tb"))

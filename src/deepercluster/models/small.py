@@ -1,12 +1,10 @@
 """A small VGG-style convnet for CPU runs at 32-64 px (demos, tests, quick experiments).
 
-DeeperCluster (Caron et al., ICCV 2019, arXiv 1905.01278) trains VGG-16 on 64 GPUs; at 32 px
-on two CPU cores VGG-16-BN trains at about 120 images/s (fp32). This net keeps VGG's recipe
-(3x3 conv + BN + ReLU, 2x2 max-pools, a linear layer whose pre-activation output is the feature,
-so the heads apply the ReLU as for VGG's fc7) with five convs instead of thirteen: 0.19 instead
-of 0.66 GFLOP per 32 px image and 3.2M instead of 33.6M parameters, measured at about 390
-train / 1000 inference images/s on the same two cores, so a cluster-train cycle on a small
-image folder takes minutes, not hours.
+DeeperCluster (Caron et al., ICCV 2019, arXiv 1905.01278) trains VGG-16 on 64 GPUs. This net
+keeps VGG's recipe (3x3 conv + BN + ReLU, 2x2 max-pools, a linear layer whose pre-activation
+output is the feature, so the heads apply the ReLU as for VGG's fc7) with five convs instead of
+thirteen: 0.19 instead of 0.66 GFLOP per 32 px image and 3.2M instead of 33.6M parameters, so a
+cluster-train cycle on a small image folder takes minutes on a laptop CPU, not hours.
 """
 
 from __future__ import annotations

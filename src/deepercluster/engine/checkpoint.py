@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,13 @@ import numpy as np
 import torch
 
 from deepercluster.config import diff_configs
+from deepercluster.engine.failures import CheckpointError, io_error_of
 from deepercluster.version import __version__
 
 CHECKPOINT_NAME = "checkpoint.pth"
+PREVIOUS_NAME = "checkpoint.prev.pth"
+"""The checkpoint before the last one, kept by each save: a damaged latest one falls back to
+it (see :func:`deepercluster.engine.resume.load_latest`)."""
 
 # Settings that may change between an interrupted run and its resumption without making the
 # saved state wrong: where/how it runs, and extending the number of epochs.
@@ -90,11 +95,18 @@ def tensors_to_arrays(tree: Any) -> Any:
     return tree
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, payload: dict[str, Any], *, keep_previous: bool = False) -> None:
     """Write ``payload`` (plus the package version) to ``path`` atomically.
 
     Written to a temporary file in the same folder, flushed to disk, then renamed over the old
-    checkpoint: a run killed mid-write leaves the previous checkpoint intact.
+    checkpoint: a run killed mid-write leaves the previous checkpoint intact. On any error
+    (a full disk, say) the temporary file is removed and the old checkpoint stays.
+
+    Args:
+        path: the file to write.
+        payload: tensors and plain data.
+        keep_previous: first keep the old ``path`` as :data:`PREVIOUS_NAME` beside it. A hard
+            link, then two renames: at every moment ``path`` exists, whole.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -103,15 +115,63 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
             torch.save({**payload, "version": __version__}, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if keep_previous and path.exists():
+            _keep_previous(path)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def _keep_previous(path: Path) -> None:
+    previous = path.with_name(PREVIOUS_NAME)
+    link = path.with_name(f".{PREVIOUS_NAME}.tmp-{os.getpid()}")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(path, link)
+    except OSError:  # a file system without hard links: a copy, then the same rename
+        link.write_bytes(path.read_bytes())
+    os.replace(link, previous)
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain data only)."""
-    payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain data only).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: the file is cut short, overwritten, not a checkpoint, or holds
+            pickled Python objects (never unpickled); the message says which, not how to
+            unpickle it.
+        OSError: the storage failed (full disk, EIO), as the original error.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except pickle.UnpicklingError as exc:
+        # Torch's message advises unpickling the file anyway: never pass it on.
+        if "unsupported global" in str(exc).lower():
+            raise CheckpointError(
+                path,
+                "holds pickled Python objects besides tensors, which are never loaded "
+                "(a file from another program, or a tampered one)",
+            ) from None
+        raise CheckpointError(path, "is damaged (its contents are not a checkpoint)") from None
+    except Exception as exc:
+        io = io_error_of(exc)
+        if io is not None:
+            raise io from exc
+        if not isinstance(exc, (RuntimeError, EOFError, ValueError, zipfile.BadZipFile)):
+            raise
+        raise CheckpointError(path, f"is damaged ({_first_words(exc)})") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(path, f"is not a checkpoint (it holds a {type(payload).__name__})")
     return payload
+
+
+def _first_words(exc: BaseException) -> str:
+    """The first sentence of an error (torch's go on with advice that does not apply)."""
+    text = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else ""
+    return f"cut short or overwritten: {text}" if text else "empty or cut short"
 
 
 def check_compatible(saved_config: dict[str, Any], config: dict[str, Any], path: Path) -> list[str]:
@@ -229,12 +289,13 @@ def load_backbone(path: str | Path, *, device: str | torch.device = "cpu") -> to
 
     try:
         payload = load_checkpoint(Path(path))
-    except pickle.UnpicklingError:
+    except CheckpointError as exc:
+        if not exc.problem.startswith("holds pickled"):
+            raise
         # e.g. a training script's checkpoint that also pickled its argparse Namespace
-        raise ValueError(
-            f"{path} holds pickled Python objects besides tensors, which we never unpickle; "
-            "if you trust the file, save its weights alone: "
-            "torch.save({'state_dict': torch.load(F, weights_only=False)['state_dict']}, F2)"
+        raise exc.with_fix(
+            "if you trust the file, save its weights alone (a dict of tensors) with torch "
+            "and pass that file"
         ) from None
     model: torch.nn.Module
     if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):

@@ -168,7 +168,8 @@ class ClusteringStage:
         if not path.exists():
             return None
         try:
-            with np.load(path, allow_pickle=False) as data:
+            # Our own handle: np.load leaves its own open when the zip is damaged.
+            with path.open("rb") as fh, np.load(fh, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
             missing = [k for k in keys if k not in arrays]
             if missing:

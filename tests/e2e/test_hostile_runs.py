@@ -306,6 +306,27 @@ def test_signal_handlers_are_the_callers_again_after_every_command(
     assert "deepercluster: interrupted; run the same command again" in capsys.readouterr().err
     assert [signal.getsignal(s) for s in sigs] == before
 
+    # A bug is not "run again": 70, one line, and where the traceback is.
+    def bug(*args: Any, **kwargs: Any) -> None:
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(fit_module, "fit", bug)
+    assert _train(data, out) == 70
+    assert capsys.readouterr().err == (
+        "deepercluster: error: internal error (TypeError: unsupported operand); run again with "
+        "`deepercluster --debug ...` to see the traceback\n"
+    )
+
+    monkeypatch.undo()
+    monkeypatch.setattr(fit_module, "recluster", bug)  # inside a run: train.log has it
+    assert _train(data, tmp_path / "bug") == 70
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "deepercluster: error: internal error (TypeError: unsupported operand); the traceback "
+        f"is in {tmp_path / 'bug' / 'train.log'}"
+    )
+    assert "Traceback" in (tmp_path / "bug" / "train.log").read_text()
+    assert [signal.getsignal(s) for s in sigs] == before
+
     # SIGTERM stopped the run: exit 75, and the caller's own handler hears of it.
     def preempted(*args: Any, **kwargs: Any) -> None:
         raise Preempted("stopped by SIGTERM at step 1; run the same command to continue", 15)
@@ -333,9 +354,13 @@ def test_what_a_new_user_meets(
     assert f"none of the 2 lines of {listing} is a readable image" in err, err
     assert len((out / "skipped.csv").read_text().splitlines()) == 3
     assert "stopped: NoReadableImages: none of the 2 lines" in (out / "train.log").read_text()
-    # a refused run leaves no folder behind
-    assert _train(data, tmp_path / "fresh", "--set", "cluster.k=100") == 2
-    assert "cluster.k (100) is larger than the number of images (24)" in capsys.readouterr().err
+    # a refused run leaves no folder behind; --debug shows the traceback on the console
+    assert cli.main(["--debug", *_args(data, tmp_path / "fresh", "--set", "cluster.k=100")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.splitlines()[-1] == (
+        "deepercluster: error: cluster.k (100) is larger than the number of images (24); lower "
+        "cluster.k (a few images per cluster at least, e.g. 2)"
+    )
     assert not (tmp_path / "fresh").exists()
     # kNN on images without labels names the real flags
     argv = ["eval", "knn", "--checkpoint", str(straight), "--train-data", str(data),

@@ -11,7 +11,6 @@ import importlib
 import sys
 import traceback
 from collections.abc import Sequence
-from pathlib import Path
 
 from deepercluster.cli.exits import (
     EXIT_BUG,
@@ -62,17 +61,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exception(exc)
         prefix = "" if code in (EXIT_PREEMPTED, EXIT_INTERRUPTED) else "error: "
-        print(f"deepercluster: {prefix}{message}{_traceback_hint(args, code)}", file=sys.stderr)
+        hint = _traceback_hint(exc, code, debug=args.debug)
+        print(f"deepercluster: {prefix}{message}{hint}", file=sys.stderr)
         if argv is not None:
             signals.pass_on(signals.received or getattr(exc, "signum", None))
     return code
 
 
-def _traceback_hint(args: argparse.Namespace, code: int) -> str:
-    if code != EXIT_BUG or args.debug:
+def _traceback_hint(exc: BaseException, code: int, *, debug: bool) -> str:
+    if code != EXIT_BUG or debug:
         return ""
-    log = Path(getattr(args, "out", None) or ".") / "train.log"
-    if args.command == "train" and log.is_file():
+    log = getattr(exc, "logged_in", None)  # set by the run that wrote it (engine.claim)
+    if log is not None:
         return f"; the traceback is in {log}"
     return "; run again with `deepercluster --debug ...` to see the traceback"
 

@@ -77,7 +77,7 @@ def claim_run_folder(out_dir: Path, env: DistEnv, *, restart: bool = False) -> I
         yield
     except BaseException as exc:
         if env.is_main:
-            _log_failure(exc)
+            _log_failure(exc, out_dir / _LOG_NAME)
         raise
     finally:
         close_log_file()
@@ -179,8 +179,12 @@ def _holds_only_its_log(out_dir: Path) -> bool:
         return False
 
 
-def _log_failure(exc: BaseException) -> None:
-    """The end of a failed run in ``train.log``: one line, then the traceback (file only)."""
+def _log_failure(exc: BaseException, log_file: Path) -> None:
+    """The end of a failed run in ``train.log``: one line, then the traceback (file only).
+
+    The exception gets a ``logged_in`` attribute (the log file), which the command line's
+    one-line message names.
+    """
     if isinstance(exc, Preempted):
         return  # the stop is logged where it happened
     if isinstance(exc, KeyboardInterrupt):
@@ -188,3 +192,6 @@ def _log_failure(exc: BaseException) -> None:
         return
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     log.error("stopped: %s: %s", type(exc).__name__, first, exc_info=exc, extra=FILE_ONLY)
+    if log_file.is_file():
+        with contextlib.suppress(AttributeError):  # some exceptions take no attributes
+            exc.logged_in = log_file  # type: ignore[attr-defined]

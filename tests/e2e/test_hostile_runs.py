@@ -140,21 +140,23 @@ def _evil_checkpoint() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("kind", ["random", "malicious"])
+@pytest.mark.parametrize("kind", ["truncated", "random", "malicious"])
 def test_an_unusable_checkpoint_without_a_previous_one_stops_every_command_in_one_line(
     kind: str, reference: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data, straight = reference
     out = _copy(straight, tmp_path / "run")
     ck = out / "checkpoint.pth"
-    blob = os.urandom(20_000) if kind == "random" else _evil_checkpoint()
+    blob, problem = {
+        "truncated": (ck.read_bytes()[:5000], "is damaged (cut short or overwritten)"),
+        "random": (os.urandom(20_000), "is damaged (its contents are not a checkpoint)"),
+        "malicious": (
+            _evil_checkpoint(),
+            "holds pickled Python objects besides tensors, which are never loaded",
+        ),
+    }[kind]
     ck.write_bytes(blob)
     (out / PREVIOUS_NAME).unlink()
-    problem = (
-        "is damaged (its contents are not a checkpoint)"
-        if kind == "random"
-        else "holds pickled Python objects besides tensors, which are never loaded"
-    )
     assert _train(data, out) == 73
     err = capsys.readouterr().err.splitlines()[-1]
     assert err.startswith(f"deepercluster: error: {ck} {problem}"), err

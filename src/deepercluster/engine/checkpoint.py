@@ -158,9 +158,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(path, "is damaged (its contents are not a checkpoint)") from None
     except Exception as exc:
         io = io_error_of(exc)
+        if io is exc:
+            raise
         if io is not None:
             raise io from exc
-        if not isinstance(exc, (RuntimeError, EOFError, ValueError, zipfile.BadZipFile)):
+        # A cut-short zip makes torch's reader seek before the start: EINVAL, an OSError.
+        if not isinstance(exc, (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile)):
             raise
         raise CheckpointError(path, f"is damaged ({_first_words(exc)})") from None
     if not isinstance(payload, dict):
@@ -170,6 +173,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def _first_words(exc: BaseException) -> str:
     """The first sentence of an error (torch's go on with advice that does not apply)."""
+    if isinstance(exc, OSError):  # errno words ("Invalid argument") would mislead
+        return "cut short or overwritten"
     text = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else ""
     return f"cut short or overwritten: {text}" if text else "empty or cut short"
 

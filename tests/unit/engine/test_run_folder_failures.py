@@ -106,6 +106,7 @@ def test_damaged_checkpoints_are_named_without_torch_advice(tmp_path: Path) -> N
     blob = good.read_bytes()
     cases = {
         "cut.pth": (blob[: len(blob) // 2], "is damaged (cut short or overwritten"),
+        "short.pth": (blob[:3000], "is damaged (cut short or overwritten"),
         "random.pth": (os.urandom(4000), "is damaged (its contents are not a checkpoint)"),
         "empty.pth": (b"", "is damaged (empty or cut short)"),
         "evil.pth": (_evil(), "holds pickled Python objects besides tensors"),

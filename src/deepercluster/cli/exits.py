@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -42,11 +43,6 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
 )  # fmt: skip
 """(code, meaning) of every exit code, for ``--help`` and the README."""
 
-_READER_FIX = (
-    "if it belongs to a run folder, run that run's `deepercluster train` command again: it "
-    "resumes from the last good checkpoint and rewrites the file; otherwise pass another file"
-)
-
 
 def exit_codes_help() -> str:
     """The table as ``--help`` prints it."""
@@ -69,7 +65,7 @@ def describe(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted; run the same command again to resume"
     if isinstance(exc, CheckpointError):
-        return EXIT_RUN_FOLDER, str(exc if exc.fix else exc.with_fix(_READER_FIX))
+        return EXIT_RUN_FOLDER, str(exc if exc.fix else exc.with_fix(_reader_fix(exc.path)))
     if isinstance(exc, RunFolderError):
         return EXIT_RUN_FOLDER, text
     io = io_error_of(exc)
@@ -89,6 +85,18 @@ def describe(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)):
         return EXIT_BAD_INPUT, text
     return EXIT_BUG, f"internal error ({type(exc).__name__}: {text})"
+
+
+def _reader_fix(path: Path) -> str:
+    """How to get a damaged file of a run folder back (``inspect``, ``eval``, ...)."""
+    from deepercluster.engine.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME
+
+    again = "run the run's `deepercluster train` command again: it"
+    if path.name == CHECKPOINT_NAME and (path.parent / PREVIOUS_NAME).is_file():
+        return f"{again} resumes from {PREVIOUS_NAME} and rewrites it"
+    if path.name != CHECKPOINT_NAME and (path.parent / CHECKPOINT_NAME).is_file():
+        return f"{again} rewrites it from {CHECKPOINT_NAME}; or pass {CHECKPOINT_NAME} itself"
+    return "restore it from a copy, or pass another file"
 
 
 def _first_line(exc: BaseException) -> str:

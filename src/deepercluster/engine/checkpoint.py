@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,39 +144,47 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         OSError: the storage failed (full disk, EIO), as the original error.
     """
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # Random bytes read as an old-format pickle make torch warn about "protocol 73".
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
-    except pickle.UnpicklingError as exc:
-        # Torch's message advises unpickling the file anyway: never pass it on.
-        if "unsupported global" in str(exc).lower():
-            raise CheckpointError(
-                path,
-                "holds pickled Python objects besides tensors, which are never loaded "
-                "(a file from another program, or a tampered one)",
-            ) from None
-        raise CheckpointError(path, "is damaged (its contents are not a checkpoint)") from None
     except Exception as exc:
         io = io_error_of(exc)
         if io is exc:
             raise
         if io is not None:
             raise io from exc
-        # A cut-short zip makes torch's reader seek before the start: EINVAL, an OSError.
-        if not isinstance(exc, (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile)):
-            raise
-        raise CheckpointError(path, f"is damaged ({_first_words(exc)})") from None
+        # Torch's message advises unpickling the file anyway: never pass it on.
+        raise CheckpointError(path, _problem(path, exc)) from None
     if not isinstance(payload, dict):
         raise CheckpointError(path, f"is not a checkpoint (it holds a {type(payload).__name__})")
     return payload
 
 
-def _first_words(exc: BaseException) -> str:
-    """The first sentence of an error (torch's go on with advice that does not apply)."""
-    if isinstance(exc, OSError):  # errno words ("Invalid argument") would mislead
-        return "cut short or overwritten"
-    text = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else ""
-    return f"cut short or overwritten: {text}" if text else "empty or cut short"
+def _problem(path: Path, exc: Exception) -> str:
+    """What is wrong with a file torch could not load, in words that do not mislead.
+
+    Anything may come out of reading random bytes (IndexError, KeyError, UnicodeDecodeError:
+    the weights-only unpickler takes them for an old-format checkpoint); a zip file cut short
+    fails in torch's reader, whose first sentence says where.
+    """
+    if isinstance(exc, pickle.UnpicklingError) and "unsupported global" in str(exc).lower():
+        return (
+            "holds pickled Python objects besides tensors, which are never loaded "
+            "(a file from another program, or a tampered one)"
+        )
+    if path.stat().st_size == 0:
+        return "is damaged (empty)"
+    with path.open("rb") as fh:
+        zipped = fh.read(4) == b"PK\x03\x04"  # every checkpoint torch writes is a zip
+    if not zipped:
+        return "is damaged (its contents are not a checkpoint)"
+    first = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, RuntimeError) and first.startswith("PytorchStreamReader"):
+        return f"is damaged (cut short or overwritten: {first})"
+    return "is damaged (cut short or overwritten)"
 
 
 def check_compatible(saved_config: dict[str, Any], config: dict[str, Any], path: Path) -> list[str]:

@@ -107,8 +107,11 @@ def test_damaged_checkpoints_are_named_without_torch_advice(tmp_path: Path) -> N
     cases = {
         "cut.pth": (blob[: len(blob) // 2], "is damaged (cut short or overwritten"),
         "short.pth": (blob[:3000], "is damaged (cut short or overwritten"),
-        "random.pth": (os.urandom(4000), "is damaged (its contents are not a checkpoint)"),
-        "empty.pth": (b"", "is damaged (empty or cut short)"),
+        **{
+            f"random-{i}.pth": (os.urandom(4000), "is damaged (its contents are not a checkpoint)")
+            for i in range(200)  # anything may come out of the unpickler: always named so
+        },
+        "empty.pth": (b"", "is damaged (empty)"),
         "evil.pth": (_evil(), "holds pickled Python objects besides tensors"),
     }
     for name, (data, words) in cases.items():
@@ -146,3 +149,26 @@ def test_metrics_are_cut_back_to_the_checkpoint(tmp_path: Path) -> None:
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [0]
     assert (tmp_path / "metrics.csv").read_text().splitlines() == ["epoch,loss", "0,1.0"]
+
+
+def test_each_failure_has_its_exit_code_and_fix(tmp_path: Path) -> None:
+    from deepercluster.cli.exits import describe
+
+    (tmp_path / "checkpoint.pth").write_bytes(b"")
+    (tmp_path / PREVIOUS_NAME).write_bytes(b"")
+    code, message = describe(CheckpointError(tmp_path / "checkpoint.pth", "is damaged (x)"))
+    assert code == 73 and message.endswith(
+        "run the run's `deepercluster train` command again: it resumes from "
+        "checkpoint.prev.pth and rewrites it"
+    )
+    code, message = describe(CheckpointError(tmp_path / "backbone.pth", "is damaged (x)"))
+    assert code == 73 and "rewrites it from checkpoint.pth" in message
+    full = OSError(errno.ENOSPC, "No space left on device", "/runs/x/metrics.csv")
+    assert describe(full) == (
+        74,
+        "I/O error (/runs/x/metrics.csv): No space left on device; free space (or fix the "
+        "disk), then run the same command again: it resumes from the last checkpoint",
+    )
+    assert describe(FileNotFoundError(2, "No such file or directory", "a.png"))[0] == 2
+    assert describe(RunFolderError("busy"))[0] == 73
+    assert describe(KeyError("x"))[0] == 70

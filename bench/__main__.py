@@ -8,18 +8,13 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from bench.common import Context, Row, format_value, machine
-from deepercluster.allocator import request_huge_pages, reuse_freed_memory
 
 BENCHES = ("train", "heads", "kmeans", "extract", "data", "cycle")
-# Run by name only, not by `all`: a lever's before / after rather than a ratio against a limit
-# (its fresh interpreters took 99 s on 2 cores, beyond the quick suite's margin).
-EXTRAS = ("malloc",)
 _MODULES = {
     "train": "bench.train_step",
     "heads": "bench.heads",
@@ -27,7 +22,6 @@ _MODULES = {
     "extract": "bench.extract",
     "data": "bench.data",
     "cycle": "bench.cycle",
-    "malloc": "bench.allocator",
 }
 
 
@@ -46,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument(
         "name",
-        choices=("all", *BENCHES, *EXTRAS),
-        help=f"which benchmark (all: every one but {', '.join(EXTRAS)})",
+        choices=("all", *BENCHES),
+        help="which benchmark (all: every one)",
     )
     size = p.add_mutually_exclusive_group()
     size.add_argument(
@@ -79,13 +73,6 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="torch intra-op threads (default: torch's choice, the cores)",
     )
-    p.add_argument(
-        "--malloc",
-        choices=("reuse", "defaults"),
-        default="reuse",
-        help="reuse: keep freed memory as training does (train.reuse_memory, the default); "
-        "defaults: glibc's malloc as it comes",
-    )
     p.add_argument("--out", default="results/bench", help="folder of the JSON results")
     args = p.parse_args(argv)
     size = args.size or "quick"
@@ -95,17 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    # Both sides of every ratio run in this process, under the malloc settings of a run.
-    kept = reuse_freed_memory() if args.malloc == "reuse" else 0
     reps = args.reps or (2 if size == "tiny" else 5)
-    ctx = Context(device=device, size=size, reps=reps, warmup=1, reuse_memory=kept > 0)
+    ctx = Context(device=device, size=size, reps=reps, warmup=1)
     names = BENCHES if args.name == "all" else (args.name,)
     record: dict[str, object] = {
         "size": size,
         "reps": reps,
-        "malloc_kept_below_bytes": kept,
-        # Decided when bench was imported, before torch.
-        "huge_pages": asdict(request_huge_pages()),
         "machine_before": machine(device),
     }
     rows: list[Row] = []

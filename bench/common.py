@@ -33,15 +33,12 @@ class Context:
         size: ``tiny`` (CI smoke test: seconds), ``quick`` (minutes on 2 cores) or ``full``.
         reps: timed repetitions per figure (the median is reported).
         warmup: untimed repetitions first.
-        reuse_memory: glibc's malloc keeps freed memory (``allocator.reuse_freed_memory``),
-            as in a training run; fresh interpreters a benchmark spawns do the same.
     """
 
     device: torch.device
     size: str = "quick"
     reps: int = 5
     warmup: int = 1
-    reuse_memory: bool = False
 
     @property
     def tiny(self) -> bool:

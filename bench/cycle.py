@@ -18,6 +18,7 @@ a second time in one process; in a fresh interpreter it reads +180 to +191 MiB.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import threading
@@ -30,7 +31,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.common import Context, Row, info, sync
-from deepercluster.allocator import malloc_trim, reuse_freed_memory
 from deepercluster.cluster.hierarchical import hierarchical_kmeans
 from deepercluster.cluster.preprocess import fit_pca
 from deepercluster.data import (
@@ -47,6 +47,15 @@ from deepercluster.models import HierarchicalHeads, build_backbone
 
 NAME = "cycle"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _malloc_trim() -> None:
+    """Hand the C allocator's free memory back to the kernel (glibc's ``malloc_trim(0)``), so
+    that a stage's RSS above its start counts only what the stage takes (module docstring).
+    A measurement aid of this benchmark only; nothing where glibc is absent."""
+    libc = ctypes.CDLL(None)
+    if hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def _rss() -> int:
@@ -72,7 +81,7 @@ class Stage:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self._cuda_base = torch.cuda.memory_allocated(self.device)
-        malloc_trim()
+        _malloc_trim()
         self._thread = threading.Thread(target=self._poll, args=(_rss(),), daemon=True)
         self._thread.start()
         self._tic = time.perf_counter()
@@ -99,20 +108,18 @@ def run(ctx: Context) -> list[Row]:
         1,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_child_settings,
-        initargs=(torch.get_num_threads(), multiprocessing.get_start_method(), ctx.reuse_memory),
+        initargs=(torch.get_num_threads(), multiprocessing.get_start_method()),
     ) as pool:
         rows: list[Row] = pool.submit(_cycle, ctx, cifar).result()
     return rows
 
 
-def _child_settings(threads: int, start_method: str, reuse_memory: bool) -> None:
-    """This process's torch threads, DataLoader start method and malloc settings in the fresh
-    interpreter (a spawned process defaults to spawning its own workers, which re-import
-    torch: 30-50% slower stages)."""
+def _child_settings(threads: int, start_method: str) -> None:
+    """This process's torch threads and DataLoader start method in the fresh interpreter (a
+    spawned process defaults to spawning its own workers, which re-import torch: slower
+    stages)."""
     torch.set_num_threads(threads)
     multiprocessing.set_start_method(start_method, force=True)
-    if reuse_memory:
-        reuse_freed_memory()
 
 
 def stage_time_name(stage: str, n: int | str) -> str:

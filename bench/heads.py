@@ -32,7 +32,7 @@ from bench.common import (
     ratio,
 )
 from deepercluster.losses import hierarchical_loss
-from deepercluster.models import HierarchicalHeads, cpu_blas
+from deepercluster.models import HierarchicalHeads
 
 NAME = "heads"
 
@@ -53,7 +53,7 @@ def _steps(
     y_flat = y_super * n_sub + y_sub
 
     def hier(backward: bool) -> Tensor:
-        # The training path: super head + fused sub-head cross-entropy (losses.py).
+        # The training path: super head + each sample's own sub-head (losses.py).
         loss = hierarchical_loss(heads, features, y_super, y_sub).loss
         if backward:
             loss.backward()  # type: ignore[no-untyped-call]
@@ -88,7 +88,6 @@ def _cuda_peak(step: Callable[[bool], Tensor], device: torch.device) -> int:
 
 
 def run(ctx: Context) -> list[Row]:
-    cpu_blas.forget()  # the choices below are this benchmark's own
     dim, m, k, batch = ctx.pick((32, 4, 400, 32), (512, 4, 40_000, 256), (512, 4, 40_000, 256))
     steps, params = _steps(ctx, dim, m, k, batch)
     shape = {"D": dim, "S": 4 * m, "k": k, "n_sub": k // m, "flat_classes": 4 * k, "B": batch}
@@ -96,8 +95,7 @@ def run(ctx: Context) -> list[Row]:
     def fwd_bwd(name: str) -> Callable[[], object]:
         def fn() -> object:
             # Only this side's gradients: dropping the other side's would charge it the
-            # release of that side's memory (the flat head's 328 MB weight gradient cost the
-            # hierarchical step ~50 ms of its ~200 on the Zen 3 EPYC; round 13).
+            # release of that side's memory (the flat head's weight gradient is 328 MB).
             for p in params[name]:
                 p.grad = None
             return steps[name](True)
@@ -106,8 +104,6 @@ def run(ctx: Context) -> list[Row]:
 
     times = interleaved({"hier": fwd_bwd("hier"), "flat": fwd_bwd("flat")}, ctx)
     speedup = ratio(times, "flat", "hier")
-    # Which BLAS the heads chose for their products on this machine (timed on the first step).
-    chosen = cpu_blas.choices()
     rows = [
         at_least(
             NAME,
@@ -118,31 +114,9 @@ def run(ctx: Context) -> list[Row]:
             flat_s=median(times["flat"]),
             per_rep=per_rep(times, "flat", "hier"),
             theory=(4 * k) / (4 * m + k / m),
-            cpu_products=chosen,
             **shape,
         )
     ]
-    if chosen and ctx.device.type == "cpu":
-        # The same step with each BLAS forced, interleaved: what the choice is worth here.
-        def hier_on(backend: str) -> Callable[[], object]:
-            def fn() -> object:
-                with cpu_blas.forced(backend):
-                    return fwd_bwd("hier")()
-
-            return fn
-
-        blas = interleaved({b: hier_on(b) for b in ("torch", "openblas")}, ctx)
-        rows.append(
-            info(
-                NAME,
-                "hierarchical heads, time on torch's BLAS / on numpy's OpenBLAS",
-                ratio(blas, "torch", "openblas"),
-                "x",
-                torch_s=median(blas["torch"]),
-                openblas_s=median(blas["openblas"]),
-                per_rep=per_rep(blas, "torch", "openblas"),
-            )
-        )
     mem = {name: _activation_bytes(steps[name], params[name]) for name in steps}
     detail: dict[str, object] = {"hier_bytes": mem["hier"], "flat_bytes": mem["flat"]}
     if ctx.device.type == "cuda":
@@ -174,14 +148,10 @@ def run(ctx: Context) -> list[Row]:
 
             return fn
 
-        # Two repetitions: the flat side takes 14-20 s a call on 2 cores, and the ratio is ~2x
-        # above its target. On the CPU in the quick run only the hierarchical side is warmed
-        # up: its first call at this shape times the two BLAS (models/cpu_blas.py), while the
-        # flat side's is one more of the products it has just run at B = 256 (a warm-up call
-        # of it took 17 s). A GPU's first call at a new shape may allocate and pick kernels.
+        # Two repetitions: the flat side is slow on a CPU at this batch. On the CPU in the
+        # quick run neither side is warmed up: both run the products they have just run at
+        # B = 256. A GPU's first call at a new shape may allocate and pick kernels.
         warmup = ctx.repeat_warmup if ctx.device.type == "cpu" else None
-        if warmup == 0:
-            big("hier")()
         t_big = interleaved({"hier": big("hier"), "flat": big("flat")}, ctx, reps=2, warmup=warmup)
         rows.append(
             at_least(

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-from deepercluster.allocator import HUGE_PAGES_ENV
 
 
 @pytest.fixture(autouse=True)
@@ -57,20 +51,3 @@ def write_pattern_images(root: Path, n: int = 64, size: int = 32, seed: int = 0)
 @pytest.fixture
 def tiny_image_dir(tmp_path: Path) -> Path:
     return write_pattern_images(tmp_path / "images")
-
-
-def run_fresh_python(code: str, *args: str, huge_pages: str | None = None) -> dict[str, object]:
-    """Run ``code`` in a fresh interpreter with ``args`` and return the JSON it prints.
-
-    Process-wide memory settings (``deepercluster.allocator``) need a process of their own.
-    Torch's huge-page switch is taken out of the environment pytest passes on, or set to
-    ``huge_pages`` if given, so that the child decides as a fresh process would.
-    """
-    env = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_ENV}
-    if huge_pages is not None:
-        env[HUGE_PAGES_ENV] = huge_pages
-    out = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True, env=env
-    ).stdout
-    result: dict[str, object] = json.loads(out)
-    return result

@@ -7,13 +7,7 @@ The public API, in three lines::
     result.backbone, result.clustering.labels
 """
 
-# First, before anything imports torch: torch's allocator reads its huge-page switch once, at
-# its first allocation (allocator.request_huge_pages).
-from deepercluster.allocator import request_huge_pages as _request_huge_pages
-
-_request_huge_pages()
-
-from deepercluster.config import (  # noqa: E402
+from deepercluster.config import (
     PRESETS,
     ClusterConfig,
     DataConfig,
@@ -22,12 +16,12 @@ from deepercluster.config import (  # noqa: E402
     TrainConfig,
     load_config,
 )
-from deepercluster.data import ArrayCollection, ImageCollection, open_collection  # noqa: E402
-from deepercluster.engine.checkpoint import load_backbone  # noqa: E402
-from deepercluster.engine.clustering import Clustering  # noqa: E402
-from deepercluster.engine.fit import FitResult, fit  # noqa: E402
-from deepercluster.models import BACKBONES, build_backbone  # noqa: E402
-from deepercluster.version import __version__  # noqa: E402
+from deepercluster.data import ArrayCollection, ImageCollection, open_collection
+from deepercluster.engine.checkpoint import load_backbone
+from deepercluster.engine.clustering import Clustering
+from deepercluster.engine.fit import FitResult, fit
+from deepercluster.models import BACKBONES, build_backbone
+from deepercluster.version import __version__
 
 train = fit
 """``deepercluster.train(config)``: the same function as :func:`fit`."""

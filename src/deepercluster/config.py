@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sys
 import types
 import typing
@@ -32,6 +33,9 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 LAYOUTS = ("auto", "replicated", "grouped")
 FEATURE_STORES = ("memory", "disk")
+# Settings of earlier versions that no longer exist. Config files, config.json and checkpoints
+# written by those versions still hold them: they are ignored with a notice, not refused.
+REMOVED_SETTINGS = frozenset({"train.reuse_memory"})
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _SIZE_UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -238,11 +242,6 @@ class TrainConfig:
     """Also checkpoint every this many training iterations (0 = only at epoch ends)."""
     threads: int = 0
     """CPU threads for torch and faiss (0 = leave the library defaults)."""
-    reuse_memory: bool = True
-    """Keep freed blocks below 1 GiB in the process for the next step instead of handing them
-    back to the kernel (glibc malloc settings, see ``deepercluster.allocator``): CPU steps
-    1.15-1.35x faster, but resident memory stays at its peak (1.2-1.6x the peak with glibc's
-    defaults). No effect off glibc."""
     layout: str = "auto"
     """Multi-process layout: replicated heads, the paper's grouped layout (a multiple of S
     processes; each group holds one sub-head), or auto (grouped when the heads are big)."""
@@ -427,6 +426,11 @@ def _merge(
                 raise ValueError(f"{origin}: [{key}] must be a table of settings")
             valid = {f.name for f in fields(_SECTIONS[key])}
             for sub, sub_value in value.items():
+                if f"{key}.{sub}" in REMOVED_SETTINGS:
+                    logging.getLogger(__name__).info(
+                        "%s: ignoring %s.%s, a setting this version no longer has", origin, key, sub
+                    )
+                    continue
                 if sub not in valid:
                     raise ValueError(
                         f"{origin}: unknown setting {key}.{sub}; valid {key} settings are "

@@ -17,8 +17,6 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from deepercluster.allocator import trim_before_workers
-
 
 @dataclass
 class ExtractedFeatures:
@@ -98,7 +96,6 @@ def extract_features(
     start = time.perf_counter()
     seen = 0
     bar = tqdm(total=n_images, desc="extract", unit="img", disable=not progress, leave=False)
-    trim_before_workers(loader)
     try:
         for images, indices, errors in loader:
             ok = torch.tensor([not e for e in errors], dtype=torch.bool)

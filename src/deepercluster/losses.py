@@ -63,20 +63,24 @@ def hierarchical_loss(
     Returns:
         The differentiable total and detached parts; see ``HierarchicalLossOutput``.
     """
-    if sub_targets.shape != super_targets.shape:
+    if sub_targets.shape != super_targets.shape or sub_targets.dtype != torch.int64:
         raise ValueError(
             f"super_targets {tuple(super_targets.shape)} and sub_targets "
-            f"{tuple(sub_targets.shape)} must both be (B,); pass one pair of targets per sample"
+            f"{sub_targets.dtype} {tuple(sub_targets.shape)} must both be int64 (B,); pass one "
+            "pair of targets per sample"
         )
-    # The super head on its own; the sub-heads through the fused cross-entropy, which never
-    # builds the sub-logits for autograd (models/grouped.py explains why that is faster).
-    super_logits = heads.super_logits(features)
+    # Row i's sub-logits come from sub-head super_targets[i] only (models/heads.py).
+    super_logits, sub_logits = heads(features, super_targets)
     super_loss = F.cross_entropy(super_logits, super_targets)
-    sub_losses, sub_hits = heads.sub_cross_entropy(features, super_targets, sub_targets)
-    sub_loss = sub_losses.mean()
+    sub_loss = F.cross_entropy(sub_logits, sub_targets)
     with torch.no_grad():
-        # note: .item() is a CPU-GPU sync point; one per step is cheap next to a convnet step.
-        hits = torch.stack([(super_logits.argmax(1) == super_targets).sum(), sub_hits.sum()])
+        # note: .tolist() is a CPU-GPU sync point; one per step is cheap next to a convnet step.
+        hits = torch.stack(
+            [
+                (super_logits.argmax(1) == super_targets).sum(),
+                (sub_logits.argmax(1) == sub_targets).sum(),
+            ]
+        )
         super_correct, sub_correct = (int(v) for v in hits.tolist())
     return HierarchicalLossOutput(
         loss=super_loss + sub_loss,

@@ -96,6 +96,20 @@ def test_toml_round_trip(tmp_path: Path) -> None:
     assert config_from_dict(cfg.to_dict()) == cfg
 
 
+def test_removed_settings_of_older_runs_are_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # config.json and checkpoints of earlier versions hold train.reuse_memory.
+    saved = load_config().to_dict()
+    saved["train"]["reuse_memory"] = True
+    assert config_from_dict(saved) == load_config()
+    path = tmp_path / "old.toml"
+    path.write_text("[train]\nreuse_memory = false\nepochs = 3\n")
+    with caplog.at_level("INFO", logger="deepercluster"):
+        assert load_config(toml_path=path).train.epochs == 3
+    assert "ignoring train.reuse_memory" in caplog.text
+
+
 def test_diff_configs_lists_dotted_keys() -> None:
     a = load_config().to_dict()
     b = load_config(overrides=["cluster.k=100", "train.epochs=2"]).to_dict()

@@ -1,7 +1,7 @@
 """The import arrows of the architecture (STYLE.md), checked on the source with ``ast``.
 
     cli ─► {demo, inspect, evaluation.protocols} ─► engine ─► {features, losses, evaluation}
-        ─► {data, models, cluster} ─► {config, log, distributed, allocator}
+        ─► {data, models, cluster} ─► {config, log, distributed}
 
 A part may import its own subpackage and anything in a lower layer, never sideways or up.
 
@@ -27,7 +27,6 @@ LAYER = {
     "config": 0,
     "log": 0,
     "distributed": 0,
-    "allocator": 0,
     "data": 1,
     "models": 1,
     "cluster": 1,

@@ -31,12 +31,21 @@ def _naive_loss(
     return torch.stack(sup).mean() + torch.stack(sub).mean()
 
 
-def test_matches_per_sample_reference_with_gradients() -> None:
+TARGET_CASES = {
+    "mixed": [0, 7, 3, 3, 5, 0, 1, 7, 3, 2, 2],  # super-classes 4 and 6 absent
+    "batch_of_one": [2],
+    "all_same": [1, 1, 1, 1],
+    "some_absent": [0, 2, 2, 0, 2],
+}
+
+
+@pytest.mark.parametrize("case", sorted(TARGET_CASES))
+def test_matches_per_sample_reference_with_gradients(case: str) -> None:
     d, s, n_sub = 7, 8, 5
     heads = _random_heads(d, s, n_sub)
-    feats = torch.randn(11, d, dtype=torch.float64, requires_grad=True)
-    y = torch.tensor([0, 7, 3, 3, 5, 0, 1, 7, 3, 2, 2])  # super-classes 4 and 6 absent
-    z = torch.randint(0, n_sub, (11,))
+    y = torch.tensor(TARGET_CASES[case])
+    feats = torch.randn(len(y), d, dtype=torch.float64, requires_grad=True)
+    z = torch.randint(0, n_sub, y.shape)
 
     out = hierarchical_loss(heads, feats, y, z)
     ref = _naive_loss(heads, feats, y, z)
@@ -47,6 +56,56 @@ def test_matches_per_sample_reference_with_gradients() -> None:
     ref_grads = torch.autograd.grad(ref, [feats, *heads.parameters()])
     for g, r in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+    # the sub-heads of absent super-classes get a zero gradient
+    absent = sorted(set(range(s)) - set(TARGET_CASES[case]))
+    sub_weight_grad = grads[1 + [n for n, _ in heads.named_parameters()].index("sub_weight")]
+    assert torch.equal(sub_weight_grad[absent], torch.zeros(len(absent), n_sub, d).double())
+
+
+def test_owned_subset_gives_the_full_heads_loss_and_gradients() -> None:
+    # The grouped layout: a process holding sub-heads [3, 1] computes, for its samples, the
+    # loss and sub-head gradients that the full heads compute.
+    full = _random_heads(6, 4, 5)
+    part = HierarchicalHeads(6, 4, 5, owned=[3, 1]).double()
+    part.load_state_dict(
+        {
+            **full.state_dict(),
+            "sub_weight": full.sub_weight[[3, 1]],
+            "sub_bias": full.sub_bias[[3, 1]],
+        }
+    )
+    feats = torch.randn(6, 6, dtype=torch.float64)
+    y, z = torch.tensor([1, 3, 3, 1, 1, 3]), torch.tensor([0, 4, 2, 2, 1, 3])
+    hierarchical_loss(full, feats, y, z).loss.backward()  # type: ignore[no-untyped-call]
+    out = hierarchical_loss(part, feats, y, z)
+    torch.testing.assert_close(out.loss, hierarchical_loss(full, feats, y, z).loss)
+    out.loss.backward()  # type: ignore[no-untyped-call]
+    assert full.sub_weight.grad is not None and part.sub_weight.grad is not None
+    torch.testing.assert_close(part.sub_weight.grad, full.sub_weight.grad[[3, 1]])
+
+
+def test_no_grad() -> None:
+    heads = _random_heads(6, 4, 5)
+    feats = torch.randn(5, 6, dtype=torch.float64)
+    y, z = torch.tensor([1, 1, 0, 3, 0]), torch.tensor([0, 4, 4, 1, 2])
+    with torch.no_grad():
+        out = hierarchical_loss(heads, feats, y, z)
+    assert not out.loss.requires_grad
+    torch.testing.assert_close(out.loss, _naive_loss(heads, feats, y, z), rtol=1e-12, atol=1e-12)
+
+
+def test_correct_follows_argmax_on_ties() -> None:
+    # Constant logits (a dead backbone) must not count every target as right: argmax takes
+    # the first maximal class, so only that one is.
+    heads = HierarchicalHeads(6, 4, 5)
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.zero_()
+        heads.sub_bias[1, 1] = heads.sub_bias[1, 3] = 2.0  # sub-head 1: classes 1 and 3 tie
+    y, z = torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 3, 2, 1, 3, 0])
+    out = hierarchical_loss(heads, torch.randn(6, 6), y, z)
+    assert out.sub_correct == 2  # sample 0 (class 0 of five equal ones) and sample 3
+    assert out.super_correct == 3  # all-zero super logits: argmax 0
 
 
 def test_parts_are_detached_and_total_is_differentiable() -> None:
@@ -162,7 +221,10 @@ def test_super_class_targets_validation() -> None:
         super_class_targets(torch.zeros(3), torch.zeros(2), n_super_clusters=1, rotation=True)
 
 
-def test_mismatched_target_shapes() -> None:
+def test_mismatched_targets() -> None:
     heads = HierarchicalHeads(4, 2, 3)
+    y = torch.tensor([0, 1, 1])
     with pytest.raises(ValueError, match="one pair of targets"):
-        hierarchical_loss(heads, torch.randn(3, 4), torch.tensor([0, 1, 1]), torch.tensor([0, 1]))
+        hierarchical_loss(heads, torch.randn(3, 4), y, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="must both be int64"):
+        hierarchical_loss(heads, torch.randn(3, 4), y, torch.zeros(3))

@@ -41,13 +41,6 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument(
-        "--malloc",
-        choices=("reuse", "defaults"),
-        default="reuse",
-        help="reuse: glibc's malloc keeps freed memory for the next step, as train.reuse_memory "
-        "does (CPU steps 1.1-1.3x faster, memory stays at its peak); defaults: as it comes",
-    )
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -161,13 +154,10 @@ def register(sub: Any) -> None:
 def _inputs(args: argparse.Namespace) -> Any:
     import torch
 
-    from deepercluster.allocator import reuse_freed_memory
     from deepercluster.evaluation.protocols.tasks import Inputs
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    if args.malloc == "reuse":
-        reuse_freed_memory()
     return Inputs(
         checkpoint=args.checkpoint,
         train_data=args.train_data,

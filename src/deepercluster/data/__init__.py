@@ -22,7 +22,7 @@ from .collection import (
     open_collection,
     pixel_reader,
 )
-from .decode import BadImageError, RGBImage, decode_image, decode_pixels, to_rgb
+from .decode import BadImageError, RGBImage, decode_image, to_rgb
 from .samplers import EpochPlan, storage_order, super_class_epoch_plan, uniform_epoch_plan
 from .skiplog import SkipLog
 from .sources import expand_braces
@@ -42,7 +42,6 @@ __all__ = [
     "TrainTransform",
     "TrainView",
     "decode_image",
-    "decode_pixels",
     "expand_braces",
     "normalize",
     "open_collection",

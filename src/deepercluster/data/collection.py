@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, RGBImage, decode_image, decode_pixels
+from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, RGBImage, decode_image
 from .pathtable import PathTable
 from .sources import (
     has_pattern,
@@ -138,13 +138,6 @@ class ImageCollection:
         if self._tar is not None:
             return decode_image(self._tar.read_bytes(i), max_pixels=self.max_pixels)
         return decode_image(self._files[i], max_pixels=self.max_pixels)
-
-    def read_pixels(self, index: int) -> RGBImage:
-        """:meth:`read`, with small plain JPEGs as their pixels (``decode.decode_pixels``)."""
-        i = self._check(index)
-        if self._tar is not None:
-            return decode_pixels(self._tar.read_bytes(i), max_pixels=self.max_pixels)
-        return decode_pixels(self._files[i], max_pixels=self.max_pixels)
 
     def path(self, index: int) -> str:
         """Display path of image ``index`` (``"<shard>:<member>"`` for tar members)."""

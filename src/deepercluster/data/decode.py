@@ -20,8 +20,6 @@ import zlib
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .jpeg import decode_plain_jpeg
-
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
@@ -31,7 +29,6 @@ __all__ = [
     "check_pixels",
     "crop",
     "decode_image",
-    "decode_pixels",
     "image_size",
     "to_rgb",
 ]
@@ -40,9 +37,8 @@ RGBImage = Image.Image | np.ndarray
 """A decoded RGB image: a Pillow image in mode "RGB", or its (H, W, 3) uint8 pixels.
 
 What a collection's ``read_pixels`` returns to the data views' transforms, which read pixels
-either way: a small JPEG decoded by libjpeg-turbo (``jpeg.py``) or an image of an in-memory
-array stays an array, without a Pillow image made of it and copied back out (18 + 9 us of a
-32 px CIFAR item's ~180 us on the Zen 3 EPYC of docs/performance.md, round 13)."""
+either way: an image of an in-memory array stays an array, without a Pillow image made of it
+and copied back out."""
 
 #: Pillow's own default ``Image.MAX_IMAGE_PIXELS`` (about a 9459 × 9459 image).
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -77,7 +73,7 @@ _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 # Everywhere Pillow's ``Image.getexif`` looks for an orientation: these ``info`` entries
 # (JPEG/WebP/PNG eXIf "exif", PNG text "Raw profile type exif", XMP packets), or a TIFF's
 # own tags (``tag_v2``; Pillow's TIFF loader already applies those). Most crawled photos and
-# all CIFAR JPEGs carry none of them, and looking for nothing still cost ~5 us per image.
+# all CIFAR JPEGs carry none of them: those skip the EXIF parse.
 _ORIENTATION_SOURCES = frozenset({"exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"})
 
 
@@ -159,21 +155,6 @@ def decode_image(
         BadImageError: The data is empty, missing, not an image, truncated, corrupt, too large
             or in an unconvertible mode. ``reason`` tells which.
     """
-    return as_pillow(decode_pixels(data, max_pixels=max_pixels))
-
-
-def decode_pixels(
-    data: bytes | str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> RGBImage:
-    """:func:`decode_image`, but a small plain JPEG comes back as its (H, W, 3) uint8 pixels.
-
-    For consumers that read pixels anyway (the data views' transforms): the array that
-    libjpeg-turbo wrote is returned as is (see :data:`RGBImage`). Every other image, and
-    every error, is :func:`decode_image`'s.
-
-    Raises:
-        BadImageError: as :func:`decode_image`.
-    """
     if not isinstance(data, bytes):
         data = _read_file(data)
     if len(data) == 0:
@@ -187,12 +168,6 @@ def decode_pixels(
     # rather than threads).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        # Small plain JPEGs (thumbnails, 32-96 px data sets) go to libjpeg-turbo directly,
-        # without Pillow's Python header parse, to the same pixels (see data/jpeg.py); it
-        # returns None for everything else, which Pillow decodes below.
-        fast = decode_plain_jpeg(data, max_pixels)
-        if fast is not None:
-            return fast
         try:
             img = Image.open(io.BytesIO(data), formats=_available_formats())
         except UnidentifiedImageError:

@@ -8,15 +8,12 @@
 - Clustering: resize the shorter side to 256/224 × resolution, centre crop, normalise. No
   rotation: features for k-means come from upright images.
 
-Both resize with Pillow's antialiased bilinear filter: large images through Pillow itself,
-small ones (CIFAR's 32 px crops) through the same weights as two float32 products
-(``resample.py``, within one grey level of Pillow's 8-bit result).
+Both resize with Pillow's antialiased bilinear filter, as torchvision does on a PIL image.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,10 +21,6 @@ from PIL import Image
 from torch import Tensor
 
 from .decode import RGBImage, as_pillow, check_pixels, crop, image_size
-from .resample import dense_resize_pays, resize_scaled
-
-if TYPE_CHECKING:
-    from .position_rng import UniformSource
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -50,10 +43,6 @@ _STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
 # (v / 255 - mean) / std as one multiply and one subtract on the 8-bit values, (3, 1, 1).
 _SCALE = (1.0 / (255.0 * _STD)).numpy()
 _SHIFT = (_MEAN / _STD).numpy()
-_SCALE_PER_CHANNEL = (float(_SCALE[0, 0, 0]), float(_SCALE[1, 0, 0]), float(_SCALE[2, 0, 0]))
-# Up to this many pixels, reading all of an image's bytes and slicing the crop out of them is
-# as fast as a Pillow crop first (measured: 6 vs 9 us at 32 px, 10 vs 10 us at 96 px).
-_COPY_ALL_MAX_PIXELS = 96 * 96
 
 
 # (flip, r) → (row step, column step, output axes) of the (H, W, 3) pixel view that shows the
@@ -111,7 +100,7 @@ def _pixels(img: RGBImage) -> np.ndarray:
     need be; pixels are returned as they are.
 
     ``frombuffer(tobytes())`` rather than ``np.asarray``: Pillow's array interface calls
-    ``tobytes`` too, plus its own overhead (11 vs 16 us for a 32 px image).
+    ``tobytes`` too, plus its own overhead.
     """
     if isinstance(img, np.ndarray):
         return check_pixels(img)
@@ -124,9 +113,9 @@ def _normalized(pixels: np.ndarray) -> Tensor:
     """(3, H, W) uint8 view with any strides → contiguous normalised float32 tensor (3, H, W).
 
     numpy, not torch: at 32 px the per-operation overhead, not the arithmetic, is what a
-    worker spends its time on, and numpy's is lower (bench/data.py: 22 vs 32 us per image;
-    229 vs 296 us at 224 px). The multiply is the one copy: it reads through the view's
-    strides (so flips, rotations and crops cost nothing before it) and writes the output.
+    worker spends its time on, and numpy's is lower. The multiply is the one copy: it reads
+    through the view's strides (so flips, rotations and crops cost nothing before it) and
+    writes the output.
     """
     out = np.empty(pixels.shape, dtype=np.float32)
     np.multiply(pixels, _SCALE, out=out)
@@ -137,10 +126,10 @@ def _normalized(pixels: np.ndarray) -> Tensor:
 class TrainTransform:
     """Random-resized crop + horizontal flip + normalisation, driven by a random source.
 
-    Randomness comes only from the ``rng`` argument (a ``PositionRng`` or a numpy
-    ``Generator``), never from torch's or numpy's global state: the training view derives
-    one stream per epoch position, so a sample's augmentation is the same whatever the
-    number of DataLoader workers and when a run resumes mid-epoch.
+    Randomness comes only from the ``rng`` argument (a numpy ``Generator``), never from
+    torch's or numpy's global state: the training view derives one stream per epoch
+    position, so a sample's augmentation is the same whatever the number of DataLoader
+    workers and when a run resumes mid-epoch.
 
     Args:
         resolution: Output side R in pixels (224 in the paper).
@@ -170,7 +159,9 @@ class TrainTransform:
         self.hflip = hflip
         self._log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
 
-    def crop_params(self, width: int, height: int, rng: UniformSource) -> tuple[int, int, int, int]:
+    def crop_params(
+        self, width: int, height: int, rng: np.random.Generator
+    ) -> tuple[int, int, int, int]:
         """Crop box ``(top, left, height, width)``, as torchvision's ``RandomResizedCrop``.
 
         Up to 10 tries of a random area and log-uniform aspect ratio that fits the image;
@@ -179,8 +170,8 @@ class TrainTransform:
         area = height * width
         log_ratio = self._log_ratio
         for _ in range(10):
-            target_area = area * rng.uniform(self.scale[0], self.scale[1])
-            aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+            target_area = area * float(rng.uniform(self.scale[0], self.scale[1]))
+            aspect = math.exp(float(rng.uniform(log_ratio[0], log_ratio[1])))
             w = round(math.sqrt(target_area * aspect))
             h = round(math.sqrt(target_area / aspect))
             if 0 < w <= width and 0 < h <= height:
@@ -196,7 +187,7 @@ class TrainTransform:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, max(h, 1), max(w, 1)
 
-    def __call__(self, img: RGBImage, rng: UniformSource, rotation: int = 0) -> Tensor:
+    def __call__(self, img: RGBImage, rng: np.random.Generator, rotation: int = 0) -> Tensor:
         """Augment one image, then rotate it by ``rotation * 90`` degrees counter-clockwise.
 
         Args:
@@ -217,28 +208,11 @@ class TrainTransform:
         # The coin is always drawn so the crop stream does not depend on the setting.
         flip = rng.random() < 0.5 and self.hflip
         # Flip and rotation as strides of a view, so the normalising step is the only copy
-        # after the resize (a Pillow transpose plus torch.rot90 were two more, ~15 us at 32 px).
+        # after the resize.
         rows, cols, axes = _ORIENTATIONS[flip, rotation]
         r = self.resolution
-        if dense_resize_pays(h, w, r):
-            # Small crops (every CIFAR one): the same filter as two BLAS products on a view
-            # of the pixels; the whole transform takes 27 instead of 39 us at 32 px. Within
-            # one grey level of Pillow's crop + resize (resample.py).
-            if isinstance(img, Image.Image) and width * height > max(
-                4 * h * w, _COPY_ALL_MAX_PIXELS
-            ):
-                # A small crop of a large image: copy out only the crop's bytes (all of a
-                # 505 x 350 photo's take 108 us, a 90 x 80 crop's 17 us).
-                pixels = _pixels(img.crop((left, top, left + w, top + h)))
-            else:
-                pixels = _pixels(img)[top : top + h, left : left + w]
-            scaled = resize_scaled(pixels, r, _SCALE_PER_CHANNEL)  # (3, R, R), channels first
-            oriented = scaled.transpose(1, 2, 0)[::rows, ::cols].transpose(axes)
-            out = np.empty(oriented.shape, dtype=np.float32)
-            np.subtract(oriented, _SHIFT, out=out)
-            return torch.from_numpy(out)
-        # What torchvision's resized_crop does on a PIL image (crop, then an antialiased
-        # bilinear resize), without its dispatch and argument checks.
+        # What torchvision's resized_crop does on a PIL image: crop, then an antialiased
+        # bilinear resize.
         box = as_pillow(crop(img, left, top, left + w, top + h))
         resized = box.resize((r, r), Image.Resampling.BILINEAR)
         return _normalized(_pixels(resized)[::rows, ::cols].transpose(axes))
@@ -277,13 +251,11 @@ class ClusterTransform:
         torchvision's ``resize(resize, BILINEAR, antialias=True)`` then ``center_crop(R)``,
         computed as one Pillow resize of the source box that the centre crop covers: only the
         R x R pixels kept are resampled, with the same filter over the same source pixels
-        (the whole image, not the box, bounds the filter's support). At 224 px that is 2x
-        less resampling (~525 x 350 photos: 1.5 vs 3.0 ms). The filter weights are computed
-        from the box's origin instead of the image's, so they differ in their last bits, and
-        Pillow rounds after each of its two passes: an output pixel can differ from
-        torchvision's by up to two grey levels (tested), where the previous version was
-        bit-identical. Small images (CIFAR's) take the same filter over the same box as two
-        float32 products instead (``resample.resize_scaled``), which do not round.
+        (the whole image, not the box, bounds the filter's support), instead of the whole
+        resized image. The filter weights are computed from the box's origin instead of the
+        image's, so they differ in their last bits, and Pillow rounds after each of its two
+        passes: an output pixel can differ from torchvision's by up to two grey levels
+        (tested).
         """
         width, height = image_size(img)
         short, long = min(width, height), max(width, height)
@@ -308,11 +280,6 @@ class ClusterTransform:
         # centre at source (j + 0.5) * width / size[0], as in Pillow's full resize.
         sx, sy = width / size[0], height / size[1]
         box = (left * sx, top * sy, (left + r) * sx, (top + r) * sy)
-        if dense_resize_pays(height, width, r):
-            # Small images (CIFAR's 32 px): Pillow's filter as two products (resample.py).
-            scaled = resize_scaled(_pixels(img), r, _SCALE_PER_CHANNEL, box=box)
-            scaled -= _SHIFT
-            return torch.from_numpy(scaled)
         resized = as_pillow(img).resize((r, r), Image.Resampling.BILINEAR, box=box)
         return _normalized(_pixels(resized).transpose(2, 0, 1))
 

@@ -18,7 +18,6 @@ from torch.utils.data import Dataset
 
 from .collection import Collection, pixel_reader
 from .decode import BadImageError, RGBImage, image_size
-from .position_rng import PositionRng
 from .samplers import EpochPlan
 from .transforms import ClusterTransform, TrainTransform
 
@@ -27,9 +26,8 @@ __all__ = ["ClusterView", "TrainView"]
 Item = TypeVar("Item")
 
 #: Decoded pixels (counted at Pillow's 4 bytes a pixel) that a batched fetch holds before
-#: transforming them: 64 CIFAR-size images, one photo. Holding 8 MiB (~11 photos of
-#: 525 x 350) made a 224 px training item ~5% slower (2.49 vs 2.38 ms): the photos had left
-#: the cache by their turn.
+#: transforming them: 64 CIFAR-size images, one photo. More would let the first photos of a
+#: group leave the cache before their turn.
 GROUP_BYTES = 256 * 2**10
 
 
@@ -43,11 +41,9 @@ def decode_then_transform(
     transforming them, rather than alternating image by image (``read``: the collection's
     :func:`~.collection.pixel_reader`).
 
-    Alternating libjpeg's decoder with the transform's numpy and BLAS kernels evicts each
-    other's code and data from the caches. On the AMD EPYC of docs/performance.md (round 11)
-    a 32 px CIFAR-10 training item took 118 us fetched alone, where decoding took 44 us and
-    transforming 25 us when each ran by itself; fetched 48 at a time it takes 80 us. Groups
-    stop at :data:`GROUP_BYTES` of decoded pixels, so photos are still transformed one by one.
+    Alternating the image decoder with the transform's kernels evicts each other's code and
+    data from the caches; small images fetched in groups avoid that. Groups stop at
+    :data:`GROUP_BYTES` of decoded pixels, so photos are still transformed one by one.
 
     Args:
         collection: where the images come from.
@@ -141,10 +137,10 @@ class ClusterView(Dataset[tuple[Tensor, int, str]]):
 class TrainView(Dataset[tuple[Tensor, int, int, str]]):
     """Training view following an ``EpochPlan``, reproducible per position.
 
-    The augmentation of plan position ``p`` draws from ``PositionRng(seed, epoch, p)``, a
-    stream that is a pure function of the triple, so it is the same in every worker layout
-    and when a run resumes mid-epoch with ``start = p0`` (item ``j`` is position
-    ``start + j``).
+    The augmentation of plan position ``p`` draws from
+    ``np.random.default_rng([seed, epoch, p])``, a stream that is a pure function of the
+    triple, so it is the same in every worker layout and when a run resumes mid-epoch with
+    ``start = p0`` (item ``j`` is position ``start + j``).
 
     Args:
         collection: Images to read.
@@ -184,11 +180,10 @@ class TrainView(Dataset[tuple[Tensor, int, int, str]]):
         self._seed = seed
         self._epoch = epoch
         self.start = start
-        self._streams = PositionRng(seed, epoch)  # child(p) == PositionRng(seed, epoch, p)
 
     @property
     def seed(self) -> int:
-        """Run seed (read-only: the per-position streams are derived from it once)."""
+        """Run seed (read-only: the per-position streams are derived from it)."""
         return self._seed
 
     @property
@@ -214,7 +209,7 @@ class TrainView(Dataset[tuple[Tensor, int, int, str]]):
         size = self.transform.resolution
 
         def augment(k: int, img: RGBImage) -> tuple[Tensor, int, int, str]:
-            stream = self._streams.child(positions[k])
+            stream = np.random.default_rng([self._seed, self._epoch, positions[k]])
             return self.transform(img, stream, rotation=rotations[k]), ids[k], rotations[k], ""
 
         return decode_then_transform(

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepercluster.config import diff_configs
+from deepercluster.config import REMOVED_SETTINGS, diff_configs
 from deepercluster.engine.failures import CheckpointError, io_error_of
 from deepercluster.version import __version__
 
@@ -37,7 +37,6 @@ RESUMABLE_CHANGES = frozenset(
         "data.workers",
         "train.device",
         "train.threads",
-        "train.reuse_memory",
         "train.checkpoint_every",
         "train.epochs",
         "train.precision",
@@ -197,6 +196,8 @@ def check_compatible(saved_config: dict[str, Any], config: dict[str, Any], path:
         IncompatibleCheckpointError: naming every setting that differs and the two ways out.
     """
     changed = diff_configs(saved_config, config)
+    # A removed setting is in the saved config only; it changed nothing the state depends on.
+    changed = [key for key in changed if key not in REMOVED_SETTINGS]
     blocking = [key for key in changed if key not in RESUMABLE_CHANGES]
     if blocking:
         details = ", ".join(

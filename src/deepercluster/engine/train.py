@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from deepercluster import distributed
-from deepercluster.allocator import trim_before_workers
 from deepercluster.config import ClusterConfig
 from deepercluster.features import autocast
 from deepercluster.losses import hierarchical_loss, super_class_targets
@@ -129,7 +128,6 @@ def train_one_epoch(
     heads.train()
     distributed_run = distributed.world_size() > 1
     bar = tqdm(total=len(lrs), desc="train", unit="it", disable=not progress, leave=False)
-    trim_before_workers(loader)  # the first step after the fork would copy the kept heap
     batches = iter(loader)
     tic = time.perf_counter()
     try:

@@ -14,7 +14,6 @@ References:
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import adjusted_mutual_info_score
 
 __all__ = ["ami", "ari", "contingency", "purity"]
 
@@ -127,4 +126,8 @@ def ami(a: np.ndarray, b: np.ndarray) -> float:
         AMI, at most 1 (can be slightly negative for worse-than-chance agreement).
     """
     a, b = _check(a, b, "ami")
+    # Imported here: scikit-learn sets process-wide KMP_* variables when it is imported, and
+    # ``import deepercluster`` must leave the environment alone.
+    from sklearn.metrics import adjusted_mutual_info_score
+
     return float(adjusted_mutual_info_score(a, b, average_method="arithmetic"))

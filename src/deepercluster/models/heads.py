@@ -15,13 +15,10 @@ as the reference trainer does with ``relu(model(inp))`` before both prediction l
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from deepercluster.models.grouped import GradBuffer, grouped_cross_entropy, grouped_linear
 
 __all__ = ["HierarchicalHeads"]
 
@@ -34,11 +31,8 @@ class HierarchicalHeads(nn.Module):
     """Super-class head and one sub-class head per super-class, on ReLU(features).
 
     The sub-heads are stored as one weight (S_own, n_sub, D) and one bias (S_own, n_sub), so
-    grouping a batch by super-class is indexing, and the whole set checkpoints and
-    re-initialises as two tensors. The weight's memory order is (S_own, D, n_sub) (a
-    transposed view): at ~16 rows per sub-head MKL runs the step's products ~20% faster that
-    way (``models/products.py``); its gradient and momentum follow that layout. By default
-    every process owns all S sub-heads (S_own = S). In the paper's grouped layout (section 6
+    the whole set checkpoints and re-initialises as two tensors. By default every process
+    owns all S sub-heads (S_own = S). In the paper's grouped layout (section 6
     of docs/ALGORITHM.md) a process trains one super-class only, so it builds ``owned=[g]``
     and holds one (1, n_sub, D) slice: that is what makes k = 320 000 fit in memory. Targets
     are always global super-class ids in [0, S); slot i of ``sub_weight``/``sub_bias`` holds
@@ -65,17 +59,12 @@ class HierarchicalHeads(nn.Module):
         self.n_super = n_super
         self.n_sub = n_sub
         self.owned: tuple[int, ...] = _check_owned(owned, n_super)
-        # The slot table lives on the host: the grouped path reads it with the per-class counts
-        # it already has there, so routing costs no device sync.
+        # The slot table lives on the host, beside the per-class counts that routing brings
+        # there: looking a slot up costs no device sync.
         self._slots: tuple[int, ...] = _slot_table(self.owned, n_super)
         self.super_head = nn.Linear(feature_dim, n_super)
-        # Logically (S_own, n_sub, D), stored as (S_own, D, n_sub): see the class docstring.
-        self.sub_weight = nn.Parameter(
-            torch.empty(len(self.owned), feature_dim, n_sub).transpose(1, 2)
-        )
+        self.sub_weight = nn.Parameter(torch.empty(len(self.owned), n_sub, feature_dim))
         self.sub_bias = nn.Parameter(torch.empty(len(self.owned), n_sub))
-        # Storage for sub_weight's gradient, lent again every step (see sub_cross_entropy).
-        self._grad_buffer = GradBuffer()
         self.reset_parameters()
 
     def extra_repr(self) -> str:
@@ -206,74 +195,40 @@ class HierarchicalHeads(nn.Module):
         logits: Tensor = self.super_head(x)
         return logits
 
-    def sub_cross_entropy(
-        self, features: Tensor, super_targets: Tensor, sub_targets: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Each sample's cross-entropy under its super-class's sub-head: the training path.
-
-        Equal to ``F.cross_entropy(self.sub_logits(features, super_targets), sub_targets,
-        reduction="none")`` but fused (``models/grouped.py``): the (B, n_sub) logits never
-        reach autograd, and the sub-heads' weight gradient is written into storage reused
-        from step to step (no page faults for a fresh (S_own, n_sub, D) tensor every step on
-        the CPU).
-
-        Args:
-            features: (B, D) backbone output, pre-activation.
-            super_targets: (B,) int64 global super-class ids in [0, S), all owned.
-            sub_targets: (B,) int64 sub-cluster of each sample, in [0, n_sub).
-
-        Returns:
-            losses: (B,) per-sample cross-entropy, in batch order, differentiable.
-            correct: (B,) bool, whether the sub-head's argmax is the target.
-
-        Raises:
-            ValueError: as :meth:`sub_logits`, or mis-shaped ``sub_targets``.
-        """
-        x = F.relu(features)
-        groups, order = self._route(x, super_targets)
-        if sub_targets.shape != super_targets.shape or sub_targets.dtype != torch.int64:
-            raise ValueError(
-                f"sub_targets must be int64 of shape {tuple(super_targets.shape)}, got "
-                f"{sub_targets.dtype} {tuple(sub_targets.shape)}; pass one sub-cluster per sample"
-            )
-        if not groups:
-            return x.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=x.device)
-        if order is not None:
-            x, sub_targets = x.index_select(0, order), sub_targets.index_select(0, order)
-            super_targets = super_targets.index_select(0, order)
-        losses, correct = grouped_cross_entropy(
-            x,
-            self.sub_weight,
-            self.sub_bias,
-            sub_targets,
-            groups,
-            self._grad_buffer,
-        )
-        if order is None:
-            return losses, correct
-        inverse = _inverse(order)
-        return losses.index_select(0, inverse), correct.index_select(0, inverse)
-
-    def _apply(self, fn: Any, recurse: bool = True) -> HierarchicalHeads:
-        # .to(), .double(), .cuda() replace the parameters: the reused gradient storage must
-        # follow, so it is dropped and made again at the next backward pass.
-        self._grad_buffer.clear()
-        return super()._apply(fn, recurse)  # type: ignore[no-untyped-call,no-any-return]
-
     def _sub(self, x: Tensor, super_targets: Tensor) -> Tensor:
-        groups, order = self._route(x, super_targets)
-        if not groups:  # empty batch (e.g. the tail of a sharded epoch)
-            return x.new_zeros((0, self.n_sub))
-        if order is None:
-            return grouped_linear(x, self.sub_weight, self.sub_bias, groups)
-        logits = grouped_linear(x.index_select(0, order), self.sub_weight, self.sub_bias, groups)
-        return logits.index_select(0, _inverse(order))
+        """(B, n_sub) logits of rectified rows ``x``, row i through sub-head ``super_targets[i]``.
 
-    def _route(
-        self, x: Tensor, super_targets: Tensor
-    ) -> tuple[list[tuple[int, int]], Tensor | None]:
-        """Group the rows by sub-head: ``(slot, rows)`` per present super-class, in id order,
-        and the (B,) permutation that sorts the rows that way (None when already grouped)."""
+        The rows are sorted by super-class, each present super-class's rows go through its
+        own sub-head in one ``F.linear``, and the logits are put back in batch order. A sample
+        never meets another super-class's sub-head, so nothing of size (B, S * n_sub) or
+        (B, n_sub, D) is built.
+        """
+        present = self._present(x, super_targets)
+        if not present:  # empty batch (e.g. the tail of a sharded epoch)
+            return x.new_zeros((0, self.n_sub))
+        # unbind, not indexing per slot: its backward writes every slot's gradient into one
+        # (S_own, n_sub, D) tensor (absent slots 0), where indexing would add S_own of them.
+        weights, biases = self.sub_weight.unbind(0), self.sub_bias.unbind(0)
+        if len(present) == 1:  # one super-class: the grouped layout, where a rank owns one
+            slot = self._slots[present[0][0]]
+            return F.linear(x, weights[slot], biases[slot])
+        order = torch.argsort(super_targets, stable=True)
+        rows = torch.split(x.index_select(0, order), [n for _, n in present])
+        logits = torch.cat(
+            [
+                F.linear(r, weights[self._slots[s]], biases[self._slots[s]])
+                for (s, _), r in zip(present, rows, strict=True)
+            ]
+        )
+        # Sorted row j is batch row order[j]: put it back there (its gradient is then a gather,
+        # where undoing the sort by indexing with the inverse permutation would scatter).
+        out = torch.empty_like(logits)
+        out[order] = logits
+        return out
+
+    def _present(self, x: Tensor, super_targets: Tensor) -> list[tuple[int, int]]:
+        """(super-class, number of rows) of every super-class present in the batch, in id
+        order, after checking the shapes and that this module owns each one's sub-head."""
         if x.dim() != 2 or x.shape[1] != self.feature_dim:
             raise ValueError(
                 f"features must be (B, {self.feature_dim}), got {tuple(x.shape)}; "
@@ -292,28 +247,15 @@ class HierarchicalHeads(nn.Module):
                 f"super_targets contains class {len(counts) - 1} but the heads have "
                 f"n_super={self.n_super}; build the heads with the config's number of super-classes"
             )
-        present = [s for s, c in enumerate(counts) if c > 0]
-        unowned = [s for s in present if self._slots[s] < 0]
+        present = [(s, c) for s, c in enumerate(counts) if c > 0]
+        unowned = [s for s, _ in present if self._slots[s] < 0]
         if unowned:
             raise ValueError(
                 f"super_targets contains super-class(es) {unowned} whose sub-heads these heads "
                 f"do not own (owned={self.owned}); route each sample to a process that owns "
                 "its super-class"
             )
-        groups = [(self._slots[s], counts[s]) for s in present]
-        if len(present) <= 1:
-            # Whole batch in one super-class: the distributed layout, where a rank owns one.
-            return groups, None
-        # Sorting by global id groups the rows by sub-head; the slot only picks the parameters.
-        return groups, torch.argsort(super_targets, stable=True)
-
-
-def _inverse(order: Tensor) -> Tensor:
-    """The permutation undoing ``order``: ``sorted_rows.index_select(0, _inverse(order))``
-    puts row j back at ``order[j]``."""
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device)
-    return inverse
+        return present
 
 
 def _check_owned(owned: Sequence[int] | None, n_super: int) -> tuple[int, ...]:

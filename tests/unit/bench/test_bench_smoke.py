@@ -5,13 +5,11 @@ from __future__ import annotations
 import io
 import json
 import math
-import platform
 import statistics
 import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,6 @@ from bench.__main__ import BENCHES, main
 from bench.extract import _children_cpu
 from PIL import Image
 
-from deepercluster.allocator import REUSE_LIMIT, kernel_thp_mode, request_huge_pages
 from deepercluster.features import native_bf16
 
 
@@ -72,9 +69,6 @@ def test_all_benchmarks_run_on_tiny_shapes(
     sampled = [r for r in rows if "level 1 on 256 m images" in r["name"]]
     assert [r["detail"].get("level1_sample") for r in sampled] == [512, None]
     assert record["machine_before"]["torch_threads"] == 1
-    # The suite runs under a training run's malloc settings (train.reuse_memory) and says so.
-    glibc = platform.libc_ver()[0] == "glibc"
-    assert record["malloc_kept_below_bytes"] == (REUSE_LIMIT if glibc else 0)
     # Extraction with a DataLoader worker records the worker's CPU time (a forked process'
     # decoding and start-up, counted once the loader has joined it), and its share of a bare
     # call as a row; without a worker there is none.
@@ -98,29 +92,6 @@ def test_all_benchmarks_run_on_tiny_shapes(
     assert cycle == {stage: ["s", "MiB"] for stage in ("extract", "pca", "kmeans", "train")}
     printed = capsys.readouterr().out
     assert "target" in printed and "repetitions" in printed and "written to" in printed
-
-
-@pytest.mark.slow
-def test_malloc_benchmark_compares_fresh_interpreters(tmp_path: Path) -> None:
-    assert (
-        main(["malloc", "--tiny", "--threads", "1", "--malloc", "defaults", "--out", str(tmp_path)])
-        == 0
-    )
-    record = json.loads((tmp_path / "malloc-tiny-cpu.json").read_text())
-    assert record["malloc_kept_below_bytes"] == 0
-    rows = {r["name"].split(",")[0]: r for r in record["rows"]}
-    fork = "fork + exit of a process with 256 MiB of tensors"
-    assert set(rows) == {"bare inference", "bare training step", "peak resident memory", fork}
-    for r in rows.values():
-        assert math.isfinite(r["value"]) and r["value"] > 0 and r["ok"] is None, r
-    timed = [rows["bare inference"], rows["bare training step"], rows[fork]]
-    assert all(len(r["detail"]["per_rep"]) == 2 for r in timed)
-    assert all(r["detail"]["faults_reuse"] >= 0 for r in timed[:2])
-    # The huge-pages side asked for them wherever the kernel has them; the other side did not.
-    has_them = kernel_thp_mode() in ("always", "madvise")
-    assert rows[fork]["detail"]["on_side_asks"] == float(has_them)
-    # and the record says what this process decided (here pytest imported torch first)
-    assert record["huge_pages"] == asdict(request_huge_pages())
 
 
 def test_level1_sample_script_runs_on_a_tiny_tar(tmp_path: Path) -> None:

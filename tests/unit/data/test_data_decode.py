@@ -217,3 +217,16 @@ def test_max_pixels_is_our_limit_and_globals_stay_untouched(encode: Encode) -> N
 def test_missing_file_is_a_bad_image(tmp_path: Path) -> None:
     with pytest.raises(BadImageError, match="file not found"):
         decode_image(tmp_path / "gone.jpg")
+
+
+def test_broken_jpegs_are_classified(encode: Encode) -> None:
+    data = encode((64, 48), "JPEG")
+    with pytest.raises(BadImageError, match=r"^truncated image"):
+        decode_image(data[: len(data) // 2])
+    # A header that declares 60,000 x 60,000 pixels: refused before anything is decoded.
+    sof = data.index(b"\xff\xc0")
+    bomb = data[: sof + 5] + (60_000).to_bytes(2, "big") * 2 + data[sof + 9 :]
+    with pytest.raises(BadImageError, match=r"^decompression bomb"):
+        decode_image(bomb)
+    with pytest.raises(BadImageError, match=r"^decompression bomb: 3072 pixels > limit 3000"):
+        decode_image(data, max_pixels=3000)

@@ -26,7 +26,6 @@ from deepercluster.data import (
     views,
 )
 from deepercluster.data.collection import pixel_reader
-from deepercluster.data.position_rng import PositionRng
 
 Encode = Callable[..., bytes]
 WriteTar = Callable[[Path, Mapping[str, bytes]], Path]
@@ -135,7 +134,7 @@ def test_rotation_is_applied_after_the_transform() -> None:
     for r in range(4):
         plan = EpochPlan(indices=np.zeros(1, np.int64), rotations=np.array([r], np.int64))
         image = TrainView(collection, transform, plan, seed=0, epoch=0)[0][0]
-        upright = transform(collection.read(0), PositionRng(0, 0, 0))
+        upright = transform(collection.read(0), np.random.default_rng([0, 0, 0]))
         assert torch.equal(image, torch.rot90(upright, r, dims=(-2, -1)))
 
 
@@ -185,7 +184,9 @@ def test_batched_fetch_equals_each_image_read_and_transformed(
             n_bad += 1
             continue
         assert error == ""
-        assert torch.equal(image, TrainTransform(8)(img, PositionRng(3, 1, p), rotation=r))
+        assert torch.equal(
+            image, TrainTransform(8)(img, np.random.default_rng([3, 1, p]), rotation=r)
+        )
         assert torch.equal(c_image, ClusterTransform(8)(img))
     assert n_bad > 0
     with pytest.raises(IndexError, match="out of range"):

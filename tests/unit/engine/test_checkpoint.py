@@ -71,3 +71,11 @@ def test_tolerated_changes_are_returned(tmp_path: Path) -> None:
     old = load_config().to_dict()
     new = load_config(overrides=["train.epochs=500", "data.workers=0", "out=elsewhere"]).to_dict()
     assert check_compatible(old, new, tmp_path) == ["data.workers", "out", "train.epochs"]
+
+
+def test_a_removed_setting_in_an_older_checkpoint_does_not_block_the_resume(
+    tmp_path: Path,
+) -> None:
+    old = load_config().to_dict()
+    old["train"]["reuse_memory"] = False  # what earlier versions saved
+    assert check_compatible(old, load_config().to_dict(), tmp_path) == []

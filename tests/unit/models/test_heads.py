@@ -1,4 +1,5 @@
-"""Hierarchical heads: grouped sub-logits equal a per-sample reference, values and gradients."""
+"""Hierarchical heads: grouped sub-logits equal a per-sample reference, values and gradients;
+owned subsets of the sub-heads; initialisation."""
 
 from __future__ import annotations
 
@@ -124,6 +125,21 @@ def test_no_per_sample_weight_or_flat_logit_tensor_is_materialised() -> None:
     assert probe.largest < min(batch * S * N_SUB, batch * N_SUB * D)
 
 
+def test_sub_heads_work_under_autocast() -> None:
+    # A user's own loop may wrap the heads in bf16 autocast: the logits then come out in bf16,
+    # close to the float32 ones, and the backward pass reaches the features and the weights.
+    heads = HierarchicalHeads(80, S, 7)
+    x = torch.randn(6, 80, requires_grad=True)
+    y = torch.tensor([0, 0, 2, 2, 2, 3])
+    plain = heads.sub_logits(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = heads.sub_logits(x, y)
+    assert auto.dtype == torch.bfloat16
+    torch.testing.assert_close(auto.float(), plain, rtol=0.05, atol=0.02)
+    auto.float().sum().backward()  # type: ignore[no-untyped-call]
+    assert x.grad is not None and heads.sub_weight.grad is not None
+
+
 def test_empty_batch() -> None:
     heads = HierarchicalHeads(D, S, N_SUB)
     out = heads.sub_logits(torch.randn(0, D), torch.zeros(0, dtype=torch.int64))
@@ -192,8 +208,19 @@ def test_full_heads_state_dict_is_unchanged() -> None:
         "sub_weight": (S, N_SUB, D),
         "sub_bias": (S, N_SUB),
     }
+    assert heads.sub_weight.is_contiguous()
     assert heads.owned == tuple(range(S))
     assert HierarchicalHeads(D, S, N_SUB, owned=None).owned == heads.owned
+
+
+def test_a_state_dict_stored_transposed_loads() -> None:
+    # Earlier versions kept sub_weight as a transposed (S, D, n_sub) view: same shape, same
+    # values, other strides. Their checkpoints load into today's contiguous weight.
+    old = HierarchicalHeads(D, S, N_SUB).state_dict()
+    old["sub_weight"] = old["sub_weight"].transpose(1, 2).contiguous().transpose(1, 2)
+    heads = HierarchicalHeads(D, S, N_SUB)
+    heads.load_state_dict(old)
+    assert torch.equal(heads.sub_weight, old["sub_weight"]) and heads.sub_weight.is_contiguous()
 
 
 def test_owned_subset_shapes() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import textwrap
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +45,23 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
 """(code, meaning) of every exit code, for ``--help`` and the README."""
 
 
+_WRONG_PATH = (
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+"""Errors of a path the user gave (--data, --out, a checkpoint): bad settings, exit 2."""
+
+
 def exit_codes_help() -> str:
     """The table as ``--help`` prints it."""
-    return "Exit codes:\n" + "".join(f"  {code:>3}  {meaning}\n" for code, meaning in EXIT_CODES)
+    lines = [
+        textwrap.fill(meaning, 92, initial_indent=f"  {code:>3}  ", subsequent_indent=" " * 7)
+        for code, meaning in EXIT_CODES
+    ]
+    return "Exit codes:\n" + "\n".join(lines) + "\n"
 
 
 def describe(exc: BaseException) -> tuple[int, str]:
@@ -82,7 +97,7 @@ def describe(exc: BaseException) -> tuple[int, str]:
             f"({type(exc).__name__}: {text}); a process died or stopped answering within "
             "--timeout. Run the same command again to resume from the last checkpoint."
         )
-    if isinstance(exc, (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)):
+    if isinstance(exc, (ValueError, *_WRONG_PATH)):
         return EXIT_BAD_INPUT, text
     return EXIT_BUG, f"internal error ({type(exc).__name__}: {text})"
 

@@ -55,6 +55,8 @@ def claim_run_folder(out_dir: Path, env: DistEnv, *, restart: bool = False) -> I
         RunFolderError: another run holds the folder, or it holds a run without checkpoint
             (on every rank, together).
     """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a folder (a new one, or a run's)")
     created = not out_dir.exists()
     setup_logging(
         out_dir if env.is_main else None, level=logging.INFO if env.is_main else logging.WARNING

@@ -25,6 +25,19 @@ log = get_logger("lock")
 
 LOCK_NAME = ".lock"
 
+_HELD: set[int] = set()
+"""Descriptors of the locks this process holds: closed in forked children (DataLoader
+workers), whose copies would otherwise keep the lock for a few seconds after a kill -9 of
+the run, until they notice their parent is gone."""
+_at_fork_registered = False
+
+
+def _close_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # close only: an unlock here would free the parent's lock
+    _HELD.clear()
+
 
 class RunLock:
     """An exclusive, non-blocking lock on ``folder/.lock``.
@@ -70,10 +83,16 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self._fd = fd
+        global _at_fork_registered
+        if not _at_fork_registered:
+            os.register_at_fork(after_in_child=_close_in_child)
+            _at_fork_registered = True
+        _HELD.add(fd)
 
     def release(self) -> None:
         """Let the lock go (the file stays: removing it would race with a starting run)."""
         if self._fd is not None:
+            _HELD.discard(self._fd)
             with contextlib.suppress(OSError):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)

@@ -42,6 +42,28 @@ def test_lock_of_a_killed_process_is_free(tmp_path: Path) -> None:
     lock.release()
 
 
+def test_a_forked_worker_does_not_keep_the_lock_of_a_killed_run(tmp_path: Path) -> None:
+    code = (
+        "import os, sys, time; from pathlib import Path; "
+        "from deepercluster.engine.lock import RunLock; RunLock(Path(sys.argv[1])).acquire(); "
+        "pid = os.fork()\n"
+        "if pid == 0: time.sleep(30); os._exit(0)\n"
+        "print(pid, flush=True); os.kill(os.getpid(), 9)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    worker = int(proc.stdout.readline())  # the child keeps the pipe open: read one line
+    assert proc.wait() == -9
+    try:
+        lock = RunLock(tmp_path)
+        lock.acquire()  # the worker (a DataLoader's, say) still lives, without the lock
+        lock.release()
+    finally:
+        os.kill(worker, 9)
+        proc.stdout.close()
+
+
 def test_each_save_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint.pth"
     for i in range(3):

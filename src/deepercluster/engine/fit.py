@@ -140,11 +140,11 @@ def _fit(
         )
     n_images = len(collection)
     skip_log = SkipLog()
+    # The error when no image reads: the real cause, with skipped.csv written.
     unreadable = functools.partial(
-        none_readable, collection=collection, data_path=cfg.data.path, skip_log=skip_log,
-        out_dir=out_dir,
-    )  # fmt: skip
-    check_k(cfg.cluster, collection, data_path=cfg.data.path, skip_log=skip_log, out_dir=out_dir)
+        none_readable, collection, data_path=cfg.data.path, skip_log=skip_log, out_dir=out_dir
+    )
+    check_k(cfg.cluster, collection, unreadable)
     epoch_size = cfg.train.epoch_size or n_images
     train_transform = TrainTransform(
         cfg.data.resolution, scale=(cfg.data.crop_scale_min, 1.0), hflip=cfg.data.hflip

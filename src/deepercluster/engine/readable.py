@@ -7,6 +7,7 @@ point at a ``skipped.csv`` that was never written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from deepercluster import distributed
@@ -16,18 +17,21 @@ from deepercluster.engine.failures import NoReadableImages
 
 PROBE_LIMIT = 1000
 """Collections up to this size are read whole before a ``cluster.k`` refusal: if none of
-their images reads, that is the real cause to report (a few seconds at most)."""
+their images reads, that is the real cause to report."""
 
 
 def check_k(
     cluster: ClusterConfig,
     collection: Collection,
-    *,
-    data_path: str,
-    skip_log: SkipLog,
-    out_dir: Path,
+    unreadable: Callable[[list[tuple[int, str]]], NoReadableImages],
 ) -> None:
     """Refuse a ``cluster.k`` larger than the collection, or the collection if unreadable.
+
+    Args:
+        cluster: the clustering settings.
+        collection: the images.
+        unreadable: builds the error from the (index, reason) of unreadable images
+            (:func:`none_readable` with the run's settings).
 
     Raises:
         NoReadableImages: none of the (few) images reads; ``skipped.csv`` lists them.
@@ -37,17 +41,15 @@ def check_k(
     if cluster.k <= n_images:
         return
     if n_images <= PROBE_LIMIT:
-        unreadable: list[tuple[int, str]] = []
+        failed: list[tuple[int, str]] = []
         for index in range(n_images):
             try:
                 collection.read(index)
                 break
             except BadImageError as exc:
-                unreadable.append((index, str(exc)))
+                failed.append((index, str(exc)))
         else:
-            raise none_readable(
-                unreadable, collection, data_path=data_path, skip_log=skip_log, out_dir=out_dir
-            )
+            raise unreadable(failed)
     raise ValueError(
         f"cluster.k ({cluster.k}) is larger than the number of images ({n_images}); "
         f"lower cluster.k (a few images per cluster at least, e.g. "
@@ -56,8 +58,8 @@ def check_k(
 
 
 def none_readable(
-    unreadable: list[tuple[int, str]],
     collection: Collection,
+    unreadable: list[tuple[int, str]],
     *,
     data_path: str,
     skip_log: SkipLog,
@@ -66,8 +68,8 @@ def none_readable(
     """The error for a collection none of whose images reads, ``skipped.csv`` written.
 
     Args:
-        unreadable: (index, reason) of the images tried.
         collection: the images.
+        unreadable: (index, reason) of the images tried.
         data_path: ``data.path`` as given (a list file is named as such).
         skip_log: the run's log of unreadable images (completed here).
         out_dir: the run folder, for ``skipped.csv``.

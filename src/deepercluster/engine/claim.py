@@ -28,6 +28,7 @@ from deepercluster.engine.checkpoint import CHECKPOINT_NAME, PREVIOUS_NAME
 from deepercluster.engine.failures import RunFolderError
 from deepercluster.engine.lock import LOCK_NAME, RunLock
 from deepercluster.engine.preemption import Preempted
+from deepercluster.engine.run_folder import read_metrics
 from deepercluster.log import FILE_ONLY, close_log_file, get_logger, setup_logging
 
 log = get_logger("fit")
@@ -150,8 +151,6 @@ def write_missing_summary(out_dir: Path, history: list[dict[str, Any]]) -> None:
     path = out_dir / "summary.json"
     last = history[-1] if history else None
     if last is None and not path.exists():
-        from deepercluster.engine.run_folder import read_metrics
-
         rows = read_metrics(out_dir)
         last = rows[-1] if rows else None
         if last is not None:

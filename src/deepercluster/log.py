@@ -2,7 +2,8 @@
 
 The console gets human-readable lines; the run folder gets ``metrics.jsonl`` (one JSON object
 per record, the source of truth), ``metrics.csv`` (the same, flattened, for spreadsheets) and
-TensorBoard event files under ``tb/``. Writers append, so a resumed run continues its files.
+TensorBoard event files under ``tb/``. Writers append, so a resumed run continues its files;
+:meth:`MetricsWriter.keep_epochs` first cuts them back to the checkpoint's epoch.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from types import TracebackType
 from typing import Any
 
 LOGGER_NAME = "deepercluster"
+
+FILE_ONLY = {"file_only": True}
+"""``log.error(..., extra=FILE_ONLY)``: for ``train.log`` only, not the console (tracebacks:
+the console gets one line with the fix)."""
 
 
 def get_logger(name: str = "") -> logging.Logger:
@@ -40,6 +45,7 @@ def setup_logging(out_dir: Path | None = None, *, level: int = logging.INFO) -> 
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
+    console.addFilter(lambda record: not getattr(record, "file_only", False))
     console._deepercluster = True  # type: ignore[attr-defined]
     logger.addHandler(console)
     if out_dir is not None:
@@ -48,6 +54,15 @@ def setup_logging(out_dir: Path | None = None, *, level: int = logging.INFO) -> 
         file_handler.setFormatter(fmt)
         file_handler._deepercluster = True  # type: ignore[attr-defined]
         logger.addHandler(file_handler)
+
+
+def close_log_file() -> None:
+    """Stop writing ``train.log`` (at the end of a run; the console handler stays)."""
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in list(logger.handlers):
+        if getattr(handler, "_deepercluster", False) and isinstance(handler, logging.FileHandler):
+            logger.removeHandler(handler)
+            handler.close()
 
 
 class MetricsWriter:
@@ -84,6 +99,49 @@ class MetricsWriter:
                     self._tb.add_scalar(key.replace(".", "/"), value, step)
             self._tb.flush()
 
+    def keep_epochs(self, n_epochs: int) -> int:
+        """Cut ``metrics.jsonl`` and ``metrics.csv`` back to the rows of epochs before
+        ``n_epochs`` (a resumed run: rows written after its checkpoint would come twice).
+        TensorBoard's events stay: it shows a repeated step as one more point.
+
+        Returns:
+            The number of rows removed from ``metrics.jsonl``.
+        """
+        if not self.enabled:
+            return 0
+        jsonl = self.out_dir / "metrics.jsonl"
+        removed = 0
+        if jsonl.exists():
+            lines = [line for line in jsonl.read_text(encoding="utf-8").splitlines() if line]
+            # A line cut short by a kill has no epoch (nan): it goes too.
+            kept = [line for line in lines if _epoch_of(line) < n_epochs]
+            removed = len(lines) - len(kept)
+            if removed:
+                _write_atomic(jsonl, "".join(line + "\n" for line in kept))
+                get_logger("metrics").info(
+                    "metrics.jsonl: %d row(s) past the checkpoint removed (they come again)",
+                    removed,
+                )
+        table = self.out_dir / "metrics.csv"
+        if table.exists():
+            with table.open(newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                header = list(reader.fieldnames or [])
+                rows = list(reader)
+            kept_rows = [r for r in rows if _epoch_of(r.get("epoch")) < n_epochs]
+            if len(kept_rows) < len(rows):
+                self._write_csv(header, kept_rows)
+        return removed
+
+    def _write_csv(self, header: list[str], rows: list[dict[str, Any]]) -> None:
+        path = self.out_dir / "metrics.csv"
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(path)
+
     def _append_csv(self, record: dict[str, Any]) -> None:
         # The CSV is rewritten when a new column appears (e.g. clustering metrics only exist on
         # re-clustering epochs); the JSONL file stays the append-only source of truth.
@@ -99,12 +157,7 @@ class MetricsWriter:
         if new_keys:
             header = header + new_keys
             rows.append({k: record.get(k, "") for k in header})
-            tmp = path.with_suffix(".csv.tmp")
-            with tmp.open("w", newline="", encoding="utf-8") as fh:
-                writer = csv.DictWriter(fh, fieldnames=header)
-                writer.writeheader()
-                writer.writerows(rows)
-            tmp.replace(path)
+            self._write_csv(header, rows)
         else:
             with path.open("a", newline="", encoding="utf-8") as fh:
                 csv.DictWriter(fh, fieldnames=header).writerow(
@@ -126,6 +179,21 @@ class MetricsWriter:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _epoch_of(row: str | None) -> float:
+    """The ``epoch`` of a JSONL line or of a CSV cell; nan (never kept) when unreadable."""
+    try:
+        value: Any = json.loads(row).get("epoch") if row and row[:1] == "{" else row
+        return float(value)
+    except (ValueError, TypeError, AttributeError):
+        return math.nan
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _jsonable(value: Any) -> Any:

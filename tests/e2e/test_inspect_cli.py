@@ -49,7 +49,12 @@ def test_inspect_assignments_materialize_embed_export(
 
     emb = tmp_path / "emb.npy"
     argv = ["embed", "--checkpoint", str(run), "--data", str(tiny_image_dir), "--out", str(emb)]
+    capsys.readouterr()
     assert cli.main([*argv, "--no-progress"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{emb}: features (one row per image)",
+        f"{tmp_path / 'emb.clusters.csv'}: nearest cluster and distance of each image",
+    ]
     assert np.load(emb).shape == (64, 16)
     assert (tmp_path / "emb.clusters.csv").read_text().count("\n") == 65
 

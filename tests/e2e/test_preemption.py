@@ -126,6 +126,14 @@ def test_kill_9_at_any_stage_then_resume_equals_uninterrupted(
     assert cli.main(_args(data, out)) == 0
     assert (counted["chunks"], counted["kmeans"]) == (chunks_left, kmeans_left)
     _assert_same_run(straight, out)
+    said = {  # each stage says what it takes up again
+        "extract:2": "resuming extraction at chunk 3 of 3",
+        "pca:1": "PCA reloaded",
+        "kmeans:1": "k-means: 1 of 3 runs already done",
+        "kmeans:2": "k-means: 2 of 3 runs already done",
+        "train:3": "resuming from",
+    }[fault]
+    assert said in (out / "train.log").read_text()
 
 
 @pytest.mark.parametrize(

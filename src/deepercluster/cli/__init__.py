@@ -9,7 +9,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from collections.abc import Sequence
+
+from deepercluster.cli.exits import (
+    EXIT_BUG,
+    EXIT_INTERRUPTED,
+    EXIT_PREEMPTED,
+    CommandSignals,
+    describe,
+    exit_codes_help,
+)
 
 COMMANDS: tuple[str, ...] = ("train", "demo", "evaluate", "inspect", "plan")
 """Modules of this package that define commands (``deepercluster.cli.<name>.register``)."""
@@ -19,6 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepercluster",
         description="DeeperCluster: unsupervised pre-training of convnets on non-curated images.",
+        epilog=exit_codes_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the full traceback of a failure on the console (train.log always has it)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
@@ -27,18 +44,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for bad settings or data, with the reason)."""
+    """Entry point; returns the exit code (see ``deepercluster --help``).
+
+    Every failure ends in one line on stderr naming the fix and an exit code of the table in
+    :mod:`deepercluster.cli.exits`. Called in-process (``argv`` given), a Ctrl-C or a stop
+    signal that ended the command is passed on to the caller's own handler afterwards.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    signals = CommandSignals()
     try:
-        code: int = args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"deepercluster: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("deepercluster: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        with signals:
+            code: int = args.func(args)
+    except (Exception, KeyboardInterrupt) as exc:
+        code, message = describe(exc)
+        if args.debug:
+            traceback.print_exception(exc)
+        prefix = "" if code in (EXIT_PREEMPTED, EXIT_INTERRUPTED) else "error: "
+        hint = _traceback_hint(exc, code, debug=args.debug)
+        print(f"deepercluster: {prefix}{message}{hint}", file=sys.stderr)
+        if argv is not None:
+            signals.pass_on(signals.received or getattr(exc, "signum", None))
     return code
+
+
+def _traceback_hint(exc: BaseException, code: int, *, debug: bool) -> str:
+    if code != EXIT_BUG or debug:
+        return ""
+    log = getattr(exc, "logged_in", None)  # set by the run that wrote it (engine.claim)
+    if log is not None:
+        return f"; the traceback is in {log}"
+    return "; run again with `deepercluster --debug ...` to see the traceback"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -140,7 +140,13 @@ def _cmd_embed(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
-    print(out)
+    for path in out:
+        what = {
+            ".npy": "features (one row per image)",
+            ".csv": "nearest cluster and distance of each image",
+            ".parquet": "features, nearest cluster and distance of each image",
+        }[path.suffix.lower()]
+        print(f"{path}: {what}")
     return 0
 
 

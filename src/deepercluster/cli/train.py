@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from deepercluster.cli.common import CONFIG_HELP, add_config_args, config_from_args, quote
+from deepercluster.cli.exits import exit_codes_help
 
-EXIT_CODES = """
-Exit codes: 0 done; 1 lost contact with other processes (run again to resume); 2 bad settings
-or data; 75 stopped by SIGTERM/SIGUSR1 (e.g. SLURM pre-emption) after saving at the next safe
-point (training step, extraction chunk, PCA, k-means run): run the same command to continue;
-130 interrupted (Ctrl-C); a crash (kill -9) loses at most the work since the last save.
+RESUME_HELP = """
+An existing run in --out is resumed; a crash (kill -9) loses at most the work since the last
+save. A folder holding a run that cannot be resumed is refused (exit 73): --restart archives
+its files to <out>/archive/<UTC time>/ and starts over. One run per folder: a second train on
+a folder in use is refused (exit 73), naming the run that holds it.
 """
 
 
@@ -20,11 +20,17 @@ def register(sub: Any) -> None:
     train = sub.add_parser(
         "train",
         help="pre-train a convnet (resumes when --out holds a run)",
-        epilog=CONFIG_HELP + EXIT_CODES,
+        epilog=CONFIG_HELP + RESUME_HELP + exit_codes_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bars (batch jobs)")
+    train.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over: move the run found in --out to <out>/archive/<UTC time>/ first "
+        "(nothing is deleted) instead of resuming it",
+    )
     train.add_argument(
         "--timeout",
         type=float,
@@ -61,7 +67,6 @@ def register(sub: Any) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from deepercluster import distributed
     from deepercluster.engine.fit import fit
-    from deepercluster.engine.preemption import EXIT_PREEMPTED, Preempted
 
     if args.feature_store:
         args.overrides = [f"cluster.feature_store={args.feature_store}", *args.overrides]
@@ -71,25 +76,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not cfg.data.path:
         raise ValueError("no data: pass --data PATH (or set data.path in the --config file)")
     # Under torchrun this joins the process group (gloo on CPU, NCCL on GPU); alone, it is a
-    # no-op and the run is single-process.
+    # no-op and the run is single-process. Failures become exit codes in cli.exits.
     env = distributed.init_from_env(cfg.train.device, timeout_s=args.timeout)
     try:
-        result = fit(cfg, progress=not args.no_progress, env=env)
-    except Preempted as exc:
-        if env.is_main:
-            print(f"deepercluster: {exc}", file=sys.stderr)
-        return EXIT_PREEMPTED
-    except Exception as exc:
-        if not distributed.is_communication_error(exc):
-            raise
-        print(
-            f"deepercluster: error: rank {env.rank} of {env.world_size} lost contact with the "
-            f"other processes ({type(exc).__name__}: {str(exc).splitlines()[0]}); a process "
-            "died or stopped answering within --timeout. Run the same command again to resume "
-            "from the last checkpoint.",
-            file=sys.stderr,
-        )
-        return 1
+        result = fit(cfg, progress=not args.no_progress, env=env, restart=args.restart)
     finally:
         distributed.shutdown()
     if env.is_main:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,13 @@ import numpy as np
 import torch
 
 from deepercluster.config import REMOVED_SETTINGS, diff_configs
+from deepercluster.engine.failures import CheckpointError, io_error_of
 from deepercluster.version import __version__
 
 CHECKPOINT_NAME = "checkpoint.pth"
+PREVIOUS_NAME = "checkpoint.prev.pth"
+"""The checkpoint before the last one, kept by each save: a damaged latest one falls back to
+it (see :func:`deepercluster.engine.resume.load_latest`)."""
 
 # Settings that may change between an interrupted run and its resumption without making the
 # saved state wrong: where/how it runs, and extending the number of epochs.
@@ -89,11 +94,18 @@ def tensors_to_arrays(tree: Any) -> Any:
     return tree
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, payload: dict[str, Any], *, keep_previous: bool = False) -> None:
     """Write ``payload`` (plus the package version) to ``path`` atomically.
 
     Written to a temporary file in the same folder, flushed to disk, then renamed over the old
-    checkpoint: a run killed mid-write leaves the previous checkpoint intact.
+    checkpoint: a run killed mid-write leaves the previous checkpoint intact. On any error
+    (a full disk, say) the temporary file is removed and the old checkpoint stays.
+
+    Args:
+        path: the file to write.
+        payload: tensors and plain data.
+        keep_previous: first keep the old ``path`` as :data:`PREVIOUS_NAME` beside it. A hard
+            link, then two renames: at every moment ``path`` exists, whole.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -102,15 +114,76 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
             torch.save({**payload, "version": __version__}, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if keep_previous and path.exists():
+            _keep_previous(path)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def _keep_previous(path: Path) -> None:
+    previous = path.with_name(PREVIOUS_NAME)
+    link = path.with_name(f".{PREVIOUS_NAME}.tmp-{os.getpid()}")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(path, link)
+    except OSError:  # a file system without hard links: a copy, then the same rename
+        link.write_bytes(path.read_bytes())
+    os.replace(link, previous)
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain data only)."""
-    payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain data only).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: the file is cut short, overwritten, not a checkpoint, or holds
+            pickled Python objects (never unpickled); the message says which, not how to
+            unpickle it.
+        OSError: the storage failed (full disk, EIO), as the original error.
+    """
+    try:
+        with warnings.catch_warnings():
+            # Random bytes read as an old-format pickle make torch warn about "protocol 73".
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as exc:
+        io = io_error_of(exc)
+        if io is exc:
+            raise
+        if io is not None:
+            raise io from exc
+        # Torch's message advises unpickling the file anyway: never pass it on.
+        raise CheckpointError(path, _problem(path, exc)) from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(path, f"is not a checkpoint (it holds a {type(payload).__name__})")
     return payload
+
+
+def _problem(path: Path, exc: Exception) -> str:
+    """What is wrong with a file torch could not load, in words that do not mislead.
+
+    Anything may come out of reading random bytes (IndexError, KeyError, UnicodeDecodeError:
+    the weights-only unpickler takes them for an old-format checkpoint); a zip file cut short
+    fails in torch's reader, whose first sentence says where.
+    """
+    if isinstance(exc, pickle.UnpicklingError) and "unsupported global" in str(exc).lower():
+        return (
+            "holds pickled Python objects besides tensors, which are never loaded "
+            "(a file from another program, or a tampered one)"
+        )
+    if path.stat().st_size == 0:
+        return "is damaged (empty)"
+    with path.open("rb") as fh:
+        zipped = fh.read(4) == b"PK\x03\x04"  # every checkpoint torch writes is a zip
+    if not zipped:
+        return "is damaged (its contents are not a checkpoint)"
+    first = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, RuntimeError) and first.startswith("PytorchStreamReader"):
+        return f"is damaged (cut short or overwritten: {first})"
+    return "is damaged (cut short or overwritten)"
 
 
 def check_compatible(saved_config: dict[str, Any], config: dict[str, Any], path: Path) -> list[str]:
@@ -230,12 +303,13 @@ def load_backbone(path: str | Path, *, device: str | torch.device = "cpu") -> to
 
     try:
         payload = load_checkpoint(Path(path))
-    except pickle.UnpicklingError:
+    except CheckpointError as exc:
+        if not exc.problem.startswith("holds pickled"):
+            raise
         # e.g. a training script's checkpoint that also pickled its argparse Namespace
-        raise ValueError(
-            f"{path} holds pickled Python objects besides tensors, which we never unpickle; "
-            "if you trust the file, save its weights alone: "
-            "torch.save({'state_dict': torch.load(F, weights_only=False)['state_dict']}, F2)"
+        raise exc.with_fix(
+            "if you trust the file, save its weights alone (a dict of tensors) with torch "
+            "and pass that file"
         ) from None
     model: torch.nn.Module
     if payload and all(isinstance(v, torch.Tensor) for v in payload.values()):

@@ -22,6 +22,7 @@ from deepercluster.cluster import HierarchicalResult, PCAWhitening
 from deepercluster.config import RunConfig
 from deepercluster.data import ClusterTransform, Collection
 from deepercluster.engine.extraction import extract_to_store
+from deepercluster.engine.failures import NoReadableImages
 from deepercluster.engine.outofcore import check_memory, extraction_chunk
 from deepercluster.engine.pca_kmeans import Features, Level2Groups, RoundResult, cluster_features
 from deepercluster.engine.stages import ClusteringStage, SafePoint, stage_root
@@ -177,9 +178,9 @@ def recluster(
         skipped = [e for part in distributed.all_gather_object(store.skipped) for e in part]
         n_valid = int(valid.sum())
         if n_valid == 0:
-            raise ValueError(
-                f"none of the {n} images could be read (see skipped.csv in the run folder); "
-                "check data.path points at image files"
+            raise NoReadableImages(
+                f"none of the {n} images could be read; check data.path points at image files",
+                skipped,
             )
         if n_valid < c.k:
             raise ValueError(

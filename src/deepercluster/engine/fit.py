@@ -12,8 +12,6 @@ m = 1) are the same loop with other settings.
 from __future__ import annotations
 
 import functools
-import json
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +20,14 @@ from typing import Any
 import torch
 
 from deepercluster import distributed
-from deepercluster.config import ClusterConfig, RunConfig
+from deepercluster.config import RunConfig
 from deepercluster.data import Collection, SkipLog, TrainTransform, open_collection
 from deepercluster.distributed import DistEnv
 from deepercluster.engine.checkpoint import CHECKPOINT_NAME, TrainingState, save_backbone
+from deepercluster.engine.claim import claim_run_folder, write_missing_summary
 from deepercluster.engine.clustering import Clustering, recluster, trivial_clustering
 from deepercluster.engine.epoch import epoch_loader, seeded_generator
+from deepercluster.engine.failures import NoReadableImages
 from deepercluster.engine.network import (
     Network,
     StepCheckpoints,
@@ -36,6 +36,7 @@ from deepercluster.engine.network import (
     save_training_checkpoint,
 )
 from deepercluster.engine.preemption import SafePoints, StopSignal
+from deepercluster.engine.readable import check_k, none_readable
 from deepercluster.engine.resume import resume_from_checkpoint
 from deepercluster.engine.stages import clear_stage
 from deepercluster.engine.train import (
@@ -47,11 +48,10 @@ from deepercluster.engine.train import (
     train_one_epoch,
 )
 from deepercluster.features import native_bf16
-from deepercluster.log import MetricsWriter, format_record, get_logger, setup_logging
+from deepercluster.log import MetricsWriter, format_record, get_logger
 from deepercluster.models import Backbone
 
 log = get_logger("fit")
-_INFO, _WARNING = logging.INFO, logging.WARNING
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,7 @@ def fit(
     collection: Collection | None = None,
     progress: bool = True,
     env: DistEnv | None = None,
+    restart: bool = False,
 ) -> FitResult:
     """Pre-train a convnet with DeeperCluster; resume if ``cfg.out`` holds a checkpoint.
 
@@ -98,6 +99,8 @@ def fit(
         env: this process's place in a distributed job (:func:`distributed.init_from_env`);
             None joins the process group the caller already set up, if any, else runs in a
             single process on ``cfg.train.device``.
+        restart: archive a run found in ``cfg.out`` (to ``archive/<time>/`` in it) and
+            start afresh, instead of resuming it.
 
     Returns:
         A :class:`FitResult`.
@@ -106,8 +109,12 @@ def fit(
         Preempted: SIGTERM or SIGUSR1 arrived; the run saved its progress at the next safe
             point (training step, extraction chunk, PCA, k-means run) and stopped. Calling
             ``fit`` again with the same settings continues from there.
+        RunFolderError: another run holds ``cfg.out``, or it holds a run that cannot be
+            continued (the message names the way out).
     """
-    with StopSignal() as stop:
+    # Inside a process group joined by the caller, take part in it rather than train apart.
+    env = env or distributed.current_env(resolve_device(cfg.train.device))
+    with StopSignal() as stop, claim_run_folder(Path(cfg.out), env, restart=restart):
         return _fit(cfg, collection=collection, progress=progress, env=env, stop=stop)
 
 
@@ -116,14 +123,11 @@ def _fit(
     *,
     collection: Collection | None,
     progress: bool,
-    env: DistEnv | None,
+    env: DistEnv,
     stop: StopSignal,
 ) -> FitResult:
     # ============ setting up the run ============
-    # Inside a process group joined by the caller, take part in it rather than train apart.
-    env = env or distributed.current_env(resolve_device(cfg.train.device))
     out_dir = Path(cfg.out)
-    setup_logging(out_dir if env.is_main else None, level=_INFO if env.is_main else _WARNING)
     progress = progress and env.is_main
     _set_threads(cfg.train.threads, env)
     torch.manual_seed(cfg.train.seed)
@@ -138,12 +142,16 @@ def _fit(
             max_bytes=cfg.data.max_file_bytes,
         )
     n_images = len(collection)
-    _check_k(cfg.cluster, n_images)
+    skip_log = SkipLog()
+    # The error when no image reads: the real cause, with skipped.csv written.
+    unreadable = functools.partial(
+        none_readable, collection, data_path=cfg.data.path, skip_log=skip_log, out_dir=out_dir
+    )
+    check_k(cfg.cluster, collection, unreadable)
     epoch_size = cfg.train.epoch_size or n_images
     train_transform = TrainTransform(
         cfg.data.resolution, scale=(cfg.data.crop_scale_min, 1.0), hflip=cfg.data.hflip
     )
-    skip_log = SkipLog()
 
     # ============ building the network and heads ============
     net = build_network(cfg.model, cfg.cluster, cfg.train, resolution=cfg.data.resolution, env=env)
@@ -190,6 +198,7 @@ def _fit(
 
     history: list[dict[str, Any]] = []
     with MetricsWriter(out_dir, enabled=env.is_main) as writer:
+        writer.keep_epochs(state.epoch)  # rows past the checkpoint would come twice
         for epoch in range(state.epoch, cfg.train.epochs):
             # ============ clustering: new targets every `reassign` epochs ============
             if not cfg.cluster.needs_clustering:
@@ -197,20 +206,23 @@ def _fit(
             elif clustering is None or (
                 epoch % cfg.cluster.reassign == 0 and state.clustered_epoch != epoch
             ):
-                clustering, unreadable = recluster(
-                    backbone,
-                    backbone.feature_dim,
-                    collection,
-                    cfg,
-                    epoch=epoch,
-                    device=env.device,
-                    previous=clustering,
-                    level2_groups=level2_groups,
-                    progress=progress,
-                    work_dir=out_dir,
-                    safe_point=safe_point,
-                )
-                for index, reason in unreadable:
+                try:
+                    clustering, unread = recluster(
+                        backbone,
+                        backbone.feature_dim,
+                        collection,
+                        cfg,
+                        epoch=epoch,
+                        device=env.device,
+                        previous=clustering,
+                        level2_groups=level2_groups,
+                        progress=progress,
+                        work_dir=out_dir,
+                        safe_point=safe_point,
+                    )
+                except NoReadableImages as exc:
+                    raise unreadable(exc.unreadable) from None
+                for index, reason in unread:
                     skip_log.record(collection.path(index), reason)
                 reset_heads(
                     heads,
@@ -266,10 +278,7 @@ def _fit(
             )
             stats = reduce_stats(stats)
             if stats.images == 0:
-                raise ValueError(
-                    f"epoch {epoch}: none of the {epoch_size} sampled images could be read "
-                    f"(see {out_dir / 'skipped.csv'}); check data.path points at image files"
-                )
+                raise unreadable([])  # the epoch's skips are in skip_log already
 
             # ============ logging and checkpointing ============
             lr = float(schedule.lrs[(epoch + 1) * schedule.iters_per_epoch - 1])
@@ -289,10 +298,7 @@ def _fit(
         skip_log.write_csv(out_dir / "skipped.csv")
         if len(skip_log):
             log.warning("%s", skip_log.summary())
-        if history:  # a re-run of a finished run trains nothing and keeps the old summary
-            (out_dir / "summary.json").write_text(
-                json.dumps(history[-1], indent=2, sort_keys=True, default=float)
-            )
+        write_missing_summary(out_dir, history)  # a re-run trains nothing: kept, or rebuilt
     assert clustering is not None
     backbone.eval()
     return FitResult(out_dir, backbone, clustering, history, len(skip_log))
@@ -317,15 +323,6 @@ def _set_threads(threads: int, env: DistEnv) -> None:
     )
     if n:
         torch.set_num_threads(n)
-
-
-def _check_k(cluster: ClusterConfig, n_images: int) -> None:
-    if cluster.k > n_images:
-        raise ValueError(
-            f"cluster.k ({cluster.k}) is larger than the number of images ({n_images}); "
-            f"lower cluster.k (a few images per cluster at least, e.g. "
-            f"{max(1, n_images // 10 // cluster.super_clusters) * cluster.super_clusters})"
-        )
 
 
 def _log_setup(cfg: RunConfig, env: DistEnv, net: Network, collection: Collection) -> None:

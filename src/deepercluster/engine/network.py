@@ -214,6 +214,7 @@ def save_training_checkpoint(
             "n_images": n_images,
             "config": config,
         },
+        keep_previous=True,
     )
     skip_log.write_csv(path.parent / "skipped.csv")
 

@@ -44,14 +44,24 @@ minute) for a stop signal."""
 
 
 class Preempted(Exception):
-    """Raised at a safe point after a stop signal, once the work so far is saved."""
+    """Raised at a safe point after a stop signal, once the work so far is saved.
+
+    Attributes:
+        signum: the signal this process received (None: another rank received one).
+    """
+
+    def __init__(self, message: str, signum: int | None = None) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 class StopSignal:
     """Catches SIGTERM/SIGUSR1 while active and tells the ranks, together, when to stop.
 
-    Use as a context manager around the run: the previous handlers come back on exit.
-    Outside the main thread (signal handlers cannot be installed there) it never fires.
+    Use as a context manager around the run: the previous handlers come back on exit,
+    however the run ends, so a program (or a test session) that runs ``fit`` gets its own
+    handlers back. Outside the main thread (signal handlers cannot be installed there) it
+    never fires.
     """
 
     def __init__(self) -> None:
@@ -101,7 +111,9 @@ class StopSignal:
         """Raise :class:`Preempted` (after :meth:`agreed` returned True on every rank)."""
         name = signal.Signals(self.received).name if self.received else "another rank"
         log.warning("stop requested (%s): saved at %s; run again to continue", name, what)
-        raise Preempted(f"stopped by {name} at {what}; run the same command to continue")
+        raise Preempted(
+            f"stopped by {name} at {what}; run the same command to continue", self.received
+        )
 
 
 class FaultPoints:

@@ -1,13 +1,16 @@
 """Resuming a run: rank 0 reads the checkpoint, every rank restores its part.
 
 The checkpoint is sent from rank 0 to the others (no shared disk needed); the sub-heads
-travel apart, as tensors, so each training group receives only its own slice.
+travel apart, as tensors, so each training group receives only its own slice. A damaged
+latest checkpoint falls back to the one before it (``checkpoint.prev.pth``), with a warning.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,6 +19,7 @@ from deepercluster.config import RunConfig
 from deepercluster.data import SkipLog
 from deepercluster.distributed import DistEnv
 from deepercluster.engine.checkpoint import (
+    PREVIOUS_NAME,
     TrainingState,
     check_resumable,
     load_checkpoint,
@@ -23,6 +27,7 @@ from deepercluster.engine.checkpoint import (
     tensors_to_arrays,
 )
 from deepercluster.engine.clustering import Clustering
+from deepercluster.engine.failures import CheckpointError, RunFolderError
 from deepercluster.engine.layout import TrainingLayout, load_heads_state
 from deepercluster.engine.train import EpochStats
 from deepercluster.log import get_logger
@@ -65,10 +70,19 @@ def resume_from_checkpoint(
 
     Raises:
         IncompatibleCheckpointError: the checkpoint was made with settings that change results.
+        RunFolderError: the checkpoint and the one before it are both damaged or missing.
     """
     # Rank 0 reads the checkpoint and sends it to the others: no shared disk needed. The
     # sub-heads travel apart, as tensors, so each group receives only its own slice.
-    payload = load_checkpoint(ckpt_path) if env.is_main and ckpt_path.exists() else None
+    payload, error = None, None
+    if env.is_main:
+        try:
+            payload, ckpt_path = load_latest(ckpt_path)
+        except CheckpointError as exc:
+            error = str(exc)
+    error = distributed.broadcast_tree(error)  # every rank stops, none waits for the others
+    if error is not None:
+        raise RunFolderError(error)
     saved_heads = (payload.pop("heads"), payload.pop("optimizer")) if payload else None
     payload = distributed.broadcast_tree(payload)
     if payload is None:
@@ -107,3 +121,54 @@ def resume_from_checkpoint(
         f" (changed: {', '.join(tolerated)})" if tolerated else "",
     )
     return Resumed(state, clustering, stats)
+
+
+_TRAINING_KEYS = ("model", "heads", "optimizer", "state", "config", "rng", "clustering")
+
+
+def load_latest(path: Path) -> tuple[dict[str, Any] | None, Path]:
+    """The run's latest readable training checkpoint: ``path``, else the previous one.
+
+    Args:
+        path: ``<run>/checkpoint.pth``.
+
+    Returns:
+        (payload, the file it came from); (None, path) when the run has no checkpoint.
+
+    Raises:
+        CheckpointError: ``path`` is damaged and no previous checkpoint can stand in (the
+            message names both ways out: moving the file away, or ``--restart``).
+    """
+    previous = path.with_name(PREVIOUS_NAME)
+    restart = (
+        "start the run over with `deepercluster train ... --restart` (the old files are "
+        "archived), or choose a new --out"
+    )
+    try:
+        return _load_training(path), path
+    except FileNotFoundError:
+        if not previous.exists():
+            return None, path
+        why = f"{path} is missing"
+    except CheckpointError as exc:
+        if not previous.exists():
+            raise exc.with_fix(f"no earlier checkpoint to fall back to: {restart}") from None
+        why = str(exc)
+    try:
+        payload = _load_training(previous)
+    except CheckpointError as exc:
+        raise exc.with_fix(f"{why}, and this earlier one cannot stand in: {restart}") from None
+    if path.exists():
+        # Out of the way of the next save, which would keep it as the previous checkpoint.
+        os.replace(path, path.with_name(path.name + ".damaged"))
+        why += f" (moved to {path.name}.damaged)"
+    log.warning("%s: resuming from %s, an earlier point of the run", why, previous.name)
+    return payload, previous
+
+
+def _load_training(path: Path) -> dict[str, Any]:
+    payload = load_checkpoint(path)
+    missing = [key for key in _TRAINING_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(path, f"is not a training checkpoint (no {', '.join(missing)})")
+    return payload

@@ -12,7 +12,9 @@ keeps what it has finished under ``<run>/clustering-stage/rank-<r>/``:
 
 ``round.json`` names the round (epoch, collection size, shard, shapes, settings); a folder
 left by another round or other settings is wiped. Once the round's targets are in the
-run's checkpoint the folder is deleted (:meth:`ClusteringStage.clear`).
+run's checkpoint the folder is deleted (:func:`clear_stage`). A resumed round says what it
+reloads; a damaged stage file (cut short by a full disk, say) is computed again, with a
+warning, instead of failing every retry.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import shutil
 import threading
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,10 @@ import numpy as np
 
 from deepercluster.cluster import KMeansResult, PCAWhitening
 from deepercluster.cluster.store import FeatureStore, write_json_atomic
+from deepercluster.engine.failures import io_error_of
+from deepercluster.log import get_logger
+
+log = get_logger("clustering")
 
 STAGE_DIR = "clustering-stage"
 
@@ -49,18 +56,28 @@ class ClusteringStage:
     def __init__(self, root: Path, key: dict[str, Any]) -> None:
         self.root = root
         meta = root / "round.json"
-        if root.exists() and (not meta.exists() or json.loads(meta.read_text()) != key):
+        if root.exists() and _read_json(meta) != key:  # another round, or damaged
             shutil.rmtree(root)
         root.mkdir(parents=True, exist_ok=True)
         if not meta.exists():
             write_json_atomic(meta, key)
         self.key = key
+        done = len(list(root.glob("kmeans-*.npz")))
+        if done:
+            m = int(key.get("cluster", {}).get("super_clusters", 0))
+            total = f" of {m + 1 if m > 1 else 1}" if m else ""
+            log.info("k-means: %d%s runs already done (saved by the interrupted run)", done, total)
 
     def features(self, *, rows: int, dim: int, dtype: str, chunk_rows: int) -> FeatureStore:
         """The store of this rank's extracted features (resumed where it stopped)."""
-        return FeatureStore(
+        store = FeatureStore(
             self.root / "features", rows=rows, dim=dim, dtype=dtype, chunk_rows=chunk_rows
         )
+        if store.complete and store.n_chunks:
+            log.info("extraction: all %d chunks already done, reloaded", store.n_chunks)
+        elif store.chunks_done:
+            log.info("resuming extraction at chunk %d of %d", store.chunks_done + 1, store.n_chunks)
+        return store
 
     def reduced(self, *, rows: int, dim: int, chunk_rows: int) -> FeatureStore:
         """The store of this rank's whitened features (float32: k-means' input)."""
@@ -68,13 +85,16 @@ class ClusteringStage:
 
     def load_pca(self) -> PCAWhitening | None:
         arrays = self._load("pca")
-        return PCAWhitening.from_dict(arrays) if arrays is not None else None
+        if arrays is None:
+            return None
+        log.info("PCA reloaded (saved by the interrupted run)")
+        return PCAWhitening.from_dict(arrays)
 
     def save_pca(self, pca: PCAWhitening) -> None:
         self._save("pca", pca.to_dict())
 
     def load_kmeans(self, run: int) -> KMeansResult | None:
-        a = self._load(f"kmeans-{run}")
+        a = self._load(f"kmeans-{run}", _KMEANS_KEYS)
         if a is None:
             return None
         return KMeansResult(
@@ -141,12 +161,36 @@ class ClusteringStage:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
 
-    def _load(self, name: str) -> dict[str, np.ndarray] | None:
+    def _load(self, name: str, keys: tuple[str, ...] = ()) -> dict[str, np.ndarray] | None:
+        """The arrays of ``<name>.npz``; None when it is missing, or damaged (then removed,
+        so that the work is done again)."""
         path = self.root / f"{name}.npz"
         if not path.exists():
             return None
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        try:
+            # Our own handle: np.load leaves its own open when the zip is damaged.
+            with path.open("rb") as fh, np.load(fh, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+            missing = [k for k in keys if k not in arrays]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)}")
+        except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+            if isinstance(exc, OSError) and io_error_of(exc) is not None:
+                raise  # the disk is failing: computing again would not help
+            log.warning("%s is damaged (%s: %s); computing it again", path, type(exc).__name__, exc)
+            path.unlink(missing_ok=True)
+            return None
+        return arrays
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+_KMEANS_KEYS = ("centroids", "assignments", "objective", "n_reseeded", "objectives")
 
 
 def stage_root(run_dir: Path, rank: int) -> Path:

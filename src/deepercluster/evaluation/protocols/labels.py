@@ -36,9 +36,15 @@ class LabelledCollection:
 
 
 def class_labels(
-    collection: Collection, labels_csv: str | Path | None = None, column: str = "label"
+    collection: Collection,
+    labels_csv: str | Path | None = None,
+    column: str = "label",
+    *,
+    flag: str = "--labels",
 ) -> tuple[np.ndarray, list[str]]:
     """(N,) int64 class index of each image (-1 if unknown) and the sorted class names.
+
+    ``flag`` is the command-line option that gives ``labels_csv``, for the error message.
 
     Raises:
         ValueError: no source of labels (not a class-per-folder collection and no CSV).
@@ -58,7 +64,7 @@ def class_labels(
         if len({n for n in names if n}) < 2:
             raise ValueError(
                 "cannot tell the class of the images: use a folder with one sub-folder per "
-                "class (or tar members under <class>/ folders), or pass --labels CSV with "
+                f"class (or tar members under <class>/ folders), or pass {flag} CSV with "
                 "path and label columns"
             )
     classes = sorted({n for n in names if n})
@@ -66,8 +72,10 @@ def class_labels(
     return np.array([lookup[n] if n else -1 for n in names], dtype=np.int64), classes
 
 
-def open_labelled(spec: str, labels_csv: str | None = None) -> LabelledCollection:
+def open_labelled(
+    spec: str, labels_csv: str | None = None, *, flag: str = "--labels"
+) -> LabelledCollection:
     """Open a collection and its class labels (see :func:`class_labels`)."""
     collection = open_collection(spec)
-    labels, names = class_labels(collection, labels_csv)
+    labels, names = class_labels(collection, labels_csv, flag=flag)
     return LabelledCollection(collection, np.asarray(labels, dtype=np.int64), list(names))

@@ -125,8 +125,8 @@ def _features(
 
 def open_inputs(inputs: Inputs) -> tuple[Pretrained, LabelledCollection, LabelledCollection, Path]:
     pre = load_pretrained(inputs.checkpoint, device=inputs.device)
-    train = open_labelled(inputs.train_data, inputs.train_labels)
-    test = open_labelled(inputs.test_data, inputs.test_labels)
+    train = open_labelled(inputs.train_data, inputs.train_labels, flag="--train-labels")
+    test = open_labelled(inputs.test_data, inputs.test_labels, flag="--test-labels")
     if train.class_names != test.class_names:
         raise ValueError(
             f"train and test classes differ ({len(train.class_names)} vs "

@@ -1,9 +1,8 @@
 """Everything that talks to ``torch.distributed``: the only module that imports it.
 
-A run started by ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK in the environment) joins a
-process group: NCCL on CUDA, gloo on CPU. A plain ``python``/``deepercluster`` process joins
-nothing, and every collective below is then the identity, so the algorithms run unchanged on a
-laptop (lightly's habit: ``if world_size > 1: all_reduce(...)``).
+A run started by ``torchrun`` joins a process group: NCCL on CUDA, gloo on CPU. A plain process
+joins nothing, and every collective below is then the identity, so the algorithms run unchanged
+on a laptop (lightly's habit: ``if world_size > 1: all_reduce(...)``).
 
 Collectives take an optional ``group`` (None = all ranks) and accept CPU tensors or numpy
 arrays whatever the backend: NCCL needs CUDA tensors, so data is moved to the collective device
@@ -93,11 +92,8 @@ def init_from_env(device: str = "auto", *, timeout_s: float = 600.0) -> DistEnv:
 
 
 def current_env(device: torch.device) -> DistEnv:
-    """The :class:`DistEnv` of a process group the caller already joined, else single-process.
-
-    Lets ``deepercluster.train(cfg)`` called from a script under torchrun take part in the
-    group instead of training apart on every rank.
-    """
+    """The :class:`DistEnv` of a process group the caller already joined, else single-process
+    (so ``deepercluster.train(cfg)`` in a script under torchrun takes part in the group)."""
     if not is_distributed():
         return DistEnv(device=device)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -110,12 +106,12 @@ def current_env(device: torch.device) -> DistEnv:
 
 def shutdown() -> None:
     """Leave the process group (no-op when alone)."""
-    if dist.is_available() and dist.is_initialized():
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank(group: ProcessGroup | None = None) -> int:
@@ -139,38 +135,27 @@ def all_reduce_sum(tensor: Tensor, group: ProcessGroup | None = None) -> Tensor:
     if world_size(group) == 1:
         return tensor
     work = tensor.detach().to(_collective_device(), copy=True)
-    dist.all_reduce(work, op=dist.ReduceOp.SUM, group=group)
+    dist.all_reduce(work, group=group)
     return work.to(tensor.device)
 
 
 def all_reduce_sum_np(array: np.ndarray, group: ProcessGroup | None = None) -> np.ndarray:
-    """:func:`all_reduce_sum` for numpy arrays (the clustering code is numpy-only)."""
+    """:func:`all_reduce_sum` for numpy arrays."""
     if world_size(group) == 1:
         return array
     return all_reduce_sum(torch.from_numpy(np.ascontiguousarray(array)), group).numpy()
 
 
 def all_gather_cat(tensor: Tensor, group: ProcessGroup | None = None) -> Tensor:
-    """Concatenate every rank's ``tensor`` along dim 0, in rank order; sizes may differ.
-
-    Args:
-        tensor: (n_r, ...) on this rank; the trailing shape must match across ranks.
-
-    Returns:
-        (sum_r n_r, ...) on the input's device, identical on every rank.
-    """
+    """Every rank's (n_r, ...) ``tensor`` concatenated in rank order: (sum_r n_r, ...) on the
+    input's device, identical on every rank; n_r may differ, the trailing shape may not."""
     n = world_size(group)
     if n == 1:
         return tensor
     dev = _collective_device()
     local = tensor.detach().to(dev).contiguous()
-    sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(n)]
-    dist.all_gather(
-        sizes, torch.tensor([local.shape[0]], dtype=torch.int64, device=dev), group=group
-    )
-    counts = [int(s) for s in sizes]
-    biggest = max(counts)
-    padded = local.new_zeros((biggest, *local.shape[1:]))
+    counts = [int(c) for c in all_gather_object(local.shape[0], group)]
+    padded = local.new_zeros((max(counts), *local.shape[1:]))
     padded[: local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in range(n)]
     dist.all_gather(parts, padded, group=group)
@@ -205,32 +190,26 @@ def all_ranks_ok(ok: bool, group: ProcessGroup | None = None) -> bool:
 
 
 class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks whose backward also sums over ranks.
-
-    If y = sum_r x_r is used by every rank's loss L_q, then dL/dx_r = sum_q dL_q/dy: the
-    gradient arriving on each rank must itself be summed over the ranks.
-    """
+    """Sum over ranks whose backward also sums over ranks: if y = sum_r x_r feeds every
+    rank's loss L_q, then dL/dx_r = sum_q dL_q/dy."""
 
     @staticmethod
     def forward(ctx: Any, tensor: Tensor, group: ProcessGroup | None) -> Tensor:
         ctx.group = group
         out = tensor.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+        dist.all_reduce(out, group=group)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         out = grad.contiguous().clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=ctx.group)
+        dist.all_reduce(out, group=ctx.group)
         return out, None
 
 
 def all_reduce_sum_autograd(tensor: Tensor, group: ProcessGroup | None = None) -> Tensor:
-    """Differentiable sum over ranks: the backward pass sums the gradients over ranks too.
-
-    Used by synchronised batch norm, whose statistics depend on every rank's inputs.
-    Needs a tensor on the collective device (CPU for gloo, CUDA for NCCL).
-    """
+    """Differentiable sum over ranks, for synchronised batch norm (whose statistics depend
+    on every rank's inputs). Needs a tensor on the collective device (CPU for gloo)."""
     if world_size(group) == 1:
         return tensor
     out: Tensor = _AllReduceSum.apply(tensor, group)
@@ -265,35 +244,17 @@ def all_reduce_grads(params: list[torch.nn.Parameter], group: ProcessGroup | Non
     if world_size(group) == 1 or not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    # Each gradient is flattened in its parameter's memory order (a free view when laid out
-    # alike, e.g. the heads' (S, D, n_sub)-stored sub-heads) and given back in that layout.
-    orders = [_memory_order(p) for p in params]
-    flat = torch.cat([g.permute(o).reshape(-1) for g, o in zip(grads, orders, strict=True)])
+    flat = torch.cat([g.reshape(-1) for g in grads])
     # `flat` is a fresh buffer: reduce it in place (this runs every step) unless it must move
     # to the collective device first.
     if flat.device == _collective_device():
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        dist.all_reduce(flat, group=group)
     else:
         flat = all_reduce_sum(flat, group)
     offset = 0
-    for p, order in zip(params, orders, strict=True):
-        n = p.numel()
-        stored = flat[offset : offset + n].view([p.shape[d] for d in order])
-        p.grad = stored.permute(_inverse(order)).to(p.dtype)
-        offset += n
-
-
-def _memory_order(t: Tensor) -> list[int]:
-    """The dimensions of ``t`` from the outermost in memory to the innermost (by stride)."""
-    strides = t.stride()
-    return sorted(range(t.dim()), key=lambda d: -strides[d])
-
-
-def _inverse(order: list[int]) -> list[int]:
-    inverse = [0] * len(order)
-    for i, d in enumerate(order):
-        inverse[d] = i
-    return inverse
+    for p in params:
+        p.grad = flat[offset : offset + p.numel()].view(p.shape).to(p.dtype)
+        offset += p.numel()
 
 
 def shard_range(n: int, group: ProcessGroup | None = None) -> tuple[int, int]:
@@ -315,25 +276,9 @@ def is_communication_error(exc: BaseException) -> bool:
 def make_groups(
     training_ranks: list[list[int]], clustering_ranks: list[list[int]]
 ) -> tuple[list[ProcessGroup | None], list[ProcessGroup | None]]:
-    """Create the training groups, then the clustering groups; every rank must call this.
-
-    Args:
-        training_ranks, clustering_ranks: the global ranks of each group, in group order
-            (``GroupPlan.training_groups()`` and ``clustering_groups()``).
-    """
-    training = [new_group(ranks) for ranks in training_ranks]
-    clustering = [new_group(ranks) for ranks in clustering_ranks]
-    return training, clustering
-
-
-def gather_object(obj: Any, dst: int = 0, group: ProcessGroup | None = None) -> list[Any] | None:
-    """Every rank's ``obj`` on rank ``dst`` (None elsewhere); the identity in one process."""
-    n = world_size(group)
-    if n == 1:
-        return [obj]
-    out: list[Any] | None = [None] * n if rank(group) == dst else None
-    dist.gather_object(obj, out, dst=dst, group=group)
-    return out
+    """The training groups, then the clustering groups, from the global ranks of each (in
+    group order: ``GroupPlan.training_groups()``, ``clustering_groups()``); a collective."""
+    return [new_group(r) for r in training_ranks], [new_group(r) for r in clustering_ranks]
 
 
 def all_to_all_np(array: np.ndarray, send_counts: list[int], recv_counts: list[int]) -> np.ndarray:
@@ -367,10 +312,8 @@ def broadcast_tensor(tensor: Tensor, src: int = 0, group: ProcessGroup | None = 
     ``src``'s values, in chunks of at most 256 MiB."""
     if world_size(group) == 1:
         return
-    flat = _bytes_view(tensor).view(-1)
-    dev = _collective_device()
-    step = max(1, _CHUNK_BYTES // max(tensor.element_size(), 1))
-    for start in range(0, flat.numel(), step):
+    flat, dev = _bytes_view(tensor).view(-1), _collective_device()
+    for start, step in _chunks(flat):
         piece = flat[start : start + step].to(dev, copy=True)
         dist.broadcast(piece, src=src, group=group)
         flat[start : start + step] = piece.to(flat.device)
@@ -381,33 +324,33 @@ def _bytes_view(t: Tensor) -> Tensor:
     return t.view(torch.uint8) if t.dtype == torch.bool else t
 
 
+def _chunks(flat: Tensor) -> list[tuple[int, int]]:
+    """(start, length) of the pieces of at most ``_CHUNK_BYTES`` a 1-D tensor travels in."""
+    step = max(1, _CHUNK_BYTES // max(flat.element_size(), 1))
+    return [(start, step) for start in range(0, flat.numel(), step)]
+
+
 def send_tensor(tensor: Tensor, dst: int) -> None:
     """Point-to-point: send ``tensor`` to global rank ``dst`` (which calls :func:`recv_tensor`)."""
-    flat = _bytes_view(tensor.detach().contiguous()).view(-1)
-    dev = _collective_device()
-    step = max(1, _CHUNK_BYTES // max(tensor.element_size(), 1))
-    for start in range(0, flat.numel(), step):
+    flat, dev = _bytes_view(tensor.detach().contiguous()).view(-1), _collective_device()
+    for start, step in _chunks(flat):
         dist.send(flat[start : start + step].to(dev), dst=dst)
 
 
 def recv_tensor(out: Tensor, src: int) -> None:
     """Point-to-point: fill the contiguous CPU tensor ``out`` with what rank ``src`` sends."""
-    flat = _bytes_view(out).view(-1)
-    dev = _collective_device()
-    step = max(1, _CHUNK_BYTES // max(out.element_size(), 1))
-    for start in range(0, flat.numel(), step):
+    flat, dev = _bytes_view(out).view(-1), _collective_device()
+    for start, step in _chunks(flat):
         piece = torch.empty(min(step, flat.numel() - start), dtype=flat.dtype, device=dev)
         dist.recv(piece, src=src)
         flat[start : start + step] = piece.to(flat.device)
 
 
 def broadcast_tree(tree: Any, src: int = 0, min_bytes: int = 2**20) -> Any:
-    """Rank ``src``'s nested dict/list ``tree`` on every rank, big arrays sent as tensors.
+    """Rank ``src``'s nested dict/list ``tree`` on every rank (other ranks' ``tree`` is ignored).
 
-    Tensors and numpy arrays of at least ``min_bytes`` are replaced by placeholders in the
-    pickled skeleton and then broadcast with :func:`broadcast_tensor` (chunked), so a
-    checkpoint's model weights and per-image label arrays never go through one huge pickle.
-    Other ranks pass anything (their ``tree`` is ignored).
+    Tensors and arrays of at least ``min_bytes`` travel apart, chunked (:func:`broadcast_tensor`),
+    so a checkpoint's weights and per-image labels never go through one huge pickle.
     """
     if world_size() == 1:
         return tree

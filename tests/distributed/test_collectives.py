@@ -17,7 +17,7 @@ _BASE = torch.arange(24.0).view(2, 4, 3).transpose(1, 2)
 
 
 def _reduce_grads(rank: int) -> dict[str, object]:
-    # One parameter stored transposed (as the heads' sub-heads are), one plain, one without
+    # One parameter stored transposed (e.g. channels_last weights), one plain, one without
     # a gradient on odd ranks.
     stored_t = torch.nn.Parameter(torch.zeros(2, 4, 3).transpose(1, 2))
     plain = torch.nn.Parameter(torch.zeros(5))
@@ -30,7 +30,6 @@ def _reduce_grads(rank: int) -> dict[str, object]:
     assert stored_t.grad is not None and plain.grad is not None and absent.grad is not None
     return {
         "stored_t": stored_t.grad.tolist(),
-        "stored_t_strides": stored_t.grad.stride() == stored_t.stride(),
         "plain": plain.grad.tolist(),
         "absent": absent.grad.tolist(),
     }
@@ -64,11 +63,10 @@ def test_collectives_across_ranks(world: int) -> None:
         assert res["object"] == {"rank": 0}
         assert res["all_ok"] is True and res["one_bad"] is False
         assert (res["rank"], res["world"]) == (rank, world)
-        # all_reduce_grads sums, and hands a transposed parameter's gradient back in its layout.
+        # all_reduce_grads sums, whatever the parameter's memory layout.
         grads = res["grads"]
         assert isinstance(grads, dict)
         assert grads["stored_t"] == (_BASE * (world * (world + 1) // 2)).tolist()
-        assert grads["stored_t_strides"] is True
         assert grads["plain"] == [float(world * (world - 1) // 2)] * 5
         assert grads["absent"] == [[float((world + 1) // 2)] * 2] * 2
 

@@ -68,6 +68,8 @@ def register(sub: Any) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    import torch
+
     from deepercluster.data import Collection, open_collection
     from deepercluster.engine.calibrate import calibrate
     from deepercluster.engine.fit import resolve_device
@@ -101,6 +103,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         "gpu_memory_gb": args.gpu_memory,
     }
     assume = replace(assume, **{k: v for k, v in changes.items() if v is not None})
-    plan = make_plan(cfg, n_images=n_images, world_size=args.world_size, assume=assume)
+    on_cpu = cfg.train.device == "cpu" or (
+        cfg.train.device == "auto" and not torch.cuda.is_available()
+    )
+    plan = make_plan(
+        cfg, n_images=n_images, world_size=args.world_size, assume=assume, on_cpu=on_cpu
+    )
     print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan, cfg))
     return 2 if plan.problems else 0

@@ -15,7 +15,7 @@ not fit in GPU memory, a memory store over the memory limit) is reported before 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cache
 from typing import Any
 
@@ -136,9 +136,22 @@ def model_stats(arch: str, sobel: bool, resolution: int) -> ModelStats:
 
 
 def make_plan(
-    cfg: RunConfig, *, n_images: int, world_size: int, assume: Assumptions | None = None
+    cfg: RunConfig,
+    *,
+    n_images: int,
+    world_size: int,
+    assume: Assumptions | None = None,
+    on_cpu: bool = False,
 ) -> Plan:
     """Estimate every stage of ``cfg`` on ``n_images`` images over ``world_size`` processes.
+
+    Args:
+        cfg: the run's settings.
+        n_images: images in the collection.
+        world_size: processes of the job.
+        assume: throughputs (measured by ``engine.calibrate``, or stated defaults).
+        on_cpu: the run computes on the CPU: what a GPU would hold (weights, activations)
+            is counted in RAM.
 
     Raises:
         ValueError: a setting no run can use (the message names it and the fix).
@@ -282,7 +295,9 @@ def make_plan(
             "weights, momentum, targets, centroids; rank 0 gathers the sub-heads",
         )
     )
-    if train_gpu > a.gpu_memory_gb * 1e9:
+    if on_cpu:
+        stages = [replace(s, ram=s.ram + s.gpu, gpu=0) for s in stages]
+    elif train_gpu > a.gpu_memory_gb * 1e9:
         problems.append(
             f"training needs about {train_gpu / 1e9:.1f} GB per accelerator, over "
             f"{a.gpu_memory_gb:g} GB: lower train.batch_size"

@@ -127,3 +127,14 @@ def test_calibration_runs_the_stages_on_the_users_images(tmp_path: Path) -> None
     expected = measured.extract_fixed_s + 1000 / measured.extract_images_per_s
     assert stages["extraction"] == pytest.approx(expected)
     assert "measured here" in format_plan(plan, cfg)
+
+
+def test_a_cpu_run_counts_the_network_in_ram() -> None:
+    cfg = load_config(overrides=["model.arch=vgg16", "train.batch_size=4096"])
+    gpu = make_plan(cfg, n_images=100_000, world_size=1)
+    cpu = make_plan(cfg, n_images=100_000, world_size=1, on_cpu=True)
+    for g, c in zip(gpu.stages, cpu.stages, strict=True):
+        assert c.gpu == 0 and c.ram == g.ram + g.gpu
+    # an accelerator's memory limit means nothing on the CPU
+    assert any("per accelerator" in p for p in gpu.problems)
+    assert not any("per accelerator" in p for p in cpu.problems)

@@ -30,8 +30,9 @@ import torch
 from torch import Tensor
 
 from deepercluster import distributed
-from deepercluster.cluster.blocks import Blocks, Located, as_blocks
+from deepercluster.cluster.blocks import Blocks, as_blocks
 from deepercluster.cluster.reseed import fill_empty_blocks
+from deepercluster.cluster.seeding import INIT_METHODS, initial_centroids
 from deepercluster.distributed import ProcessGroup
 
 __all__ = [
@@ -45,14 +46,10 @@ __all__ = [
     "to_blocks",
 ]
 
-INIT_METHODS = ("random", "kmeans++")
 # Distances held at once by the E-step (a (rows, k) float32 tile, 16 MB).
 _TILE_VALUES = 2**22
 # Values per float64 copy of the M-step (8 MB): the cast stays in cache.
 _SUM_VALUES = 2**20
-# k-means++ runs on at most this many rows per centroid (at least _PLUS_MIN_SAMPLE rows).
-_PLUS_PER_CENTROID = 16
-_PLUS_MIN_SAMPLE = 4096
 
 
 @dataclass(frozen=True)
@@ -197,87 +194,15 @@ def cluster_sums(blocks: Blocks, labels: Tensor, k: int) -> Tensor:
 
 
 def _reduce(
-    sums: Tensor, counts: Tensor, objective: float, group: ProcessGroup | None
+    sums: Tensor, counts: Tensor, objective: Tensor, group: ProcessGroup | None
 ) -> tuple[Tensor, np.ndarray, float]:
     """All-reduce the M-step statistics in one float64 buffer (counts exact below 2**53)."""
     k = counts.shape[0]
-    objective_t = torch.tensor([objective], dtype=torch.float64, device=sums.device)
-    packed = torch.cat([sums.flatten(), counts.to(torch.float64), objective_t])
+    packed = torch.cat([sums.flatten(), counts.to(torch.float64), objective.reshape(1)])
     packed = distributed.all_reduce_sum(packed, group)
     out = packed[: sums.numel()].view_as(sums)
     total = packed[sums.numel() :].cpu().numpy()
     return out, np.rint(total[:k]).astype(np.int64), float(total[k])
-
-
-def _gather_rows(
-    blocks: Blocks, where: Located, rows: np.ndarray, group: ProcessGroup | None
-) -> Tensor:
-    """(len(rows), D) float32 the global rows ``rows`` (sorted) on every rank.
-
-    Each owner fills its rows in and an all-reduce assembles them (x + 0 is exact).
-    """
-    out = torch.zeros((len(rows), blocks.dim), dtype=torch.float32, device=blocks.device)
-    positions, local = where.local(rows)
-    if len(local):
-        out[torch.as_tensor(positions, device=out.device)] = blocks.take(local)
-    return distributed.all_reduce_sum(out, group)
-
-
-def _kmeans_plus_plus(sample: Tensor, k: int, rng: np.random.Generator) -> Tensor:
-    """k-means++ seeding [Arthur & Vassilvitskii 2007] of ``sample`` (s, D): (k, D) rows.
-
-    Each next centroid is a row drawn with probability proportional to its squared distance
-    to the nearest centroid so far; the uniform numbers come from ``rng`` (numpy), so every
-    rank holding the same sample draws the same rows.
-    """
-    first = int(rng.integers(sample.shape[0]))
-    chosen = [first]
-    closest = ((sample - sample[first]) ** 2).sum(dim=1).double()
-    for _ in range(1, k):
-        cumulative = torch.cumsum(closest, dim=0)
-        total = float(cumulative[-1])
-        if total <= 0.0:  # fewer distinct rows than k: any row (re-seeding splits them later)
-            nxt = int(rng.integers(sample.shape[0]))
-        else:
-            target = torch.tensor([rng.random() * total], dtype=torch.float64, device=sample.device)
-            nxt = min(int(torch.searchsorted(cumulative, target)), sample.shape[0] - 1)
-        chosen.append(nxt)
-        closest = torch.minimum(closest, ((sample - sample[nxt]) ** 2).sum(dim=1).double())
-    return sample[torch.as_tensor(chosen, device=sample.device)].clone()
-
-
-def initial_centroids(
-    blocks: Blocks,
-    where: Located,
-    k: int,
-    init: np.ndarray | None,
-    method: str,
-    rng: np.random.Generator,
-    group: ProcessGroup | None,
-) -> Tensor:
-    """(k, D) float32 starting centroids, the same on every rank.
-
-    ``init`` (a warm start) is copied; ``random`` takes k distinct rows of the collection;
-    ``kmeans++`` seeds from a random sample of at most max(4096, 16 k) rows.
-    """
-    if init is not None:
-        if init.shape != (k, blocks.dim):
-            raise ValueError(
-                f"init has shape {init.shape}, expected (k, D) = {(k, blocks.dim)}; "
-                "warm-start only from a clustering with the same k and feature dimension"
-            )
-        if not np.isfinite(init).all():
-            raise ValueError("init contains NaN or inf; pass init=None to start from random rows")
-        return torch.as_tensor(np.asarray(init, dtype=np.float32), device=blocks.device).clone()
-    if method not in INIT_METHODS:
-        raise ValueError(f"cluster.init ({method!r}) must be one of {INIT_METHODS}")
-    if method == "random":
-        # k distinct rows (duplicated *values* are possible and handled by re-seeding).
-        rows = np.sort(rng.choice(where.total, size=k, replace=False))
-        return _gather_rows(blocks, where, rows, group)
-    size = min(where.total, max(_PLUS_MIN_SAMPLE, _PLUS_PER_CENTROID * k))
-    rows = np.sort(rng.choice(where.total, size=size, replace=False))
-    return _kmeans_plus_plus(_gather_rows(blocks, where, rows, group), k, rng)
 
 
 def lloyd(
@@ -336,15 +261,15 @@ def lloyd(
         sums = torch.zeros(
             (0 if final else k, blocks.dim), dtype=torch.float64, device=blocks.device
         )
-        objective = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=blocks.device)
         for start, x in blocks:
             block_labels, dist = _nearest(x, centroids, prepared)
             labels[start : start + len(x)] = block_labels
-            objective += float(dist.double().sum())
+            total += dist.sum(dtype=torch.float64)
             if not final:
                 sums += block_sums(x, block_labels, k).to(sums.device)
         counts = torch.bincount(labels, minlength=k)
-        sums, counts_np, objective = _reduce(sums, counts, objective, group)
+        sums, counts_np, objective = _reduce(sums, counts, total, group)
         if final:
             break
         objectives.append(objective)

@@ -114,6 +114,22 @@ class PCAWhitening:
             out[start : start + batch_size] = l2_normalize(out[start : start + batch_size])
         return out
 
+    def apply_tensor(self, x: Tensor, *, batch_size: int = _BLOCK_ROWS) -> Tensor:
+        """:meth:`apply` of a tensor, on its device: (N, D) -> (N, d) float32 unit rows."""
+        if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
+            raise ValueError(
+                f"features have shape {tuple(x.shape)} but the PCA was fitted on dimension "
+                f"{self.mean.shape[0]}; refit the PCA on these features"
+            )
+        mean = torch.as_tensor(self.mean, device=x.device)
+        projection = torch.as_tensor(self.projection, device=x.device)
+        out = torch.empty((x.shape[0], self.dim), dtype=torch.float32, device=x.device)
+        tiny = float(np.finfo(np.float32).tiny)
+        for start in range(0, x.shape[0], batch_size):
+            z = (x[start : start + batch_size].float() - mean) @ projection
+            out[start : start + len(z)] = z / z.norm(dim=1, keepdim=True).clamp(min=tiny)
+        return out
+
     def to_dict(self) -> dict[str, np.ndarray]:
         """Plain arrays for a checkpoint."""
         return {

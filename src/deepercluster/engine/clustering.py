@@ -203,6 +203,7 @@ def recluster(
             stage=stage,
             safe_point=safe_point,
             progress=progress,
+            device=device,
         )
     clustering = _targets(rnd, valid, cfg, epoch=epoch, previous=previous)
     clustering.metrics["time/extract_s"] = t_extract

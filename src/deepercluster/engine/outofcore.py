@@ -10,6 +10,7 @@ size, and makes the in-memory store refuse, before extracting anything, a round 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from deepercluster.cluster import PCAWhitening
 from deepercluster.cluster.store import FeatureStore
@@ -96,4 +97,21 @@ def whiten_to_store(
         wanted = rows[start:stop]
         first = int(wanted[0])
         block = store.read(first, int(wanted[-1]) + 1)[wanted - first]
-        reduced.write_chunk(chunk, pca.apply(block))
+        # The same whitening code as the in-memory store's, so both give the same rows.
+        reduced.write_chunk(chunk, pca.apply_tensor(torch.from_numpy(block)).numpy())
+
+
+def clustering_device(
+    c: ClusterConfig, device: torch.device, *, rows: int, dim: int
+) -> torch.device:
+    """Where the in-memory clustering runs: the training device when the features fit there.
+
+    On a GPU the (rows, D) features, their (rows, d) whitened copy and a super-cluster's
+    gathered rows must fit in half of its free memory (the rest is the network's and the
+    E-step's tiles); otherwise, and with the disk store, the CPU.
+    """
+    if c.feature_store != "memory" or device.type != "cuda":
+        return torch.device("cpu")
+    need = rows * (2 * dim + 2 * min(c.pca_dim, dim)) * 4
+    free, _ = torch.cuda.mem_get_info(device)
+    return device if need <= free // 2 else torch.device("cpu")

@@ -33,7 +33,7 @@ from deepercluster.cluster import (
 from deepercluster.cluster.preprocess import PCAWhitening
 from deepercluster.cluster.store import FeatureStore
 from deepercluster.config import RunConfig
-from deepercluster.engine.outofcore import block_rows, whiten_to_store
+from deepercluster.engine.outofcore import block_rows, clustering_device, whiten_to_store
 from deepercluster.engine.stages import ClusteringStage, SafePoint
 from deepercluster.log import get_logger
 
@@ -92,12 +92,15 @@ def cluster_features(
     stage: ClusteringStage,
     safe_point: SafePoint | None,
     progress: bool,
+    device: torch.device | None = None,
 ) -> RoundResult:
     """PCA-whiten and cluster the readable images' features, this rank holding some of them.
 
     The PCA and each finished k-means run (except in clustering groups) are saved in
     ``stage`` and reloaded rather than recomputed. With ``cluster.feature_store = "disk"``
     the features are streamed from the stores in blocks (:mod:`~deepercluster.engine.outofcore`).
+    In memory, PCA and k-means run on ``device`` (the training device) when the features fit
+    there (:func:`~deepercluster.engine.outofcore.clustering_device`), else on the CPU.
     """
     c = cfg.cluster
     n_valid = int(feats.valid.sum())
@@ -118,9 +121,14 @@ def cluster_features(
     if c.feature_store == "disk":
         raw = Blocks(feats.store, members=np.flatnonzero(feats.valid_local), block_rows=block)
     else:
-        x = feats.store.to_array()
-        x = x if feats.valid_local.all() else x[feats.valid_local]
-        raw = Blocks(torch.from_numpy(x))
+        rows = feats.store.to_array()
+        rows = rows if feats.valid_local.all() else rows[feats.valid_local]
+        on = clustering_device(
+            c, device or torch.device("cpu"), rows=len(rows), dim=feats.store.dim
+        )
+        x = torch.from_numpy(rows).to(on)
+        del rows
+        raw = Blocks(x)
     pca = stage.load_pca()
     if pca is None:
         sample = c.pca_sample or None
@@ -131,7 +139,7 @@ def cluster_features(
         if safe_point is not None:
             safe_point("pca", "the PCA of the clustering")
     if x is not None:
-        reduced = Blocks(torch.from_numpy(pca.apply(x)))
+        reduced = Blocks(pca.apply_tensor(x))
         del x, raw
     else:
         source = stage.reduced(rows=len(feats.local_ids), dim=pca.dim, chunk_rows=block)

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from deepercluster.cluster import Blocks, fit_pca, hierarchical_kmeans, kmeans, row_blocks
 from deepercluster.cluster.store import FeatureStore
 from deepercluster.config import ClusterConfig, parse_size
-from deepercluster.engine.outofcore import check_memory
+from deepercluster.engine.outofcore import check_memory, clustering_device
 
 
 def _filled(folder: Path, x: np.ndarray, chunk: int, dtype: str = "float32") -> FeatureStore:
@@ -154,3 +155,14 @@ def test_row_blocks_gather_exactly_the_members(tmp_path: Path, step: int) -> Non
     blocks = list(row_blocks(store, 64, members))
     assert [pos for pos, _ in blocks] == list(range(0, len(members), 64))
     assert np.array_equal(np.concatenate([b for _, b in blocks]), x[members])
+
+
+def test_clustering_runs_on_the_cpu_without_a_gpu_or_with_the_disk_store() -> None:
+    memory, disk = ClusterConfig(k=8), ClusterConfig(k=8, feature_store="disk")
+    cpu = torch.device("cpu")
+    assert clustering_device(memory, cpu, rows=1000, dim=64) == cpu
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda", 0)
+        assert clustering_device(memory, gpu, rows=1000, dim=64) == gpu
+        assert clustering_device(disk, gpu, rows=1000, dim=64) == cpu
+        assert clustering_device(memory, gpu, rows=10**12, dim=4096) == cpu

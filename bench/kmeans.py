@@ -15,7 +15,9 @@ every flat k-means: what the library itself reaches there.
 Also one k-means round of our loop with faiss' exact search as its E-step against the same
 loop with the torch E-step: the check that keeps faiss out of the loop unless it pays 1.2x.
 The data are L2-normalised points of a Gaussian mixture, as after PCA-whitening.
-Runs on the CPU whatever ``--device`` (faiss-cpu is CPU code).
+Runs on the CPU whatever ``--device`` (faiss-cpu is CPU code); with ``--device cuda`` two more
+rows: the same k-means round on CUDA against the CPU, and a CUDA iteration against the bare
+matmul + argmin of the same shape (the limit of the E-step).
 """
 
 from __future__ import annotations
@@ -135,6 +137,49 @@ def _estep_rows(ctx: Context, x: np.ndarray, k: int, niter: int) -> list[Row]:
     ]
 
 
+def _device_rows(ctx: Context, x: np.ndarray, k: int, niter: int) -> list[Row]:
+    """The k-means round on ``ctx.device`` against the CPU, and its iteration against the
+    bare (N, D) x (D, k) product + argmin."""
+    on_device = torch.from_numpy(x).to(ctx.device)
+    centroids = on_device[:k].clone()
+
+    def bare() -> None:
+        for _ in range(niter):
+            torch.addmm((centroids * centroids).sum(1), on_device, centroids.T, alpha=-2.0).argmin(
+                1
+            )
+
+    times = interleaved(
+        {
+            "cpu": lambda: kmeans(x, k, niter=niter, seed=0),
+            "device": lambda: kmeans(on_device, k, niter=niter, seed=0),
+            "bare": bare,
+        },
+        ctx,
+        reps=3,
+    )
+    shape = {"N": len(x), "D": x.shape[1], "k": k, "niter": niter}
+    return [
+        info(
+            NAME,
+            f"k-means round, CPU / {ctx.device.type} (N={len(x)}, k={k})",
+            ratio(times, "cpu", "device"),
+            "x",
+            cpu_s=median(times["cpu"]),
+            device_s=median(times["device"]),
+            **shape,
+        ),
+        info(
+            NAME,
+            f"k-means iterations / bare matmul + argmin on {ctx.device.type} (N={len(x)}, k={k})",
+            ratio(times, "device", "bare"),
+            "x",
+            bare_s=median(times["bare"]),
+            **shape,
+        ),
+    ]
+
+
 def _objective(x: np.ndarray, centroids: np.ndarray) -> float:
     _, d2 = assign(x, centroids)
     return float(d2.sum(dtype=np.float64))
@@ -189,6 +234,8 @@ def run(ctx: Context) -> list[Row]:
     # 5 iterations (both sides alike; every iteration costs the same, so the ratio does not
     # depend on it) to keep the quick suite within its minutes.
     rows += _estep_rows(ctx, x, k, niter)
+    if ctx.device.type == "cuda":
+        rows += _device_rows(ctx, x, k, niter)
     ms = ctx.pick((2,), (4, 16), (4, 16))
     rows += _hierarchical_vs_flat(ctx, x, k, niter, ms, seed)
     if not ctx.tiny:

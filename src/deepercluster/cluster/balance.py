@@ -70,10 +70,14 @@ def balance(
     undersized = np.flatnonzero(counts < min_size)
     if undersized.size == 0:
         return assignments, 0
-    # |x|^2 - 2 <x, c_s> for every row and super-cluster, in one pass (4 m bytes a row).
+    # |x|^2 - 2 <x, c_s> (+ a constant per s) for every row and super-cluster, in one pass
+    # (4 m bytes a row); shifted by the centroids' mean, as the k-means E-step.
     c = torch.as_tensor(centroids, device=blocks.device)
+    shift = c.mean(dim=0)
+    c = c - shift
     scores = np.empty((blocks.n, m), np.float32)
-    for start, x in blocks:
+    for start, rows in blocks:
+        x = rows - shift
         block = (x * x).sum(dim=1)[:, None] - 2.0 * (x @ c.T)
         scores[start : start + len(x)] = block.cpu().numpy()
     n_moved = 0

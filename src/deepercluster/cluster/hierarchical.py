@@ -306,7 +306,7 @@ def hierarchical_kmeans(
         ValueError: ``k`` not a multiple of ``m``, ``k > N``, an ``init`` of another shape, or
             a ``level1_sample`` below m (and not 0).
     """
-    blocks = to_blocks(x)
+    blocks = to_blocks(x, group)
     where = blocks.locate(group)
     check_sizes(k, m, where.total)
     if init is not None:

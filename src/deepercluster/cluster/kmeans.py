@@ -314,13 +314,23 @@ def _objective(
     return float(distributed.all_reduce_sum(total, group)[0])
 
 
-def to_blocks(x: np.ndarray | Tensor | Blocks) -> Blocks:
-    """Blocks over validated (n, D) float32 features (a rank may hold no rows: not checked)."""
+def to_blocks(x: np.ndarray | Tensor | Blocks, group: ProcessGroup | None = None) -> Blocks:
+    """Blocks over validated (n, D) float32 features; a rank may hold no rows.
+
+    Raises:
+        ValueError: on every rank of ``group`` together when any rank's features are invalid
+            (a rank raising alone would leave the others waiting in their next collective).
+    """
     if isinstance(x, Blocks):
         return x
-    if x.shape[0] == 0:  # a rank without rows takes part in the collectives all the same
-        return as_blocks(x)
-    return as_blocks(check_features(x))
+    problem = ""
+    try:
+        blocks = as_blocks(x if x.shape[0] == 0 else check_features(x))
+    except ValueError as error:
+        problem = str(error)
+    if not distributed.all_ranks_ok(not problem, group):
+        raise ValueError(problem or "another rank holds invalid features (see its error)")
+    return blocks
 
 
 def kmeans(
@@ -339,5 +349,11 @@ def kmeans(
         ValueError: bad ``x`` (see :func:`check_features`), or as :func:`lloyd`.
     """
     return lloyd(
-        to_blocks(x), k, niter=niter, seed=seed, init=init, init_method=init_method, group=group
+        to_blocks(x, group),
+        k,
+        niter=niter,
+        seed=seed,
+        init=init,
+        init_method=init_method,
+        group=group,
     )

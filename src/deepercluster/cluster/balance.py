@@ -76,8 +76,8 @@ def balance(
     shift = c.mean(dim=0)
     c = c - shift
     scores = np.empty((blocks.n, m), np.float32)
-    for start, rows in blocks:
-        x = rows - shift
+    for start, features in blocks:
+        x = features - shift
         block = (x * x).sum(dim=1)[:, None] - 2.0 * (x @ c.T)
         scores[start : start + len(x)] = block.cpu().numpy()
     n_moved = 0

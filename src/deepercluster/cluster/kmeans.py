@@ -46,8 +46,8 @@ __all__ = [
     "to_blocks",
 ]
 
-# Distances held at once by the E-step (a (rows, k) float32 tile, 16 MB).
-_TILE_VALUES = 2**22
+# Scores held at once by the E-step (a (rows, k) float32 tile, 32 MB).
+_TILE_VALUES = 2**23
 # Values per float64 copy of the M-step (8 MB): the cast stays in cache.
 _SUM_VALUES = 2**20
 
@@ -115,23 +115,29 @@ def prepare(centroids: Tensor) -> Prepared:
     return shift, centred, (centred * centred).sum(dim=1)
 
 
+def _labels(block: Tensor, prepared: Prepared) -> Tensor:
+    """E-step of one block: (b,) int64 nearest centroid (ties: the lowest index).
+
+    Three operations per tile of the (b, k) scores, no more: each is a parallel region, and
+    on a busy machine every region costs a wake-up of the threads, whatever its size.
+    """
+    shift, centred, c_sq = prepared
+    rows = max(1, _TILE_VALUES // max(1, centred.shape[0]))
+    labels = torch.empty(block.shape[0], dtype=torch.int64, device=block.device)
+    for s in range(0, block.shape[0], rows):
+        # ||c||^2 - 2 x.c (shifted): the row's own ||x||^2 does not change its argmin.
+        scores = torch.addmm(c_sq, block[s : s + rows] - shift, centred.T, alpha=-2.0)
+        torch.argmin(scores, dim=1, out=labels[s : s + rows])
+    return labels
+
+
 def _nearest(block: Tensor, centroids: Tensor, prepared: Prepared) -> tuple[Tensor, Tensor]:
     """E-step of one block: (b,) int64 nearest centroid and (b,) float32 squared distance."""
-    shift, centred, c_sq = prepared
-    rows = max(1, _TILE_VALUES // max(1, centroids.shape[0]))
-    labels = torch.empty(block.shape[0], dtype=torch.int64, device=block.device)
-    dist = torch.empty(block.shape[0], dtype=torch.float32, device=block.device)
-    for s in range(0, block.shape[0], rows):
-        x = block[s : s + rows]
-        # ||c||^2 - 2 x.c (shifted): the row's own ||x||^2 does not change its argmin.
-        scores = torch.addmm(c_sq, x - shift, centred.T, beta=1.0, alpha=-2.0)
-        nearest_ids = scores.argmin(dim=1)
-        labels[s : s + rows] = nearest_ids
-        # Measured from the difference: the expanded form loses the small distances of
-        # tight clusters to cancellation.
-        diff = x - centroids[nearest_ids]
-        dist[s : s + rows] = (diff * diff).sum(dim=1)
-    return labels, dist
+    labels = _labels(block, prepared)
+    # Measured from the difference: the expanded form loses the small distances of tight
+    # clusters to cancellation.
+    diff = block - centroids[labels]
+    return labels, (diff * diff).sum(dim=1)
 
 
 def nearest(blocks: Blocks, centroids: Tensor) -> tuple[Tensor, Tensor]:
@@ -253,23 +259,29 @@ def lloyd(
     rng = np.random.default_rng(seed)
     centroids = initial_centroids(blocks, where, k, init, init_method, rng, group)
     n_reseeded, objectives = 0, list[float]()
+    sq_norms: Tensor | None = None  # sum of ||x||^2 over the local rows, from the first pass
     for _ in range(niter + 1):
         # One read of the rows per iteration: the sums are taken with the new labels.
         prepared = prepare(centroids)
         labels = torch.empty(blocks.n, dtype=torch.int64, device=blocks.device)
-        final = len(objectives) == niter
-        sums = torch.zeros(
-            (0 if final else k, blocks.dim), dtype=torch.float64, device=blocks.device
-        )
+        sums = torch.zeros((k, blocks.dim), dtype=torch.float64, device=blocks.device)
+        first = sq_norms is None
         total = torch.zeros((), dtype=torch.float64, device=blocks.device)
         for start, x in blocks:
-            block_labels, dist = _nearest(x, centroids, prepared)
+            block_labels = _labels(x, prepared)
             labels[start : start + len(x)] = block_labels
-            total += dist.sum(dtype=torch.float64)
-            if not final:
-                sums += block_sums(x, block_labels, k).to(sums.device)
+            sums += block_sums(x, block_labels, k).to(sums.device)
+            if first:
+                total += x.double().square().sum()
+        if sq_norms is None:
+            sq_norms = total
         counts = torch.bincount(labels, minlength=k)
-        sums, counts_np, objective = _reduce(sums, counts, total, group)
+        # sum_i ||x_i - c_l(i)||^2 = sum ||x||^2 - 2 sum_j c_j.S_j + sum_j n_j ||c_j||^2, in
+        # float64 from the M-step's sums: no per-row distance to compute.
+        c64 = centroids.double()
+        local = sq_norms - 2.0 * (c64 * sums).sum() + (counts * c64.square().sum(dim=1)).sum()
+        final = len(objectives) == niter
+        sums, counts_np, objective = _reduce(sums, counts, local, group)
         if final:
             break
         objectives.append(objective)

@@ -1,7 +1,7 @@
 """k-means: our engine vs ``faiss.Kmeans``, and hierarchical vs flat at the same total k.
 
-Ours: ``cluster.kmeans.kmeans`` (faiss exact search for the E-step, our M-step and
-re-seeding). faiss: ``faiss.Kmeans`` with ``max_points_per_centroid`` huge (no silent
+Ours: ``cluster.kmeans`` (the torch Lloyd loop: blockwise matmul + argmin E-step, float64
+sums, re-seeding). faiss: ``faiss.Kmeans`` with ``max_points_per_centroid`` huge (no silent
 subsampling) and ``early_stop_threshold = -1`` (exactly ``niter`` iterations), started from
 the same initial centroids, followed by the search that assigns every point to the final
 centroids (ours returns those assignments too). Both objectives are measured the same way:
@@ -12,25 +12,33 @@ hundreds to thousands of centroids each. Also the hierarchy with level 1 fitted 
 per super-cluster (``cluster.level1_sample``), with its final objective against the unsampled
 one. For reference, the same hierarchy (our recipe and scheduling) with ``faiss.Kmeans`` as
 every flat k-means: what the library itself reaches there.
+Also one k-means round of our loop with faiss' exact search as its E-step against the same
+loop with the torch E-step: the check that keeps faiss out of the loop unless it pays 1.2x.
 The data are L2-normalised points of a Gaussian mixture, as after PCA-whitening.
-Runs on the CPU whatever ``--device`` (both engines are CPU code; faiss-cpu).
+Runs on the CPU whatever ``--device`` (faiss-cpu is CPU code); with ``--device cuda`` two more
+rows: the same k-means round on CUDA against the CPU, and a CUDA iteration against the bare
+matmul + argmin of the same shape (the limit of the E-step).
 """
 
 from __future__ import annotations
 
+import sys
 from functools import partial
+from unittest import mock
 
 import faiss
 import numpy as np
+import torch
 
 from bench.common import Context, Row, at_least, at_most, info, interleaved, median, per_rep, ratio
-from deepercluster.cluster.hierarchical import (
-    balance_super_clusters,
+from deepercluster.cluster import (
+    Blocks,
+    ClusterRun,
+    KMeansResult,
+    assign,
     hierarchical_kmeans,
-    one_cluster,
-    two_levels,
+    kmeans,
 )
-from deepercluster.cluster.kmeans import KMeansResult, assign, kmeans
 
 NAME = "kmeans"
 # cluster.level1_sample per super-cluster in the sampled-hierarchy rows: faiss.Kmeans' default
@@ -75,27 +83,101 @@ def _faiss_kmeans(
 
 
 def faiss_hierarchy(x: np.ndarray, k: int, m: int, niter: int, seed: int) -> float:
-    """Our two-level recipe (balancing, level-2 runs two at a time on 2 cores) with
+    """Our two-level recipe (balancing, level-2 runs one after the other) with
     ``faiss.Kmeans`` as every flat k-means: the pace of the best library at this shape.
 
     Returns:
         The level-2 objective.
     """
-    result = two_levels(
-        n=len(x),
-        dim=x.shape[1],
-        k=k,
-        m=m,
-        init=None,
-        cluster=lambda _run, rows, kk, sd, _init: _faiss_kmeans(
-            x if rows is None else x[rows], kk, niter, sd
-        ),
-        one_cluster=lambda: one_cluster(x),
-        balance=lambda a, c, size: balance_super_clusters(x, a, c, size),
-        seed=seed,
-        workers=None,
+
+    def with_faiss(_ours: ClusterRun) -> ClusterRun:
+        def run(
+            _run: int, rows: Blocks, kk: int, sd: int, _init: np.ndarray | None
+        ) -> KMeansResult:
+            data = rows.in_memory().data
+            assert isinstance(data, torch.Tensor)
+            return _faiss_kmeans(data.numpy(), kk, niter, sd)
+
+        return run
+
+    return hierarchical_kmeans(x, k=k, m=m, niter=niter, seed=seed, wrap_run=with_faiss).objective
+
+
+def _faiss_nearest(
+    block: torch.Tensor, centroids: torch.Tensor, _prepared: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """faiss' exact search as the loop's E-step (CPU tensors)."""
+    distances, labels = faiss.knn(block.numpy(), centroids.numpy(), 1)
+    return torch.from_numpy(labels[:, 0]), torch.from_numpy(np.maximum(distances[:, 0], 0))
+
+
+def _estep_rows(ctx: Context, x: np.ndarray, k: int, niter: int) -> list[Row]:
+    """One k-means round of our loop with faiss' E-step / with the torch E-step."""
+    loop = sys.modules["deepercluster.cluster.kmeans"]
+
+    def torch_estep() -> None:
+        kmeans(x, k, niter=niter, seed=0)
+
+    def faiss_estep() -> None:
+        with mock.patch.object(loop, "_nearest", _faiss_nearest):
+            kmeans(x, k, niter=niter, seed=0)
+
+    times = interleaved({"torch": torch_estep, "faiss": faiss_estep}, ctx, reps=3)
+    return [
+        info(
+            NAME,
+            f"k-means round, torch E-step / faiss E-step (N={len(x)}, D={x.shape[1]}, k={k})",
+            ratio(times, "torch", "faiss"),
+            "x",
+            torch_s=median(times["torch"]),
+            faiss_s=median(times["faiss"]),
+            per_rep=per_rep(times, "torch", "faiss"),
+            note="faiss may only come back as the CPU E-step if this is >= 1.2",
+        )
+    ]
+
+
+def _device_rows(ctx: Context, x: np.ndarray, k: int, niter: int) -> list[Row]:
+    """The k-means round on ``ctx.device`` against the CPU, and its iteration against the
+    bare (N, D) x (D, k) product + argmin."""
+    on_device = torch.from_numpy(x).to(ctx.device)
+    centroids = on_device[:k].clone()
+
+    def bare() -> None:
+        for _ in range(niter):
+            torch.addmm((centroids * centroids).sum(1), on_device, centroids.T, alpha=-2.0).argmin(
+                1
+            )
+
+    times = interleaved(
+        {
+            "cpu": lambda: kmeans(x, k, niter=niter, seed=0),
+            "device": lambda: kmeans(on_device, k, niter=niter, seed=0),
+            "bare": bare,
+        },
+        ctx,
+        reps=3,
     )
-    return result.objective
+    shape = {"N": len(x), "D": x.shape[1], "k": k, "niter": niter}
+    return [
+        info(
+            NAME,
+            f"k-means round, CPU / {ctx.device.type} (N={len(x)}, k={k})",
+            ratio(times, "cpu", "device"),
+            "x",
+            cpu_s=median(times["cpu"]),
+            device_s=median(times["device"]),
+            **shape,
+        ),
+        info(
+            NAME,
+            f"k-means iterations / bare matmul + argmin on {ctx.device.type} (N={len(x)}, k={k})",
+            ratio(times, "device", "bare"),
+            "x",
+            bare_s=median(times["bare"]),
+            **shape,
+        ),
+    ]
 
 
 def _objective(x: np.ndarray, centroids: np.ndarray) -> float:
@@ -151,6 +233,9 @@ def run(ctx: Context) -> list[Row]:
     # real run's are (the paper's: 24M images x 80,000 centroids each). The larger shape runs
     # 5 iterations (both sides alike; every iteration costs the same, so the ratio does not
     # depend on it) to keep the quick suite within its minutes.
+    rows += _estep_rows(ctx, x, k, niter)
+    if ctx.device.type == "cuda":
+        rows += _device_rows(ctx, x, k, niter)
     ms = ctx.pick((2,), (4, 16), (4, 16))
     rows += _hierarchical_vs_flat(ctx, x, k, niter, ms, seed)
     if not ctx.tiny:

@@ -148,6 +148,9 @@ class ClusterConfig:
     assign every image to its nearest super-centroid (0 = all images, as the reference).
     A few centroids are well estimated from a sample; faiss.Kmeans' default would be 256
     images per super-cluster."""
+    init: str = "random"
+    """How each k-means picks its starting centroids: random (k distinct images, the paper's)
+    or kmeans++ (spread-out seeds; recovers well-separated groups that random may merge)."""
     warm_start: bool = False
     """Start k-means from the previous centroids (reference flag warm_restart)."""
     feature_store: str = "memory"
@@ -187,6 +190,11 @@ class ClusterConfig:
                 f"cluster.level1_sample ({self.level1_sample}) must be 0 (every image) or at "
                 f"least cluster.super_clusters ({self.super_clusters}); faiss' rule of thumb "
                 f"is 256 per super-cluster: {256 * self.super_clusters}"
+            )
+        if self.init not in ("random", "kmeans++"):
+            raise ValueError(
+                f"cluster.init ({self.init!r}) must be random or kmeans++; "
+                "set cluster.init=random (the paper's) or cluster.init=kmeans++"
             )
         if self.feature_store not in FEATURE_STORES:
             raise ValueError(

@@ -1,8 +1,8 @@
-"""Distributed PCA, k-means and hierarchical k-means on 2 and 4 gloo ranks == single process.
+"""PCA, k-means and hierarchical k-means on 2 and 4 gloo ranks == the same calls in 1 process.
 
-One spawn per world size runs every case (a spawn costs seconds); the single-process
-references run in the test process on the concatenated shards. Shards are uneven, one holds
-fewer than 20 rows (faiss' non-BLAS search path) and, with 4 ranks, one holds none.
+One spawn runs every case (a spawn costs seconds); the single-process references run in the
+test process on the concatenated shards. Shards are uneven, one is tiny and, with 4 ranks, one
+holds none. The functions are the same with and without a process group.
 """
 
 from __future__ import annotations
@@ -17,11 +17,8 @@ from deepercluster.cluster import (
     HierarchicalResult,
     KMeansResult,
     fit_pca,
-    fit_pca_distributed,
     hierarchical_kmeans,
-    hierarchical_kmeans_distributed,
     kmeans,
-    kmeans_distributed,
 )
 from deepercluster.cluster.level1_sample import sample_rows
 from tests.distributed.harness import run_ranks
@@ -64,6 +61,11 @@ def _cases(data: dict[str, Any], run_kmeans: Any, run_hierarchical: Any) -> dict
         # k close to N on duplicates: many re-seeding rounds, and balancing among exact ties.
         "hier_dup": run_hierarchical(data["duplicated"], k=240, m=2, niter=3, seed=5),
         "flat": run_hierarchical(data["blobs"], k=6, m=1, niter=3, seed=6),
+        # k-means++ seeds from a sample gathered on every rank: the same seeds as 1 process.
+        "plus": run_kmeans(data["blobs"], 10, niter=3, seed=8, init_method="kmeans++"),
+        "hier_plus": run_hierarchical(
+            data["tiny"], k=10, m=2, niter=3, seed=9, init_method="kmeans++"
+        ),
         # Level 1 on 40 of the 303 rows, drawn over the whole collection; with 4 ranks the
         # 13-row shard holds none of them (checked below).
         "hier_sample": run_hierarchical(
@@ -78,13 +80,11 @@ def _run_all(data: dict[str, Any], shard_sizes: list[int], rank: int, group: Any
     shard = {k: v[start:stop] if k != "far_init" else v for k, v in data.items()}
     results = _cases(
         shard,
-        lambda x, k, **kw: kmeans_distributed(x, k, group=group, threads=1, **kw),
-        lambda x, **kw: hierarchical_kmeans_distributed(x, group=group, threads=1, **kw),
+        lambda x, k, **kw: kmeans(x, k, group=group, **kw),
+        lambda x, **kw: hierarchical_kmeans(x, group=group, **kw),
     )
-    pca = fit_pca_distributed(shard["pca"], dim=6, group=group)
-    sampled = fit_pca_distributed(
-        shard["pca"], dim=4, power=0.0, sample=PCA_SAMPLE, seed=7, group=group
-    )
+    pca = fit_pca(shard["pca"], dim=6, group=group)
+    sampled = fit_pca(shard["pca"], dim=4, power=0.0, sample=PCA_SAMPLE, seed=7, group=group)
     return {
         **results,
         "pca": pca.to_dict(),
@@ -143,9 +143,9 @@ def test_distributed_equals_single_process(
     assert [r["world"] for r in results] == [world] * world
     expected = _cases(data, kmeans, hierarchical_kmeans)
 
-    for name in ("kmeans", "dup", "far"):
+    for name in ("kmeans", "dup", "far", "plus"):
         _same_kmeans([r[name] for r in results], expected[name])
-    for name in ("hier", "hier_dup", "flat", "hier_sample"):
+    for name in ("hier", "hier_dup", "flat", "hier_sample", "hier_plus"):
         _same_hierarchical([r[name] for r in results], expected[name])
     # The cases exercise what they are meant to.
     assert expected["kmeans"].n_reseeded == 0
@@ -165,12 +165,3 @@ def test_distributed_equals_single_process(
             for key, value in ref.to_dict().items():
                 np.testing.assert_allclose(result[name][key], value, rtol=1e-5, atol=1e-6)
                 np.testing.assert_array_equal(result[name][key], results[0][name][key])
-
-
-def test_single_process_is_kmeans() -> None:
-    # Without a process group the collectives are the identity: same function, same result.
-    data = _datasets()
-    expected = kmeans(data["duplicated"], 45, niter=4, seed=1)
-    result = kmeans_distributed(data["duplicated"], 45, niter=4, seed=1)
-    np.testing.assert_array_equal(result.assignments, expected.assignments)
-    np.testing.assert_array_equal(result.centroids, expected.centroids)

@@ -23,7 +23,8 @@ import torch
 from tests.conftest import write_pattern_images
 
 from deepercluster import cli
-from deepercluster.engine import extraction, pca_kmeans
+from deepercluster.cluster import hierarchical
+from deepercluster.engine import extraction
 from deepercluster.engine.checkpoint import load_checkpoint
 from deepercluster.engine.preemption import EXIT_PREEMPTED, FAULT_ENV
 from deepercluster.engine.stages import STAGE_DIR
@@ -84,7 +85,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Counts the chunks extracted and the k-means runs computed by the in-process resume."""
     calls = {"chunks": 0, "kmeans": 0}
-    real_extract, real_kmeans = extraction.extract_features, pca_kmeans.lloyd
+    real_extract, real_kmeans = extraction.extract_features, hierarchical.lloyd
 
     def extract(*args: Any, **kwargs: Any) -> Any:
         calls["chunks"] += 1
@@ -95,7 +96,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         return real_kmeans(*args, **kwargs)
 
     monkeypatch.setattr(extraction, "extract_features", extract)
-    monkeypatch.setattr(pca_kmeans, "lloyd", kmeans)
+    monkeypatch.setattr(hierarchical, "lloyd", kmeans)
     return calls
 
 

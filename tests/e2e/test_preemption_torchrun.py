@@ -90,9 +90,9 @@ def _round_crashed_then_resumed(rank: int, world: int, root: str) -> dict[str, A
     import numpy as np
     import torch
 
+    from deepercluster.cluster import hierarchical
     from deepercluster.config import load_config
     from deepercluster.data import open_collection
-    from deepercluster.engine import pca_kmeans
     from deepercluster.engine.clustering import recluster
     from deepercluster.models import build_backbone
 
@@ -115,15 +115,15 @@ def _round_crashed_then_resumed(rank: int, world: int, root: str) -> dict[str, A
     with contextlib.suppress(_Crash):
         run("crashed", crash_after_second_run)
     calls = [0]
-    real = pca_kmeans.kmeans_distributed
+    real = hierarchical.lloyd
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
         return real(*args, **kwargs)
 
-    pca_kmeans.kmeans_distributed = counted  # type: ignore[assignment]
+    hierarchical.lloyd = counted  # type: ignore[assignment]
     resumed = run("crashed")
-    pca_kmeans.kmeans_distributed = real  # type: ignore[assignment]
+    hierarchical.lloyd = real  # type: ignore[assignment]
     straight = run("straight")
     return {
         "recomputed": calls[0],

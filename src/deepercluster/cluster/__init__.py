@@ -1,31 +1,28 @@
 """Clustering of (N, D) float32 features: PCA whitening, k-means, DeeperCluster's hierarchy.
 
-Works on numpy arrays only (numpy, scipy, faiss); never imports torch, models or data.
+One k-means loop in torch (:func:`lloyd`) on the device where the features are, and one PCA
+fit from moments (:func:`fit_pca`), over :class:`Blocks` of rows: in memory, streamed from a
+:class:`~deepercluster.cluster.store.FeatureStore`, or sharded over a process group. Never
+imports models or data.
 """
 
+from deepercluster.cluster.balance import balance, balance_super_clusters
+from deepercluster.cluster.blocks import Blocks, as_blocks, row_blocks
 from deepercluster.cluster.clustering_groups import hierarchical_kmeans_grouped
-from deepercluster.cluster.distributed_kmeans import (
-    fit_pca_distributed,
-    hierarchical_kmeans_distributed,
-    kmeans_distributed,
-)
 from deepercluster.cluster.hierarchical import (
+    ClusterRun,
     HierarchicalResult,
-    balance_super_clusters,
     cluster_size_stats,
     hierarchical_kmeans,
     subcluster_seed,
 )
 from deepercluster.cluster.kmeans import (
+    INIT_METHODS,
     KMeansResult,
-    accumulate,
     assign,
     check_features,
-    faiss_threads,
     kmeans,
     lloyd,
-    squared_distances,
-    update_centroids,
 )
 from deepercluster.cluster.preprocess import (
     PCAWhitening,
@@ -34,41 +31,32 @@ from deepercluster.cluster.preprocess import (
     l2_normalize,
     pca_from_moments,
 )
-from deepercluster.cluster.reseed import (
-    fill_empty,
-    halve_one_sided,
-    reseed_empty,
-    split_members,
-    split_sides,
-)
+from deepercluster.cluster.reseed import fill_empty, reseed_empty, split_members
 
 __all__ = [
+    "INIT_METHODS",
+    "Blocks",
+    "ClusterRun",
     "HierarchicalResult",
     "KMeansResult",
     "PCAWhitening",
-    "accumulate",
+    "as_blocks",
     "assign",
+    "balance",
     "balance_super_clusters",
     "check_features",
     "cluster_size_stats",
-    "faiss_threads",
     "feature_moments",
     "fill_empty",
     "fit_pca",
-    "fit_pca_distributed",
-    "halve_one_sided",
     "hierarchical_kmeans",
-    "hierarchical_kmeans_distributed",
     "hierarchical_kmeans_grouped",
     "kmeans",
-    "kmeans_distributed",
     "l2_normalize",
     "lloyd",
     "pca_from_moments",
     "reseed_empty",
+    "row_blocks",
     "split_members",
-    "split_sides",
-    "squared_distances",
     "subcluster_seed",
-    "update_centroids",
 ]

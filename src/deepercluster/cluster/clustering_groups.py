@@ -16,24 +16,26 @@ all-reduce of k/m x D sums, now inside groups of W/m ranks.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from deepercluster import distributed
-from deepercluster.cluster.distributed_kmeans import (
-    balance_distributed,
-    check_k_fits,
-    kmeans_distributed,
-    level1_sample_distributed,
-    locate_shards,
+from deepercluster.cluster.blocks import Blocks
+from deepercluster.cluster.hierarchical import (
+    ClusterRun,
+    HierarchicalResult,
+    check_init,
+    check_sizes,
+    level_one,
+    subcluster_seed,
 )
-from deepercluster.cluster.hierarchical import HierarchicalResult, check_init, subcluster_seed
-from deepercluster.cluster.kmeans import faiss_threads
+from deepercluster.cluster.kmeans import KMeansResult, lloyd, to_blocks
 from deepercluster.distributed import ProcessGroup
 
 __all__ = ["hierarchical_kmeans_grouped"]
 
 
 def hierarchical_kmeans_grouped(
-    x_local: np.ndarray,
+    x_local: np.ndarray | Blocks,
     *,
     k: int,
     m: int,
@@ -42,7 +44,7 @@ def hierarchical_kmeans_grouped(
     niter: int = 10,
     seed: int = 0,
     init: HierarchicalResult | None = None,
-    threads: int | None = None,
+    init_method: str = "random",
     level1_sample: int = 0,
 ) -> HierarchicalResult:
     """Hierarchical k-means with level 2 in per-super-cluster groups (all ranks must call it).
@@ -52,7 +54,8 @@ def hierarchical_kmeans_grouped(
         k, m: total sub-clusters and super-clusters (m >= 2).
         groups: ranks of the clustering group of each super-cluster (m lists).
         process_groups: the matching process groups (from ``distributed.make_groups``).
-        niter, seed, init, threads, level1_sample: as :func:`hierarchical_kmeans_distributed`.
+        niter, seed, init, init_method, level1_sample: as
+            :func:`~.hierarchical.hierarchical_kmeans`.
 
     Returns:
         The :class:`HierarchicalResult`, with this rank's rows' assignments and the centroids
@@ -60,61 +63,60 @@ def hierarchical_kmeans_grouped(
     """
     if len(groups) != m or len(process_groups) != m:
         raise ValueError(f"need one clustering group per super-cluster ({m}), got {len(groups)}")
-    if k % m:
-        raise ValueError(f"cluster.k ({k}) must be divisible by cluster.super_clusters ({m})")
-    x_local, shards = locate_shards(x_local, None)
-    check_k_fits(k, shards.n)
+    blocks = to_blocks(x_local)
+    where = blocks.locate()
+    check_sizes(k, m, where.total)
     if init is not None:
-        check_init(init, k, m, shards.dim)
+        check_init(init, k, m, blocks.dim)
     per_super = k // m
     me = distributed.rank()
     world = distributed.world_size()
-    with faiss_threads(threads):
-        # ============ level 1: super-clusters, all ranks ============
-        sample = level1_sample_distributed(x_local, shards, level1_sample, m, seed, None)
-        level1 = kmeans_distributed(
-            x_local if sample is None else x_local[sample.rows],
-            m,
-            niter=niter,
-            seed=seed,
-            init=None if init is None else init.super_centroids,
-        )
-        if sample is not None:
-            level1 = sample.extend(level1)
-        super_local, n_moved = balance_distributed(
-            x_local, level1.assignments, level1.centroids, per_super, shards, None
-        )
 
-        # ============ move each super-cluster's rows to its group ============
-        counts = np.bincount(super_local, minlength=m).astype(np.int64)
-        table = distributed.all_gather_cat_np(counts[None, :]).reshape(world, m)  # (W, m)
-        send_order, send_counts = _routing(super_local, table, groups, me)
-        recv_counts = [int(_routing_counts(table, groups, src)[me]) for src in range(world)]
-        received = distributed.all_to_all_np(x_local[send_order], send_counts, recv_counts)
+    def run(_run: int, rows: Blocks, kk: int, sd: int, ini: np.ndarray | None) -> KMeansResult:
+        return lloyd(rows, kk, niter=niter, seed=sd, init=ini, init_method=init_method)
 
-        # ============ level 2: group s clusters super-cluster s ============
-        s_mine = next(s for s, ranks in enumerate(groups) if me in ranks)
-        level2 = kmeans_distributed(
-            received,
-            per_super,
-            niter=niter,
-            seed=subcluster_seed(seed, s_mine),
-            init=None if init is None else init.sub_centroids[s_mine],
-            group=process_groups[s_mine],
-        )
+    flat: ClusterRun = run
+    # ============ level 1: super-clusters, all ranks ============
+    level1, super_local, n_moved = level_one(
+        blocks, where, flat, k=k, m=m, seed=seed, init=init, level1_sample=level1_sample,
+        group=None,
+    )  # fmt: skip
 
-        # ============ labels back to the rows' owners; centroids to everyone ============
-        back = distributed.all_to_all_np(level2.assignments, recv_counts, send_counts)
-        sub_local = np.empty(len(x_local), dtype=np.int64)
-        sub_local[send_order] = back
-        leader = groups[s_mine][0] == me
-        sub_centroids = np.zeros((m, per_super, shards.dim), dtype=np.float64)
-        totals = np.zeros(2, dtype=np.float64)
-        if leader:
-            sub_centroids[s_mine] = level2.centroids
-            totals[:] = (level2.objective, level2.n_reseeded)
-        sub_centroids = distributed.all_reduce_sum_np(sub_centroids)
-        totals = distributed.all_reduce_sum_np(totals)
+    # ============ move each super-cluster's rows to its group ============
+    counts = np.bincount(super_local, minlength=m).astype(np.int64)
+    table = distributed.all_gather_cat_np(counts[None, :]).reshape(world, m)  # (W, m)
+    send_order, send_counts = _routing(super_local, table, groups, me)
+    recv_counts = [int(_routing_counts(table, groups, src)[me]) for src in range(world)]
+    if len(send_order):
+        mine = blocks.take(send_order).cpu().numpy()
+    else:
+        mine = np.zeros((0, blocks.dim), np.float32)
+    received = distributed.all_to_all_np(mine, send_counts, recv_counts)
+
+    # ============ level 2: group s clusters super-cluster s ============
+    s_mine = next(s for s, ranks in enumerate(groups) if me in ranks)
+    level2 = lloyd(
+        Blocks(torch.from_numpy(received).to(blocks.device)),
+        per_super,
+        niter=niter,
+        seed=subcluster_seed(seed, s_mine),
+        init=None if init is None else init.sub_centroids[s_mine],
+        init_method=init_method,
+        group=process_groups[s_mine],
+    )
+
+    # ============ labels back to the rows' owners; centroids to everyone ============
+    back = distributed.all_to_all_np(level2.assignments, recv_counts, send_counts)
+    sub_local = np.empty(blocks.n, dtype=np.int64)
+    sub_local[send_order] = back
+    leader = groups[s_mine][0] == me
+    sub_centroids = np.zeros((m, per_super, blocks.dim), dtype=np.float64)
+    totals = np.zeros(2, dtype=np.float64)
+    if leader:
+        sub_centroids[s_mine] = level2.centroids
+        totals[:] = (level2.objective, level2.n_reseeded)
+    sub_centroids = distributed.all_reduce_sum_np(sub_centroids)
+    totals = distributed.all_reduce_sum_np(totals)
     return HierarchicalResult(
         super_assignments=super_local,
         sub_assignments=sub_local,

@@ -5,7 +5,13 @@ clustering): with k = 320 000 targets a flat k-means and a flat k-way head are t
 the features are first split into m super-clusters, and each super-cluster is clustered
 independently into k/m sub-clusters. Image i gets the pair (s_i, c_i), and its global label is
 ``s_i * (k // m) + c_i``. Per-iteration work drops from O(k) to O(m + k/m) per point, and the m
-level-2 problems are independent (the reference runs them on separate process groups).
+level-2 problems are independent (the reference runs them on separate process groups, see
+:mod:`~.clustering_groups`).
+
+Every level is the one k-means loop (:func:`~.kmeans.lloyd`) over
+:class:`~.blocks.Blocks`, so this module serves features in memory (CPU or CUDA), streamed from
+a store and sharded over the ranks of a process group alike. The level-2 runs go one after
+the other: each already uses every core (or the GPU) through torch.
 
 References:
     - [0] DeeperCluster: Caron et al., "Unsupervised Pre-Training of Image Features on
@@ -15,35 +21,32 @@ References:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
+from torch import Tensor
 
-from deepercluster.cluster.kmeans import (
-    KMeansResult,
-    check_features,
-    faiss_threads,
-    lloyd,
-    squared_distances,
-)
-from deepercluster.cluster.level1_sample import Level1Sample, draw_level1_sample, nearest
-from deepercluster.cluster.level2_runs import run_level2
+from deepercluster import distributed
+from deepercluster.cluster.balance import balance
+from deepercluster.cluster.blocks import Blocks, Located
+from deepercluster.cluster.kmeans import KMeansResult, lloyd, nearest, to_blocks
+from deepercluster.cluster.level1_sample import sample_rows
+from deepercluster.distributed import ProcessGroup
 
 __all__ = [
     "ClusterRun",
     "HierarchicalResult",
-    "balance_super_clusters",
     "cluster_size_stats",
     "hierarchical_kmeans",
+    "level_one",
     "subcluster_seed",
 ]
 
-ClusterRun = Callable[[int, np.ndarray | None, int, int, np.ndarray | None], KMeansResult]
-"""``(run, members, k, seed, init) -> KMeansResult``: one flat k-means of the hierarchy over
-the rows ``members`` ((n_s,) int64 indices; None = every row). ``run`` names it: 1 for level 1,
-``2 + s`` for super-cluster s (what a store of finished runs files it under)."""
-
-_BLOCK_ROWS = 65536
+ClusterRun = Callable[[int, Blocks, int, int, np.ndarray | None], KMeansResult]
+"""``(run, rows, k, seed, init) -> KMeansResult``: one flat k-means of the hierarchy over
+``rows``. ``run`` names it: 1 for level 1, ``2 + s`` for super-cluster s (what a store of
+finished runs files it under: each run's inputs follow from the earlier runs' results)."""
 
 _KEYS = (
     "super_assignments",
@@ -184,64 +187,19 @@ def subcluster_seed(seed: int, super_cluster: int) -> int:
     return int(sequence.generate_state(1)[0])
 
 
-def balance_super_clusters(
-    x: np.ndarray, assignments: np.ndarray, centroids: np.ndarray, min_size: int
-) -> tuple[np.ndarray, int]:
-    """Give every super-cluster at least ``min_size`` images by moving images into it.
-
-    A super-cluster with fewer than k/m images cannot host k/m non-empty sub-clusters (the
-    reference code ignores this and trains on empty sub-clusters, whose targets never occur).
-    For each undersized super-cluster s, in index order, the images nearest to s's centroid
-    are taken from super-clusters with a surplus, never pushing one below ``min_size``.
-
-    Args:
-        x: (N, D) float32 images' features.
-        assignments: (N,) int64 super-cluster ids in [0, m).
-        centroids: (m, D) float32 super-centroids.
-        min_size: required size k/m; ``m * min_size <= N``.
-
-    Returns:
-        assignments: (N,) int64 balanced copy.
-        n_moved: number of images that changed super-cluster.
-    """
-    m = centroids.shape[0]
-    assignments = assignments.copy()
-    counts = np.bincount(assignments, minlength=m)
-    n_moved = 0
-    undersized = np.flatnonzero(counts < min_size)
-    if undersized.size == 0:
-        return assignments, 0
-    # Distances via |x|^2 - 2<x, c>, so no (N, D) temporary is made per super-cluster.
-    sq_norms = np.einsum("ij,ij->i", x, x)
-    for s in undersized:
-        deficit = int(min_size - counts[s])
-        surplus = counts - min_size
-        candidates = np.flatnonzero(surplus[assignments] > 0)
-        distance = sq_norms[candidates] - 2.0 * (x @ centroids[s])[candidates]
-        donor = assignments[candidates]
-        # Rank every candidate inside its donor by distance; a donor gives at most its surplus.
-        order = np.lexsort((distance, donor))
-        group_start = np.searchsorted(donor[order], donor[order], side="left")
-        allowed = np.arange(order.size) - group_start < surplus[donor[order]]
-        kept = order[allowed]
-        chosen = kept[np.argsort(distance[kept], kind="stable")[:deficit]]
-        assignments[candidates[chosen]] = s
-        counts = np.bincount(assignments, minlength=m)
-        n_moved += deficit
-    return assignments, n_moved
-
-
-def one_cluster(x: np.ndarray) -> KMeansResult:
-    """Level 1 with m == 1: the mean, without running k-means."""
-    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
-    objective = 0.0
-    for start in range(0, x.shape[0], _BLOCK_ROWS):
-        block = squared_distances(x[start : start + _BLOCK_ROWS], mean)
-        objective += float(block.sum(dtype=np.float64))
+def one_cluster(blocks: Blocks, where: Located, group: ProcessGroup | None) -> KMeansResult:
+    """Level 1 with m == 1: the mean of every row, without running k-means."""
+    total = torch.zeros(blocks.dim, dtype=torch.float64, device=blocks.device)
+    for _, x in blocks:
+        total += x.sum(dim=0, dtype=torch.float64)
+    mean = (distributed.all_reduce_sum(total, group) / where.total).float()
+    objective = torch.zeros(1, dtype=torch.float64, device=blocks.device)
+    for _, x in blocks:
+        objective += ((x - mean) ** 2).sum(dtype=torch.float64)
     return KMeansResult(
-        centroids=mean[None],
-        assignments=np.zeros(x.shape[0], dtype=np.int64),
-        objective=objective,
+        centroids=mean[None].cpu().numpy(),
+        assignments=np.zeros(blocks.n, dtype=np.int64),
+        objective=float(distributed.all_reduce_sum(objective, group)[0]),
         n_reseeded=0,
         objectives=(),
     )
@@ -256,52 +214,8 @@ def check_init(init: HierarchicalResult, k: int, m: int, dim: int) -> None:
         )
 
 
-def hierarchical_kmeans(
-    x: np.ndarray,
-    *,
-    k: int,
-    m: int,
-    niter: int = 10,
-    seed: int = 0,
-    init: HierarchicalResult | None = None,
-    threads: int | None = None,
-    workers: int | None = None,
-    on_level_done: Callable[[int, int], None] | None = None,
-    level1_sample: int = 0,
-) -> HierarchicalResult:
-    """Two-level k-means of DeeperCluster (paper [0] section 3).
-
-    Level 1 clusters all images into m super-clusters (seed ``seed``); undersized
-    super-clusters are then topped up (:func:`balance_super_clusters`); level 2 clusters each
-    super-cluster's images into k/m sub-clusters (seed :func:`subcluster_seed`). With m == 1
-    level 1 is trivial and level 2 is a flat k-means of everything. No cluster of either level
-    ends empty.
-
-    Args:
-        x: (N, D) float32 features, usually PCA-whitened and L2-normalised.
-        k: total number of sub-clusters (``cluster.k``), a multiple of m, at most N.
-        m: number of super-clusters (``cluster.super_clusters``).
-        niter: k-means iterations at each level.
-        seed: clustering seed.
-        init: previous clustering to warm-start from: its super-centroids initialise level 1
-            and its sub-centroids of super-cluster s initialise s's level 2.
-        threads: faiss OpenMP threads for this call (None: leave the current setting).
-        workers: level-2 runs at once (None: :func:`~.level2_runs.level2_workers`); the
-            result is the same for any value.
-        on_level_done: called with (k-means runs done, m + 1) after level 1 and after each
-            super-cluster's level 2 (progress bars; at paper scale level 2 takes hours).
-        level1_sample: fit level 1 on this many random images, then assign every image
-            (``cluster.level1_sample``, see :mod:`~.level1_sample`); 0: on every image.
-
-    Returns:
-        The :class:`HierarchicalResult`.
-
-    Raises:
-        ValueError: ``k`` not a multiple of ``m``, ``k > N``, an ``init`` of another shape, or
-            a ``level1_sample`` below m (and not 0).
-    """
-    x = check_features(x)
-    n, dim = x.shape
+def check_sizes(k: int, m: int, n: int) -> None:
+    """Raise the error naming the fix for an impossible (k, m) over n images."""
     if m < 1:
         raise ValueError(f"cluster.super_clusters ({m}) must be at least 1")
     if k < 1 or k % m != 0:
@@ -310,102 +224,123 @@ def hierarchical_kmeans(
         raise ValueError(
             f"cluster.k ({k}) is larger than the number of images ({n}); lower cluster.k"
         )
-    if init is not None:
-        check_init(init, k, m, dim)
-    sample = draw_level1_sample(n, level1_sample, m, seed, lambda c: nearest(x, c))
-    with faiss_threads(threads):
-        return two_levels(
-            n=len(x),
-            dim=x.shape[1],
-            k=k,
-            m=m,
-            init=init,
-            cluster=lambda _run, rows, kk, sd, ini: lloyd(
-                x if rows is None else x[rows], kk, niter=niter, seed=sd, init=ini
-            ),
-            one_cluster=lambda: one_cluster(x),
-            balance=lambda a, c, size: balance_super_clusters(x, a, c, size),
-            seed=seed,
-            on_level_done=on_level_done,
-            workers=workers,
-            sample=sample,
-        )
 
 
-def two_levels(
+def level_one(
+    blocks: Blocks,
+    where: Located,
+    run: ClusterRun,
     *,
-    n: int,
-    dim: int,
     k: int,
     m: int,
-    init: HierarchicalResult | None,
-    cluster: ClusterRun,
-    one_cluster: Callable[[], KMeansResult],
-    balance: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, int]],
     seed: int,
-    on_level_done: Callable[[int, int], None] | None = None,
-    workers: int | None = 1,
-    sample: Level1Sample | None = None,
-) -> HierarchicalResult:
-    """The two-level recipe, shared by the in-memory, distributed and streamed clusterings.
+    init: HierarchicalResult | None,
+    level1_sample: int,
+    group: ProcessGroup | None,
+) -> tuple[KMeansResult, np.ndarray, int]:
+    """Level 1 and the balancing: (level-1 result, balanced (n,) super-clusters, n_moved).
 
-    The rows themselves stay with the callables (an array, a rank's shard, a file on disk):
-    this function only decides which rows each k-means run sees.
+    With ``level1_sample`` the level-1 k-means is fitted on that many rows drawn over the
+    whole collection (:func:`~.level1_sample.sample_rows`), then every row is assigned to its
+    nearest super-centroid (one more pass); the objective becomes the whole collection's.
+    """
+    if m == 1:
+        level1 = one_cluster(blocks, where, group)
+    else:
+        rows = sample_rows(where.total, level1_sample, m, seed)
+        fit_on = blocks if rows is None else blocks.subset(where.local(rows)[1])
+        level1 = run(1, fit_on, m, seed, None if init is None else init.super_centroids)
+        if rows is not None:
+            labels, dist = nearest(blocks, torch.as_tensor(level1.centroids, device=blocks.device))
+            total = distributed.all_reduce_sum(dist.double().sum()[None], group)
+            level1 = replace(level1, assignments=labels.cpu().numpy(), objective=float(total[0]))
+    super_assignments, n_moved = balance(
+        blocks, level1.assignments, level1.centroids, k // m, where, group
+    )
+    return level1, super_assignments, n_moved
+
+
+def hierarchical_kmeans(
+    x: np.ndarray | Tensor | Blocks,
+    *,
+    k: int,
+    m: int,
+    niter: int = 10,
+    seed: int = 0,
+    init: HierarchicalResult | None = None,
+    init_method: str = "random",
+    group: ProcessGroup | None = None,
+    level1_sample: int = 0,
+    on_level_done: Callable[[int, int], None] | None = None,
+    wrap_run: Callable[[ClusterRun], ClusterRun] | None = None,
+) -> HierarchicalResult:
+    """Two-level k-means of DeeperCluster (paper [0] section 3), every rank of ``group`` alike.
+
+    Level 1 clusters all images into m super-clusters (seed ``seed``); undersized
+    super-clusters are then topped up (:func:`balance`); level 2 clusters each
+    super-cluster's images into k/m sub-clusters (seed :func:`subcluster_seed`), one
+    super-cluster after the other. With m == 1 level 1 is trivial and level 2 is a flat k-means
+    of everything. No cluster of either level ends empty.
 
     Args:
-        n, dim: number of rows (all of them, or this rank's shard) and their dimension D.
-        k, m: total sub-clusters and super-clusters.
-        init: previous clustering to warm-start from, or None.
-        cluster: the flat k-means, ``(run, members, k, seed, init_centroids) ->
-            KMeansResult`` (see :data:`ClusterRun`).
-        one_cluster: the trivial level 1 when m == 1 (the mean of every row).
-        balance: tops up super-clusters with fewer than k/m members,
-            ``(assignments, centroids, min_size) -> (assignments, n_moved)``.
-        seed: level-1 seed; level 2 of super-cluster s uses :func:`subcluster_seed`.
-        on_level_done: progress callback ``(runs done, m + 1)``, always from this thread.
-        workers: level-2 runs at once, in threads that split faiss' OpenMP threads (None:
-            :func:`~.level2_runs.level2_workers`). Only for a ``cluster`` that is thread-safe
-            and makes no collective call (not the distributed one). Any value gives the same
-            clustering up to float rounding (a run's faiss threads can move distances by an
-            ulp on some CPUs: see ``kmeans.assign``).
-        sample: fit level 1 on these rows only, then assign every row
-            (``cluster.level1_sample``); None: fit on every row.
+        x: (n, D) float32 features (this rank's), usually PCA-whitened and L2-normalised: an
+            array, a tensor (clustered on its device) or blocks of a store.
+        k: total number of sub-clusters (``cluster.k``), a multiple of m, at most N.
+        m: number of super-clusters (``cluster.super_clusters``).
+        niter: k-means iterations at each level.
+        seed: clustering seed.
+        init: previous clustering to warm-start from: its super-centroids initialise level 1
+            and its sub-centroids of super-cluster s initialise s's level 2.
+        init_method: ``cluster.init``, ``random`` or ``kmeans++`` (without ``init``).
+        group: the process group holding the rows (None: all ranks, or one process).
+        level1_sample: fit level 1 on this many random images, then assign every image
+            (``cluster.level1_sample``); 0: on every image.
+        on_level_done: called with (k-means runs done, m + 1) after level 1 and after each
+            super-cluster's level 2 (progress bars; at paper scale level 2 takes hours).
+        wrap_run: wraps the flat k-means of each run (e.g. a store of finished runs).
+
+    Returns:
+        The :class:`HierarchicalResult` (this rank's rows' assignments).
+
+    Raises:
+        ValueError: ``k`` not a multiple of ``m``, ``k > N``, an ``init`` of another shape, or
+            a ``level1_sample`` below m (and not 0).
     """
+    blocks = to_blocks(x, group)
+    where = blocks.locate(group)
+    check_sizes(k, m, where.total)
+    if init is not None:
+        check_init(init, k, m, blocks.dim)
+
+    def flat(_run: int, rows: Blocks, kk: int, sd: int, ini: np.ndarray | None) -> KMeansResult:
+        return lloyd(rows, kk, niter=niter, seed=sd, init=ini, init_method=init_method, group=group)
+
+    run = flat if wrap_run is None else wrap_run(flat)
     per_super = k // m
-    # ============ level 1: super-clusters ============
-    if m == 1:
-        level1 = one_cluster()
-    else:
-        rows = None if sample is None else sample.rows
-        level1 = cluster(1, rows, m, seed, None if init is None else init.super_centroids)
-        if sample is not None:
-            level1 = sample.extend(level1)
-    super_assignments, n_moved = balance(level1.assignments, level1.centroids, per_super)
+    level1, super_assignments, n_moved = level_one(
+        blocks, where, run, k=k, m=m, seed=seed, init=init, level1_sample=level1_sample,
+        group=group,
+    )  # fmt: skip
     if on_level_done is not None:
         on_level_done(1, m + 1)
-
-    # ============ level 2: sub-clusters inside each super-cluster ============
-    def level2(s: int) -> tuple[np.ndarray, KMeansResult]:
+    sub_assignments = np.empty(blocks.n, dtype=np.int64)
+    sub_centroids = np.empty((m, per_super, blocks.dim), dtype=np.float32)
+    objective, n_reseeded = 0.0, level1.n_reseeded
+    for s in range(m):
         members = np.flatnonzero(super_assignments == s)
-        result = cluster(
+        result = run(
             2 + s,
-            None if m == 1 else members,
+            blocks if m == 1 else blocks.subset(members),
             per_super,
             subcluster_seed(seed, s),
             None if init is None else init.sub_centroids[s],
         )
-        return members, result
-
-    runs = run_level2(level2, m, workers, on_level_done)
-    sub_assignments = np.empty(n, dtype=np.int64)
-    sub_centroids = np.empty((m, per_super, dim), dtype=np.float32)
-    objective = 0.0
-    n_reseeded = level1.n_reseeded
-    for s, (members, result) in enumerate(runs):  # in super-cluster order: the same sums
         sub_assignments[members] = result.assignments
         sub_centroids[s] = result.centroids
         objective += result.objective
         n_reseeded += result.n_reseeded
+        if on_level_done is not None:
+            on_level_done(s + 2, m + 1)
     return HierarchicalResult(
         super_assignments=super_assignments,
         sub_assignments=sub_assignments,

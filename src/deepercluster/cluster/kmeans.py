@@ -1,69 +1,69 @@
-"""Lloyd k-means on float32 features: faiss for the E-step, our own M-step.
+"""Lloyd k-means in torch, on the device where the features are: the one loop of this package.
 
-faiss 1.15's ``faiss.Kmeans`` stops early by default, silently subsamples to 256 points per
-centroid and only *assumes* that a re-seeded cluster receives half of its donor's points (see
-``docs/ENVIRONMENT.md``). We therefore drive the iterations ourselves and use faiss only for the
-expensive part, the exact nearest-centroid search. The loop is written as pure steps
-(:func:`assign`, :func:`accumulate`, :func:`update_centroids`, and
-:func:`~deepercluster.cluster.reseed.fill_empty`) so that a distributed version only has to
-all-reduce the output of :func:`accumulate` between them, as SwAV's ``cluster_memory`` does.
+Every iteration is SwAV's ``cluster_memory`` [1] loop: E-step (nearest centroid of each local
+row, block by block) -> per-cluster sums (float64) and counts -> one all-reduce over the
+process group (the identity in one process) -> centroid update -> re-seeding of empty
+clusters by splitting big ones (:mod:`~deepercluster.cluster.reseed`). The rows come as
+:class:`~deepercluster.cluster.blocks.Blocks`, so the same loop clusters features in memory,
+streamed from a store (one read of the rows per iteration), this rank's shard of a
+distributed collection, and a super-cluster's rows inside a clustering group.
 
-When no cluster ever empties, :func:`kmeans` reproduces ``faiss.Kmeans`` started from the same
-centroids (same assignments, centroids within float32 rounding).
+Reproducibility: the same seed gives the same clustering on the same device. P processes give
+the assignments of 1 process on the concatenated rows; the centroids are the float64 sums of
+the same rows taken in another order (per rank, then across ranks), rounded to float32, so they
+agree with 1 process to float64 rounding (on CPU, bit for bit in practice; tested to 1e-5). On
+CUDA the per-cluster sums use a sort-based (deterministic) accumulation, and the E-step's
+float32 products may round differently from the CPU's: CUDA equals CPU up to float rounding.
 
 References:
-    - [0] DeeperCluster: Caron et al., "Unsupervised Pre-Training of Image Features on
-      Non-Curated Data", ICCV 2019, https://arxiv.org/abs/1905.01278
-    - [1] Johnson et al., "Billion-scale similarity search with GPUs" (faiss), 2017,
-      https://arxiv.org/abs/1702.08734
+    - [0] DeeperCluster: Caron et al., ICCV 2019, https://arxiv.org/abs/1905.01278
+    - [1] SwAV / DeepCluster-v2: Caron et al., 2020, https://arxiv.org/abs/2006.09882
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 import scipy.sparse
+import torch
+from torch import Tensor
 
-from deepercluster.cluster.reseed import fill_empty
+from deepercluster import distributed
+from deepercluster.cluster.blocks import Blocks, as_blocks
+from deepercluster.cluster.reseed import fill_empty_blocks
+from deepercluster.cluster.seeding import INIT_METHODS, initial_centroids
+from deepercluster.distributed import ProcessGroup
 
 __all__ = [
+    "INIT_METHODS",
     "KMeansResult",
-    "accumulate",
     "assign",
     "check_features",
-    "faiss_threads",
     "kmeans",
     "lloyd",
-    "squared_distances",
-    "update_centroids",
+    "nearest",
+    "to_blocks",
 ]
 
-# Values per block of the M-step's float64 copy of the features (8 MB).
-_BLOCK_VALUES = 2**20
-# assign() searches no part of fewer points in a thread of its own (see _query_parts).
-_MIN_PART_ROWS = 2048
-# kmeans() converts the features to float64 once, not at every M-step, when the copy is at most
-# this large (bench/kmeans.py: the per-iteration conversion was a third of the M-step).
-_FLOAT64_CACHE_BYTES = 256 * 2**20
+# Scores held at once by the E-step (a (rows, k) float32 tile, 32 MB).
+_TILE_VALUES = 2**23
+# Values per float64 copy of the M-step (8 MB): the cast stays in cache.
+_SUM_VALUES = 2**20
 
 
 @dataclass(frozen=True)
 class KMeansResult:
-    """Outcome of :func:`kmeans`.
+    """Outcome of :func:`lloyd`.
 
     Attributes:
-        centroids: (k, D) float32 centroids.
-        assignments: (N,) int64 index of the centroid of each point, from a final assignment
-            step against ``centroids``; every cluster has at least one member.
-        objective: sum over points of the squared L2 distance to their assigned centroid.
+        centroids: (k, D) float32 centroids (identical on every rank).
+        assignments: (n,) int64 nearest centroid of every local row, from a final E-step
+            against ``centroids``; no cluster is empty over all ranks.
+        objective: sum over all rows of the squared L2 distance to their centroid.
         n_reseeded: empty clusters re-seeded over all iterations, the final step included.
-        objectives: per-iteration objective (before that iteration's M-step), for logging;
-            same convention as ``faiss.Kmeans.obj``.
+        objectives: per-iteration objective (before that iteration's update), for logging;
+            ``faiss.Kmeans.obj``'s convention.
     """
 
     centroids: np.ndarray
@@ -78,318 +78,294 @@ class KMeansResult:
         return int(self.centroids.shape[0])
 
 
-def check_features(x: np.ndarray, *, name: str = "x") -> np.ndarray:
-    """Validate a feature matrix and return it C-contiguous.
-
-    Args:
-        x: (N, D) float32 features, finite.
-        name: how the error messages call ``x``.
-
-    Returns:
-        ``x`` itself, or a C-contiguous copy when it was a strided view.
+def check_features(x: np.ndarray | Tensor, *, name: str = "x") -> Tensor:
+    """Validate an (N, D) float32 feature matrix and return it as a contiguous tensor.
 
     Raises:
         ValueError: wrong rank or dtype, no rows, or NaN/inf values.
     """
-    if x.ndim != 2:
-        raise ValueError(f"{name} must have shape (N, D), got {x.shape}; reshape it first")
-    if x.dtype != np.float32:
+    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    if t.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, D), got {tuple(t.shape)}; reshape it first")
+    if t.dtype != torch.float32:
         # An implicit cast would silently double memory at the paper's scale.
-        raise ValueError(f"{name} must be float32, got {x.dtype}; pass {name}.astype(np.float32)")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {x.shape}); extract features first")
-    # faiss returns label -1 for NaN queries, which would corrupt the M-step much later.
-    # Checked in blocks: a whole-array mask would be as large as x / 4.
-    rows = max(_BLOCK_VALUES // x.shape[1], 1)
-    for start in range(0, x.shape[0], rows):
-        if not np.isfinite(x[start : start + rows]).all():
+        raise ValueError(f"{name} must be float32, got {t.dtype}; convert it to float32 first")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); extract features first")
+    rows = max(_SUM_VALUES // t.shape[1], 1)
+    for start in range(0, t.shape[0], rows):
+        if not torch.isfinite(t[start : start + rows]).all():
             raise ValueError(f"{name} contains NaN or inf; check the feature extraction")
-    return np.ascontiguousarray(x)
+    return t.contiguous()
 
 
-@contextmanager
-def faiss_threads(threads: int | None) -> Iterator[None]:
-    """Set faiss' OpenMP thread count for the duration of a ``with`` block, then restore it.
+Prepared = tuple[Tensor, Tensor, Tensor]
 
-    Several processes on one machine must split its cores explicitly, or each one's OpenMP
-    pool grabs all of them and they oversubscribe.
 
-    Args:
-        threads: threads to use, or None to leave the current setting alone.
+def prepare(centroids: Tensor) -> Prepared:
+    """What every E-step block needs: (shift, centroids - shift, their squared norms).
+
+    The E-step compares ``||c - shift||^2 - 2 (x - shift).(c - shift)`` across centroids:
+    the same argmin as without the shift, but float32 rounding then scales with the spread
+    of the centroids rather than with their distance to the origin (a super-cluster far from
+    it, un-normalised features), where it would otherwise drown the nearest centroid.
     """
-    if threads is None:
-        yield
-        return
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1 or None, got {threads}")
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(threads)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(previous)
+    shift = centroids.mean(dim=0)
+    centred = centroids - shift
+    return shift, centred, (centred * centred).sum(dim=1)
 
 
-def squared_distances(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Row-wise squared L2 distance between ``x[i]`` and ``centroids[i]``.
+def _labels(block: Tensor, prepared: Prepared) -> Tensor:
+    """E-step of one block: (b,) int64 nearest centroid (ties: the lowest index).
 
-    Args:
-        x: (n, D) float32 points.
-        centroids: (n, D) float32, one centroid per point (already gathered).
-
-    Returns:
-        (n,) float32 squared distances.
+    Three operations per tile of the (b, k) scores, no more: each is a parallel region, and
+    on a busy machine every region costs a wake-up of the threads, whatever its size.
     """
-    diff = x - centroids
-    distances: np.ndarray = np.einsum("ij,ij->i", diff, diff)
-    return distances
+    shift, centred, c_sq = prepared
+    rows = max(1, _TILE_VALUES // max(1, centred.shape[0]))
+    labels = torch.empty(block.shape[0], dtype=torch.int64, device=block.device)
+    for s in range(0, block.shape[0], rows):
+        # ||c||^2 - 2 x.c (shifted): the row's own ||x||^2 does not change its argmin.
+        scores = torch.addmm(c_sq, block[s : s + rows] - shift, centred.T, alpha=-2.0)
+        torch.argmin(scores, dim=1, out=labels[s : s + rows])
+    return labels
 
 
-def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """E-step: nearest centroid of every point (exact search with faiss).
+def _nearest(block: Tensor, centroids: Tensor, prepared: Prepared) -> tuple[Tensor, Tensor]:
+    """E-step of one block: (b,) int64 nearest centroid and (b,) float32 squared distance."""
+    labels = _labels(block, prepared)
+    # Measured from the difference: the expanded form loses the small distances of tight
+    # clusters to cancellation.
+    diff = block - centroids[labels]
+    return labels, (diff * diff).sum(dim=1)
 
-    With faiss' OpenMP thread count T above 1 and enough points, the points are searched as T
-    equal parts, one single-threaded faiss search per Python thread, instead of one search on
-    T threads (faiss parallelises within each block of 4,096 queries; separate searches share
-    nothing). Measured on 2 cores, D = 128 (``docs/performance.md``, round 7): 1.00-1.34x
-    faster for 6k-100k points and k <= 256, 1.02-1.07x at k = 1,024; unequal parts were
-    slower (0.83x). Labels are those of one single-threaded search (tested, ties included), and
-    so are distances, but for their last bit on some CPUs: there (an AMD EPYC with faiss-cpu
-    1.15's OpenBLAS) a BLAS product's rounding depends on which rows share it, and a part not
-    aligned to faiss' 4,096-query blocks moves ~10% of its distances by an ulp, as faiss' own
-    search on 2 threads moves ~15% of them against 1 thread.
+
+def nearest(blocks: Blocks, centroids: Tensor) -> tuple[Tensor, Tensor]:
+    """The E-step over every local row: (n,) int64 labels, (n,) float32 squared distances."""
+    prepared = prepare(centroids)
+    labels = torch.empty(blocks.n, dtype=torch.int64, device=blocks.device)
+    dist = torch.empty(blocks.n, dtype=torch.float32, device=blocks.device)
+    for start, x in blocks:
+        labels[start : start + len(x)], dist[start : start + len(x)] = _nearest(
+            x, centroids, prepared
+        )
+    return labels, dist
+
+
+def assign(x: np.ndarray | Tensor, centroids: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of every row (ties: the lowest index).
 
     Args:
-        x: (N, D) float32 points, C-contiguous.
+        x: (N, D) float32 rows, array or tensor (on the device where it runs).
         centroids: (k, D) float32 centroids.
 
     Returns:
-        assignments: (N,) int64 index of the nearest centroid.
-        sq_distances: (N,) float32 squared L2 distance to it, clipped at 0.
+        (N,) int64 labels and (N,) float32 squared L2 distances, as numpy arrays.
     """
-    centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-    bounds = _query_parts(x.shape[0], x.shape[1], faiss.omp_get_max_threads())
-    if len(bounds) == 2:
-        distances, labels = faiss.knn(x, centroids, 1)
-    else:
-        distances = np.empty((x.shape[0], 1), dtype=np.float32)
-        labels = np.empty((x.shape[0], 1), dtype=np.int64)
-
-        def search(part: int) -> None:
-            rows = slice(bounds[part], bounds[part + 1])
-            with faiss_threads(1):
-                distances[rows], labels[rows] = faiss.knn(x[rows], centroids, 1)
-
-        with ThreadPoolExecutor(len(bounds) - 2) as pool:
-            others = [pool.submit(search, part) for part in range(1, len(bounds) - 1)]
-            search(0)
-            for future in others:
-                future.result()
-    # The BLAS path computes |x|^2 + |c|^2 - 2<x, c>, which rounds slightly below 0 for x == c.
-    return labels[:, 0].astype(np.int64), np.maximum(distances[:, 0], 0.0)
+    blocks = as_blocks(x)
+    c = torch.as_tensor(np.asarray(centroids), device=blocks.device)
+    if isinstance(centroids, Tensor):
+        c = centroids.to(blocks.device)
+    labels, dist = nearest(blocks, c.float())
+    return labels.cpu().numpy(), dist.cpu().numpy()
 
 
-def _query_parts(n: int, dim: int, threads: int) -> list[int]:
-    """Row bounds [0, ..., n] of at most ``threads`` equal parts of the points to search.
+def block_sums(x: Tensor, labels: Tensor, k: int) -> Tensor:
+    """(k, D) float64 sum of the rows of each cluster (zeros for clusters without rows).
 
-    Every part keeps faiss on the path it takes for all the points, its BLAS path (taken when
-    queries x D reaches ``distance_compute_blas_threshold``): the exhaustive path below the
-    threshold computes the distances another way, exact zeros among them (tested). Parts of
-    fewer than 2,048 points would cost more in threads than they save.
+    On CPU a sparse one-hot product per slice of rows (scipy), several times faster than
+    torch's scatter kernels; on CUDA torch's sort-based ``index_put_`` (deterministic).
     """
-    threshold = int(faiss.cvar.distance_compute_blas_threshold)
-    min_rows = max(_MIN_PART_ROWS, -(-threshold // dim))
-    parts = max(1, min(threads, n // min_rows))
-    return [n * i // parts for i in range(parts)] + [n]
-
-
-def accumulate(x: np.ndarray, assignments: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cluster sums and counts of the points: the part of the M-step to all-reduce.
-
-    Each block of points is multiplied by its (k, rows) one-hot matrix, built in CSC form
-    straight from the assignments (no sort). At 50k x 128, k = 1000 this takes 7 ms, against
-    13 ms for one unblocked CSR product, 58 ms for a ``np.bincount`` per dimension and 230 ms
-    for ``np.add.at``. Blocks of ~8 MB keep the float64 copy in cache; they grow to k rows when
-    k is large, so that the (k, D) output of every block product stays cheaper than its input.
-
-    With faiss' OpenMP thread count T above 1, the block products run T at a time in Python
-    threads (scipy's product and numpy's cast release the GIL), and are added to the sums one
-    by one in block order, so the sums are bit-identical for any T; a wave holds T (k, D)
-    products. Measured on 2 cores (round 7): 400k x 128 float32 points, 59 vs 82 ms at k = 4,
-    55 vs 76 ms at k = 16, 97 vs 108 ms at k = 1,024; in the 50k x 128, k = 16 k-means loop
-    ~14% less time in this function.
-
-    Args:
-        x: (N, D) float32 points (or float64: then used without a copy).
-        assignments: (N,) int64 cluster ids in [0, k).
-        k: number of clusters.
-
-    Returns:
-        sums: (k, D) float64 sum of the members of every cluster.
-        counts: (k,) int64 number of members of every cluster.
-    """
-    n, dim = x.shape
-    block_rows = max(_BLOCK_VALUES // dim, k, 1024)
-
-    def block_sums(start: int) -> np.ndarray:
-        block = assignments[start : start + block_rows]
-        rows = block.shape[0]
+    if x.device.type != "cpu":
+        sums = torch.zeros((k, x.shape[1]), dtype=torch.float64, device=x.device)
+        return sums.index_put_((labels,), x.double(), accumulate=True)
+    points, ids = x.numpy(), labels.numpy()
+    sums_np = np.zeros((k, x.shape[1]), dtype=np.float64)
+    rows = max(_SUM_VALUES // max(1, x.shape[1]), k, 1024)
+    for s in range(0, len(ids), rows):
+        block = ids[s : s + rows]
         one_hot = scipy.sparse.csc_array(
-            (np.ones(rows, dtype=np.float64), block, np.arange(rows + 1)), shape=(k, rows)
+            (np.ones(len(block)), block, np.arange(len(block) + 1)), shape=(k, len(block))
         )
-        product: np.ndarray = one_hot @ x[start : start + rows].astype(np.float64, copy=False)
-        return product
-
-    starts = list(range(0, n, block_rows))
-    threads = min(faiss.omp_get_max_threads(), len(starts))
-    counts = np.bincount(assignments, minlength=k).astype(np.int64)
-    if len(starts) == 1:  # every level-2 run of small problems: no zeros to add the block to
-        return block_sums(0), counts
-    sums = np.zeros((k, dim), dtype=np.float64)
-    if threads <= 1:
-        for start in starts:
-            sums += block_sums(start)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            for first in range(0, len(starts), threads):
-                for product in pool.map(block_sums, starts[first : first + threads]):
-                    sums += product
-    return sums, counts
+        sums_np += one_hot @ points[s : s + rows].astype(np.float64)
+    return torch.from_numpy(sums_np)
 
 
-def update_centroids(sums: np.ndarray, counts: np.ndarray, old_centroids: np.ndarray) -> np.ndarray:
-    """M-step: centroid = sum / count; an empty cluster keeps its previous centroid.
-
-    Args:
-        sums: (k, D) float64 per-cluster sums (all-reduced when distributed).
-        counts: (k,) int64 per-cluster counts (all-reduced when distributed).
-        old_centroids: (k, D) centroids of the E-step, kept where ``counts == 0``.
-
-    Returns:
-        (k, D) float32 new centroids.
-    """
-    nonempty = counts > 0
-    if nonempty.all():  # the usual case after re-seeding: no masked copies (same values)
-        divided: np.ndarray = (sums / counts[:, None]).astype(np.float32)
-        return divided
-    centroids = np.array(old_centroids, dtype=np.float32, copy=True)
-    centroids[nonempty] = sums[nonempty] / counts[nonempty, None]
-    return centroids
+def cluster_sums(blocks: Blocks, labels: Tensor, k: int) -> Tensor:
+    """(k, D) float64 per-cluster sums of the local rows (one pass over the blocks)."""
+    sums = torch.zeros((k, blocks.dim), dtype=torch.float64, device=blocks.device)
+    for start, x in blocks:
+        sums += block_sums(x, labels[start : start + len(x)], k).to(sums.device)
+    return sums
 
 
-def initial_centroids(
-    x: np.ndarray, k: int, init: np.ndarray | None, rng: np.random.Generator
-) -> np.ndarray:
-    if init is None:
-        # k distinct points (duplicated *values* are possible and handled by re-seeding).
-        return x[np.sort(rng.choice(x.shape[0], size=k, replace=False))].copy()
-    if init.shape != (k, x.shape[1]):
-        raise ValueError(
-            f"init has shape {init.shape}, expected (k, D) = {(k, x.shape[1])}; "
-            "warm-start only from a clustering with the same k and feature dimension"
-        )
-    if not np.isfinite(init).all():
-        raise ValueError("init contains NaN or inf; pass init=None to start from random points")
-    return np.array(init, dtype=np.float32, copy=True)
-
-
-def kmeans(
-    x: np.ndarray,
-    k: int,
-    *,
-    niter: int = 10,
-    seed: int = 0,
-    init: np.ndarray | None = None,
-    threads: int | None = None,
-) -> KMeansResult:
-    """Lloyd k-means with exactly ``niter`` iterations and no empty cluster at the end.
-
-    Every iteration assigns each point to its nearest centroid (E-step), re-seeds empty
-    clusters by splitting big ones (:func:`~deepercluster.cluster.reseed.fill_empty`, as
-    DeepCluster and faiss do), then moves each centroid to the mean of its members (M-step). A
-    final E-step against the returned centroids gives the assignments; if it empties a cluster,
-    that cluster is split again and the two halves' centroids are set to their means.
-
-    Args:
-        x: (N, D) float32 features.
-        k: number of clusters, 1 <= k <= N.
-        niter: number of iterations; always run in full (no early stop, no subsampling).
-        seed: seeds the choice of the initial points and of the donors of empty clusters.
-        init: optional (k, D) initial centroids, e.g. the previous clustering (warm start).
-        threads: faiss OpenMP threads for this call (None: leave the current setting).
-
-    Returns:
-        The :class:`KMeansResult`.
-
-    Raises:
-        ValueError: bad ``x``, ``k`` out of [1, N], negative ``niter`` or a mis-shaped ``init``.
-    """
-    return lloyd(check_features(x), k, niter=niter, seed=seed, init=init, threads=threads)
+def _reduce(
+    sums: Tensor, counts: Tensor, objective: Tensor, group: ProcessGroup | None
+) -> tuple[Tensor, np.ndarray, float]:
+    """All-reduce the M-step statistics in one float64 buffer (counts exact below 2**53)."""
+    k = counts.shape[0]
+    packed = torch.cat([sums.flatten(), counts.to(torch.float64), objective.reshape(1)])
+    packed = distributed.all_reduce_sum(packed, group)
+    out = packed[: sums.numel()].view_as(sums)
+    total = packed[sums.numel() :].cpu().numpy()
+    return out, np.rint(total[:k]).astype(np.int64), float(total[k])
 
 
 def lloyd(
-    x: np.ndarray,
+    blocks: Blocks,
     k: int,
     *,
     niter: int = 10,
     seed: int = 0,
     init: np.ndarray | None = None,
-    threads: int | None = None,
+    init_method: str = "random",
+    group: ProcessGroup | None = None,
 ) -> KMeansResult:
-    """:func:`kmeans` of features that :func:`check_features` has already passed.
+    """Lloyd k-means of the rows of every rank of ``group``, ``niter`` full iterations.
 
-    The hierarchy checks all the features once and then clusters subsets of them (rows of a
-    finite C-contiguous float32 array are too): checking every subset again scanned the
-    features twice more, ~2.5% of a 16-way hierarchy at N = 50k, D = 128.
+    Each iteration assigns every row to its nearest centroid, re-seeds empty clusters by
+    splitting big ones, and moves each centroid to the mean of its members. A final E-step
+    gives the assignments; if it empties a cluster, the cluster is split again and the two
+    halves' centroids are set to their means. Every rank of ``group`` must call it.
+
+    Communication per iteration: one all-reduce of 8 (k D + k + 1) bytes; an iteration in
+    which clusters empty adds one of the same size and small ones per re-seeding round.
 
     Args:
-        x: (N, D) C-contiguous, finite float32 features (what :func:`check_features` returns).
-        k, niter, seed, init, threads: as for :func:`kmeans`.
+        blocks: this rank's rows (possibly none), (n, D) float32.
+        k: number of clusters, 1 <= k <= N (rows over all ranks).
+        niter: iterations, always run in full (no early stop, no subsampling).
+        seed: seeds the initial centroids and the donors of empty clusters.
+        init: optional (k, D) initial centroids, the same on every rank (warm start).
+        init_method: ``random`` (k distinct rows, the paper's) or ``kmeans++``.
+        group: the process group holding the rows (None: all ranks, or one process).
 
     Returns:
-        The :class:`KMeansResult`.
+        The :class:`KMeansResult` (assignments of this rank's rows).
 
     Raises:
-        ValueError: ``k`` out of [1, N], negative ``niter`` or a mis-shaped ``init``.
+        ValueError: on every rank, for ``k`` out of [1, N], negative ``niter`` or a bad ``init``.
     """
-    n = x.shape[0]
+    where = blocks.locate(group)
+    blocks = blocks.small_in_memory()
     if k < 1:
         raise ValueError(f"cluster.k ({k}) must be at least 1")
-    if k > n:
+    if k > where.total:
         raise ValueError(
-            f"cluster.k ({k}) is larger than the number of images ({n}); lower cluster.k"
+            f"cluster.k ({k}) is larger than the number of images ({where.total}); lower cluster.k"
         )
     if niter < 0:
         raise ValueError(f"cluster.niter ({niter}) must be >= 0")
     rng = np.random.default_rng(seed)
-    centroids = initial_centroids(x, k, init, rng)
-    # The M-step sums in float64; the same values, converted once when that is affordable.
-    x_sum = x.astype(np.float64) if 2 * x.nbytes <= _FLOAT64_CACHE_BYTES else x
-    n_reseeded = 0
-    objectives: list[float] = []
-    with faiss_threads(threads):
-        for _ in range(niter):
-            assignments, sq_distances = assign(x, centroids)
-            objectives.append(float(sq_distances.sum(dtype=np.float64)))
-            assignments, centroids, pairs = fill_empty(x, assignments, centroids, rng)
-            n_reseeded += pairs.shape[0]
-            sums, counts = accumulate(x_sum, assignments, k)
-            centroids = update_centroids(sums, counts, centroids)
-        assignments, sq_distances = assign(x, centroids)
-        assignments, centroids, pairs = fill_empty(x, assignments, centroids, rng)
-    if pairs.shape[0] > 0:
-        n_reseeded += pairs.shape[0]
-        # Give the split clusters their members' means so that the returned centroids are the
-        # best ones for the returned assignments, then re-measure the points that moved.
-        touched = np.unique(pairs)
-        sums, counts = accumulate(x_sum, assignments, k)
-        centroids[touched] = sums[touched] / counts[touched, None]
-        moved = np.flatnonzero(np.isin(assignments, touched))
-        sq_distances[moved] = squared_distances(x[moved], centroids[assignments[moved]])
+    centroids = initial_centroids(blocks, where, k, init, init_method, rng, group)
+    n_reseeded, objectives = 0, list[float]()
+    sq_norms: Tensor | None = None  # sum of ||x||^2 over the local rows, from the first pass
+    for _ in range(niter + 1):
+        # One read of the rows per iteration: the sums are taken with the new labels.
+        prepared = prepare(centroids)
+        labels = torch.empty(blocks.n, dtype=torch.int64, device=blocks.device)
+        sums = torch.zeros((k, blocks.dim), dtype=torch.float64, device=blocks.device)
+        first = sq_norms is None
+        total = torch.zeros((), dtype=torch.float64, device=blocks.device)
+        for start, x in blocks:
+            block_labels = _labels(x, prepared)
+            labels[start : start + len(x)] = block_labels
+            sums += block_sums(x, block_labels, k).to(sums.device)
+            if first:
+                total += x.double().square().sum()
+        if sq_norms is None:
+            sq_norms = total
+        counts = torch.bincount(labels, minlength=k)
+        # sum_i ||x_i - c_l(i)||^2 = sum ||x||^2 - 2 sum_j c_j.S_j + sum_j n_j ||c_j||^2, in
+        # float64 from the M-step's sums: no per-row distance to compute.
+        c64 = centroids.double()
+        local = sq_norms - 2.0 * (c64 * sums).sum() + (counts * c64.square().sum(dim=1)).sum()
+        final = len(objectives) == niter
+        sums, counts_np, objective = _reduce(sums, counts, local, group)
+        if final:
+            break
+        objectives.append(objective)
+        if (counts_np == 0).any():
+            labels, centroids, pairs, counts_np = fill_empty_blocks(
+                blocks, labels, centroids, counts_np, rng, group
+            )
+            n_reseeded += len(pairs)
+            sums = distributed.all_reduce_sum(cluster_sums(blocks, labels, k), group)
+        full = torch.as_tensor(counts_np > 0, device=centroids.device)
+        divided = sums / torch.as_tensor(counts_np, device=sums.device).clamp(min=1)[:, None]
+        centroids = torch.where(full[:, None], divided.float(), centroids)
+    if (counts_np == 0).any():
+        labels, centroids, pairs, counts_np = fill_empty_blocks(
+            blocks, labels, centroids, counts_np, rng, group
+        )
+        n_reseeded += len(pairs)
+        # The split clusters get their members' means, so that the returned centroids are
+        # the best ones for the returned assignments; the objective is measured again.
+        touched = torch.as_tensor(np.unique(pairs), device=centroids.device)
+        sums = distributed.all_reduce_sum(cluster_sums(blocks, labels, k)[touched], group)
+        size = torch.as_tensor(counts_np, device=sums.device)[touched]
+        centroids[touched] = (sums / size[:, None]).float()
+        objective = _objective(blocks, labels, centroids, group)
     return KMeansResult(
-        centroids=centroids,
-        assignments=assignments,
-        objective=float(sq_distances.sum(dtype=np.float64)),
+        centroids=centroids.cpu().numpy(),
+        assignments=labels.cpu().numpy(),
+        objective=objective,
         n_reseeded=n_reseeded,
         objectives=tuple(objectives),
+    )
+
+
+def _objective(
+    blocks: Blocks, labels: Tensor, centroids: Tensor, group: ProcessGroup | None
+) -> float:
+    """Sum over all ranks' rows of the squared distance to their assigned centroid."""
+    total = torch.zeros(1, dtype=torch.float64, device=blocks.device)
+    for start, x in blocks:
+        diff = x - centroids[labels[start : start + len(x)]]
+        total += (diff * diff).sum(dtype=torch.float64)
+    return float(distributed.all_reduce_sum(total, group)[0])
+
+
+def to_blocks(x: np.ndarray | Tensor | Blocks, group: ProcessGroup | None = None) -> Blocks:
+    """Blocks over validated (n, D) float32 features; a rank may hold no rows.
+
+    Raises:
+        ValueError: on every rank of ``group`` together when any rank's features are invalid
+            (a rank raising alone would leave the others waiting in their next collective).
+    """
+    if isinstance(x, Blocks):
+        return x
+    problem = ""
+    try:
+        blocks = as_blocks(x if x.shape[0] == 0 else check_features(x))
+    except ValueError as error:
+        problem = str(error)
+    if not distributed.all_ranks_ok(not problem, group):
+        raise ValueError(problem or "another rank holds invalid features (see its error)")
+    return blocks
+
+
+def kmeans(
+    x: np.ndarray | Tensor | Blocks,
+    k: int,
+    *,
+    niter: int = 10,
+    seed: int = 0,
+    init: np.ndarray | None = None,
+    init_method: str = "random",
+    group: ProcessGroup | None = None,
+) -> KMeansResult:
+    """:func:`lloyd` of (n, D) float32 features (an array, a tensor on its device, or blocks).
+
+    Raises:
+        ValueError: bad ``x`` (see :func:`check_features`), or as :func:`lloyd`.
+    """
+    return lloyd(
+        to_blocks(x, group),
+        k,
+        niter=niter,
+        seed=seed,
+        init=init,
+        init_method=init_method,
+        group=group,
     )

@@ -4,9 +4,10 @@ The features of every image are centred, projected on the top ``dim`` principal 
 by ``(eigenvalue + eps) ** -power`` (power 0.5 whitens, 0 only reduces) and L2-normalised, as
 in DeepCluster [1] and the DeeperCluster reference code (``dim_pca``, whitening power 0.5).
 
-The fit goes through the moments ``(n, sum x, sum x x^T)`` in float64, which add up across
-shards: a distributed fit all-reduces :func:`feature_moments` and calls
-:func:`pca_from_moments` on every rank, which gives every rank the same, sign-fixed result.
+The fit goes through the moments ``(n, sum x, sum x x^T)`` in float64 on the features' device,
+which add up across blocks and shards: :func:`fit_pca` sums them over the rows at hand (in
+memory or streamed from a store), all-reduces them and calls :func:`pca_from_moments` on
+every rank, which gives every rank the same, sign-fixed result.
 
 References:
     - [0] DeeperCluster: Caron et al., ICCV 2019, https://arxiv.org/abs/1905.01278
@@ -18,6 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import Tensor
+
+from deepercluster import distributed
+from deepercluster.cluster.blocks import Blocks
+from deepercluster.distributed import ProcessGroup
 
 __all__ = ["PCAWhitening", "feature_moments", "fit_pca", "l2_normalize", "pca_from_moments"]
 
@@ -107,6 +114,22 @@ class PCAWhitening:
             out[start : start + batch_size] = l2_normalize(out[start : start + batch_size])
         return out
 
+    def apply_tensor(self, x: Tensor, *, batch_size: int = _BLOCK_ROWS) -> Tensor:
+        """:meth:`apply` of a tensor, on its device: (N, D) -> (N, d) float32 unit rows."""
+        if x.ndim != 2 or x.shape[1] != self.mean.shape[0]:
+            raise ValueError(
+                f"features have shape {tuple(x.shape)} but the PCA was fitted on dimension "
+                f"{self.mean.shape[0]}; refit the PCA on these features"
+            )
+        mean = torch.as_tensor(self.mean, device=x.device)
+        projection = torch.as_tensor(self.projection, device=x.device)
+        out = torch.empty((x.shape[0], self.dim), dtype=torch.float32, device=x.device)
+        tiny = float(np.finfo(np.float32).tiny)
+        for start in range(0, x.shape[0], batch_size):
+            z = (x[start : start + batch_size].float() - mean) @ projection
+            out[start : start + len(z)] = z / z.norm(dim=1, keepdim=True).clamp(min=tiny)
+        return out
+
     def to_dict(self) -> dict[str, np.ndarray]:
         """Plain arrays for a checkpoint."""
         return {
@@ -142,31 +165,40 @@ class PCAWhitening:
 
 
 def feature_moments(
-    x: np.ndarray, *, batch_size: int = _BLOCK_ROWS
+    x: np.ndarray | Tensor | Blocks, *, batch_size: int = _BLOCK_ROWS
 ) -> tuple[int, np.ndarray, np.ndarray]:
-    """First and second moments of the rows, summed in float64 (they add up across shards).
+    """First and second moments of the rows, summed in float64 on their device.
+
+    float64 products remove any doubt about cancellation in sum(x x^T) / n - mean mean^T, and
+    the moments add up across shards and blocks.
 
     Args:
-        x: (N, D) features.
-        batch_size: rows per float64 block.
+        x: (N, D) features: an array, a tensor or blocks (of a store).
+        batch_size: rows per float64 block of an array or tensor.
 
     Returns:
         n: N.
         total: (D,) float64 sum of the rows.
         total_outer: (D, D) float64 sum of ``x_i x_i^T``.
     """
+    blocks = _as_blocks(x, batch_size)
+    total = torch.zeros(blocks.dim, dtype=torch.float64, device=blocks.device)
+    outer = torch.zeros((blocks.dim, blocks.dim), dtype=torch.float64, device=blocks.device)
+    for _, block in blocks:
+        block64 = block.double()
+        total += block64.sum(dim=0)
+        outer += block64.T @ block64
+    return blocks.n, total.cpu().numpy(), outer.cpu().numpy()
+
+
+def _as_blocks(x: np.ndarray | Tensor | Blocks, batch_size: int = _BLOCK_ROWS) -> Blocks:
+    if isinstance(x, Blocks):
+        return x
     if x.ndim != 2:
-        raise ValueError(f"features must have shape (N, D), got {x.shape}")
-    dim = x.shape[1]
-    total = np.zeros(dim, dtype=np.float64)
-    total_outer = np.zeros((dim, dim), dtype=np.float64)
-    for start in range(0, x.shape[0], batch_size):
-        # float64 products cost 2x float32 here (~275 GFLOPS) and remove any doubt about
-        # cancellation in sum(x x^T) / n - mean mean^T.
-        block = x[start : start + batch_size].astype(np.float64)
-        total += block.sum(axis=0)
-        total_outer += block.T @ block
-    return int(x.shape[0]), total, total_outer
+        raise ValueError(f"features must have shape (N, D), got {tuple(x.shape)}")
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return Blocks(x.float(), block_rows=batch_size)
 
 
 def pca_from_moments(
@@ -242,29 +274,47 @@ def pca_from_moments(
 
 
 def fit_pca(
-    x: np.ndarray,
+    x: np.ndarray | Tensor | Blocks,
     *,
     dim: int,
     power: float = 0.5,
     sample: int | None = None,
     seed: int = 0,
+    group: ProcessGroup | None = None,
 ) -> PCAWhitening:
-    """Fit the whitening on the rows of ``x`` (or on a random sample of them, as the reference).
+    """Fit the whitening on the rows of every rank of ``group`` (or on a sample of them).
+
+    The one PCA fit: the moments of the rows at hand (an array, a tensor on any device, or
+    blocks streamed from a store) are all-reduced (the identity in one process) and every rank
+    solves the same eigenproblem, so every rank gets the same, sign-fixed result.
 
     Args:
-        x: (N, D) features.
+        x: (n, D) this rank's features (n may be 0).
         dim: output dimension (see :func:`pca_from_moments`).
         power: whitening power (0.5 whitens, 0 only projects).
-        sample: fit on this many random rows (without replacement); None or >= N: all rows.
+        sample: fit on this many rows drawn without replacement over the whole collection
+            (the same rows for any number of ranks); None or >= N: all rows.
         seed: seeds the sample.
+        group: the process group holding the rows (None: all ranks, or one process).
 
     Returns:
         The fitted :class:`PCAWhitening`.
     """
-    if sample is not None and sample < x.shape[0]:
+    blocks = _as_blocks(x)
+    where = blocks.locate(group)
+    if sample is not None and sample < where.total:
         if sample < 2:
             raise ValueError(f"cluster.pca_sample ({sample}) must be >= 2")
-        rows = np.sort(np.random.default_rng(seed).choice(x.shape[0], size=sample, replace=False))
-        x = x[rows]
-    n, total, total_outer = feature_moments(x)
-    return pca_from_moments(n, total, total_outer, dim=dim, power=power)
+        rows = np.random.default_rng(seed).choice(where.total, size=sample, replace=False)
+        blocks = blocks.subset(where.local(np.sort(rows))[1])
+    n, total, total_outer = feature_moments(blocks)
+    packed = np.concatenate([[float(n)], total, total_outer.ravel()])
+    packed = distributed.all_reduce_sum_np(packed, group)
+    d = total.shape[0]
+    return pca_from_moments(
+        round(float(packed[0])),
+        packed[1 : d + 1],
+        packed[d + 1 :].reshape(d, d),
+        dim=dim,
+        power=power,
+    )

@@ -5,14 +5,14 @@ its cluster size, the pair is pushed apart by a tiny symmetric perturbation and 
 members are split between the two (paper [0] section 3 keeps no cluster empty; the rule is
 faiss' ``split_clusters`` [1], which DeepCluster relies on).
 
-The work is split so that a distributed k-means can run it on every rank:
+The work is split so that every rank of a distributed k-means runs it alike:
 
 - :func:`reseed_empty` only reads the (all-reduced) counts and the centroids and draws from a
   numpy Generator, so every rank holding the same seed makes the same choices;
-- :func:`split_members` only touches the local points (its two steps, :func:`split_sides`
-  and :func:`halve_one_sided`, let a distributed version sum per-donor counts in between);
-- :func:`fill_empty` loops the two until no cluster is empty (single process: the counts are
-  exact after each round; distributed: all-reduce them between rounds).
+- :func:`fill_empty_blocks` splits each donor's local members (block by block, on their
+  device), sums the per-donor counts over the ranks and falls back to
+  :func:`halve_one_sided` for donors whose members all chose one side; it loops until no
+  cluster is empty. :func:`fill_empty` and :func:`split_members` are its one-process forms.
 
 References:
     - [0] DeeperCluster: Caron et al., ICCV 2019, https://arxiv.org/abs/1905.01278
@@ -22,14 +22,20 @@ References:
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch import Tensor
+
+from deepercluster import distributed
+from deepercluster.cluster.blocks import Blocks, as_blocks
+from deepercluster.distributed import ProcessGroup
 
 __all__ = [
     "SPLIT_EPS",
     "fill_empty",
+    "fill_empty_blocks",
     "halve_one_sided",
     "reseed_empty",
     "split_members",
-    "split_sides",
 ]
 
 # faiss' EPS: small enough to keep both halves near the donor's centroid, large enough to
@@ -90,35 +96,6 @@ def reseed_empty(
     return centroids, np.stack([empty, donors], axis=1).astype(np.int64)
 
 
-def split_sides(
-    x: np.ndarray, assignments: np.ndarray, centroids: np.ndarray, pairs: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """First half of :func:`split_members`: which side of its split each donor member prefers.
-
-    Args:
-        x: (N, D) float32 points.
-        assignments: (N,) int64 cluster ids.
-        centroids: (k, D) float32 centroids re-seeded by :func:`reseed_empty`.
-        pairs: (p, 2) int64 ``(empty, donor)`` rows from :func:`reseed_empty`.
-
-    Returns:
-        members: (n,) int64 indices of the donors' members, ascending.
-        new: (n,) int64 the new (formerly empty) cluster paired with each member's donor.
-        move: (n,) bool True where the member is strictly nearer the new centroid.
-    """
-    k = centroids.shape[0]
-    partner = np.full(k, -1, dtype=np.int64)
-    partner[pairs[:, 1]] = pairs[:, 0]
-    members = np.flatnonzero(partner[assignments] >= 0)
-    donor = assignments[members]
-    new = partner[donor]
-    points = x[members]
-    to_donor = points - centroids[donor]
-    to_new = points - centroids[new]
-    move = np.einsum("ij,ij->i", to_new, to_new) < np.einsum("ij,ij->i", to_donor, to_donor)
-    return members, new, move
-
-
 def halve_one_sided(
     donor: np.ndarray,
     move: np.ndarray,
@@ -157,37 +134,102 @@ def halve_one_sided(
     return move
 
 
-def split_members(
-    x: np.ndarray, assignments: np.ndarray, centroids: np.ndarray, pairs: np.ndarray
-) -> np.ndarray:
-    """Split each donor's members between the donor and its new cluster (nearest of the two).
+def _split_round(
+    blocks: Blocks,
+    labels: Tensor,
+    centroids: Tensor,
+    pairs: np.ndarray,
+    counts: np.ndarray,
+    group: ProcessGroup | None,
+) -> tuple[Tensor, np.ndarray]:
+    """Move each donor's local members that are strictly nearer the new centroid to it.
 
-    If all of a donor's members fall on one side (duplicated points, or a centroid at the
-    origin that the relative perturbation cannot move), the donor keeps the first
-    ``ceil(n / 2)`` of them in index order and the new cluster takes the rest, so both end up
-    non-empty. A distributed version runs :func:`split_sides`, sums the per-donor counts over
-    ranks and calls :func:`halve_one_sided` with its members' global offsets.
-
-    Args:
-        x: (N, D) float32 points.
-        assignments: (N,) int64 cluster ids.
-        centroids: (k, D) float32 centroids re-seeded by :func:`reseed_empty`.
-        pairs: (p, 2) int64 ``(empty, donor)`` rows from :func:`reseed_empty`.
+    Per round: an all-reduce of 2p int64 (each donor's size and movers) and, only if some
+    donor's members all chose one side, an all-gather of p int64 per rank (the members on lower
+    ranks, for the ceil(n / 2) split in global index order). The new global counts follow
+    from those numbers.
 
     Returns:
-        (N,) int64 new assignments (a copy).
+        The new (n,) labels and the (k,) global counts.
     """
-    assignments = assignments.copy()
-    if pairs.shape[0] == 0:
-        return assignments
     k = centroids.shape[0]
-    members, new, move = split_sides(x, assignments, centroids, pairs)
-    donor = assignments[members]
-    size = np.bincount(donor, minlength=k)
-    n_move = np.bincount(donor[move], minlength=k)
-    move = halve_one_sided(donor, move, size, n_move)
-    assignments[members[move]] = new[move]
-    return assignments
+    empty, donors = pairs[:, 0], pairs[:, 1]
+    partner = torch.full((k,), -1, dtype=torch.int64, device=labels.device)
+    partner[torch.as_tensor(donors, device=labels.device)] = torch.as_tensor(
+        empty, device=labels.device
+    )
+    parts: list[tuple[Tensor, Tensor, Tensor]] = []
+    for start, x in blocks:
+        block_labels = labels[start : start + len(x)]
+        idx = torch.nonzero(partner[block_labels] >= 0).flatten()
+        old = block_labels[idx]
+        new = partner[old]
+        points = x[idx]
+        to_donor = ((points - centroids[old]) ** 2).sum(dim=1)
+        to_new = ((points - centroids[new]) ** 2).sum(dim=1)
+        parts.append((idx + start, new, to_new < to_donor))
+    members = torch.cat([p[0] for p in parts]).cpu().numpy() if parts else np.zeros(0, np.int64)
+    new_np = torch.cat([p[1] for p in parts]).cpu().numpy() if parts else np.zeros(0, np.int64)
+    move = torch.cat([p[2] for p in parts]).cpu().numpy() if parts else np.zeros(0, bool)
+    donor = labels[torch.as_tensor(members, device=labels.device)].cpu().numpy()
+    local_size = np.bincount(donor, minlength=k)
+    stats = np.stack([local_size[donors], np.bincount(donor[move], minlength=k)[donors]])
+    stats = distributed.all_reduce_sum_np(stats, group)
+    size, n_move = np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64)
+    size[donors], n_move[donors] = stats[0], stats[1]
+    one_sided = (n_move[donors] == 0) | (n_move[donors] == size[donors])
+    offset = None
+    if one_sided.any():
+        before = distributed.all_gather_cat_np(local_size[donors][None], group)
+        offset = np.zeros(k, dtype=np.int64)
+        offset[donors] = before[: distributed.rank(group)].sum(axis=0)
+    move = halve_one_sided(donor, move, size, n_move, offset)
+    labels = labels.clone()
+    moved_rows = torch.as_tensor(members[move], device=labels.device)
+    labels[moved_rows] = torch.as_tensor(new_np[move], device=labels.device)
+    moved = np.where(one_sided, size[donors] // 2, n_move[donors])
+    counts = counts.copy()
+    counts[donors] -= moved
+    counts[empty] = moved
+    return labels, counts
+
+
+def fill_empty_blocks(
+    blocks: Blocks,
+    labels: Tensor,
+    centroids: Tensor,
+    counts: np.ndarray,
+    rng: np.random.Generator,
+    group: ProcessGroup | None = None,
+    *,
+    eps: float = SPLIT_EPS,
+) -> tuple[Tensor, Tensor, np.ndarray, np.ndarray]:
+    """Re-seed and split until no cluster is empty over all ranks of ``group``.
+
+    Each round fills at least one empty cluster: while one is empty and k <= N, some cluster
+    has 2 members. Rounds after the first only happen when more clusters are empty than there
+    are donors (k close to N).
+
+    Args:
+        blocks: this rank's rows.
+        labels: (n,) int64 labels of the E-step, on the rows' device.
+        centroids: (k, D) float32 centroids of that E-step (same on every rank).
+        counts: (k,) int64 global cluster sizes.
+        rng: random stream for the donor choice (same state on every rank).
+        group: the process group (None: all ranks, or one process).
+        eps: relative size of the perturbation.
+
+    Returns:
+        labels (a copy when something moved), centroids with the re-seeded pairs perturbed,
+        the (p, 2) ``(empty, donor)`` pairs in round order, and the new global counts.
+    """
+    all_pairs = [np.zeros((0, 2), dtype=np.int64)]
+    while (counts == 0).any():
+        moved_centroids, pairs = reseed_empty(centroids.cpu().numpy(), counts, rng, eps=eps)
+        centroids = torch.as_tensor(moved_centroids, device=centroids.device)
+        labels, counts = _split_round(blocks, labels, centroids, pairs, counts, group)
+        all_pairs.append(pairs)
+    return labels, centroids, np.concatenate(all_pairs), counts
 
 
 def fill_empty(
@@ -198,11 +240,7 @@ def fill_empty(
     *,
     eps: float = SPLIT_EPS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Re-seed and split until no cluster is empty (single-process driver).
-
-    Each round fills at least one empty cluster: while one is empty and k <= N, some cluster
-    has 2 members. Rounds after the first only happen when more clusters are empty than there
-    are donors (k close to N).
+    """:func:`fill_empty_blocks` of rows in memory, one process, numpy in and out.
 
     Args:
         x: (N, D) float32 points.
@@ -212,16 +250,48 @@ def fill_empty(
         eps: relative size of the perturbation.
 
     Returns:
-        assignments: (N,) int64, every cluster non-empty (the input itself if none was empty).
-        centroids: (k, D) float32 with re-seeded pairs perturbed.
-        pairs: (p, 2) int64 all ``(empty, donor)`` pairs, in round order; p = clusters re-seeded.
+        assignments (every cluster non-empty), centroids with re-seeded pairs perturbed, and
+        the (p, 2) ``(empty, donor)`` pairs in round order; p = clusters re-seeded.
     """
-    k = centroids.shape[0]
-    counts = np.bincount(assignments, minlength=k)
-    all_pairs = [np.zeros((0, 2), dtype=np.int64)]
-    while (counts == 0).any():
-        centroids, pairs = reseed_empty(centroids, counts, rng, eps=eps)
-        assignments = split_members(x, assignments, centroids, pairs)
-        counts = np.bincount(assignments, minlength=k)
-        all_pairs.append(pairs)
-    return assignments, centroids, np.concatenate(all_pairs)
+    blocks = as_blocks(np.asarray(x, dtype=np.float32))
+    counts = np.bincount(assignments, minlength=centroids.shape[0])
+    labels, out, pairs, _ = fill_empty_blocks(
+        blocks,
+        torch.from_numpy(np.asarray(assignments, dtype=np.int64)),
+        torch.from_numpy(np.asarray(centroids, dtype=np.float32)),
+        counts,
+        rng,
+        eps=eps,
+    )
+    return labels.numpy(), out.numpy(), pairs
+
+
+def split_members(
+    x: np.ndarray, assignments: np.ndarray, centroids: np.ndarray, pairs: np.ndarray
+) -> np.ndarray:
+    """Split each donor's members between the donor and its new cluster (nearest of the two).
+
+    If all of a donor's members fall on one side (duplicated points, or a centroid at the
+    origin that the relative perturbation cannot move), the donor keeps the first
+    ``ceil(n / 2)`` of them in index order and the new cluster takes the rest.
+
+    Args:
+        x: (N, D) float32 points.
+        assignments: (N,) int64 cluster ids (not modified).
+        centroids: (k, D) float32 centroids re-seeded by :func:`reseed_empty`.
+        pairs: (p, 2) int64 ``(empty, donor)`` rows from :func:`reseed_empty`.
+
+    Returns:
+        (N,) int64 new assignments.
+    """
+    blocks = as_blocks(np.asarray(x, dtype=np.float32))
+    counts = np.bincount(assignments, minlength=centroids.shape[0])
+    labels, _ = _split_round(
+        blocks,
+        torch.from_numpy(np.array(assignments, dtype=np.int64)),
+        torch.from_numpy(np.asarray(centroids, dtype=np.float32)),
+        np.asarray(pairs, dtype=np.int64),
+        counts,
+        None,
+    )
+    return labels.numpy()

@@ -147,7 +147,12 @@ def recluster(
             "world_size": distributed.world_size(),
             "resolution": cfg.data.resolution,
             "resize": cfg.data.resize,
-            "cluster": {k: v for k, v in asdict(c).items() if k != "memory_limit"},
+            # The default init leaves the key of stages saved before cluster.init existed.
+            "cluster": {
+                k: v
+                for k, v in asdict(c).items()
+                if k != "memory_limit" and not (k == "init" and v == "random")
+            },
         }
         stage = ClusteringStage(stage_root(work_dir, distributed.rank()), key)
         # ============ sharded extraction: each rank its slice, chunk by chunk ============
@@ -199,6 +204,7 @@ def recluster(
             stage=stage,
             safe_point=safe_point,
             progress=progress,
+            device=device,
         )
     clustering = _targets(rnd, valid, cfg, epoch=epoch, previous=previous)
     clustering.metrics["time/extract_s"] = t_extract

@@ -3,18 +3,16 @@
 With ``cluster.feature_store = "disk"`` the raw features never come back into memory as a
 whole: the PCA moments are summed block by block (all-reduced across ranks), the whitened
 features are written to a second store, and k-means streams that store
-(:mod:`deepercluster.cluster.chunked`). ``cluster.memory_limit`` sets the block size, and
-makes the in-memory store refuse, before extracting anything, a round that cannot fit.
+(:class:`deepercluster.cluster.Blocks` over a store). ``cluster.memory_limit`` sets the block
+size, and makes the in-memory store refuse, before extracting anything, a round that cannot fit.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from deepercluster import distributed
-from deepercluster.cluster import PCAWhitening, pca_from_moments
-from deepercluster.cluster.chunked import moments_chunked
-from deepercluster.cluster.level2_runs import level2_workers
+from deepercluster.cluster import PCAWhitening
 from deepercluster.cluster.store import FeatureStore
 from deepercluster.config import ClusterConfig
 
@@ -28,10 +26,10 @@ def memory_need(c: ClusterConfig, *, rows: int, dim: int) -> int:
     """Bytes one process needs for a clustering round over ``rows`` images of dimension D.
 
     Memory store: the (rows, D) float32 features, their readable-row copy, the (rows, d)
-    whitened ones, and as much again for the level-2 k-means running side by side (each holds
-    its rows in float32 and float64; ``cluster.level2_runs.level2_workers`` keeps them within
-    that). Disk store: per-image bookkeeping, a few blocks of rows and the D x D float64
-    moments and eigen-decomposition of the PCA (which no store can avoid).
+    whitened ones, and as much again for the copy of a super-cluster's rows that its level-2
+    k-means gathers (plus bounded float64 blocks). Disk store: per-image bookkeeping, a few
+    blocks of rows and the D x D float64 moments and eigen-decomposition of the PCA (which
+    no store can avoid).
     """
     d = min(c.pca_dim, dim)
     if c.feature_store == "memory":
@@ -47,29 +45,6 @@ def block_rows(c: ClusterConfig, dim: int) -> int:
     if limit is None:
         return MAX_BLOCK_ROWS
     return int(np.clip(limit // 32 // (dim * 4), 256, MAX_BLOCK_ROWS))
-
-
-def level2_runs_at_once(c: ClusterConfig, threads: int) -> int:
-    """Level-2 k-means that one process runs side by side over the disk store.
-
-    Without a memory limit, as many as in memory
-    (:func:`~deepercluster.cluster.level2_runs.level2_workers`); each run holds at most a
-    block of its rows, in float32 and float64. On 2 cores, N = 200k, D = 128, k = 2048: the
-    m = 16 hierarchy took 1.43-1.51 s instead of 1.69-1.80 s; at m = 4 two runs at once did
-    not pay (2.45-2.88 s vs 2.55-2.70 s), and ``level2_workers`` keeps them one at a time.
-
-    Under ``cluster.memory_limit``, one at a time. Two runs in threads took the out-of-core
-    round's peak from +45-52 to +71-72 MiB for a 95 MiB limit (``scripts/out_of_core.py``,
-    520k images, m = 4; back to +52 MiB with ``MALLOC_ARENA_MAX=1``: glibc's per-thread
-    heaps, which no block size bounds), for k-means in 2.9-3.3 s instead of 3.9-4.6 s.
-
-    Args:
-        c: the cluster settings.
-        threads: the clustering's OpenMP threads.
-    """
-    if c.memory_limit_bytes is not None:
-        return 1
-    return level2_workers(c.super_clusters, threads)
 
 
 def extraction_chunk(c: ClusterConfig, dim: int) -> int:
@@ -103,49 +78,6 @@ def check_memory(c: ClusterConfig, *, rows: int, dim: int) -> None:
     )
 
 
-def fit_pca_store(
-    store: FeatureStore,
-    valid: np.ndarray,
-    *,
-    dim: int,
-    power: float,
-    sample: int | None,
-    seed: int,
-    block: int,
-) -> PCAWhitening:
-    """The PCA of ``fit_pca_distributed`` (or ``fit_pca`` in one process), rows streamed.
-
-    The sample, if any, is the same set of rows over the concatenated readable features of
-    all ranks as the in-memory fits draw; the moments are summed over blocks, then
-    all-reduced, and every rank solves the same eigenproblem.
-
-    Args:
-        store: this rank's (n_r, D) features.
-        valid: (n_r,) bool, the readable rows (the only ones fitted on).
-        dim, power: output dimension and whitening power.
-        sample: fit on this many rows over all ranks; None = all.
-        seed: seeds the sample.
-        block: rows per block.
-    """
-    rows = np.flatnonzero(valid)
-    counts = distributed.all_gather_cat_np(np.array([len(rows)], dtype=np.int64))
-    offset, total_n = int(counts[: distributed.rank()].sum()), int(counts.sum())
-    if sample is not None and sample < total_n:
-        if sample < 2:
-            raise ValueError(f"cluster.pca_sample ({sample}) must be >= 2")
-        picks = np.sort(np.random.default_rng(seed).choice(total_n, size=sample, replace=False))
-        mine = picks[(picks >= offset) & (picks < offset + len(rows))] - offset
-        rows = rows[mine]
-    total, outer = moments_chunked(store, rows, block)
-    packed = distributed.all_reduce_sum_np(
-        np.concatenate([[float(len(rows))], total, outer.ravel()])
-    )
-    n, d = round(float(packed[0])), store.dim
-    return pca_from_moments(
-        n, packed[1 : d + 1], packed[d + 1 :].reshape(d, d), dim=dim, power=power
-    )
-
-
 def whiten_to_store(
     store: FeatureStore, valid: np.ndarray, pca: PCAWhitening, reduced: FeatureStore
 ) -> None:
@@ -165,4 +97,21 @@ def whiten_to_store(
         wanted = rows[start:stop]
         first = int(wanted[0])
         block = store.read(first, int(wanted[-1]) + 1)[wanted - first]
-        reduced.write_chunk(chunk, pca.apply(block))
+        # The same whitening code as the in-memory store's, so both give the same rows.
+        reduced.write_chunk(chunk, pca.apply_tensor(torch.from_numpy(block)).numpy())
+
+
+def clustering_device(
+    c: ClusterConfig, device: torch.device, *, rows: int, dim: int
+) -> torch.device:
+    """Where the in-memory clustering runs: the training device when the features fit there.
+
+    On a GPU the (rows, D) features, their (rows, d) whitened copy and a super-cluster's
+    gathered rows must fit in half of its free memory (the rest is the network's and the
+    E-step's tiles); otherwise, and with the disk store, the CPU.
+    """
+    if c.feature_store != "memory" or device.type != "cuda":
+        return torch.device("cpu")
+    need = rows * (2 * dim + 2 * min(c.pca_dim, dim)) * 4
+    free, _ = torch.cuda.mem_get_info(device)
+    return device if need <= free // 2 else torch.device("cpu")

@@ -1,4 +1,4 @@
-"""k-means: steps, faiss equivalence, empty clusters, edge cases."""
+"""k-means: steps, faiss equivalence, empty clusters, k-means++, edge cases."""
 
 from __future__ import annotations
 
@@ -10,14 +10,9 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from deepercluster.cluster import (
-    KMeansResult,
-    accumulate,
-    assign,
-    faiss_threads,
-    kmeans,
-    update_centroids,
-)
+from deepercluster.cluster import Blocks, KMeansResult, assign, kmeans
+from deepercluster.cluster.kmeans import block_sums, cluster_sums
+from deepercluster.config import ClusterConfig
 
 Blobs = Callable[..., tuple[np.ndarray, np.ndarray]]
 
@@ -56,78 +51,36 @@ def test_steps_on_a_hand_example() -> None:
     labels, distances = assign(x, centroids)
     np.testing.assert_array_equal(labels, [0, 0, 1, 1])
     np.testing.assert_allclose(distances, [0, 1, 0, 4], atol=1e-5)
-    sums, counts = accumulate(x, labels, 3)
-    assert sums.dtype == np.float64
-    np.testing.assert_array_equal(counts, [2, 2, 0])
-    np.testing.assert_allclose(sums, [[0, 1], [20, 2], [0, 0]])
-    updated = update_centroids(sums, counts, centroids)
-    np.testing.assert_allclose(updated, [[0, 0.5], [10, 1], [50, 50]])
-    # No empty cluster (the usual case): every centroid is its float32 mean.
-    full = update_centroids(sums[:2], counts[:2], centroids[:2])
-    assert full.dtype == np.float32
-    np.testing.assert_array_equal(full, np.float32([[0, 0.5], [10, 1]]))
+    sums = block_sums(torch.from_numpy(x), torch.from_numpy(labels), 3)
+    assert sums.dtype == torch.float64
+    np.testing.assert_allclose(sums.numpy(), [[0, 1], [20, 2], [0, 0]])
+    # One k-means iteration from there: the empty third cluster is re-seeded, the others
+    # move to their float32 means.
+    result = kmeans(x, 3, niter=1, init=centroids)
+    assert result.n_reseeded == 1
+    assert np.bincount(result.assignments, minlength=3).min() == 1
 
 
-def test_accumulate_is_the_same_for_any_input_kind_and_thread_count() -> None:
+def test_sums_do_not_depend_on_the_blocks() -> None:
     rng = np.random.default_rng(3)
-    # Four blocks of 16,384 rows (the last one partial): the blocked float64 conversion, and
-    # with 2 or 3 threads waves of block products, whose sums must keep the block order.
-    x = rng.standard_normal((60_000, 64)).astype(np.float32)
-    labels = rng.integers(0, 7, x.shape[0])
-    reference = np.zeros((7, 64))
-    np.add.at(reference, labels, x.astype(np.float64))
-    x64 = x.astype(np.float64)
-    frozen, frozen_labels = x64.copy(), labels.copy()
-    frozen.flags.writeable = frozen_labels.flags.writeable = False
-    first, counts = accumulate(x, labels, 7)
-    np.testing.assert_allclose(first, reference, rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(counts, np.bincount(labels, minlength=7))
-    threads = torch.get_num_threads()
-    try:
-        for n_threads in (1, 2, 3):
-            torch.set_num_threads(n_threads)
-            with faiss_threads(n_threads):
-                for points, ids in ((x, labels), (x64, labels), (frozen, frozen_labels)):
-                    # Bit-equal: every path and rank must sum alike.
-                    np.testing.assert_array_equal(accumulate(points, ids, 7)[0], first)
-    finally:
-        torch.set_num_threads(threads)
-    # Over 24 decades of magnitude, float64 sums depend on their order (the ones above are
-    # exact): the block products must be added in block order for any thread count.
-    wide = (x * 10.0 ** rng.uniform(-12, 12, x.shape)).astype(np.float32)
-    with faiss_threads(1):
-        in_order = accumulate(wide, labels, 7)[0]
-    for n_threads in (2, 3):
-        with faiss_threads(n_threads):
-            np.testing.assert_array_equal(accumulate(wide, labels, 7)[0], in_order)
+    x = rng.standard_normal((5_000, 16)).astype(np.float32)
+    labels = torch.from_numpy(rng.integers(0, 7, x.shape[0]))
+    reference = np.zeros((7, 16))
+    np.add.at(reference, labels.numpy(), x.astype(np.float64))
+    for rows in (5_000, 1_000, 333):
+        sums = cluster_sums(Blocks(torch.from_numpy(x), block_rows=rows), labels, 7)
+        np.testing.assert_allclose(sums.numpy(), reference, rtol=1e-12, atol=1e-12)
     # A rank without rows contributes zeros.
-    sums, counts = accumulate(x[:0], labels[:0], 7)
-    assert sums.shape == (7, 64) and not sums.any() and not counts.any()
+    empty = cluster_sums(Blocks(torch.zeros((0, 16))), labels[:0], 7)
+    assert empty.shape == (7, 16) and not empty.any()
 
 
-@pytest.mark.parametrize(
-    ("n", "dim", "k"), [(20_000, 128, 16), (17_000, 16, 300), (9_000, 64, 5), (4_500, 128, 7)]
-)
-def test_assign_in_parts_equals_one_faiss_search(n: int, dim: int, k: int) -> None:
-    rng = np.random.default_rng(n)
-    x = rng.standard_normal((n, dim)).astype(np.float32)
-    # Duplicated points tie exactly: the parts must break ties as one search does.
-    x[1::97] = x[::97][: len(x[1::97])]
-    centroids = np.ascontiguousarray(x[rng.choice(n, k, replace=False)])
-    with faiss_threads(1):
-        distances, labels = faiss.knn(x, centroids, 1)
-    # The BLAS path's |x|^2 + |c|^2 - 2 <x, c>: its rounding, which on some CPUs depends on the
-    # rows sharing a product, is a few float32 ulps of those terms.
-    ulps = 4 * np.finfo(np.float32).eps * 2 * float((x * x).sum(axis=1).max())
-    for threads in (1, 2, 3):
-        with faiss_threads(threads):
-            ids, sq = assign(x, centroids)
-        np.testing.assert_array_equal(ids, labels[:, 0])
-        np.testing.assert_allclose(sq, np.maximum(distances[:, 0], 0), rtol=0, atol=ulps)
-        # Every part stayed on the BLAS path: the exhaustive path (below faiss' threshold)
-        # finds the duplicated points' exact zeros, which the BLAS formula never rounds to.
-        at_centroid = (sq == 0) & (distances[:, 0] > 0)
-        assert not at_centroid.any(), f"{at_centroid.sum()} points searched off the BLAS path"
+def test_accepts_a_tensor_and_a_numpy_array_alike(make_blobs: Blobs) -> None:
+    x, _ = make_blobs(5, 30, 4, spread=2.0)
+    a = kmeans(x, 7, niter=3, seed=2)
+    b = kmeans(torch.from_numpy(x), 7, niter=3, seed=2)
+    np.testing.assert_array_equal(a.assignments, b.assignments)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
 
 
 def test_matches_faiss_when_nothing_empties(make_blobs: Blobs) -> None:
@@ -236,11 +189,38 @@ def test_rejects_bad_inputs() -> None:
         kmeans(np.zeros((5, 2), dtype=np.float32), 2, init=np.zeros((3, 2), dtype=np.float32))
 
 
-def test_threads_are_restored() -> None:
-    before = faiss.omp_get_max_threads()
-    with faiss_threads(1):
-        assert faiss.omp_get_max_threads() == 1
-    assert faiss.omp_get_max_threads() == before
-    x = np.random.default_rng(0).standard_normal((20, 2)).astype(np.float32)
-    kmeans(x, 3, niter=1, threads=1)
-    assert faiss.omp_get_max_threads() == before
+def test_kmeans_plus_plus_recovers_blobs_that_random_init_merges() -> None:
+    # 8 tight blobs, one of them 10x as populous as the others: random starts put several
+    # centroids in the big blob and merge small ones; k-means++ spreads its seeds apart.
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((8, 6)) * 20
+    sizes = [400] + [40] * 7
+    ids = np.repeat(np.arange(8), sizes)
+    x = (centers[ids] + rng.standard_normal((ids.size, 6)) * 0.1).astype(np.float32)
+    random_scores = [
+        adjusted_rand_score(ids, kmeans(x, 8, niter=10, seed=s).assignments) for s in range(5)
+    ]
+    assert min(random_scores) < 1.0  # random init merges blobs for some seed
+    for seed in range(5):
+        plus = kmeans(x, 8, niter=10, seed=seed, init_method="kmeans++")
+        assert adjusted_rand_score(ids, plus.assignments) == 1.0
+
+
+def test_kmeans_plus_plus_is_deterministic_for_a_seed(make_blobs: Blobs) -> None:
+    x, _ = make_blobs(5, 30, 4, spread=2.0)
+    a = kmeans(x, 9, niter=2, seed=3, init_method="kmeans++")
+    b = kmeans(x, 9, niter=2, seed=3, init_method="kmeans++")
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+    np.testing.assert_array_equal(a.assignments, b.assignments)
+    # Fewer distinct points than k: the seeding still returns k rows, re-seeding splits them.
+    dup = np.repeat(x[:3], 4, axis=0)
+    _check_valid(kmeans(dup, 6, niter=2, init_method="kmeans++"), 12, 6)
+
+
+def test_init_setting_is_validated() -> None:
+    assert ClusterConfig().init == "random"
+    assert ClusterConfig(init="kmeans++").init == "kmeans++"
+    with pytest.raises(ValueError, match=r"cluster.init \('kmeans'\) must be random or kmeans\+\+"):
+        ClusterConfig(init="kmeans")
+    with pytest.raises(ValueError, match=r"cluster\.init"):
+        kmeans(np.zeros((4, 2), np.float32), 2, init_method="forgy")

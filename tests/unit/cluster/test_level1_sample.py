@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deepercluster.cluster import hierarchical_kmeans
-from deepercluster.cluster.kmeans import assign, lloyd
+from deepercluster.cluster import assign, hierarchical_kmeans, kmeans
 from deepercluster.cluster.level1_sample import sample_rows
 from deepercluster.config import ClusterConfig
 
@@ -22,7 +21,7 @@ def test_level1_is_the_kmeans_of_the_sample_and_every_image_gets_its_nearest() -
     result = hierarchical_kmeans(x, k=24, m=4, niter=6, seed=5, level1_sample=300)
     rows = sample_rows(len(x), 300, 4, 5)
     assert rows is not None and rows.shape == (300,) and np.all(np.diff(rows) > 0)
-    fit = lloyd(x[rows], 4, niter=6, seed=5)
+    fit = kmeans(x[rows], 4, niter=6, seed=5)
     np.testing.assert_array_equal(result.super_centroids, fit.centroids)
     labels, distances = assign(x, fit.centroids)
     assert result.n_moved == 0  # no balancing: level 1's labels are the nearest centroids

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from deepercluster.cluster import (
     PCAWhitening,
@@ -120,3 +121,20 @@ def test_project_checks_the_dimension() -> None:
 def test_l2_normalize_keeps_zero_rows() -> None:
     out = l2_normalize(np.array([[3, 4], [0, 0]], dtype=np.float32))
     np.testing.assert_allclose(out, [[0.6, 0.8], [0, 0]])
+
+
+def test_apply_tensor_equals_apply() -> None:
+    x = _anisotropic(n=300)
+    pca = fit_pca(x, dim=5)
+    out = pca.apply_tensor(torch.from_numpy(x), batch_size=64)
+    assert out.dtype == torch.float32 and out.shape == (300, 5)
+    np.testing.assert_allclose(out.numpy(), pca.apply(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="refit the PCA"):
+        pca.apply_tensor(torch.zeros((3, 2)))
+
+
+def test_fit_from_a_tensor_equals_fit_from_an_array() -> None:
+    x = _anisotropic(n=400)
+    a = fit_pca(x, dim=4, sample=200, seed=1)
+    b = fit_pca(torch.from_numpy(x), dim=4, sample=200, seed=1)
+    np.testing.assert_allclose(a.projection, b.projection, rtol=1e-6, atol=1e-7)

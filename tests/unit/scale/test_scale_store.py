@@ -1,26 +1,17 @@
-"""The on-disk feature store and the chunked PCA / k-means that stream it."""
+"""The on-disk feature store, and the PCA / k-means streaming it (the in-memory ones' results)."""
 
 from __future__ import annotations
 
-import dataclasses
-import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
-from deepercluster.cluster import KMeansResult, fit_pca, hierarchical_kmeans, kmeans
-from deepercluster.cluster.chunked import (
-    fit_pca_chunked,
-    hierarchical_kmeans_chunked,
-    kmeans_chunked,
-    row_blocks,
-)
-from deepercluster.cluster.level2_runs import level2_workers
+from deepercluster.cluster import Blocks, fit_pca, hierarchical_kmeans, kmeans, row_blocks
 from deepercluster.cluster.store import FeatureStore
 from deepercluster.config import ClusterConfig, parse_size
-from deepercluster.engine.outofcore import check_memory, level2_runs_at_once
+from deepercluster.engine.outofcore import check_memory, clustering_device
 
 
 def _filled(folder: Path, x: np.ndarray, chunk: int, dtype: str = "float32") -> FeatureStore:
@@ -72,7 +63,7 @@ def test_chunked_pca_equals_in_memory_pca(tmp_path: Path) -> None:
     rows = np.flatnonzero(np.arange(len(x)) % 7 != 0)  # some unreadable images
     for sample in (None, 200):
         a = fit_pca(x[rows], dim=5, sample=sample, seed=3)
-        b = fit_pca_chunked(store, dim=5, rows=rows, sample=sample, seed=3, block_rows=50)
+        b = fit_pca(Blocks(store, members=rows, block_rows=50), dim=5, sample=sample, seed=3)
         assert np.allclose(a.projection, b.projection, atol=1e-5)
         assert np.allclose(a.mean, b.mean, atol=1e-6)
 
@@ -83,7 +74,7 @@ def test_chunked_kmeans_equals_in_memory_kmeans(tmp_path: Path, k: int) -> None:
     x[:40] = x[0]  # duplicated points make clusters empty
     store = _filled(tmp_path, x, 128)
     a = kmeans(x, k, niter=4, seed=1)
-    b = kmeans_chunked(store, k, niter=4, seed=1, block_rows=100)
+    b = kmeans(Blocks(store, block_rows=100), k, niter=4, seed=1)
     assert np.array_equal(a.assignments, b.assignments)
     assert a.n_reseeded == b.n_reseeded and (k < 100 or a.n_reseeded > 0)
     assert np.allclose(a.centroids, b.centroids, atol=1e-5)
@@ -108,7 +99,7 @@ class _CountingSource:
 def test_streamed_kmeans_reads_the_rows_once_per_iteration(tmp_path: Path) -> None:
     x = _data()
     source = _CountingSource(_filled(tmp_path, x, 128))
-    result = kmeans_chunked(source, 6, niter=4, seed=1, block_rows=100)
+    result = kmeans(Blocks(source, block_rows=100), 6, niter=4, seed=1)
     assert result.n_reseeded == 0
     # k initial rows, then one pass per iteration (E-step and sums together) and the final
     # E-step: not two passes per iteration.
@@ -123,7 +114,7 @@ def test_rows_that_fit_in_one_block_are_clustered_in_memory(tmp_path: Path) -> N
     for rows in (None, members):
         a = kmeans(x if rows is None else x[rows], 12, niter=4, seed=5)
         source = _CountingSource(store)
-        b = kmeans_chunked(source, 12, members=rows, niter=4, seed=5, block_rows=len(x))
+        b = kmeans(Blocks(source, members=rows, block_rows=len(x)), 12, niter=4, seed=5)
         assert source.read_rows <= len(x)  # one sweep, not one per E-step and M-step
         # Read once and run the in-memory loop: the very same result, not one within rounding.
         np.testing.assert_array_equal(a.centroids, b.centroids)
@@ -132,31 +123,12 @@ def test_rows_that_fit_in_one_block_are_clustered_in_memory(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("level1_sample", [0, 150])
-@pytest.mark.parametrize("workers", [1, 3])
-def test_chunked_hierarchy_equals_in_memory_hierarchy(
-    tmp_path: Path, level1_sample: int, workers: int
-) -> None:
+def test_streamed_hierarchy_equals_in_memory_hierarchy(tmp_path: Path, level1_sample: int) -> None:
     x = _data()
     store = _filled(tmp_path, x, 128)
     a = hierarchical_kmeans(x, k=24, m=3, niter=5, seed=2, level1_sample=level1_sample)
-    # With 3 workers the 3 level-2 runs must be in flight together: each waits for the others
-    # before streaming its ~200 rows (2 blocks) from the one store.
-    together = threading.Barrier(3, timeout=30)
-
-    def cluster(run: int, rows: np.ndarray | None, kk: int, sd: int, ini: Any) -> KMeansResult:
-        if workers > 1 and run >= 2:
-            together.wait()
-        return kmeans_chunked(store, kk, members=rows, niter=5, seed=sd, init=ini, block_rows=100)
-
-    b = hierarchical_kmeans_chunked(
-        store,
-        k=24,
-        m=3,
-        seed=2,
-        block_rows=100,
-        level1_sample=level1_sample,
-        cluster=cluster,
-        workers=workers,
+    b = hierarchical_kmeans(
+        Blocks(store, block_rows=100), k=24, m=3, niter=5, seed=2, level1_sample=level1_sample
     )
     assert np.array_equal(a.labels, b.labels) and a.n_moved == b.n_moved
     assert a.objective == pytest.approx(b.objective, rel=1e-5)
@@ -175,15 +147,6 @@ def test_memory_limit_refuses_a_round_that_cannot_fit() -> None:
     check_memory(disk, rows=1_000_000, dim=4096)  # streamed: the 4096^2 PCA dominates
 
 
-def test_disk_store_runs_level2_side_by_side_without_a_memory_limit() -> None:
-    free = ClusterConfig(k=64, super_clusters=16, feature_store="disk")
-    assert level2_runs_at_once(free, threads=4) == 4  # as many as in memory
-    assert level2_runs_at_once(free, threads=1) == 1
-    assert level2_runs_at_once(free, threads=8) == level2_workers(16, 8) == 5
-    # A memory limit keeps them one at a time: per-thread heaps are outside its blocks.
-    assert level2_runs_at_once(dataclasses.replace(free, memory_limit="1GB"), threads=4) == 1
-
-
 @pytest.mark.parametrize("step", [1, 3, 200])  # dense sweep, strided sweep, row-by-row reads
 def test_row_blocks_gather_exactly_the_members(tmp_path: Path, step: int) -> None:
     x = _data(2000, 5)
@@ -192,3 +155,14 @@ def test_row_blocks_gather_exactly_the_members(tmp_path: Path, step: int) -> Non
     blocks = list(row_blocks(store, 64, members))
     assert [pos for pos, _ in blocks] == list(range(0, len(members), 64))
     assert np.array_equal(np.concatenate([b for _, b in blocks]), x[members])
+
+
+def test_clustering_runs_on_the_cpu_without_a_gpu_or_with_the_disk_store() -> None:
+    memory, disk = ClusterConfig(k=8), ClusterConfig(k=8, feature_store="disk")
+    cpu = torch.device("cpu")
+    assert clustering_device(memory, cpu, rows=1000, dim=64) == cpu
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda", 0)
+        assert clustering_device(memory, gpu, rows=1000, dim=64) == gpu
+        assert clustering_device(disk, gpu, rows=1000, dim=64) == cpu
+        assert clustering_device(memory, gpu, rows=10**12, dim=4096) == cpu

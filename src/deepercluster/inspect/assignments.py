@@ -12,11 +12,19 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["COLUMNS", "Assignments", "read_assignments", "run_assignments", "write_assignments"]
+__all__ = [
+    "COLUMNS",
+    "Assignments",
+    "read_assignments",
+    "run_assignments",
+    "write_assignments",
+    "write_csv",
+]
 
 COLUMNS = ("id", "path", "super_cluster", "sub_cluster", "cluster", "distance")
 
@@ -60,42 +68,40 @@ def write_assignments(table: Assignments, path: str | Path, *, fmt: str | None =
     path = Path(path)
     fmt = _format(fmt, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ids = np.arange(len(table), dtype=np.int64)
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        distances = pa.array(table.distances, type=pa.float32(), from_pandas=True)  # NaN = null
-        pq.write_table(
-            pa.table(
-                {
-                    "id": ids,
-                    "path": pa.array(table.paths, type=pa.string()),
-                    "super_cluster": table.super_clusters.astype(np.int64),
-                    "sub_cluster": table.sub_clusters.astype(np.int64),
-                    "cluster": table.clusters.astype(np.int64),
-                    "distance": distances,
-                }
-            ),
-            path,
-        )
+    columns = {
+        "id": np.arange(len(table), dtype=np.int64),
+        "path": table.paths,
+        "super_cluster": table.super_clusters.astype(np.int64),
+        "sub_cluster": table.sub_clusters.astype(np.int64),
+        "cluster": table.clusters.astype(np.int64),
+        "distance": table.distances,
+    }
+    if fmt == "csv":
+        write_csv(path, columns)
         return path
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns["path"] = pa.array(table.paths, type=pa.string())
+    columns["distance"] = pa.array(
+        table.distances, type=pa.float32(), from_pandas=True
+    )  # NaN = null
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def write_csv(path: Path, columns: dict[str, Any]) -> None:
+    """One row per image under a header of the column names; NaN is an empty cell, a bool 0/1."""
+
+    def cell(value: object) -> object:
+        if isinstance(value, float | np.floating):
+            return "" if math.isnan(value) else repr(float(value))
+        return int(value) if isinstance(value, bool | np.bool_) else value
+
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(COLUMNS)
-        for i in range(len(table)):
-            d = float(table.distances[i])
-            writer.writerow(
-                (
-                    i,
-                    table.paths[i],
-                    int(table.super_clusters[i]),
-                    int(table.sub_clusters[i]),
-                    int(table.clusters[i]),
-                    "" if math.isnan(d) else repr(d),
-                )
-            )
-    return path
+        writer.writerow(columns)
+        writer.writerows([cell(v) for v in row] for row in zip(*columns.values(), strict=True))
 
 
 def read_assignments(path: str | Path, *, fmt: str | None = None) -> Assignments:

@@ -95,17 +95,8 @@ def run_clusters_task(
                 continue
             scores = label_agreement(assignment[valid], classes[valid], seed=seed)
             payload[level] = scores
-            rows.append(
-                [
-                    level,
-                    scores["clusters"],
-                    f"{scores['nmi']:.3f}",
-                    f"{scores['nmi_random']:.3f}",
-                    f"{scores['ami']:.3f}",
-                    f"{scores['ari']:.3f}",
-                    f"{scores['purity']:.3f}",
-                ]
-            )
+            shown = ("nmi", "nmi_random", "ami", "ari", "purity")
+            rows.append([level, scores["clusters"], *(f"{scores[s]:.3f}" for s in shown)])
         text += markdown_table(
             ["level", "clusters", "NMI", "NMI random", "AMI", "ARI", "purity"], rows
         )
@@ -119,15 +110,10 @@ def run_clusters_task(
         text += "\nNMI between consecutive clusterings (stability over epochs):\n\n"
         text += markdown_table(["epoch", "NMI(t-1, t)"], [[e, f"{v:.3f}"] for e, v in history])
         if len(history) > 1:
+            epochs, values = zip(*history, strict=True)
             plot_curves(
                 out_dir / "clusters.png",
-                {
-                    "NMI(t-1, t)": (
-                        [e for e, _ in history],
-                        [v for _, v in history],
-                        None,
-                    )
-                },
+                {"NMI(t-1, t)": (epochs, values, None)},
                 title="Stability of the clusters",
                 xlabel="epoch",
                 ylabel="NMI with previous clustering",

@@ -9,13 +9,15 @@ keep their row with cluster -1 and an empty distance, so row i is always image i
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+
+from deepercluster.data.pathmatch import display_paths
+from deepercluster.engine.run_folder import open_run
+from deepercluster.inspect.embed import has_cached_embedding, run_embedding, write_csv
 
 __all__ = [
     "COLUMNS",
@@ -23,7 +25,6 @@ __all__ = [
     "read_assignments",
     "run_assignments",
     "write_assignments",
-    "write_csv",
 ]
 
 COLUMNS = ("id", "path", "super_cluster", "sub_cluster", "cluster", "distance")
@@ -90,20 +91,6 @@ def write_assignments(table: Assignments, path: str | Path, *, fmt: str | None =
     return path
 
 
-def write_csv(path: Path, columns: dict[str, Any]) -> None:
-    """One row per image under a header of the column names; NaN is an empty cell, a bool 0/1."""
-
-    def cell(value: object) -> object:
-        if isinstance(value, float | np.floating):
-            return "" if math.isnan(value) else repr(float(value))
-        return int(value) if isinstance(value, bool | np.bool_) else value
-
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(columns)
-        writer.writerows([cell(v) for v in row] for row in zip(*columns.values(), strict=True))
-
-
 def read_assignments(path: str | Path, *, fmt: str | None = None) -> Assignments:
     """Read a file written by :func:`write_assignments`."""
     path = Path(path)
@@ -150,10 +137,6 @@ def run_assignments(
             ``"cached"`` measures them only when that cache is already there.
         batch_size, workers, device, progress: feature extraction.
     """
-    from deepercluster.data.pathmatch import display_paths
-    from deepercluster.engine.run_folder import open_run
-    from deepercluster.inspect.embed import has_cached_embedding, run_embedding
-
     run = open_run(run_dir)
     collection = run.collection(data)
     c = run.clustering

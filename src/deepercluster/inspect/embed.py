@@ -8,10 +8,13 @@ Caron et al., ICCV 2019, arXiv 1905.01278, section 3.2).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,10 +22,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from deepercluster.cluster import HierarchicalResult, PCAWhitening, assign
-from deepercluster.data import ClusterTransform, ClusterView, Collection
-from deepercluster.engine.run_folder import RunFolder
+from deepercluster.data import ClusterTransform, ClusterView, Collection, open_collection
+from deepercluster.data.pathmatch import display_paths
+from deepercluster.engine.run_folder import RunFolder, open_run
 from deepercluster.features import extract_features
-from deepercluster.inspect.assignments import write_csv
 
 __all__ = [
     "Embedding",
@@ -31,6 +34,7 @@ __all__ = [
     "has_cached_embedding",
     "nearest_clusters",
     "run_embedding",
+    "write_csv",
     "write_embedding",
 ]
 
@@ -276,6 +280,20 @@ def write_embedding(emb: Embedding, paths: list[str], out: str | Path) -> list[P
     return [out, table_path]
 
 
+def write_csv(path: Path, columns: dict[str, Any]) -> None:
+    """One row per image under a header of the column names; NaN is an empty cell, a bool 0/1."""
+
+    def cell(value: object) -> object:
+        if isinstance(value, float | np.floating):
+            return "" if math.isnan(value) else repr(float(value))
+        return int(value) if isinstance(value, bool | np.bool_) else value
+
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        writer.writerows([cell(v) for v in row] for row in zip(*columns.values(), strict=True))
+
+
 def embed_new_images(
     run_dir: str | Path,
     data: str,
@@ -291,10 +309,6 @@ def embed_new_images(
     Returns:
         The files written (see :func:`write_embedding`).
     """
-    from deepercluster.data import open_collection
-    from deepercluster.data.pathmatch import display_paths
-    from deepercluster.engine.run_folder import open_run
-
     run = open_run(run_dir)
     _clustering_space(run)  # fail before reading the images
     cfg = run.config.data

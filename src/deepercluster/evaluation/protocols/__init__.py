@@ -7,7 +7,7 @@ linear probes per layer, weighted kNN, cluster analysis against labels or tags, 
 fine-tuning.
 """
 
-from deepercluster.evaluation.protocols.clusters import label_agreement, tag_analysis
+from deepercluster.evaluation.protocols.cluster_task import label_agreement, tag_analysis
 from deepercluster.evaluation.protocols.features import (
     FINAL,
     LayerFeatures,

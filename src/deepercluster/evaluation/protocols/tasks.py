@@ -18,7 +18,7 @@ import torch
 from deepercluster.cluster import fit_pca, kmeans, l2_normalize
 from deepercluster.engine.run_folder import Pretrained, load_pretrained
 from deepercluster.evaluation import knn_predict
-from deepercluster.evaluation.protocols.clusters import label_agreement
+from deepercluster.evaluation.protocols.cluster_task import label_agreement
 from deepercluster.evaluation.protocols.features import FINAL, LayerFeatures, extract_layers
 from deepercluster.evaluation.protocols.labels import LabelledCollection, open_labelled
 from deepercluster.evaluation.protocols.linear import LinearProtocol, run_linear_probes

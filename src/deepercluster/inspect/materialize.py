@@ -25,15 +25,10 @@ import numpy as np
 
 from deepercluster.inspect.assignments import Assignments
 
-__all__ = ["MODES", "cluster_folder", "materialize"]
+__all__ = ["MODES", "materialize"]
 
 MODES = ("link", "copy", "lists")
 _TAR_MARK = ".tar:"
-
-
-def cluster_folder(root: Path, super_cluster: int, cluster: int) -> Path:
-    """Where cluster ``cluster`` (of super-cluster ``super_cluster``) goes under ``root``."""
-    return root / f"super-{super_cluster:03d}" / f"cluster-{cluster:06d}"
 
 
 def materialize(table: Assignments, out: str | Path, *, mode: str = "link") -> dict[int, Path]:
@@ -73,7 +68,8 @@ def materialize(table: Assignments, out: str | Path, *, mode: str = "link") -> d
             if cluster < 0:
                 target = root / "unreadable"
             else:
-                target = cluster_folder(root, int(table.super_clusters[members[0]]), cluster)
+                super_cluster = int(table.super_clusters[members[0]])
+                target = root / f"super-{super_cluster:03d}" / f"cluster-{cluster:06d}"
             if mode == "lists":
                 target = target.with_suffix(".txt")
                 target.parent.mkdir(parents=True, exist_ok=True)

@@ -48,8 +48,7 @@ def knn_predict(
     if train_t.shape[0] == 0 or labels.shape != (train_t.shape[0],):
         raise ValueError(
             "knn needs a non-empty training set with one label per row, got "
-            f"{tuple(train_t.shape)} "
-            f"features and {tuple(labels.shape)} labels"
+            f"{tuple(train_t.shape)} features and {tuple(labels.shape)} labels"
         )
     if test_t.shape[1] != train_t.shape[1]:
         raise ValueError(
@@ -64,6 +63,4 @@ def knn_predict(
         votes = torch.zeros(sims.shape[0], c)
         votes.scatter_add_(1, labels[top_idx], (top_sims / temperature).exp())
         out.append(votes.argmax(1))
-    if not out:
-        return np.zeros(0, dtype=np.int64)
-    return torch.cat(out).numpy()
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)

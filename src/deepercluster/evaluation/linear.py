@@ -5,8 +5,7 @@ linear classifiers on frozen conv features with SGD and Bottou's learning-rate d
 ``lr_t = lr_0 / sqrt(1 + lr_0 * wd * t)`` (t counts SGD steps). Hyper-parameters are chosen
 on held-out data, so this module trains *several* settings at once: the G (lr_0, wd) pairs
 share one (D, G * C) weight matrix, a batch's logits for all of them come from one matrix
-product, and each setting gets its own learning rate and decay. A grid of 6 settings then
-costs about one probe, not six.
+product, and each setting gets its own learning rate and decay.
 
 Features are standardised with the training set's mean and standard deviation first: the
 activations of conv1 and conv5 differ in scale by orders of magnitude, and standardising lets
@@ -90,17 +89,14 @@ class LinearProbe:
         w = self.weight.reshape(d, g * c)
         out = []
         for start in range(0, len(x), batch_size):
-            xb = _standardise(_rows(x, start, batch_size), self.mean, self.std)
+            xb = (_rows(x, start, batch_size) - self.mean) / self.std
             logits = (xb @ w).view(-1, g, c) + self.bias
             out.append(logits.argmax(-1))
-        if not out:
-            return np.zeros((0, g), dtype=np.int64)
-        return torch.cat(out).numpy()
+        return torch.cat(out).numpy() if out else np.zeros((0, g), dtype=np.int64)
 
     def accuracy(self, x: np.ndarray | Tensor, y: np.ndarray) -> np.ndarray:
         """(G,) top-1 accuracy of every setting on ``(x, y)``, in [0, 1]."""
-        pred = self.predict(x)
-        correct: np.ndarray = (pred == np.asarray(y)[:, None]).mean(0)
+        correct: np.ndarray = (self.predict(x) == np.asarray(y)[:, None]).mean(0)
         return correct
 
 
@@ -108,10 +104,6 @@ def _rows(x: np.ndarray | Tensor, start: int, size: int) -> Tensor:
     part = x[start : start + size]
     t = part if isinstance(part, Tensor) else torch.from_numpy(np.ascontiguousarray(part))
     return t.float()
-
-
-def _standardise(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    return (x - mean) / std
 
 
 @torch.no_grad()
@@ -174,11 +166,10 @@ def train_linear_probes(
     lr0 = torch.tensor([s[0] for s in settings], dtype=torch.float32).repeat_interleave(c)
     wd = torch.tensor([s[1] for s in settings], dtype=torch.float32).repeat_interleave(c)
     mean, std = _moments(x)
-    # One standardised float32 copy, made once: per-step conversion and normalisation of the
-    # batch cost more than the step's matrix products. Needs N x D x 4 bytes of memory.
+    # One standardised float32 copy, made once, rather than converting every batch at every step.
     x_std = torch.empty(n, d, dtype=torch.float32)
     for start in range(0, n, 4096):
-        x_std[start : start + 4096] = _standardise(_rows(x, start, 4096), mean, std)
+        x_std[start : start + 4096] = (_rows(x, start, 4096) - mean) / std
     gen = torch.Generator().manual_seed(sgd.seed)
     # Small random init (not zeros) so that seeds give different probes, as in the paper's
     # repeated runs; 1/sqrt(D) keeps the initial logits O(1) on standardised features.

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from deepercluster.evaluation.agreement import check_labelings, contingency
+
 __all__ = ["nmi"]
 
 
@@ -26,8 +28,7 @@ def nmi(a: np.ndarray, b: np.ndarray) -> float:
     Same value as ``sklearn.metrics.normalized_mutual_info_score`` with its default arithmetic
     normalisation, including its conventions: 1.0 when both labelings are constant (both carry
     no information, a perfect match), 0.0 when only one is. Label values are arbitrary
-    (any integers, permutation-invariant). The contingency table keeps only its non-zero cells,
-    so memory is O(N) even with 320k clusters against 1000 classes.
+    (any integers, permutation-invariant).
 
     Args:
         a: (N,) integer labels, e.g. cluster assignments.
@@ -39,31 +40,22 @@ def nmi(a: np.ndarray, b: np.ndarray) -> float:
     Raises:
         ValueError: shapes differ or the labelings are empty.
     """
-    a = np.asarray(a)
-    b = np.asarray(b)
-    if a.ndim != 1 or a.shape != b.shape:
-        raise ValueError(
-            f"nmi needs two 1-d labelings of equal length, got {a.shape} and {b.shape}"
-        )
+    a, b = check_labelings(a, b, "nmi")
     n = a.shape[0]
-    if n == 0:
-        raise ValueError("nmi of empty labelings is undefined; pass at least one label")
-    _, a_ids, a_counts = np.unique(a, return_inverse=True, return_counts=True)
-    _, b_ids, b_counts = np.unique(b, return_inverse=True, return_counts=True)
+    rows, cols, joint = contingency(a, b)
+    a_counts = np.bincount(rows, weights=joint)
+    b_counts = np.bincount(cols, weights=joint)
     if a_counts.size == 1 and b_counts.size == 1:
         return 1.0
     if a_counts.size == 1 or b_counts.size == 1:
         return 0.0
-    cells, joint = np.unique(a_ids.astype(np.int64) * b_counts.size + b_ids, return_counts=True)
-    rows, cols = np.divmod(cells, b_counts.size)
-    # sum_ij p_ij log(p_ij / (p_i p_j)) with p = count / n; float64 before any product, as
-    # count * count overflows int64 beyond ~3e9 images.
+    # sum_ij p_ij log(p_ij / (p_i p_j)) with p = count / n, in float64: count * count
+    # overflows int64 beyond ~3e9 images.
     p_joint = joint / n
     p_a = a_counts[rows] / n
     p_b = b_counts[cols] / n
     mutual_info = float((p_joint * np.log(p_joint / (p_a * p_b))).sum())
-    mutual_info = max(mutual_info, 0.0)
-    if mutual_info == 0.0:
+    if mutual_info <= 0.0:
         return 0.0
     normaliser = max((_entropy(a_counts, n) + _entropy(b_counts, n)) / 2, np.finfo(np.float64).eps)
     return min(mutual_info / normaliser, 1.0)

@@ -184,12 +184,8 @@ def enrichment(
     """
     clusters = np.asarray(clusters, dtype=np.int64)
     cells = _Cells.count(clusters, pairs, int(clusters.max()) + 1 if clusters.size else 0)
-    out: dict[int, list[Enriched]] = {int(k): [] for k in np.unique(clusters)}
-    order = np.lexsort((-cells.counts, -cells.lift, cells.k_ids))
-    for m in order[cells.counts[order] >= min_count]:
-        if len(out[int(cells.k_ids[m])]) < top:
-            out[int(cells.k_ids[m])].append(cells.entry(m, pairs))
-    return out
+    ranked = cells.ranked(cells.lift, cells.counts >= min_count, top)
+    return {int(k): ranked[k] for k in np.unique(clusters)}
 
 
 def overrepresented(
@@ -215,18 +211,14 @@ def overrepresented(
     cells = _Cells.count(np.asarray(clusters, dtype=np.int64), pairs, k)
     keep = (cells.counts >= np.minimum(min_count, cells.sizes[cells.k_ids])) & (cells.lift > 1)
     score = np.where(keep, cells.counts * np.log(np.where(keep, cells.lift, 1.0)), 0.0)
-    out: list[list[Enriched]] = [[] for _ in range(k)]
-    order = np.lexsort((-cells.counts, -score, cells.k_ids))
-    for m in order[keep[order]]:
-        if len(out[int(cells.k_ids[m])]) < top:
-            out[int(cells.k_ids[m])].append(cells.entry(m, pairs))
-    return out
+    return cells.ranked(score, keep, top)
 
 
 @dataclass(frozen=True)
 class _Cells:
     """The non-zero (cluster, tag) cells with their lift, shared by the two rankings."""
 
+    pairs: TagPairs
     k_ids: np.ndarray  # (M,) cluster of each cell
     t_ids: np.ndarray  # (M,) tag of each cell
     counts: np.ndarray  # (M,) images of the cluster carrying the tag
@@ -240,17 +232,24 @@ class _Cells:
         sizes = np.bincount(clusters, minlength=k)
         tag_n = pairs.tag_counts()
         lift = (counts / np.maximum(sizes[k_ids], 1)) / (tag_n[t_ids] / pairs.n_images)
-        return cls(k_ids, t_ids, counts, sizes, tag_n, lift)
+        return cls(pairs, k_ids, t_ids, counts, sizes, tag_n, lift)
 
-    def entry(self, m: int, pairs: TagPairs) -> Enriched:
-        t = int(self.t_ids[m])
-        return Enriched(
-            pairs.vocabulary[t],
-            int(self.counts[m]),
-            int(self.sizes[self.k_ids[m]]),
-            int(self.tag_n[t]),
-            float(self.lift[m]),
-        )
+    def ranked(self, score: np.ndarray, keep: np.ndarray, top: int) -> list[list[Enriched]]:
+        """Per cluster, up to ``top`` of the kept cells, by decreasing score, then count."""
+        out: list[list[Enriched]] = [[] for _ in range(len(self.sizes))]
+        order = np.lexsort((-self.counts, -score, self.k_ids))
+        for m in order[keep[order]]:
+            k, t = int(self.k_ids[m]), int(self.t_ids[m])
+            if len(out[k]) < top:
+                entry = Enriched(
+                    self.pairs.vocabulary[t],
+                    int(self.counts[m]),
+                    int(self.sizes[k]),
+                    int(self.tag_n[t]),
+                    float(self.lift[m]),
+                )
+                out[k].append(entry)
+        return out
 
 
 def most_specific_tag(pairs: TagPairs, *, min_count: int = 5) -> np.ndarray:

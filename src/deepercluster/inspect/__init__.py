@@ -6,7 +6,6 @@ folders; ``embed_collection`` places new images in a run's clustering space;
 ``export_backbone`` writes the trained network for other code (state_dict, RGB-folded, ONNX).
 """
 
-from deepercluster.engine.run_folder import RunFolder, open_run
 from deepercluster.inspect.assignments import Assignments, read_assignments, write_assignments
 from deepercluster.inspect.embed import Embedding, embed_collection, nearest_clusters
 from deepercluster.inspect.materialize import materialize
@@ -16,12 +15,10 @@ __all__ = [
     "Assignments",
     "Embedding",
     "ReportOptions",
-    "RunFolder",
     "embed_collection",
     "inspect_run",
     "materialize",
     "nearest_clusters",
-    "open_run",
     "read_assignments",
     "write_assignments",
 ]

@@ -9,14 +9,23 @@ keep their row with cluster -1 and an empty distance, so row i is always image i
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["COLUMNS", "Assignments", "read_assignments", "run_assignments", "write_assignments"]
+from deepercluster.data.pathmatch import display_paths
+from deepercluster.engine.run_folder import open_run
+from deepercluster.inspect.embed import has_cached_embedding, run_embedding, write_csv
+
+__all__ = [
+    "COLUMNS",
+    "Assignments",
+    "read_assignments",
+    "run_assignments",
+    "write_assignments",
+]
 
 COLUMNS = ("id", "path", "super_cluster", "sub_cluster", "cluster", "distance")
 
@@ -60,41 +69,25 @@ def write_assignments(table: Assignments, path: str | Path, *, fmt: str | None =
     path = Path(path)
     fmt = _format(fmt, path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ids = np.arange(len(table), dtype=np.int64)
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        distances = pa.array(table.distances, type=pa.float32(), from_pandas=True)  # NaN = null
-        pq.write_table(
-            pa.table(
-                {
-                    "id": ids,
-                    "path": pa.array(table.paths, type=pa.string()),
-                    "super_cluster": table.super_clusters.astype(np.int64),
-                    "sub_cluster": table.sub_clusters.astype(np.int64),
-                    "cluster": table.clusters.astype(np.int64),
-                    "distance": distances,
-                }
-            ),
-            path,
-        )
+    columns = {
+        "id": np.arange(len(table), dtype=np.int64),
+        "path": table.paths,
+        "super_cluster": table.super_clusters.astype(np.int64),
+        "sub_cluster": table.sub_clusters.astype(np.int64),
+        "cluster": table.clusters.astype(np.int64),
+        "distance": table.distances,
+    }
+    if fmt == "csv":
+        write_csv(path, columns)
         return path
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(COLUMNS)
-        for i in range(len(table)):
-            d = float(table.distances[i])
-            writer.writerow(
-                (
-                    i,
-                    table.paths[i],
-                    int(table.super_clusters[i]),
-                    int(table.sub_clusters[i]),
-                    int(table.clusters[i]),
-                    "" if math.isnan(d) else repr(d),
-                )
-            )
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns["path"] = pa.array(table.paths, type=pa.string())
+    columns["distance"] = pa.array(
+        table.distances, type=pa.float32(), from_pandas=True
+    )  # NaN = null
+    pq.write_table(pa.table(columns), path)
     return path
 
 
@@ -144,10 +137,6 @@ def run_assignments(
             ``"cached"`` measures them only when that cache is already there.
         batch_size, workers, device, progress: feature extraction.
     """
-    from deepercluster.data.pathmatch import display_paths
-    from deepercluster.engine.run_folder import open_run
-    from deepercluster.inspect.embed import has_cached_embedding, run_embedding
-
     run = open_run(run_dir)
     collection = run.collection(data)
     c = run.clustering

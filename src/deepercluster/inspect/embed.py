@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,18 +22,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from deepercluster.cluster import HierarchicalResult, PCAWhitening, assign
-from deepercluster.data import ClusterTransform, ClusterView, Collection
-from deepercluster.engine.run_folder import RunFolder
+from deepercluster.data import ClusterTransform, ClusterView, Collection, open_collection
+from deepercluster.data.pathmatch import display_paths
+from deepercluster.engine.run_folder import RunFolder, open_run
 from deepercluster.features import extract_features
 
 __all__ = [
     "Embedding",
-    "assigned_distances",
     "embed_collection",
     "embed_new_images",
     "has_cached_embedding",
     "nearest_clusters",
     "run_embedding",
+    "write_csv",
     "write_embedding",
 ]
 
@@ -81,23 +84,6 @@ def nearest_clusters(
         rows = np.flatnonzero(supers == s)
         subs[rows], sq[rows] = assign(np.ascontiguousarray(x[rows]), result.sub_centroids[s])
     return supers, subs, np.sqrt(sq)
-
-
-def assigned_distances(
-    x: np.ndarray, result: HierarchicalResult, super_clusters: np.ndarray, sub_clusters: np.ndarray
-) -> np.ndarray:
-    """L2 distance of every row to the centroid of the cluster it was assigned to.
-
-    Args:
-        x: (n, d) float32 features in the clustering space.
-        super_clusters, sub_clusters: (n,) int64 assignments.
-
-    Returns:
-        (n,) float32 distances.
-    """
-    diff = x - result.sub_centroids[super_clusters, sub_clusters]
-    distances: np.ndarray = np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32)
-    return distances
 
 
 @torch.no_grad()
@@ -176,7 +162,6 @@ def run_embedding(
     file is unchanged (its size and modification time are the key).
     """
     c = run.clustering
-    _, result = _clustering_space(run)
     key = _checkpoint_key(run)
     cached = _read_cache(cache_dir, key) if cache_dir is not None else None
     if cached is None:
@@ -190,11 +175,11 @@ def run_embedding(
     else:
         features, valid = cached
     # The run's own assignments (not the nearest clusters): what the report and exports show.
+    _, result = _clustering_space(run)
     ok = valid & c.valid
+    diff = features[ok] - result.sub_centroids[c.super_clusters[ok], c.sub_clusters[ok]]
     distances = np.full(len(valid), np.nan, dtype=np.float32)
-    distances[ok] = assigned_distances(
-        features[ok], result, c.super_clusters[ok], c.sub_clusters[ok]
-    )
+    distances[ok] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
     return Embedding(
         features,
         ok,
@@ -225,15 +210,12 @@ def _embed_with_run(
     progress: bool,
 ) -> Embedding:
     """:func:`embed_collection` with the run's network, clustering and crop settings."""
-    pca, result = _clustering_space(run)
-    cfg = run.config.data
     return embed_collection(
         run.backbone(),
         collection,
-        pca,
-        result,
-        resolution=cfg.resolution,
-        resize=cfg.resize or None,
+        *_clustering_space(run),
+        resolution=run.config.data.resolution,
+        resize=run.config.data.resize or None,
         batch_size=batch_size,
         workers=workers,
         device=device,
@@ -294,16 +276,22 @@ def write_embedding(emb: Embedding, paths: list[str], out: str | Path) -> list[P
         raise ValueError(f"cannot write an embedding to {out}: use a .npy or .parquet file name")
     np.save(out, emb.features)
     table_path = out.with_name(out.stem + ".clusters.csv")
-    with table_path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(list(columns))
-        for i in range(len(paths)):
-            d = float(emb.distances[i])
-            writer.writerow(
-                [i, paths[i], int(emb.valid[i]), int(emb.super_clusters[i]),
-                 int(emb.sub_clusters[i]), int(emb.labels[i]), "" if d != d else repr(d)]
-            )  # fmt: skip
+    write_csv(table_path, columns)
     return [out, table_path]
+
+
+def write_csv(path: Path, columns: dict[str, Any]) -> None:
+    """One row per image under a header of the column names; NaN is an empty cell, a bool 0/1."""
+
+    def cell(value: object) -> object:
+        if isinstance(value, float | np.floating):
+            return "" if math.isnan(value) else repr(float(value))
+        return int(value) if isinstance(value, bool | np.bool_) else value
+
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        writer.writerows([cell(v) for v in row] for row in zip(*columns.values(), strict=True))
 
 
 def embed_new_images(
@@ -321,10 +309,6 @@ def embed_new_images(
     Returns:
         The files written (see :func:`write_embedding`).
     """
-    from deepercluster.data import open_collection
-    from deepercluster.data.pathmatch import display_paths
-    from deepercluster.engine.run_folder import open_run
-
     run = open_run(run_dir)
     _clustering_space(run)  # fail before reading the images
     cfg = run.config.data

@@ -7,8 +7,8 @@ any file that holds one). Three forms:
   rebuilds the network from it (the architecture is read from the keys and shapes), and for
   VGG-16 at 224 px and ResNets with the ImageNet stem, without Sobel, torchvision's matching
   network loads it directly (:func:`deepercluster.models.convert.torchvision_backbone`);
-- the same with the Sobel front folded into an exact RGB convolution (``rgb=True``), for
-  pipelines that feed plain RGB convs and want to fine-tune the first layer;
+- the same with the Sobel front folded into an exact RGB convolution (``fold_sobel`` first),
+  for pipelines that feed plain RGB convs and want to fine-tune the first layer;
 - ONNX (``export_onnx``), checked against PyTorch with onnxruntime (``check_onnx``).
 """
 
@@ -24,25 +24,17 @@ from torch import nn
 from torch.jit._trace import TracerWarning
 
 from deepercluster.models import Backbone
-from deepercluster.models.fold import fold_sobel
 
 __all__ = ["check_onnx", "export_backbone", "export_onnx"]
 
 
-def export_backbone(model: Backbone, path: str | Path, *, rgb: bool = False) -> Path:
-    """Write ``model``'s weights as a plain ``state_dict`` (atomically).
+def export_backbone(model: Backbone, path: str | Path) -> Path:
+    """Write ``model``'s weights as a plain ``state_dict`` (atomically) and return ``path``.
 
-    Args:
-        model: the trunk (no heads: they are never part of a backbone).
-        path: the target file, e.g. ``backbone.pt``.
-        rgb: fold the Sobel front into an RGB conv first (an error without a Sobel front).
-
-    Returns:
-        ``path``.
+    ``model`` is the trunk, never the heads; pass it through
+    :func:`deepercluster.models.fold.fold_sobel` first for the RGB-folded form.
     """
     path = Path(path)
-    if rgb:
-        model = fold_sobel(model)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

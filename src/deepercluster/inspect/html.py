@@ -195,36 +195,34 @@ def write_pages(out: Path, cards: Sequence[ClusterCard], pages: PageSet) -> Path
         )
         (out / "clusters" / page_name(p)).write_text(html, encoding="utf-8")
 
-    supers = sorted({c.super_cluster for c in cards})
-    tree = [_head(f"{pages.title}: super-cluster tree"),
-            f"<h1>{escape(pages.title)}: super-cluster tree</h1>",
-            '<nav><a href="index.html">index</a></nav><ul>']  # fmt: skip
-    for s in supers:
-        members = [c for c in cards if c.super_cluster == s]
+    # One tree branch and one index row per super-cluster; its clusters are contiguous ids.
+    by_super: dict[int, list[int]] = {}
+    for i, c in enumerate(cards):
+        by_super.setdefault(c.super_cluster, []).append(i)
+    tree, rows = [], []
+    for s, ids in sorted(by_super.items()):
+        members = [cards[i] for i in ids]
         total = sum(c.size for c in members)
         items = "".join(
-            f'<li><a href="clusters/{page_name(i // per + 1)}#c{c.cluster}">cluster {c.cluster}'
-            f"</a> ({c.size})</li>"
-            for i, c in enumerate(cards)
-            if c.super_cluster == s
+            f'<li><a href="clusters/{page_name(i // per + 1)}#c{cards[i].cluster}">cluster '
+            f"{cards[i].cluster}</a> ({cards[i].size})</li>"
+            for i in ids
         )
         tree.append(
-            f"<li><details><summary>super-cluster {s}: {len(members)} clusters, {total} images"
+            f"<li><details><summary>super-cluster {s}: {len(ids)} clusters, {total} images"
             f"</summary><ul>{items}</ul></details></li>"
         )
-    tree.append("</ul></body></html>")
-    (out / "tree.html").write_text("".join(tree), encoding="utf-8")
-
-    # One row per super-cluster: its clusters are contiguous ids, so a range of pages.
-    rows = []
-    for s in supers:
-        ids = [i for i, c in enumerate(cards) if c.super_cluster == s]
-        first = ids[0] // per + 1
         rows.append(
-            f"<tr><td>{s}</td><td>{len(ids)}</td><td>{sum(cards[i].size for i in ids)}</td>"
-            f'<td><a href="clusters/{page_name(first)}#c{cards[ids[0]].cluster}">clusters '
-            f"{cards[ids[0]].cluster}-{cards[ids[-1]].cluster}</a></td></tr>"
+            f"<tr><td>{s}</td><td>{len(ids)}</td><td>{total}</td>"
+            f'<td><a href="clusters/{page_name(ids[0] // per + 1)}#c{members[0].cluster}">'
+            f"clusters {members[0].cluster}-{members[-1].cluster}</a></td></tr>"
         )
+    (out / "tree.html").write_text(
+        _head(f"{pages.title}: super-cluster tree")
+        + f"<h1>{escape(pages.title)}: super-cluster tree</h1>"
+        + f'<nav><a href="index.html">index</a></nav><ul>{"".join(tree)}</ul></body></html>',
+        encoding="utf-8",
+    )
     super_table = (
         "<table><tr><th>super-cluster</th><th>clusters</th><th>images</th><th>first page</th>"
         f"</tr>{''.join(rows)}</table>"

@@ -13,26 +13,22 @@ names them as ``<shard>.tar:<member>``.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tarfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
 from deepercluster.inspect.assignments import Assignments
 
-__all__ = ["MODES", "cluster_folder", "materialize"]
+__all__ = ["MODES", "materialize"]
 
 MODES = ("link", "copy", "lists")
 _TAR_MARK = ".tar:"
-
-
-def cluster_folder(root: Path, super_cluster: int, cluster: int) -> Path:
-    """Where cluster ``cluster`` (of super-cluster ``super_cluster``) goes under ``root``."""
-    return root / f"super-{super_cluster:03d}" / f"cluster-{cluster:06d}"
 
 
 def materialize(table: Assignments, out: str | Path, *, mode: str = "link") -> dict[int, Path]:
@@ -61,13 +57,19 @@ def materialize(table: Assignments, out: str | Path, *, mode: str = "link") -> d
         )
     root.mkdir(parents=True, exist_ok=True)
     written: dict[int, Path] = {}
-    with _tar_reader() as read_member:
+    with ExitStack() as stack:
+
+        @functools.cache
+        def shard(name: str) -> tarfile.TarFile:  # each shard opened (and indexed) once
+            return stack.enter_context(tarfile.open(name, "r:"))
+
         for cluster in np.unique(table.clusters).tolist():
             members = table.members(cluster)
             if cluster < 0:
                 target = root / "unreadable"
             else:
-                target = cluster_folder(root, int(table.super_clusters[members[0]]), cluster)
+                super_cluster = int(table.super_clusters[members[0]])
+                target = root / f"super-{super_cluster:03d}" / f"cluster-{cluster:06d}"
             if mode == "lists":
                 target = target.with_suffix(".txt")
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -75,8 +77,7 @@ def materialize(table: Assignments, out: str | Path, *, mode: str = "link") -> d
             else:
                 target.mkdir(parents=True)
                 for i in members.tolist():
-                    _place(table.paths[i], target / _entry_name(i, table.paths[i]), mode,
-                           read_member)  # fmt: skip
+                    _place(table.paths[i], target / _entry_name(i, table.paths[i]), mode, shard)
             written[cluster] = target
     return written
 
@@ -86,39 +87,14 @@ def _entry_name(index: int, path: str) -> str:
     return f"{index:08d}_{Path(path.split(_TAR_MARK)[-1]).name}"
 
 
-def _place(source: str, target: Path, mode: str, read_member: _MemberReader) -> None:
+def _place(source: str, target: Path, mode: str, shard: Callable[[str], tarfile.TarFile]) -> None:
     if _TAR_MARK in source:
-        shard, member = source.split(_TAR_MARK, 1)
-        target.write_bytes(read_member(shard + ".tar", member))
+        name, member = source.split(_TAR_MARK, 1)
+        fh = shard(name + ".tar").extractfile(member)
+        if fh is None:
+            raise ValueError(f"{name}.tar has no file member {member!r}; was the shard replaced?")
+        target.write_bytes(fh.read())
     elif mode == "link":
         os.symlink(os.path.abspath(source), target)
     else:
         shutil.copy2(source, target)
-
-
-class _MemberReader:
-    """Reads tar members, opening (and indexing) each shard once."""
-
-    def __init__(self) -> None:
-        self._open: dict[str, tarfile.TarFile] = {}
-
-    def __call__(self, shard: str, member: str) -> bytes:
-        if shard not in self._open:
-            self._open[shard] = tarfile.open(shard, "r:")  # noqa: SIM115 (closed by close())
-        fh = self._open[shard].extractfile(member)
-        if fh is None:
-            raise ValueError(f"{shard} has no file member {member!r}; was the shard replaced?")
-        return fh.read()
-
-    def close(self) -> None:
-        for tar in self._open.values():
-            tar.close()
-
-
-@contextmanager
-def _tar_reader() -> Iterator[_MemberReader]:
-    reader = _MemberReader()
-    try:
-        yield reader
-    finally:
-        reader.close()

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-__all__ = ["STAGES", "plot_clusters", "plot_sizes", "plot_stage_times", "plot_training"]
+__all__ = ["CURVES", "STAGES", "plot_curves", "plot_sizes", "plot_stage_times"]
 
 # metrics.jsonl keys of the per-stage wall times, with the names the report shows.
 STAGES = {
@@ -30,59 +30,61 @@ STAGES = {
 _DPI = 80
 
 
-def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    xs = [float(r["epoch"]) + 1 for r in records if key in r]
-    ys = [float(r[key]) for r in records if key in r]
-    return xs, ys
+# The per-epoch figures: file name -> (caption, panels), a panel being
+# (title, {metrics.jsonl key: line label}).
+CURVES = {
+    "training.png": (
+        "training loss and accuracy per epoch",
+        [
+            (
+                "training loss",
+                {
+                    "train/loss": "total",
+                    "train/super_loss": "super-class",
+                    "train/sub_loss": "sub-class",
+                },
+            ),
+            ("training accuracy", {"train/super_acc": "super-class", "train/sub_acc": "sub-class"}),
+        ],
+    ),
+    "clusters.png": (
+        "clustering statistics per epoch",
+        [
+            (
+                "k-means objective",
+                {"cluster/objective": "sub-clusters", "cluster/super_objective": "super-clusters"},
+            ),
+            ("NMI with the previous clustering", {"cluster/nmi_previous": "NMI"}),
+            (
+                "cluster size (images)",
+                {
+                    "cluster/size_min": "min",
+                    "cluster/size_median": "median",
+                    "cluster/size_max": "max",
+                },
+            ),
+        ],
+    ),
+}
 
 
-def _panel(ax: Any, records: Sequence[dict[str, Any]], keys: dict[str, str], title: str) -> None:
-    for key, label in keys.items():
-        xs, ys = _series(records, key)
-        if xs:
-            ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-
-
-def plot_training(records: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Losses and accuracies of both heads per epoch."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    _panel(
-        axes[0],
-        records,
-        {"train/loss": "total", "train/super_loss": "super-class", "train/sub_loss": "sub-class"},
-        "training loss",
-    )
-    _panel(
-        axes[1],
-        records,
-        {"train/super_acc": "super-class", "train/sub_acc": "sub-class"},
-        "training accuracy",
-    )
-    return _save(fig, path)
-
-
-def plot_clusters(records: Sequence[dict[str, Any]], path: Path) -> Path:
-    """k-means objective, NMI between rounds and cluster sizes per epoch."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    _panel(
-        axes[0],
-        records,
-        {"cluster/objective": "sub-clusters", "cluster/super_objective": "super-clusters"},
-        "k-means objective",
-    )
-    _panel(axes[1], records, {"cluster/nmi_previous": "NMI"}, "NMI with the previous clustering")
-    _panel(
-        axes[2],
-        records,
-        {"cluster/size_min": "min", "cluster/size_median": "median", "cluster/size_max": "max"},
-        "cluster size (images)",
-    )
+def plot_curves(
+    records: Sequence[dict[str, Any]], panels: Sequence[tuple[str, dict[str, str]]], path: Path
+) -> Path:
+    """One panel per ``(title, {key: label})``: the logged values of each key per epoch."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 + 3 * len(panels), 3.4))
+    for ax, (title, keys) in zip(axes, panels, strict=True):
+        for key, label in keys.items():
+            xs = [float(r["epoch"]) + 1 for r in records if key in r]
+            ys = [float(r[key]) for r in records if key in r]
+            if xs:
+                ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     return _save(fig, path)
 
 

@@ -24,13 +24,7 @@ from deepercluster.engine.run_folder import RunFolder, open_run
 from deepercluster.evaluation.tags import Enriched, TagPairs, overrepresented
 from deepercluster.inspect.embed import run_embedding
 from deepercluster.inspect.html import ClusterCard, PageSet, write_pages
-from deepercluster.inspect.plots import (
-    STAGES,
-    plot_clusters,
-    plot_sizes,
-    plot_stage_times,
-    plot_training,
-)
+from deepercluster.inspect.plots import CURVES, STAGES, plot_curves, plot_sizes, plot_stage_times
 from deepercluster.inspect.thumbnails import ThumbnailCache
 
 __all__ = ["ReportOptions", "cluster_cards", "inspect_run", "render_report"]
@@ -131,14 +125,11 @@ def render_report(
     figures_dir = out / "figures"
     figures: list[tuple[str, str]] = []
     if records:
-        plot_training(records, figures_dir / "training.png")
-        plot_clusters(records, figures_dir / "clusters.png")
+        for name, (caption, panels) in CURVES.items():
+            plot_curves(records, panels, figures_dir / name)
+            figures.append((name, caption))
         plot_stage_times(records, figures_dir / "stages.png")
-        figures += [
-            ("training.png", "training loss and accuracy per epoch"),
-            ("clusters.png", "clustering statistics per epoch"),
-            ("stages.png", "time per stage"),
-        ]
+        figures.append(("stages.png", "time per stage"))
     sizes = np.array([c.size for c in cards])
     plot_sizes(sizes, np.array([c.super_cluster for c in cards]), figures_dir / "sizes.png")
     figures.append(("sizes.png", "cluster sizes per super-cluster"))

@@ -24,15 +24,13 @@ class ThumbnailCache:
     Args:
         root: cache folder (created on demand).
         size: longest side in pixels.
-        quality: JPEG quality.
     """
 
-    def __init__(self, root: str | Path, *, size: int = 128, quality: int = 85) -> None:
+    def __init__(self, root: str | Path, *, size: int = 128) -> None:
         if size < 8:
             raise ValueError(f"thumbnail size must be at least 8 px, got {size}")
         self.root = Path(root)
         self.size = size
-        self.quality = quality
 
     def relative(self, index: int) -> str:
         """Path of image ``index``'s thumbnail relative to ``root`` (forward slashes)."""
@@ -58,6 +56,6 @@ class ThumbnailCache:
                 continue
             image.thumbnail((self.size, self.size), Image.Resampling.BILINEAR)
             tmp = target.with_suffix(".tmp")
-            image.convert("RGB").save(tmp, format="JPEG", quality=self.quality)
+            image.convert("RGB").save(tmp, format="JPEG", quality=85)
             tmp.replace(target)  # never leave a half-written thumbnail in the cache
         return len(todo) - len(failed), failed

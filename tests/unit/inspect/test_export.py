@@ -14,6 +14,7 @@ from deepercluster.engine.run_folder import load_pretrained
 from deepercluster.inspect.export import check_onnx, export_backbone, export_onnx
 from deepercluster.models import build_backbone
 from deepercluster.models.convert import infer_architecture, torchvision_backbone
+from deepercluster.models.fold import fold_sobel
 
 # ResNet-18: 72 px takes the ImageNet stem (torchvision layout), 16 px the CIFAR stem.
 CASES = [("small", True, 32), ("resnet18", False, 72), ("vgg16", True, 32)]
@@ -40,7 +41,7 @@ def test_export_then_load_gives_identical_outputs(
 def test_rgb_folded_export_equals_sobel_plus_backbone(tmp_path: Path, arch: str, res: int) -> None:
     model = build_backbone(arch, sobel=True, resolution=res).eval()
     _perturb_bn(model)
-    path = export_backbone(model, tmp_path / "rgb.pt", rgb=True)
+    path = export_backbone(fold_sobel(model), tmp_path / "rgb.pt")
     assert infer_architecture(torch.load(path, weights_only=True)).folded
     loaded = deepercluster.load_backbone(path)
     assert isinstance(loaded.sobel, nn.Conv2d)  # a plain RGB conv, trainable

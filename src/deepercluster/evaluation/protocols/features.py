@@ -68,10 +68,6 @@ class LayerFeatures:
     seconds: float
 
 
-def _fingerprint(parts: dict[str, object]) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _load_cache(folder: Path, names: Sequence[str]) -> LayerFeatures | None:
     meta_file = folder / "meta.json"
     if not meta_file.exists():
@@ -128,17 +124,15 @@ def extract_layers(
     """
     device = device or torch.device("cpu")
     indices = np.asarray(indices, dtype=np.int64)
-    key = _fingerprint(
-        {
-            "weights": source_id,
-            "images": [len(collection), hashlib.sha256(indices.tobytes()).hexdigest()],
-            "first": collection.path(int(indices[0])) if len(indices) else "",
-            "crop": [resolution, resize],
-            "max_dim": max_dim,
-            "names": sorted(names),
-        }
-    )
-    folder = cache_root / key
+    key = {
+        "weights": source_id,
+        "images": [len(collection), hashlib.sha256(indices.tobytes()).hexdigest()],
+        "first": collection.path(int(indices[0])) if len(indices) else "",
+        "crop": [resolution, resize],
+        "max_dim": max_dim,
+        "names": sorted(names),
+    }
+    folder = cache_root / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cached = _load_cache(folder, names)
     if cached is not None:
         return cached
@@ -155,33 +149,27 @@ def extract_layers(
     start = time.perf_counter()
     for images, idx, errors in tqdm(loader, desc="features", disable=not progress, leave=False):
         rows = np.array([position[int(i)] for i in idx])
-        ok = np.array([not e for e in errors])
-        valid[rows[ok]] = True
+        ok = torch.tensor([not e for e in errors])
+        valid[rows[ok.numpy()]] = True
         x = images.to(device)
         with autocast(device, precision):
             maps = backbone.forward_conv(x, conv) if conv else {}
-            final = backbone(x) if FINAL in names else None
-        for name in conv:
-            m = maps[name].float()
+            if FINAL in names:
+                maps[FINAL] = backbone(x)
+        for name, m in maps.items():
+            m = m.float()
+            if name != FINAL:
+                if name not in grids:
+                    c, h, w = m.shape[1:]
+                    grids[name] = (c, pooled_side(c, h, w, max_dim))
+                m = F.adaptive_avg_pool2d(m, grids[name][1]).flatten(1)
             if name not in out:
-                c, h, w = m.shape[1:]
-                side = pooled_side(c, h, w, max_dim)
-                grids[name] = (c, side)
+                # conv features in float16 (they are many), the final ones in float32
+                dtype = np.float32 if name == FINAL else np.float16
                 out[name] = np.lib.format.open_memmap(
-                    folder / f"{name}.npy", mode="w+", dtype=np.float16, shape=(n, c * side * side)
+                    folder / f"{name}.npy", mode="w+", dtype=dtype, shape=(n, m.shape[1])
                 )
-            pooled = F.adaptive_avg_pool2d(m, grids[name][1]).flatten(1)
-            out[name][rows] = (
-                (pooled * torch.as_tensor(ok, device=pooled.device)[:, None]).cpu().numpy()
-            )
-        if final is not None:
-            if FINAL not in out:
-                out[FINAL] = np.lib.format.open_memmap(
-                    folder / f"{FINAL}.npy", mode="w+", dtype=np.float32, shape=(n, final.shape[1])
-                )
-            out[FINAL][rows] = (
-                (final.float() * torch.as_tensor(ok, device=final.device)[:, None]).cpu().numpy()
-            )
+            out[name][rows] = (m * ok[:, None].to(m.device)).cpu().numpy()
     seconds = time.perf_counter() - start
     for array in out.values():
         array.flush()  # type: ignore[attr-defined]

@@ -83,7 +83,6 @@ class LabelledImages(Dataset[tuple[Tensor, int]]):
         transform: TrainTransform | ClusterTransform,
         seed: int = 0,
     ) -> None:
-        self.collection = collection
         # The transforms read pixels: a small JPEG's without a Pillow image in between.
         self.read = pixel_reader(collection)
         self.indices = np.asarray(indices, dtype=np.int64)

@@ -77,5 +77,4 @@ def open_labelled(
 ) -> LabelledCollection:
     """Open a collection and its class labels (see :func:`class_labels`)."""
     collection = open_collection(spec)
-    labels, names = class_labels(collection, labels_csv, flag=flag)
-    return LabelledCollection(collection, np.asarray(labels, dtype=np.int64), list(names))
+    return LabelledCollection(collection, *class_labels(collection, labels_csv, flag=flag))

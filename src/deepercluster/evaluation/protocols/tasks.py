@@ -18,7 +18,7 @@ import torch
 from deepercluster.cluster import fit_pca, kmeans, l2_normalize
 from deepercluster.engine.run_folder import Pretrained, load_pretrained
 from deepercluster.evaluation import knn_predict
-from deepercluster.evaluation.protocols.clusters import label_agreement
+from deepercluster.evaluation.protocols.cluster_task import label_agreement
 from deepercluster.evaluation.protocols.features import FINAL, LayerFeatures, extract_layers
 from deepercluster.evaluation.protocols.labels import LabelledCollection, open_labelled
 from deepercluster.evaluation.protocols.linear import LinearProtocol, run_linear_probes
@@ -89,11 +89,6 @@ def balanced_subset(labels: np.ndarray, limit: int, seed: int = 0) -> np.ndarray
     return np.sort(chosen)
 
 
-def _source_id(pre: Pretrained) -> str:
-    stat = pre.source.stat()
-    return f"{pre.source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-
-
 def _features(
     inputs: Inputs,
     pre: Pretrained,
@@ -103,18 +98,18 @@ def _features(
     cache: Path,
     max_dim: int = 10_000,
 ) -> LayerFeatures:
-    indices = balanced_subset(data.labels, limit)
+    stat = pre.source.stat()
     return extract_layers(
         pre.backbone,
         data.collection,
         data.labels,
-        indices,
+        balanced_subset(data.labels, limit),
         names,
         resolution=pre.resolution,
         resize=pre.resize,
         max_dim=max_dim,
         cache_root=cache,
-        source_id=_source_id(pre),
+        source_id=f"{pre.source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}",
         batch_size=inputs.batch_size,
         workers=inputs.workers,
         device=torch.device(inputs.device),
@@ -206,8 +201,7 @@ def run_knn_task(
     pre, train, test, out = open_inputs(inputs)
     f_train = _features(inputs, pre, train, inputs.max_train, [FINAL], out / "cache")
     f_test = _features(inputs, pre, test, inputs.max_test, [FINAL], out / "cache")
-    keep_tr = f_train.valid
-    keep_te = f_test.valid
+    keep_tr, keep_te = f_train.valid, f_test.valid
     x_tr, y_tr = np.asarray(f_train.layers[FINAL])[keep_tr], f_train.labels[keep_tr]
     x_te, y_te = np.asarray(f_test.layers[FINAL])[keep_te], f_test.labels[keep_te]
     rows: list[list[object]] = []
@@ -234,16 +228,12 @@ def run_knn_task(
         clusters = kmeans(z, kmeans_k, niter=20, seed=seed).assignments
         agreement = label_agreement(clusters, y_te, seed=seed)
         payload["kmeans"] = {"k": kmeans_k, "pca_dim": dim, **agreement}
-        rows.append(
-            [
-                f"k-means k={kmeans_k} NMI (random {agreement['nmi_random']:.3f})",
-                f"{agreement['nmi']:.3f}",
-            ]
-        )
+        scores = {k: f"{v:.3f}" for k, v in agreement.items()}
+        rows.append([f"k-means k={kmeans_k} NMI (random {scores['nmi_random']})", scores["nmi"]])
         rows.append(
             [
                 f"k-means k={kmeans_k} AMI / ARI / purity",
-                f"{agreement['ami']:.3f} / {agreement['ari']:.3f} / {agreement['purity']:.3f}",
+                f"{scores['ami']} / {scores['ari']} / {scores['purity']}",
             ]
         )
     header = (

@@ -14,7 +14,8 @@ from PIL import Image
 
 from deepercluster.data import ArrayCollection, open_collection
 from deepercluster.data.pathmatch import match_paths
-from deepercluster.evaluation.protocols import FINAL, class_labels, extract_layers, pooled_side
+from deepercluster.evaluation.protocols.features import FINAL, extract_layers, pooled_side
+from deepercluster.evaluation.protocols.labels import class_labels
 from deepercluster.evaluation.protocols.linear import stratified_holdout
 from deepercluster.evaluation.protocols.tasks import balanced_subset
 from deepercluster.models import build_backbone

@@ -33,14 +33,18 @@ from torch.utils.data import DataLoader
 from bench.common import Context, Row, info, sync
 from deepercluster.cluster.hierarchical import hierarchical_kmeans
 from deepercluster.cluster.preprocess import fit_pca
+from deepercluster.config import RunConfig, load_config
 from deepercluster.data import (
     ClusterTransform,
     ClusterView,
+    Collection,
     TrainTransform,
     TrainView,
     open_collection,
     uniform_epoch_plan,
 )
+from deepercluster.engine.calibrate import calibrate
+from deepercluster.engine.plan import make_plan
 from deepercluster.engine.train import Targets, train_one_epoch
 from deepercluster.features import extract_features
 from deepercluster.models import HierarchicalHeads, build_backbone
@@ -64,18 +68,21 @@ def _rss() -> int:
 
 
 class Stage:
-    """Wall time and peak memory (RSS above the start, CUDA peak allocated) of a block."""
+    """Wall time and peak memory (RSS above the start and absolute, CUDA peak allocated) of a
+    block."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.seconds = 0.0
         self.peak_rss = 0
+        self.peak_abs = 0
         self.cuda_peak = 0
         self._stop = threading.Event()
 
     def _poll(self, start: int) -> None:
         while not self._stop.wait(0.005):
-            self.peak_rss = max(self.peak_rss, _rss() - start)
+            self.peak_abs = max(self.peak_abs, _rss())
+            self.peak_rss = self.peak_abs - start
 
     def __enter__(self) -> Stage:
         if self.device.type == "cuda":
@@ -137,6 +144,8 @@ def _cycle(ctx: Context, cifar: str) -> list[Row]:
     n = min(len(collection), ctx.pick(128, 5000, 50_000))
     res, k, m, pca_dim = 32, ctx.pick(16, 256, 1000), 4, ctx.pick(16, 128, 128)
     batch, workers, precision = 128, 1, "fp32"
+    _malloc_trim()
+    base = _rss()  # what the data of the cycle's stages adds to, as the plan counts it
     torch.manual_seed(0)
     model = build_backbone("small", sobel=True, resolution=res).to(ctx.device)
     heads = HierarchicalHeads(model.feature_dim, 4 * m, k // m).to(ctx.device)
@@ -147,7 +156,8 @@ def _cycle(ctx: Context, cifar: str) -> list[Row]:
 
     with Stage(ctx.device) as stages["extract"]:
         view = ClusterView(collection, ClusterTransform(res), indices=np.arange(n))
-        loader = DataLoader(view, batch_size=256, num_workers=workers)
+        # The batch the clustering extraction uses in a run (engine/clustering.py).
+        loader = DataLoader(view, batch_size=max(batch, 64), num_workers=workers)
         feats = extract_features(
             model, loader, n, model.feature_dim, device=ctx.device, progress=False
         ).features
@@ -155,6 +165,7 @@ def _cycle(ctx: Context, cifar: str) -> list[Row]:
         reduced = fit_pca(feats, dim=pca_dim).apply(feats)
     with Stage(ctx.device) as stages["kmeans"]:
         result = hierarchical_kmeans(reduced, k=k, m=m, niter=10, seed=0)
+    del feats, reduced  # a run drops the round's features before it trains
     with Stage(ctx.device) as stages["train"]:
         plan = uniform_epoch_plan(result.labels, size=n, seed=0, epoch=0, rotation=True)
         train_view = TrainView(collection, TrainTransform(res, (0.2, 1.0)), plan, seed=0, epoch=0)
@@ -201,4 +212,62 @@ def _cycle(ctx: Context, cifar: str) -> list[Row]:
             )
         )
     rows.append(info(NAME, f"cycle total for {n} images (k={k}, m={m}, {res}px)", total, "s"))
+    if ctx.size != "tiny":
+        cfg = load_config(
+            preset="deepercluster",
+            overrides=[
+                "model.arch=small", f"data.resolution={res}", f"data.workers={workers}",
+                "data.crop_scale_min=0.2", f"cluster.k={k}", f"cluster.super_clusters={m}",
+                f"cluster.pca_dim={pca_dim}", f"train.batch_size={batch}",
+                f"train.precision={precision}", f"train.device={ctx.device.type}",
+            ],
+        )  # fmt: skip
+        rows += _plan_rows(cfg, collection, n, stages, base, ctx.device)
+    return rows
+
+
+# The plan's stages that make up each of the cycle's.
+_PLAN_STAGES = {
+    "extract": ("extraction",),
+    "pca": ("PCA + whitening",),
+    "kmeans": ("k-means level 1", "k-means level 2"),
+    "train": ("training (one epoch)",),
+}
+
+
+def _plan_rows(
+    cfg: RunConfig,
+    collection: Collection,
+    n: int,
+    stages: dict[str, Stage],
+    base: int,
+    device: torch.device,
+) -> list[Row]:
+    """``deepercluster plan --calibrate`` for the cycle's setting against what it measured:
+    each stage's time, and its peak RSS above the cycle's start (what the plan's RAM column
+    counts: the arrays the stage holds, the network's on a CPU). Line: within 30%."""
+    assume = calibrate(cfg, device=device, collection=collection)
+    plan = make_plan(cfg, n_images=n, world_size=1, assume=assume, on_cpu=device.type == "cpu")
+    by_name = {s.stage: s for s in plan.stages}
+    rows = []
+    for name, parts in _PLAN_STAGES.items():
+        seconds = sum(by_name[p].seconds for p in parts)
+        ram = max(by_name[p].ram for p in parts)
+        measured_ram = max(stages[name].peak_abs - base, 1)
+        for what, predicted, measured in (
+            ("seconds", seconds, stages[name].seconds),
+            ("peak memory", ram, measured_ram),
+        ):
+            ratio = predicted / measured
+            rows.append(
+                Row(
+                    NAME,
+                    f"plan --calibrate / measured, {name} {what}, {n} images",
+                    ratio,
+                    "x",
+                    target="0.7-1.3",
+                    ok=0.7 <= ratio <= 1.3,
+                    detail={"predicted": predicted, "measured": measured},
+                )
+            )
     return rows

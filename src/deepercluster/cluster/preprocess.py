@@ -212,9 +212,10 @@ def pca_from_moments(
 ) -> PCAWhitening:
     """Fit the whitening from moments (see :func:`feature_moments`).
 
-    Uses the unbiased covariance ``(sum x x^T - n mean mean^T) / (n - 1)`` and ``np.linalg.eigh``
-    in float64. Each axis' sign is fixed so that its largest-magnitude coordinate is positive,
-    which makes the result reproducible across runs, BLAS builds and ranks.
+    Uses the unbiased covariance ``(sum x x^T - n mean mean^T) / (n - 1)`` and its
+    eigendecomposition in float64 (:func:`_eigh`). Each axis' sign is fixed so that its
+    largest-magnitude coordinate is positive, which makes the result reproducible across runs,
+    BLAS builds and ranks.
 
     Args:
         n: number of rows the moments were summed over.
@@ -254,7 +255,7 @@ def pca_from_moments(
     mean = total / n
     covariance = (total_outer - n * np.outer(mean, mean)) / (n - 1)
     covariance = (covariance + covariance.T) / 2
-    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    eigenvalues, eigenvectors = _eigh(covariance)
     total_variance = float(np.clip(eigenvalues, 0.0, None).sum())
     if total_variance <= 0.0:
         raise ValueError("all features are identical (zero variance); check the feature extraction")
@@ -271,6 +272,24 @@ def pca_from_moments(
         eigenvalues=eigenvalues,
         total_variance=total_variance,
     )
+
+
+def _eigh(covariance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (D,) and eigenvectors (D, D) of a symmetric float64 matrix, on one thread.
+
+    The symmetric eigensolver is a long chain of small steps, each a barrier for every thread
+    of the pool: on a machine whose cores are busy with other work, a waiting thread is
+    descheduled at every barrier and a multi-threaded solve runs many times slower than a
+    single-threaded one. One thread is fast for any feature size this method uses, and gives
+    the same result whatever the machine's core count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        values, vectors = torch.linalg.eigh(torch.from_numpy(covariance))
+    finally:
+        torch.set_num_threads(threads)
+    return values.numpy(), vectors.numpy()
 
 
 def fit_pca(

@@ -8,8 +8,8 @@ sample of the user's images, at the configured batch size, workers, precision an
 - extraction: ``features.extract_features`` over a ``ClusterView`` loader;
 - training: ``engine.train.train_one_epoch`` with the full heads and SGD, over a
   ``TrainView`` loader (augmentation, rotation, unreadable-image handling included);
-- k-means: a Lloyd iteration of each level's shape on random data;
-- PCA: the float64 moments of a block of features.
+- k-means: the package's k-means at each level's shape, on random data;
+- PCA: the package's fit and projection, on random data.
 
 Each of the first two runs twice, over a short and a longer sample: the difference of the two
 times is the steady rate, and what is left of the short run is the fixed cost of a pass
@@ -19,13 +19,17 @@ times is the steady rate, and what is left of the short run is the fixed cost of
 from __future__ import annotations
 
 import math
+import os
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from deepercluster.cluster import feature_moments, fit_pca, kmeans, pca_from_moments
 from deepercluster.config import RunConfig
 from deepercluster.data import (
     ClusterTransform,
@@ -64,28 +68,73 @@ def calibrate(
     """
     res = cfg.data.resolution
     stats = model_stats(cfg.model.arch, cfg.model.sobel, res)
+    start_rss = _rss()
     torch.manual_seed(0)
     model = build_backbone(cfg.model.arch, sobel=cfg.model.sobel, resolution=res).to(device)
     d = min(cfg.cluster.pca_dim, stats.feature_dim)
     level1, level2 = _kmeans_seconds(d, cfg.cluster.super_clusters, cfg.cluster.sub_per_super)
-    measured: dict[str, float] = {
+    measured: dict[str, Any] = {
         "kmeans_level1_s_per_row": level1,
         "kmeans_level2_s_per_row": level2,
-        "pca_gflops": _pca_gflops(stats.feature_dim),
     }
+    measured["pca_s_per_row"], measured["pca_fixed_s"] = _pca_seconds(stats.feature_dim, d)
     if collection is None:
         measured["gpu_tflops"] = _convnet_tflops(model, cfg, device, stats.flops)
     else:
         n_short, n_long = _passes(cfg.train.batch_size, steps, len(collection))
-        rate, fixed = _two_passes(
-            lambda n: _extract(model, collection, cfg, device, n), n_short, n_long
-        )
-        measured |= {"extract_images_per_s": rate, "extract_fixed_s": fixed}
-        rate, fixed = _two_passes(
-            lambda n: _train(model, collection, cfg, device, n), n_short, n_long
-        )
-        measured |= {"train_images_per_s": rate, "train_fixed_s": fixed}
+        with _PeakRSS() as peak:
+            rate, fixed = _two_passes(
+                lambda n: _extract(model, collection, cfg, device, n), n_short, n_long
+            )
+        # What extraction holds besides its (N, D) float32 features: the network, its
+        # buffers, the batches in flight; the process keeps it for the rest of the round.
+        features = len(collection) * stats.feature_dim * 4
+        measured |= {
+            "extract_images_per_s": rate,
+            "extract_fixed_s": fixed,
+            "runtime_bytes": max(0, peak.bytes - start_rss - features),
+        }
+        with _PeakRSS() as peak:
+            rate, fixed = _two_passes(
+                lambda n: _train(model, collection, cfg, device, n), n_short, n_long
+            )
+        measured |= {
+            "train_images_per_s": rate,
+            "train_fixed_s": fixed,
+            "train_bytes": max(0, peak.bytes - start_rss),
+        }
     return Assumptions(**measured)
+
+
+def _rss() -> int:
+    """This process's resident memory in bytes (0 where /proc is not available)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+class _PeakRSS:
+    """The highest resident memory of this process while the block runs (sampled)."""
+
+    def __init__(self, every_s: float = 0.005) -> None:
+        self.bytes = 0
+        self._every = every_s
+        self._stop = threading.Event()
+
+    def __enter__(self) -> _PeakRSS:
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self._every):
+            self.bytes = max(self.bytes, _rss())
 
 
 def _passes(batch: int, steps: int, n_images: int) -> tuple[int, int]:
@@ -182,27 +231,36 @@ def _convnet_tflops(
 
 
 def _kmeans_seconds(d: int, m: int, per_super: int, rows: int = 20_000) -> tuple[float, float]:
-    """Seconds per row and Lloyd iteration at level 1 (m centroids) and level 2 (k/m)."""
-    rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal((rows, d), dtype=np.float32))
-    return _lloyd_seconds(x, m), _lloyd_seconds(x, per_super)
+    """Seconds per row and Lloyd iteration of the package's k-means at level 1 (m centroids)
+    and level 2 (k/m), on random (rows, d) features: the difference of a 2- and a
+    6-iteration run, so that seeding and the final assignment cancel out."""
+    x = np.random.default_rng(0).standard_normal((rows, d), dtype=np.float32)
+
+    def per_row(k: int) -> float:
+        k = max(1, min(k, rows // 4))
+        times = []
+        for niter in (2, 6):
+            tic = time.perf_counter()
+            kmeans(x, k, niter=niter, seed=0)
+            times.append(time.perf_counter() - tic)
+        return max(times[1] - times[0], 1e-9) / 4 / rows
+
+    return per_row(m), per_row(per_super)
 
 
-def _lloyd_seconds(x: torch.Tensor, k: int, iters: int = 3) -> float:
-    """One Lloyd iteration's seconds per row: distances, argmin, per-cluster sums."""
-    centroids = x[: max(1, min(k, len(x)))].clone()
-    norms = (centroids * centroids).sum(1)
-    sums = torch.zeros_like(centroids)
+def _pca_seconds(dim: int, out_dim: int, rows: int = 8192) -> tuple[float, float]:
+    """The package's PCA fit and projection on random (rows, dim) features: (seconds per row
+    of the moments and the projection, fixed seconds of the eigendecomposition)."""
+    x = np.random.default_rng(0).standard_normal((rows, dim), dtype=np.float32)
+    out_dim = min(out_dim, dim, rows - 1)
     tic = time.perf_counter()
-    for _ in range(iters):
-        labels = (norms - 2 * x @ centroids.T).argmin(1)
-        sums.zero_().index_add_(0, labels, x)
-    return (time.perf_counter() - tic) / iters / len(x)
-
-
-def _pca_gflops(dim: int, rows: int = 8192) -> float:
-    """float64 GFLOPS of the PCA's moment accumulation (x^T x over blocks of rows)."""
-    x = torch.randn(rows, dim, dtype=torch.float64)
+    pca = fit_pca(x, dim=out_dim)
+    fit_s = time.perf_counter() - tic
     tic = time.perf_counter()
-    x.T @ x
-    return 2 * rows * dim * dim / max(time.perf_counter() - tic, 1e-9) / 1e9
+    pca.apply(x)
+    apply_s = time.perf_counter() - tic
+    n, total, outer = feature_moments(x)
+    tic = time.perf_counter()
+    pca_from_moments(n, total, outer, dim=out_dim)
+    eigh_s = time.perf_counter() - tic
+    return (max(fit_s - eigh_s, 0.0) + apply_s) / rows, eigh_s

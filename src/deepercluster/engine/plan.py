@@ -54,6 +54,13 @@ class Assumptions:
             (starting the loader's workers, the first batches).
         kmeans_level1_s_per_row, kmeans_level2_s_per_row: measured seconds of one Lloyd
             iteration per row at each level's number of centroids (0 = from the FLOPs).
+        runtime_bytes: measured memory of the network, its buffers and the batches in flight
+            during extraction; the process keeps it through the clustering round (0 = not
+            counted).
+        train_bytes: measured peak memory of training at the configured batch size (network,
+            heads, optimizer state, activations); 0 = counted from the model's sizes.
+        pca_s_per_row, pca_fixed_s: measured PCA seconds per row (moments and projection)
+            and of the eigendecomposition (0 = from the FLOPs).
     """
 
     gpu_tflops: float = 25.0
@@ -67,6 +74,10 @@ class Assumptions:
     train_fixed_s: float = 0.0
     kmeans_level1_s_per_row: float = 0.0
     kmeans_level2_s_per_row: float = 0.0
+    runtime_bytes: int = 0
+    train_bytes: int = 0
+    pca_s_per_row: float = 0.0
+    pca_fixed_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -201,13 +212,15 @@ def make_plan(
     # ============ one clustering round ============
     batch_gpu = stats.params * 4 + max(t.batch_size, 64) * stats.activation_bytes // 4
     if c.needs_clustering:
-        chunk = extraction_chunk(c, dim)
-        extract_ram = 2 * chunk * dim * 4 + (0 if disk_store else n_r * dim * 4)
+        chunk = min(extraction_chunk(c, dim), n_r)
+        features = 0 if disk_store else n_r * dim * 4
+        # Measured: the network and its buffers stay in the process through the round.
+        runtime = a.runtime_bytes if on_cpu else 0
         stages.append(
             StageCost(
                 "extraction",
-                extract_ram,
-                batch_gpu,
+                2 * chunk * dim * 4 + features + runtime,
+                0 if runtime else batch_gpu,
                 n_r * dim * value_bytes,
                 a.extract_fixed_s + n_r / a.extract_images_per_s
                 if a.extract_images_per_s
@@ -219,18 +232,22 @@ def make_plan(
         covariance = 6 * dim * dim * 8  # moments, covariance, eigh and their temporaries
         whitened = n_r * d * 4
         pca_ram = covariance + (3 * block * dim * 4 if disk_store else 2 * n_r * dim * 4 + whitened)
+        pca_ram += runtime
         stages.append(
             StageCost(
                 "PCA + whitening",
                 pca_ram,
                 0,
                 whitened if disk_store else 0,
-                moments + 10 * dim**3 / (a.pca_gflops * 1e9),
+                a.pca_fixed_s + n_r * a.pca_s_per_row
+                if a.pca_s_per_row
+                else moments + 10 * dim**3 / (a.pca_gflops * 1e9),
                 f"{dim} -> {d}, from float64 moments"
                 + (" streamed from disk" if disk_store else ""),
             )
         )
-        in_ram = 0 if disk_store and w == 1 else whitened
+        # In memory, the round's features stay beside their whitened copy until it ends.
+        in_ram = (0 if disk_store and w == 1 else whitened) + features + runtime
         per_row = PER_IMAGE_BYTES + (4 * m if disk_store else 0)
         # With cluster.level1_sample the k-means (its iterations and final assignment) sees
         # this rank's share of the sample, and one more pass assigns every row.
@@ -273,11 +290,12 @@ def make_plan(
         if a.train_images_per_s
         else steps * t.batch_size * max(3 * fwd, decode)
     )
+    measured_train = a.train_bytes if on_cpu else 0
     stages.append(
         StageCost(
             "training (one epoch)",
-            epoch_size // max(plan.group_size if plan.grouped else w, 1) * 8 * 2,
-            train_gpu,
+            epoch_size // max(plan.group_size if plan.grouped else w, 1) * 8 * 2 + measured_train,
+            0 if measured_train else train_gpu,
             0,
             train_s,
             f"{steps:,} steps of {t.batch_size} images per process; heads "

@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import shutil
-import threading
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -128,8 +127,7 @@ class ClusteringStage:
         The hierarchy names its runs (1 = level 1, 2 + s = super-cluster s; see
         :data:`~deepercluster.cluster.hierarchical.ClusterRun`), and each run's inputs follow
         from the earlier runs' results, so the name identifies a run. After each run computed
-        here, ``safe_point("kmeans", ...)`` lets a stop happen. Thread-safe: level-2 runs may
-        finish side by side (one file each; safe points one at a time).
+        here, ``safe_point("kmeans", ...)`` lets a stop happen.
 
         Args:
             run: the k-means, ``(run number, *args)``; the arguments are passed through.
@@ -137,8 +135,6 @@ class ClusteringStage:
             agree: distributed k-means is collective: a saved run is used only if every
                 rank has it (``distributed.all_ranks_ok``), else all ranks recompute it.
         """
-        one_at_a_time = threading.Lock()
-
         def cached(number: int, *args: Any) -> KMeansResult:
             hit = self.load_kmeans(number)
             if agree(hit is not None) and hit is not None:
@@ -146,8 +142,7 @@ class ClusteringStage:
             result = run(number, *args)
             self.save_kmeans(number, result)
             if safe_point is not None:
-                with one_at_a_time:
-                    safe_point("kmeans", f"k-means run {number} of the clustering")
+                safe_point("kmeans", f"k-means run {number} of the clustering")
             return result
 
         return cached

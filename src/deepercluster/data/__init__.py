@@ -23,7 +23,7 @@ from .collection import (
     open_collection,
     pixel_reader,
 )
-from .decode import BadImageError, RGBImage, decode_image, to_rgb
+from .decode import BadImageError, decode_image, to_rgb
 from .samplers import EpochPlan, storage_order, super_class_epoch_plan, uniform_epoch_plan
 from .skiplog import SkipLog
 from .sources import expand_braces
@@ -38,7 +38,6 @@ __all__ = [
     "Collection",
     "EpochPlan",
     "ImageCollection",
-    "RGBImage",
     "SkipLog",
     "TrainTransform",
     "TrainView",

@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, RGBImage, decode_image
+from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image
 from .files import DEFAULT_MAX_BYTES
 from .pathtable import PathTable
 from .sources import (
@@ -39,13 +39,7 @@ _SUPPORTED = (
 
 @runtime_checkable
 class Collection(Protocol):
-    """What the data views need: a length, decoded images by id, and a path to report.
-
-    A collection may also have ``read_pixels(index) -> RGBImage``: the same image, as its
-    (H, W, 3) uint8 pixels where it has them without a Pillow image (``ImageCollection`` for
-    small JPEGs, ``ArrayCollection`` always). The views call it when present and consistent
-    with ``read`` (see :func:`pixel_reader`), and ``read`` otherwise.
-    """
+    """What the data views need: a length, decoded images by id, and a path to report."""
 
     def __len__(self) -> int: ...
 
@@ -58,20 +52,11 @@ class Collection(Protocol):
         ...
 
 
-def pixel_reader(collection: Collection) -> Callable[[int], RGBImage]:
-    """The collection's ``read_pixels``, or its ``read``: what the data views' transforms take.
+def pixel_reader(collection: Collection) -> Callable[[int], Image.Image]:
+    """``collection.read``, under the name ``evaluation.protocols.finetune`` still imports.
 
-    ``read_pixels`` only where the class that defines it is the one that defines ``read`` or
-    a subclass of it: a subclass that overrides ``read`` (to mask or recolour images, say) but
-    inherits ``read_pixels`` means its ``read``, and so does a collection written against the
-    three-method protocol, or a wrapper that forwards attributes by ``__getattr__``.
+    To go once that module calls ``collection.read`` itself.
     """
-    mro = type(collection).__mro__
-    read_owner = next((c for c in mro if "read" in vars(c)), None)
-    pixels_owner = next((c for c in mro if "read_pixels" in vars(c)), None)
-    if read_owner is not None and pixels_owner is not None and issubclass(pixels_owner, read_owner):
-        reader: Callable[[int], RGBImage] = collection.read_pixels  # type: ignore[attr-defined]
-        return reader
     return collection.read
 
 
@@ -242,20 +227,11 @@ class ArrayCollection:
         return len(self.images)
 
     def read(self, index: int) -> Image.Image:
-        """Image ``index`` as an RGB ``PIL.Image``."""
-        return Image.fromarray(np.ascontiguousarray(self.read_pixels(index)))
-
-    def read_pixels(self, index: int) -> np.ndarray:
-        """Image ``index`` as read-only (H, W, 3) uint8 pixels (a view of the array when RGB)."""
+        """Image ``index`` as an RGB ``PIL.Image`` (grey: three equal channels)."""
         i = operator.index(index)
         if not 0 <= i < len(self):
             raise IndexError(f"image id {i} out of range for a collection of {len(self)} images")
-        image = self.images[i]
-        # Grey: the three equal channels of Pillow's convert("RGB"). RGB: a view with its own
-        # flags, so that the caller's array stays writeable.
-        pixels = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image.view()
-        pixels.flags.writeable = False
-        return pixels
+        return Image.fromarray(self.images[i]).convert("RGB")
 
     def path(self, index: int) -> str:
         """Display path ``"<name>[<index>]"``."""

@@ -7,6 +7,7 @@ file, a CSV file or tar shards; ``ArrayCollection`` wraps an in-memory array (de
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,9 @@ from .sources import (
 from .tarshards import COMPRESSED_TAR_SUFFIXES, TarShards, compressed_tar_message
 
 __all__ = ["ArrayCollection", "Collection", "ImageCollection", "open_collection", "pixel_reader"]
+
+# ImageCollection with open_collection's limits filled in.
+_Make = Callable[..., "ImageCollection"]
 
 _SUPPORTED = (
     "a folder of images, a .txt/.lst list file, a .csv file, or plain .tar shards (one file, a "
@@ -289,56 +293,42 @@ def open_collection(
     """
     text = os.path.expanduser(os.fspath(spec))
     path = Path(text)
+    make = functools.partial(ImageCollection, max_pixels=max_pixels, max_bytes=max_bytes)
     if path.is_dir():
         scan = scan_folder(text)
-        return ImageCollection(
+        return make(
             scan.paths,
             labels=scan.labels,
             class_names=scan.class_names,
-            max_pixels=max_pixels,
-            max_bytes=max_bytes,
             source=f"folder {os.path.abspath(text)}",
         )
     if path.is_file():
-        return _open_file(text, max_pixels=max_pixels, max_bytes=max_bytes, path_column=path_column)
+        return _open_file(text, path_column, make)
     if path.exists():  # reading a FIFO named list.txt would block forever
         raise ValueError(f"{text} is not a regular file or folder; point --data at {_SUPPORTED}")
     if has_pattern(text):
-        return _open_many(resolve_pattern(text), text, max_pixels=max_pixels, max_bytes=max_bytes)
+        return _open_many(resolve_pattern(text), text, make)
     raise FileNotFoundError(f"{text} does not exist; point --data at {_SUPPORTED}")
 
 
-def _open_file(text: str, *, max_pixels: int, max_bytes: int, path_column: str) -> ImageCollection:
+def _open_file(text: str, path_column: str, make: _Make) -> ImageCollection:
     lower = text.lower()
     if lower.endswith((".txt", ".lst")):
-        paths = read_list_file(text)
-        return ImageCollection(
-            paths, max_pixels=max_pixels, max_bytes=max_bytes, source=f"list file {text}"
-        )
+        return make(read_list_file(text), source=f"list file {text}")
     if lower.endswith(".csv"):
         table = read_csv_file(text, path_column)
-        return ImageCollection(
-            table.paths,
-            metadata=table.metadata,
-            max_pixels=max_pixels,
-            max_bytes=max_bytes,
-            source=f"CSV {text}",
-        )
-    if lower.endswith(".tar") or lower.endswith(COMPRESSED_TAR_SUFFIXES):
-        return _open_tars([text], max_pixels=max_pixels, max_bytes=max_bytes)
+        return make(table.paths, metadata=table.metadata, source=f"CSV {text}")
+    if lower.endswith((".tar", *COMPRESSED_TAR_SUFFIXES)):
+        return _open_tars([text], make)
     raise ValueError(f"cannot read images from {text}: expected {_SUPPORTED}")
 
 
-def _open_many(
-    files: list[str], pattern: str, *, max_pixels: int, max_bytes: int
-) -> ImageCollection:
+def _open_many(files: list[str], pattern: str, make: _Make) -> ImageCollection:
     is_tar = [f.lower().endswith((".tar", *COMPRESSED_TAR_SUFFIXES)) for f in files]
     if all(is_tar):
-        return _open_tars(files, max_pixels=max_pixels, max_bytes=max_bytes)
+        return _open_tars(files, make)
     if all(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
-        return ImageCollection(
-            files, max_pixels=max_pixels, max_bytes=max_bytes, source=f"pattern {pattern}"
-        )
+        return make(files, source=f"pattern {pattern}")
     odd = next(f for f, tar in zip(files, is_tar, strict=True) if not tar)
     raise ValueError(
         f"pattern {pattern} matched {odd}, which is not a .tar shard, and not every match is "
@@ -346,7 +336,7 @@ def _open_many(
     )
 
 
-def _open_tars(shards: list[str], *, max_pixels: int, max_bytes: int) -> ImageCollection:
+def _open_tars(shards: list[str], make: _Make) -> ImageCollection:
     for shard in shards:
         if shard.lower().endswith(COMPRESSED_TAR_SUFFIXES):
             raise ValueError(compressed_tar_message(shard))
@@ -364,4 +354,4 @@ def _open_tars(shards: list[str], *, max_pixels: int, max_bytes: int) -> ImageCo
             f".tar shards of image files (`tar tvf {shards[0]} | head` lists a shard's first "
             f"members)"
         )
-    return ImageCollection(tar=index, max_pixels=max_pixels, max_bytes=max_bytes, source=count)
+    return make(tar=index, source=count)

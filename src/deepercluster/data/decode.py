@@ -62,8 +62,7 @@ _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 
 # Everywhere Pillow's ``Image.getexif`` looks for an orientation: these ``info`` entries
 # (JPEG/WebP/PNG eXIf "exif", PNG text "Raw profile type exif", XMP packets), or a TIFF's
-# own tags (``tag_v2``; Pillow's TIFF loader already applies those). Most crawled photos and
-# all CIFAR JPEGs carry none of them: those skip the EXIF parse.
+# own tags (``tag_v2``). Images with none of them (most photos) skip the EXIF parse.
 _ORIENTATION_SOURCES = frozenset({"exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"})
 
 
@@ -99,13 +98,11 @@ def decode_image(
         data = read_file(data, max_bytes=max_bytes)
     if len(data) == 0:
         raise BadImageError("zero-byte file")
-    # Pillow warns about recoverable oddities of crawled files (corrupt EXIF, palette
-    # transparency given as bytes, images above MAX_IMAGE_PIXELS). Our explicit max_pixels check
-    # below replaces the bomb warning (an "error" filter would also reject images the caller
-    # allowed with a larger max_pixels), and the rest would only repeat in every DataLoader
-    # worker. catch_warnings restores the caller's filters, so nothing global changes (it
-    # swaps process-wide state meanwhile: decode in processes, e.g. DataLoader workers,
-    # rather than threads).
+    # Pillow warns about recoverable oddities of crawled files (corrupt EXIF, bytes as palette
+    # transparency, images above MAX_IMAGE_PIXELS): our max_pixels check replaces the bomb
+    # warning, and the rest would only repeat in every DataLoader worker. catch_warnings
+    # restores the caller's filters (it swaps process-wide state meanwhile: decode in
+    # processes, not threads).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -40,6 +40,10 @@ _SCALE = (1.0 / (255.0 * _STD)).numpy()
 _SHIFT = (_MEAN / _STD).numpy()
 
 
+# Pillow's counter-clockwise turns by r * 90 degrees, as ``rotate`` turns a tensor.
+_TURNS = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
+
+
 def _check_rotation(r: int) -> None:
     if isinstance(r, bool) or int(r) != r or not 0 <= r <= 3:
         raise ValueError(f"rotation must be 0, 1, 2 or 3 (multiples of 90 degrees), got {r!r}")
@@ -69,15 +73,9 @@ def normalize(x: Tensor) -> Tensor:
 
 def to_normalized_tensor(img: Image.Image) -> Tensor:
     """``PIL.Image`` (H, W) in RGB (else converted) -> float32 tensor (3, H, W), normalised."""
-    return _normalized(np.asarray(img.convert("RGB")).transpose(2, 0, 1))
-
-
-def _normalized(pixels: np.ndarray) -> Tensor:
-    """(3, H, W) uint8 view with any strides → contiguous normalised float32 tensor (3, H, W).
-
-    numpy, not torch: at 32 px the per-operation overhead, not the arithmetic, dominates a
-    worker's time, and numpy's is lower.
-    """
+    pixels = np.asarray(img if img.mode == "RGB" else img.convert("RGB")).transpose(2, 0, 1)
+    # numpy, not torch: at 32 px the per-operation overhead, not the arithmetic, dominates a
+    # worker's time, and numpy's is lower.
     out = np.empty(pixels.shape, dtype=np.float32)
     np.multiply(pixels, _SCALE, out=out)
     out -= _SHIFT
@@ -174,7 +172,8 @@ class TrainTransform:
         resized = box.resize((r, r), Image.Resampling.BILINEAR)
         if flip:
             resized = resized.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return rotate(to_normalized_tensor(resized), rotation).contiguous()
+        turn = _TURNS[rotation]
+        return to_normalized_tensor(resized if turn is None else resized.transpose(turn))
 
     def __repr__(self) -> str:
         return (

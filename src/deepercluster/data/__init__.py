@@ -11,9 +11,7 @@ Unreadable images come out of the views as zero tensors with a reason string; re
 in a ``SkipLog`` and write it next to the run's outputs.
 
 Constants live in their modules (``transforms.IMAGENET_MEAN``/``IMAGENET_STD``,
-``decode.IMAGE_EXTENSIONS``/``DEFAULT_MAX_PIXELS``, ``files.DEFAULT_MAX_BYTES``) so that
-``__all__`` holds only classes and functions: plain ``sorted()`` and ruff's isort-style
-RUF022 then agree on its order.
+``decode.IMAGE_EXTENSIONS``/``DEFAULT_MAX_PIXELS``, ``files.DEFAULT_MAX_BYTES``).
 """
 
 from .collection import (

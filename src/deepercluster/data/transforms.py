@@ -1,7 +1,8 @@
 """Image transforms of DeeperCluster (arXiv 1905.01278, Sec. 4 of ALGORITHM.md).
 
-- Training: random-resized crop + horizontal flip, then ToTensor + ImageNet normalisation,
-  then the rotation the view passes in (the paper's order).
+- Training: random-resized crop + horizontal flip, the rotation the view passes in, then
+  ToTensor + ImageNet normalisation (a 90° turn only permutes pixels, so this equals the
+  paper's order: normalise, then rotate).
 - Clustering: resize the shorter side to 256/224 × resolution, centre crop, normalise. No
   rotation: features for k-means come from upright images.
 

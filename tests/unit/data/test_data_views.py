@@ -73,18 +73,6 @@ def test_small_max_pixels_skips_as_bomb(tmp_path: Path, encode: Encode) -> None:
     assert error == "decompression bomb: 1024 pixels > limit 100"
 
 
-def test_train_view_skips_bad_images(
-    tmp_path: Path, encode: Encode, bad_files: dict[str, tuple[bytes, str]]
-) -> None:
-    collection = open_collection(_folder_with_bad_files(tmp_path / "imgs", encode, bad_files))
-    plan = _plan(len(collection), size=14)
-    view = TrainView(collection, TrainTransform(8), plan, seed=0, epoch=0)
-    errors = [view[j][3] for j in range(len(view))]
-    names = [Path(collection.path(int(i))).name for i in plan.indices]
-    for name, error in zip(names, errors, strict=True):
-        assert (error == "") == name.startswith("good")
-
-
 def test_cluster_view_subset_and_determinism(class_folder: Path) -> None:
     collection = open_collection(class_folder)
     view = ClusterView(collection, ClusterTransform(16), indices=np.array([5, 2]))

@@ -11,9 +11,7 @@ Unreadable images come out of the views as zero tensors with a reason string; re
 in a ``SkipLog`` and write it next to the run's outputs.
 
 Constants live in their modules (``transforms.IMAGENET_MEAN``/``IMAGENET_STD``,
-``decode.IMAGE_EXTENSIONS``/``DEFAULT_MAX_PIXELS``, ``files.DEFAULT_MAX_BYTES``) so that
-``__all__`` holds only classes and functions: plain ``sorted()`` and ruff's isort-style
-RUF022 then agree on its order.
+``decode.IMAGE_EXTENSIONS``/``DEFAULT_MAX_PIXELS``, ``files.DEFAULT_MAX_BYTES``).
 """
 
 from .collection import (
@@ -23,7 +21,7 @@ from .collection import (
     open_collection,
     pixel_reader,
 )
-from .decode import BadImageError, RGBImage, decode_image, to_rgb
+from .decode import BadImageError, decode_image, to_rgb
 from .samplers import EpochPlan, storage_order, super_class_epoch_plan, uniform_epoch_plan
 from .skiplog import SkipLog
 from .sources import expand_braces
@@ -38,7 +36,6 @@ __all__ = [
     "Collection",
     "EpochPlan",
     "ImageCollection",
-    "RGBImage",
     "SkipLog",
     "TrainTransform",
     "TrainView",

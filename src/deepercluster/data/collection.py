@@ -7,6 +7,7 @@ file, a CSV file or tar shards; ``ArrayCollection`` wraps an in-memory array (de
 
 from __future__ import annotations
 
+import functools
 import operator
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +17,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, RGBImage, decode_image
+from .decode import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image
 from .files import DEFAULT_MAX_BYTES
 from .pathtable import PathTable
 from .sources import (
@@ -31,6 +32,9 @@ from .tarshards import COMPRESSED_TAR_SUFFIXES, TarShards, compressed_tar_messag
 
 __all__ = ["ArrayCollection", "Collection", "ImageCollection", "open_collection", "pixel_reader"]
 
+# ImageCollection with open_collection's limits filled in.
+_Make = Callable[..., "ImageCollection"]
+
 _SUPPORTED = (
     "a folder of images, a .txt/.lst list file, a .csv file, or plain .tar shards (one file, a "
     "glob such as 'shards/train-*.tar' or a brace pattern such as 'shards/train-{000..099}.tar')"
@@ -39,13 +43,7 @@ _SUPPORTED = (
 
 @runtime_checkable
 class Collection(Protocol):
-    """What the data views need: a length, decoded images by id, and a path to report.
-
-    A collection may also have ``read_pixels(index) -> RGBImage``: the same image, as its
-    (H, W, 3) uint8 pixels where it has them without a Pillow image (``ImageCollection`` for
-    small JPEGs, ``ArrayCollection`` always). The views call it when present and consistent
-    with ``read`` (see :func:`pixel_reader`), and ``read`` otherwise.
-    """
+    """What the data views need: a length, decoded images by id, and a path to report."""
 
     def __len__(self) -> int: ...
 
@@ -58,20 +56,11 @@ class Collection(Protocol):
         ...
 
 
-def pixel_reader(collection: Collection) -> Callable[[int], RGBImage]:
-    """The collection's ``read_pixels``, or its ``read``: what the data views' transforms take.
+def pixel_reader(collection: Collection) -> Callable[[int], Image.Image]:
+    """``collection.read``, under the name ``evaluation.protocols.finetune`` still imports.
 
-    ``read_pixels`` only where the class that defines it is the one that defines ``read`` or
-    a subclass of it: a subclass that overrides ``read`` (to mask or recolour images, say) but
-    inherits ``read_pixels`` means its ``read``, and so does a collection written against the
-    three-method protocol, or a wrapper that forwards attributes by ``__getattr__``.
+    To go once that module calls ``collection.read`` itself.
     """
-    mro = type(collection).__mro__
-    read_owner = next((c for c in mro if "read" in vars(c)), None)
-    pixels_owner = next((c for c in mro if "read_pixels" in vars(c)), None)
-    if read_owner is not None and pixels_owner is not None and issubclass(pixels_owner, read_owner):
-        reader: Callable[[int], RGBImage] = collection.read_pixels  # type: ignore[attr-defined]
-        return reader
     return collection.read
 
 
@@ -242,20 +231,11 @@ class ArrayCollection:
         return len(self.images)
 
     def read(self, index: int) -> Image.Image:
-        """Image ``index`` as an RGB ``PIL.Image``."""
-        return Image.fromarray(np.ascontiguousarray(self.read_pixels(index)))
-
-    def read_pixels(self, index: int) -> np.ndarray:
-        """Image ``index`` as read-only (H, W, 3) uint8 pixels (a view of the array when RGB)."""
+        """Image ``index`` as an RGB ``PIL.Image`` (grey: three equal channels)."""
         i = operator.index(index)
         if not 0 <= i < len(self):
             raise IndexError(f"image id {i} out of range for a collection of {len(self)} images")
-        image = self.images[i]
-        # Grey: the three equal channels of Pillow's convert("RGB"). RGB: a view with its own
-        # flags, so that the caller's array stays writeable.
-        pixels = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image.view()
-        pixels.flags.writeable = False
-        return pixels
+        return Image.fromarray(self.images[i]).convert("RGB")
 
     def path(self, index: int) -> str:
         """Display path ``"<name>[<index>]"``."""
@@ -313,56 +293,42 @@ def open_collection(
     """
     text = os.path.expanduser(os.fspath(spec))
     path = Path(text)
+    make = functools.partial(ImageCollection, max_pixels=max_pixels, max_bytes=max_bytes)
     if path.is_dir():
         scan = scan_folder(text)
-        return ImageCollection(
+        return make(
             scan.paths,
             labels=scan.labels,
             class_names=scan.class_names,
-            max_pixels=max_pixels,
-            max_bytes=max_bytes,
             source=f"folder {os.path.abspath(text)}",
         )
     if path.is_file():
-        return _open_file(text, max_pixels=max_pixels, max_bytes=max_bytes, path_column=path_column)
+        return _open_file(text, path_column, make)
     if path.exists():  # reading a FIFO named list.txt would block forever
         raise ValueError(f"{text} is not a regular file or folder; point --data at {_SUPPORTED}")
     if has_pattern(text):
-        return _open_many(resolve_pattern(text), text, max_pixels=max_pixels, max_bytes=max_bytes)
+        return _open_many(resolve_pattern(text), text, make)
     raise FileNotFoundError(f"{text} does not exist; point --data at {_SUPPORTED}")
 
 
-def _open_file(text: str, *, max_pixels: int, max_bytes: int, path_column: str) -> ImageCollection:
+def _open_file(text: str, path_column: str, make: _Make) -> ImageCollection:
     lower = text.lower()
     if lower.endswith((".txt", ".lst")):
-        paths = read_list_file(text)
-        return ImageCollection(
-            paths, max_pixels=max_pixels, max_bytes=max_bytes, source=f"list file {text}"
-        )
+        return make(read_list_file(text), source=f"list file {text}")
     if lower.endswith(".csv"):
         table = read_csv_file(text, path_column)
-        return ImageCollection(
-            table.paths,
-            metadata=table.metadata,
-            max_pixels=max_pixels,
-            max_bytes=max_bytes,
-            source=f"CSV {text}",
-        )
-    if lower.endswith(".tar") or lower.endswith(COMPRESSED_TAR_SUFFIXES):
-        return _open_tars([text], max_pixels=max_pixels, max_bytes=max_bytes)
+        return make(table.paths, metadata=table.metadata, source=f"CSV {text}")
+    if lower.endswith((".tar", *COMPRESSED_TAR_SUFFIXES)):
+        return _open_tars([text], make)
     raise ValueError(f"cannot read images from {text}: expected {_SUPPORTED}")
 
 
-def _open_many(
-    files: list[str], pattern: str, *, max_pixels: int, max_bytes: int
-) -> ImageCollection:
+def _open_many(files: list[str], pattern: str, make: _Make) -> ImageCollection:
     is_tar = [f.lower().endswith((".tar", *COMPRESSED_TAR_SUFFIXES)) for f in files]
     if all(is_tar):
-        return _open_tars(files, max_pixels=max_pixels, max_bytes=max_bytes)
+        return _open_tars(files, make)
     if all(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
-        return ImageCollection(
-            files, max_pixels=max_pixels, max_bytes=max_bytes, source=f"pattern {pattern}"
-        )
+        return make(files, source=f"pattern {pattern}")
     odd = next(f for f, tar in zip(files, is_tar, strict=True) if not tar)
     raise ValueError(
         f"pattern {pattern} matched {odd}, which is not a .tar shard, and not every match is "
@@ -370,7 +336,7 @@ def _open_many(
     )
 
 
-def _open_tars(shards: list[str], *, max_pixels: int, max_bytes: int) -> ImageCollection:
+def _open_tars(shards: list[str], make: _Make) -> ImageCollection:
     for shard in shards:
         if shard.lower().endswith(COMPRESSED_TAR_SUFFIXES):
             raise ValueError(compressed_tar_message(shard))
@@ -388,4 +354,4 @@ def _open_tars(shards: list[str], *, max_pixels: int, max_bytes: int) -> ImageCo
             f".tar shards of image files (`tar tvf {shards[0]} | head` lists a shard's first "
             f"members)"
         )
-    return ImageCollection(tar=index, max_pixels=max_pixels, max_bytes=max_bytes, source=count)
+    return make(tar=index, source=count)

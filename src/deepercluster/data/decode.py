@@ -26,21 +26,9 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "BadImageError",
-    "RGBImage",
-    "as_pillow",
-    "check_pixels",
-    "crop",
     "decode_image",
-    "image_size",
     "to_rgb",
 ]
-
-RGBImage = Image.Image | np.ndarray
-"""A decoded RGB image: a Pillow image in mode "RGB", or its (H, W, 3) uint8 pixels.
-
-What a collection's ``read_pixels`` returns to the data views' transforms, which read pixels
-either way: an image of an in-memory array stays an array, without a Pillow image made of it
-and copied back out."""
 
 #: Pillow's own default ``Image.MAX_IMAGE_PIXELS`` (about a 9459 × 9459 image).
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -74,48 +62,8 @@ _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 
 # Everywhere Pillow's ``Image.getexif`` looks for an orientation: these ``info`` entries
 # (JPEG/WebP/PNG eXIf "exif", PNG text "Raw profile type exif", XMP packets), or a TIFF's
-# own tags (``tag_v2``; Pillow's TIFF loader already applies those). Most crawled photos and
-# all CIFAR JPEGs carry none of them: those skip the EXIF parse.
+# own tags (``tag_v2``). Images with none of them (most photos) skip the EXIF parse.
 _ORIENTATION_SOURCES = frozenset({"exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp"})
-
-
-def image_size(img: RGBImage) -> tuple[int, int]:
-    """``(width, height)`` of a Pillow image or of (H, W, 3) pixels."""
-    if isinstance(img, np.ndarray):
-        return int(img.shape[1]), int(img.shape[0])
-    return img.size
-
-
-def crop(img: RGBImage, left: int, top: int, right: int, bottom: int) -> RGBImage:
-    """The box ``[left, right) x [top, bottom)`` of an image, in the form it came in (a
-    Pillow crop, or a view of the pixels)."""
-    if isinstance(img, np.ndarray):
-        return img[top:bottom, left:right]
-    return img.crop((left, top, right, bottom))
-
-
-def check_pixels(pixels: np.ndarray) -> np.ndarray:
-    """``pixels`` itself if it is (H, W, 3) uint8 RGB, else a ``ValueError`` saying what it is.
-
-    Pixels come from a collection's ``read_pixels``, a user's included; a float or grey array
-    would otherwise be misread (Pillow takes a float64 0.5 for black) or fail deep inside a
-    transform.
-    """
-    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise ValueError(
-            f"image pixels must be an (H, W, 3) uint8 RGB array, got {pixels.dtype} of shape "
-            f"{pixels.shape}; convert them (e.g. np.repeat(grey[..., None], 3, axis=2), "
-            "(x * 255).round().astype(np.uint8)) or return a PIL image"
-        )
-    return pixels
-
-
-def as_pillow(img: RGBImage) -> Image.Image:
-    """The image as a Pillow "RGB" image (pixels are copied into one, an image returned)."""
-    if isinstance(img, Image.Image):
-        return img
-    pixels = np.ascontiguousarray(check_pixels(img))
-    return Image.frombuffer("RGB", image_size(pixels), pixels, "raw", "RGB", 0, 1)
 
 
 def decode_image(
@@ -150,13 +98,11 @@ def decode_image(
         data = read_file(data, max_bytes=max_bytes)
     if len(data) == 0:
         raise BadImageError("zero-byte file")
-    # Pillow warns about recoverable oddities of crawled files (corrupt EXIF, palette
-    # transparency given as bytes, images above MAX_IMAGE_PIXELS). Our explicit max_pixels check
-    # below replaces the bomb warning (an "error" filter would also reject images the caller
-    # allowed with a larger max_pixels), and the rest would only repeat in every DataLoader
-    # worker. catch_warnings restores the caller's filters, so nothing global changes (it
-    # swaps process-wide state meanwhile: decode in processes, e.g. DataLoader workers,
-    # rather than threads).
+    # Pillow warns about recoverable oddities of crawled files (corrupt EXIF, bytes as palette
+    # transparency, images above MAX_IMAGE_PIXELS): our max_pixels check replaces the bomb
+    # warning, and the rest would only repeat in every DataLoader worker. catch_warnings
+    # restores the caller's filters (it swaps process-wide state meanwhile: decode in
+    # processes, not threads).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

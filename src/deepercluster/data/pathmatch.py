@@ -27,11 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from .collection import Collection
+from .sources import PATH_COLUMNS
 
 __all__ = ["csv_values", "display_paths", "match_paths", "path_parts", "read_path_csv"]
-
-# Path columns looked for, in this order, when the caller names none.
-PATH_COLUMNS = ("path", "file", "filepath", "image")
 
 _TAR_MEMBER = re.compile(r"(\.tar):", re.IGNORECASE)
 

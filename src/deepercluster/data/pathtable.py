@@ -1,11 +1,9 @@
 """Millions of paths in two numpy arrays instead of millions of Python strings.
 
-A Python ``str`` costs 49 bytes plus its characters, and a list another 8 bytes per entry:
-~120 bytes for a typical 60-character path, and every DataLoader worker and every rank
-holds a copy of the index. A :class:`PathTable` stores the UTF-8 bytes of all paths back to
-back (after their common prefix, stored once) and an int64 offset per path: the characters
-not in the prefix plus 8 bytes per image, with no per-row object (it also pickles as two
-buffers when DataLoader workers start).
+A Python ``str`` costs 49 bytes plus its characters, and every DataLoader worker and every
+rank holds a copy of the index. A :class:`PathTable` stores the UTF-8 bytes of all paths back
+to back (after their common prefix, stored once) and an int64 offset per path, with no
+per-row object (it also pickles as two buffers when DataLoader workers start).
 """
 
 from __future__ import annotations
@@ -72,11 +70,6 @@ class PathTable(Sequence[str]):
         return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
 
     __hash__ = None  # type: ignore[assignment]  # mutable-looking sequence, like list
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the table (buffers and prefix)."""
-        return int(self._data.nbytes + self._offsets.nbytes + len(self.prefix))
 
 
 def common_folder(paths: Iterable[str]) -> str:

@@ -46,11 +46,10 @@ def uniform_epoch_plan(
 
     Every non-empty label L gets ``per = ceil(size / n_labels)`` draws: without replacement
     when it has at least ``per`` members, with replacement otherwise. The ``per * n_labels -
-    size`` surplus draws are removed one per label from randomly chosen labels, so each label
-    appears ``per`` or ``per - 1`` times: exactly equal counts when ``size`` is a multiple of
-    the number of labels, and never more than one apart. (DeepCluster's sampler instead
-    truncated a shuffled list, which lets counts drift apart by chance.) The result is shuffled,
-    and with ``rotation`` each position gets a uniform random rotation in 0..3.
+    size`` surplus draws are removed one per label from randomly chosen labels, so counts are
+    never more than one apart (DeepCluster's sampler truncated a shuffled list, which lets
+    them drift apart). The result is shuffled, and with ``rotation`` each position gets a
+    uniform random rotation in 0..3.
 
     The generator is ``np.random.default_rng([seed, epoch])`` and nothing else is random, so
     every process computes the same plan without communicating.
@@ -89,17 +88,14 @@ def super_class_epoch_plan(
     Super-class g = r * m + s (as in ``losses.super_class_targets``): super-cluster
     s = g % m and rotation r = g // m with rotation (g in [0, 4m)); r = 0 and s = g without
     (g in [0, m)). The ``size`` images are drawn by the rule of :func:`uniform_epoch_plan`
-    over the sub-clusters of super-cluster s only (the same count per non-empty sub-cluster,
-    with replacement for small ones, invalid images excluded), and every position is rotated
-    by r. The reference sets ``size`` to N / m / 4 with rotation, so that the S groups together
-    see about N images an epoch (section 4 of docs/ALGORITHM.md).
+    over the sub-clusters of super-cluster s only, and every position is rotated by r. The
+    reference sets ``size`` to N / m / 4 with rotation, so that the S groups together see
+    about N images an epoch (section 4 of docs/ALGORITHM.md).
 
-    The generator is ``np.random.default_rng([seed, epoch, 1 + g])``, so the plan depends on
-    (seed, epoch, g) alone: every process of a group computes the same plan without
-    communicating, the groups draw independently (two rotations of one super-cluster do not
-    see the same images in the same order), and none shares the stream of the global plan
-    (the ``1 +``: a trailing zero word would give SeedSequence the same state as
-    ``[seed, epoch]``).
+    The generator is ``np.random.default_rng([seed, epoch, 1 + g])``: every process of a
+    group computes the same plan without communicating, and the groups draw independently.
+    The ``1 +``: a trailing zero word would give SeedSequence the state of ``[seed, epoch]``,
+    the global plan's.
 
     Args:
         super_clusters: (N,) integer super-cluster per dataset id, in [0, m).

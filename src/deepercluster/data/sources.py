@@ -22,6 +22,7 @@ from .pathtable import PathTable, common_folder
 from .tarshards import is_image_name
 
 __all__ = [
+    "PATH_COLUMNS",
     "FolderScan",
     "TableScan",
     "expand_braces",
@@ -35,7 +36,8 @@ __all__ = [
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?$")
-_PATH_COLUMNS = ("path", "file", "filepath", "image")
+#: CSV columns taken as the image paths, in this order, when the path column is not named.
+PATH_COLUMNS = ("path", "file", "filepath", "image")
 
 
 @dataclass(frozen=True)
@@ -239,7 +241,7 @@ def _pick_path_column(columns: list[str], wanted: str, csv_file: str) -> str:
     if wanted in columns:
         return wanted
     if wanted == "path":
-        for name in _PATH_COLUMNS:
+        for name in PATH_COLUMNS:
             if name in columns:
                 return name
     raise ValueError(

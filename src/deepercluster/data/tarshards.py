@@ -168,9 +168,6 @@ class TarShards:
         state["_handles"] = OrderedDict()
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
     def _handle(self, shard_id: int) -> BinaryIO:
         pid = os.getpid()
         if pid != self._pid:

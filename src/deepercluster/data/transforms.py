@@ -1,10 +1,8 @@
 """Image transforms of DeeperCluster (arXiv 1905.01278, Sec. 4 of ALGORITHM.md).
 
-- Training: random-resized crop + horizontal flip, then the rotation the view passes in,
-  then ToTensor + ImageNet normalisation. Flip and rotation are strides of the pixel view
-  read by the normalising multiply, so the order of the two last steps does not matter: a
-  90° rotation only permutes pixel positions and normalisation acts per channel
-  (``tests/unit/data/test_data_transforms.py`` checks both), as in the paper's order.
+- Training: random-resized crop + horizontal flip, the rotation the view passes in, then
+  ToTensor + ImageNet normalisation (a 90° turn only permutes pixels, so this equals the
+  paper's order: normalise, then rotate).
 - Clustering: resize the shorter side to 256/224 × resolution, centre crop, normalise. No
   rotation: features for k-means come from upright images.
 
@@ -19,8 +17,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-
-from .decode import RGBImage, as_pillow, check_pixels, crop, image_size
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -45,21 +41,8 @@ _SCALE = (1.0 / (255.0 * _STD)).numpy()
 _SHIFT = (_MEAN / _STD).numpy()
 
 
-# (flip, r) → (row step, column step, output axes) of the (H, W, 3) pixel view that shows the
-# image flipped horizontally (if flip), then rotated by r * 90° counter-clockwise, as
-# (3, H', W'). Derivation: rot90 once is "reverse the columns, then swap rows and columns";
-# twice reverses both; three times reverses the rows, then swaps; a flip first reverses the
-# columns of the input. tests/unit/data/test_data_transforms.py checks all eight against
-# Pillow's transpose + torch.rot90.
-_ORIENTATIONS = {
-    (flip, r): (
-        -1 if r in (2, 3) else 1,
-        (-1 if r in (1, 2) else 1) * (-1 if flip else 1),
-        (2, 1, 0) if r % 2 else (2, 0, 1),
-    )
-    for flip in (False, True)
-    for r in range(4)
-}
+# Pillow's counter-clockwise turns by r * 90 degrees, as ``rotate`` turns a tensor.
+_TURNS = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
 
 
 def _check_rotation(r: int) -> None:
@@ -89,34 +72,11 @@ def normalize(x: Tensor) -> Tensor:
     return (x - _MEAN.to(x.device)) / _STD.to(x.device)
 
 
-def to_normalized_tensor(img: RGBImage) -> Tensor:
-    """``PIL.Image`` (H, W) in RGB (else converted), or (H, W, 3) uint8 pixels → float32
-    tensor (3, H, W), normalised."""
-    return _normalized(_pixels(img).transpose(2, 0, 1))
-
-
-def _pixels(img: RGBImage) -> np.ndarray:
-    """(H, W, 3) uint8 pixels of an image (read-only view of its bytes), converted to RGB if
-    need be; pixels are returned as they are.
-
-    ``frombuffer(tobytes())`` rather than ``np.asarray``: Pillow's array interface calls
-    ``tobytes`` too, plus its own overhead.
-    """
-    if isinstance(img, np.ndarray):
-        return check_pixels(img)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.frombuffer(img.tobytes(), dtype=np.uint8).reshape(img.height, img.width, 3)
-
-
-def _normalized(pixels: np.ndarray) -> Tensor:
-    """(3, H, W) uint8 view with any strides → contiguous normalised float32 tensor (3, H, W).
-
-    numpy, not torch: at 32 px the per-operation overhead, not the arithmetic, is what a
-    worker spends its time on, and numpy's is lower. The multiply is the one copy: it reads
-    through the view's strides (so flips, rotations and crops cost nothing before it) and
-    writes the output.
-    """
+def to_normalized_tensor(img: Image.Image) -> Tensor:
+    """``PIL.Image`` (H, W) in RGB (else converted) -> float32 tensor (3, H, W), normalised."""
+    pixels = np.asarray(img if img.mode == "RGB" else img.convert("RGB")).transpose(2, 0, 1)
+    # numpy, not torch: at 32 px the per-operation overhead, not the arithmetic, dominates a
+    # worker's time, and numpy's is lower.
     out = np.empty(pixels.shape, dtype=np.float32)
     np.multiply(pixels, _SCALE, out=out)
     out -= _SHIFT
@@ -187,14 +147,14 @@ class TrainTransform:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, max(h, 1), max(w, 1)
 
-    def __call__(self, img: RGBImage, rng: np.random.Generator, rotation: int = 0) -> Tensor:
+    def __call__(self, img: Image.Image, rng: np.random.Generator, rotation: int = 0) -> Tensor:
         """Augment one image, then rotate it by ``rotation * 90`` degrees counter-clockwise.
 
         Args:
-            img: RGB image of any size (Pillow image or (H, W, 3) uint8 pixels).
+            img: RGB image of any size.
             rng: Source of all randomness for this sample.
             rotation: Rotation index in {0, 1, 2, 3}; the result equals
-                ``rotate(transform(img, rng), rotation)`` without the second copy.
+                ``rotate(transform(img, rng), rotation)``.
 
         Returns:
             Contiguous float32 tensor of shape (3, R, R), ImageNet-normalised.
@@ -203,19 +163,18 @@ class TrainTransform:
             ValueError: ``rotation`` is not in 0..3.
         """
         _check_rotation(rotation)
-        width, height = image_size(img)
-        top, left, h, w = self.crop_params(width, height, rng)
+        top, left, h, w = self.crop_params(img.width, img.height, rng)
         # The coin is always drawn so the crop stream does not depend on the setting.
         flip = rng.random() < 0.5 and self.hflip
-        # Flip and rotation as strides of a view, so the normalising step is the only copy
-        # after the resize.
-        rows, cols, axes = _ORIENTATIONS[flip, rotation]
         r = self.resolution
         # What torchvision's resized_crop does on a PIL image: crop, then an antialiased
         # bilinear resize.
-        box = as_pillow(crop(img, left, top, left + w, top + h))
+        box = img.crop((left, top, left + w, top + h))
         resized = box.resize((r, r), Image.Resampling.BILINEAR)
-        return _normalized(_pixels(resized)[::rows, ::cols].transpose(axes))
+        if flip:
+            resized = resized.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        turn = _TURNS[rotation]
+        return to_normalized_tensor(resized if turn is None else resized.transpose(turn))
 
     def __repr__(self) -> str:
         return (
@@ -244,30 +203,25 @@ class ClusterTransform:
         self.resolution = resolution
         self.resize = resize
 
-    def __call__(self, img: RGBImage) -> Tensor:
-        """Image of any size (Pillow image or (H, W, 3) uint8 pixels) → float32 tensor
-        (3, R, R), ImageNet-normalised.
+    def __call__(self, img: Image.Image) -> Tensor:
+        """Image of any size -> float32 tensor (3, R, R), ImageNet-normalised.
 
         torchvision's ``resize(resize, BILINEAR, antialias=True)`` then ``center_crop(R)``,
-        computed as one Pillow resize of the source box that the centre crop covers: only the
-        R x R pixels kept are resampled, with the same filter over the same source pixels
-        (the whole image, not the box, bounds the filter's support), instead of the whole
-        resized image. The filter weights are computed from the box's origin instead of the
-        image's, so they differ in their last bits, and Pillow rounds after each of its two
-        passes: an output pixel can differ from torchvision's by up to two grey levels
-        (tested).
+        computed as one Pillow resize of the source box that the centre crop covers, so only
+        the R x R pixels kept are resampled. The filter weights start from the box's origin
+        instead of the image's: an output pixel can differ from torchvision's by up to two
+        grey levels (tested).
         """
-        width, height = image_size(img)
+        width, height = img.size
         short, long = min(width, height), max(width, height)
         if long > _MAX_ASPECT * short:
-            # The centre crop only keeps the middle `short` pixels of the long side, so cutting
-            # the long side to a few times that first changes nothing we keep. (This guarded
-            # the full resize of a 1×20000 spacer GIF, 256×5M pixels; the box resize below
-            # never builds that image, but the cut still sets a strip's scale, as tested.)
-            keep = _MAX_ASPECT * short
-            top, left = _centre(height, min(height, keep)), _centre(width, min(width, keep))
-            img = crop(img, left, top, left + min(width, keep), top + min(height, keep))
-            width, height = image_size(img)
+            # The centre crop keeps only the middle `short` pixels of the long side; cutting
+            # the long side of a strip (a 1x20000 spacer GIF) to a few times that first
+            # bounds the work and sets the strip's scale, as tested.
+            w, h = min(width, _MAX_ASPECT * short), min(height, _MAX_ASPECT * short)
+            top, left = _centre(height, h), _centre(width, w)
+            img = img.crop((left, top, left + w, top + h))
+            width, height = img.size
             long = max(width, height)
         # torchvision's output size: short side -> resize, long side truncated (not rounded).
         new_long = int(self.resize * long / short)
@@ -275,13 +229,12 @@ class ClusterTransform:
         r = self.resolution
         top, left = _centre(size[1], r), _centre(size[0], r)
         if size == (width, height):  # torchvision returns the image itself when equal
-            return _normalized(_pixels(img)[top : top + r, left : left + r].transpose(2, 0, 1))
+            return to_normalized_tensor(img.crop((left, top, left + r, top + r)))
         # The crop's window in source pixels: output pixel j of the resized image has its
         # centre at source (j + 0.5) * width / size[0], as in Pillow's full resize.
         sx, sy = width / size[0], height / size[1]
         box = (left * sx, top * sy, (left + r) * sx, (top + r) * sy)
-        resized = as_pillow(img).resize((r, r), Image.Resampling.BILINEAR, box=box)
-        return _normalized(_pixels(resized).transpose(2, 0, 1))
+        return to_normalized_tensor(img.resize((r, r), Image.Resampling.BILINEAR, box=box))
 
     def __repr__(self) -> str:
         return f"ClusterTransform(resolution={self.resolution}, resize={self.resize})"

@@ -8,83 +8,17 @@ list the consumer can inspect per batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TypeVar
-
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .collection import Collection, pixel_reader
-from .decode import BadImageError, RGBImage, image_size
+from .collection import Collection
+from .decode import BadImageError
 from .samplers import EpochPlan
 from .transforms import ClusterTransform, TrainTransform
 
 __all__ = ["ClusterView", "TrainView"]
-
-Item = TypeVar("Item")
-
-#: Decoded pixels (counted at Pillow's 4 bytes a pixel) that a batched fetch holds before
-#: transforming them: 64 CIFAR-size images, one photo. More would let the first photos of a
-#: group leave the cache before their turn.
-GROUP_BYTES = 256 * 2**10
-
-
-def decode_then_transform(
-    collection: Collection,
-    ids: Sequence[int],
-    transform: Callable[[int, RGBImage], Item],
-    failed: Callable[[int, str], Item],
-) -> list[Item]:
-    """``[transform(k, read(ids[k]))]`` for every k, decoding a group of images before
-    transforming them, rather than alternating image by image (``read``: the collection's
-    :func:`~.collection.pixel_reader`).
-
-    Alternating the image decoder with the transform's kernels evicts each other's code and
-    data from the caches; small images fetched in groups avoid that. Groups stop at
-    :data:`GROUP_BYTES` of decoded pixels, so photos are still transformed one by one.
-
-    Args:
-        collection: where the images come from.
-        ids: the images to read, in order.
-        transform: ``(k, image) -> item`` for position k of ``ids``.
-        failed: ``(k, reason) -> item`` for an image that could not be read.
-
-    Returns:
-        One item per id, in order.
-    """
-    items: list[Item] = []
-    group: list[RGBImage | str] = []
-    held = 0
-    read = pixel_reader(collection)
-
-    def flush() -> None:
-        for img in group:
-            k = len(items)
-            if isinstance(img, str):
-                items.append(failed(k, img))
-                continue
-            try:
-                items.append(transform(k, img))
-            except BadImageError as err:
-                items.append(failed(k, err.reason))
-        group.clear()
-
-    for index in ids:
-        try:
-            img = read(index)
-        except BadImageError as err:
-            group.append(err.reason)
-            continue
-        group.append(img)
-        width, height = image_size(img)
-        held += width * height * 4
-        if held >= GROUP_BYTES:
-            flush()
-            held = 0
-    flush()
-    return items
 
 
 class ClusterView(Dataset[tuple[Tensor, int, str]]):
@@ -119,19 +53,12 @@ class ClusterView(Dataset[tuple[Tensor, int, str]]):
         return len(self.indices)
 
     def __getitem__(self, j: int) -> tuple[Tensor, int, str]:
-        return self.__getitems__([j])[0]
-
-    def __getitems__(self, js: Sequence[int]) -> list[tuple[Tensor, int, str]]:
-        """Items ``js`` (a DataLoader fetches a batch this way): the same items as one by
-        one, faster (:func:`decode_then_transform`)."""
-        ids = [int(self.indices[j]) for j in js]
-        r = self.transform.resolution
-        return decode_then_transform(
-            self.collection,
-            ids,
-            lambda k, img: (self.transform(img), ids[k], ""),
-            lambda k, reason: (torch.zeros(3, r, r), ids[k], reason),
-        )
+        index = int(self.indices[j])
+        try:
+            return self.transform(self.collection.read(index)), index, ""
+        except BadImageError as err:
+            r = self.transform.resolution
+            return torch.zeros(3, r, r), index, err.reason
 
 
 class TrainView(Dataset[tuple[Tensor, int, int, str]]):
@@ -195,26 +122,14 @@ class TrainView(Dataset[tuple[Tensor, int, int, str]]):
         return len(self.plan.indices) - self.start
 
     def __getitem__(self, j: int) -> tuple[Tensor, int, int, str]:
-        return self.__getitems__([j])[0]
-
-    def __getitems__(self, js: Sequence[int]) -> list[tuple[Tensor, int, int, str]]:
-        """Items ``js`` (a DataLoader fetches a batch this way): the same items as one by
-        one, faster (:func:`decode_then_transform`)."""
-        for j in js:
-            if not 0 <= j < len(self):
-                raise IndexError(f"item {j} out of range for a view of {len(self)} samples")
-        positions = [self.start + j for j in js]
-        ids = [int(self.plan.indices[p]) for p in positions]
-        rotations = [int(self.plan.rotations[p]) for p in positions]
-        size = self.transform.resolution
-
-        def augment(k: int, img: RGBImage) -> tuple[Tensor, int, int, str]:
-            stream = np.random.default_rng([self._seed, self._epoch, positions[k]])
-            return self.transform(img, stream, rotation=rotations[k]), ids[k], rotations[k], ""
-
-        return decode_then_transform(
-            self.collection,
-            ids,
-            augment,
-            lambda k, reason: (torch.zeros(3, size, size), ids[k], rotations[k], reason),
-        )
+        if not 0 <= j < len(self):
+            raise IndexError(f"item {j} out of range for a view of {len(self)} samples")
+        p = self.start + j
+        index, rotation = int(self.plan.indices[p]), int(self.plan.rotations[p])
+        stream = np.random.default_rng([self._seed, self._epoch, p])
+        try:
+            image = self.transform(self.collection.read(index), stream, rotation=rotation)
+        except BadImageError as err:
+            r = self.transform.resolution
+            return torch.zeros(3, r, r), index, rotation, err.reason
+        return image, index, rotation, ""

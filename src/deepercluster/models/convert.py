@@ -13,9 +13,8 @@ Two jobs, both about key names and shapes:
   ``module.body.classifier.3.bias``, ``module.pred_layer.weight``) into our VGG-16 keys.
 
 Known difference with the reference network: its ``Net.forward`` pads the input by 2 pixels
-before the Sobel front (1 without it) and the Sobel filter has no padding, so conv1 sees a map
-2 pixels larger than ours and the five max-pools crop differently at the border. The weights
-are the same, the features differ slightly near the image border.
+before the Sobel front (1 without it) and its Sobel filter has no padding, so the features
+differ slightly near the image border; the weights are the same.
 """
 
 from __future__ import annotations
@@ -174,21 +173,15 @@ def convert_reference_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tenso
 def torchvision_backbone(state: Mapping[str, Tensor]) -> torch.nn.Module:
     """The torchvision network with the same layout as ``state``, loaded strictly (eval mode).
 
-    Possible when the backbone has no Sobel front (torchvision's first conv takes RGB through
-    a 3-channel 3x3 (VGG) or 7x7 (ResNet) conv; a folded Sobel front is a second conv before it,
-    which torchvision's layout has no slot for) and:
-
     - ``vgg16`` built for 224 px: ``vgg16_bn`` with ``classifier`` cut after fc7
       (``classifier[:4]``), so the output is our fc7 pre-activation feature;
     - ``resnet18``/``resnet50`` with the ImageNet stem (resolution > 64): ``fc`` replaced by
       ``Identity``, so the output is the pooled ``layer4`` feature.
 
-    Not possible: Sobel backbones (folded or not), VGG-16 at other resolutions (fc6 has another
-    input size; its ``features.*`` still load into ``vgg16_bn().features``), ResNets with the
-    CIFAR stem (3x3 stride-1 conv1, no max-pool), and ``small`` (no torchvision counterpart).
-
     Raises:
-        ValueError: one of the cases above, with the reason.
+        ValueError: no torchvision layout holds it: a Sobel front (folded or not: torchvision
+            has no slot before its first conv), VGG-16 at another resolution (fc6 has another
+            input size), a ResNet with the CIFAR stem, or ``small``.
     """
     from torchvision import models as tv
 

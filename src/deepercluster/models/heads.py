@@ -61,7 +61,10 @@ class HierarchicalHeads(nn.Module):
         self.owned: tuple[int, ...] = _check_owned(owned, n_super)
         # The slot table lives on the host, beside the per-class counts that routing brings
         # there: looking a slot up costs no device sync.
-        self._slots: tuple[int, ...] = _slot_table(self.owned, n_super)
+        slots = [-1] * n_super  # slot of each super-class's sub-head, -1 where not owned
+        for slot, g in enumerate(self.owned):
+            slots[g] = slot
+        self._slots: tuple[int, ...] = tuple(slots)
         self.super_head = nn.Linear(feature_dim, n_super)
         self.sub_weight = nn.Parameter(torch.empty(len(self.owned), n_sub, feature_dim))
         self.sub_bias = nn.Parameter(torch.empty(len(self.owned), n_sub))
@@ -268,11 +271,3 @@ def _check_owned(owned: Sequence[int] | None, n_super: int) -> tuple[int, ...]:
             f"{list(owned)}; pass None to own every sub-head"
         )
     return result
-
-
-def _slot_table(owned: tuple[int, ...], n_super: int) -> tuple[int, ...]:
-    """(S,) slot of each super-class's sub-head in the stacked parameters, -1 where not owned."""
-    slots = [-1] * n_super
-    for slot, g in enumerate(owned):
-        slots[g] = slot
-    return tuple(slots)

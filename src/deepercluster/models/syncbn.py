@@ -3,12 +3,9 @@
 DeeperCluster (Caron et al., ICCV 2019, arXiv 1905.01278; section 5 of docs/ALGORITHM.md)
 synchronises the batch-norm statistics across **all** processes: each training group sees a
 single super-class, so per-process statistics would be biased towards it. ``nn.SyncBatchNorm``
-does this on CUDA only ("SyncBatchNorm expected input tensor to be on GPU"), which leaves the
-gloo/CPU runs and tests out. :class:`SyncBatchNorm2d` is plain tensor code plus one
-differentiable all-reduce (:func:`deepercluster.distributed.all_reduce_sum_autograd`), so the
-same layer runs on CPU and CUDA and the engine can take a single path on every device. On CUDA
-torch's fused kernels are somewhat faster; swapping in ``nn.SyncBatchNorm`` there is an
-optimisation, not a requirement.
+runs on CUDA only; :class:`SyncBatchNorm2d` is plain tensor code plus one differentiable
+all-reduce (:func:`deepercluster.distributed.all_reduce_sum_autograd`), so the same layer runs
+on CPU (gloo) and CUDA.
 
 N ranks holding batches of b_1..b_N rows compute what one ``nn.BatchNorm2d`` computes on the
 concatenated batch of sum(b_r) rows: output rows, gradients (summed over ranks, as DDP does) and
@@ -38,18 +35,13 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
 
     The state_dict has the same keys as ``nn.BatchNorm2d``'s, so checkpoints load either way.
 
-    Variance formula. Each rank sends ``sum(x - K)`` and ``sum((x - K)^2)`` for a per-channel
-    shift K that is identical on every rank; then with d = sum(x - K) / n,
-    ``mean = K + d`` and ``var = sum((x - K)^2) / n - d^2``. The textbook
-    ``E[x^2] - E[x]^2`` (K = 0) loses all precision when |mean| >> std, as the two terms nearly
-    cancel; with K close to the mean, d^2 is small next to var and nothing cancels. K is the
-    running mean: it tracks the batch mean, costs nothing, and is the same on every rank because
-    every rank updates it from the same all-reduced sums. Per-rank means combined with Chan's
-    formula would be exact from the first step, but need an all-gather of N x (2C + 1)
-    numbers instead of one all-reduce of 2C + 1. Stats are
-    accumulated in float32 at least (float64 inputs stay float64), also under bf16/fp16
-    autocast, and the variance is clamped at 0 for the first steps, when K is still 0, and for
-    modules without running statistics, which use K = 0 throughout.
+    Variance formula: each rank sends ``sum(x - K)`` and ``sum((x - K)^2)`` for a per-channel
+    shift K equal on every rank; with d = sum(x - K) / n, ``mean = K + d`` and
+    ``var = sum((x - K)^2) / n - d^2``. With K = 0 (the textbook ``E[x^2] - E[x]^2``) the two
+    terms nearly cancel when |mean| >> std; with K near the mean nothing cancels. K is the
+    running mean, which every rank updates from the same all-reduced sums. Stats are
+    accumulated in float32 at least, also under autocast, and the variance is clamped at 0
+    (for the first steps, when K is still 0, and without running statistics, where K = 0).
 
     Args:
         num_features: C, the number of channels.
@@ -93,9 +85,6 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         if not self.training or distributed.world_size(self.group) == 1:
             return super().forward(input)
         self._check_input_dim(input)
-        return self._synchronised_forward(input)
-
-    def _synchronised_forward(self, input: Tensor) -> Tensor:
         channels = self.num_features
         acc = torch.promote_types(input.dtype, torch.float32)
         # Autocast would be free to run the reductions in bf16/fp16; sums over millions of

@@ -40,13 +40,12 @@ class VGG16(Backbone):
     Args:
         sobel: put the frozen Sobel front first (2 input channels to conv1) as in the paper.
         resolution: input side in pixels; a multiple of 32.
-        dropout: dropout probability after fc6 (reference: 0.5).
 
     Shapes:
         forward: (B, 3, resolution, resolution) -> (B, 4096).
     """
 
-    def __init__(self, *, sobel: bool, resolution: int, dropout: float = 0.5) -> None:
+    def __init__(self, *, sobel: bool, resolution: int) -> None:
         super().__init__(sobel=sobel)
         if resolution < _DOWNSAMPLING or resolution % _DOWNSAMPLING != 0:
             lower = max(_DOWNSAMPLING, resolution // _DOWNSAMPLING * _DOWNSAMPLING)
@@ -67,7 +66,7 @@ class VGG16(Backbone):
         self.classifier = nn.Sequential(
             nn.Linear(channels * self.final_size**2, _FC_DIM),  # fc6
             nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
+            nn.Dropout(0.5),  # as the reference
             nn.Linear(_FC_DIM, _FC_DIM),  # fc7: no ReLU, the heads apply it
         )
         reference_init(self)

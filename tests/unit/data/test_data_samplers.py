@@ -108,15 +108,22 @@ def _two_level() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _plan(
-    g: int, *, rotation: bool = True, size: int = 300, seed: int = 0, epoch: int = 0
+    g: int,
+    *,
+    rotation: bool = True,
+    size: int = 300,
+    seed: int = 0,
+    epoch: int = 0,
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    m: int = M,
 ) -> EpochPlan:
-    sup, sub, valid = _two_level()
+    sup, sub, valid = _two_level() if arrays is None else arrays
     return super_class_epoch_plan(
         sup,
         sub,
         valid,
         super_class=g,
-        n_super_clusters=M,
+        n_super_clusters=m,
         rotation=rotation,
         size=size,
         seed=seed,
@@ -169,52 +176,12 @@ def test_super_class_plan_errors() -> None:
         _plan(-1)
     valid[sup == 2] = False
     with pytest.raises(ValueError, match=r"super-cluster 2 \(super-class 5\) has no valid image"):
-        super_class_epoch_plan(
-            sup,
-            sub,
-            valid,
-            super_class=5,
-            n_super_clusters=M,
-            rotation=True,
-            size=9,
-            seed=0,
-            epoch=0,
-        )
+        _plan(5, size=9, arrays=(sup, sub, valid))
     with pytest.raises(ValueError, match="equal length"):
-        super_class_epoch_plan(
-            sup,
-            sub[:-1],
-            valid,
-            super_class=0,
-            n_super_clusters=M,
-            rotation=True,
-            size=9,
-            seed=0,
-            epoch=0,
-        )
+        _plan(0, size=9, arrays=(sup, sub[:-1], valid))
     with pytest.raises(ValueError, match="bool"):
-        super_class_epoch_plan(
-            sup,
-            sub,
-            valid.astype(np.int64),
-            super_class=0,
-            n_super_clusters=M,
-            rotation=True,
-            size=9,
-            seed=0,
-            epoch=0,
-        )
+        _plan(0, size=9, arrays=(sup, sub, valid.astype(np.int64)))
     with pytest.raises(ValueError, match="n_super_clusters must be >= 1"):
-        super_class_epoch_plan(
-            sup,
-            sub,
-            valid,
-            super_class=0,
-            n_super_clusters=0,
-            rotation=True,
-            size=9,
-            seed=0,
-            epoch=0,
-        )
+        _plan(0, size=9, m=0)
     with pytest.raises(ValueError, match="epoch size must be positive"):
         _plan(0, size=0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +23,7 @@ from deepercluster.data import (
     TrainView,
     open_collection,
     uniform_epoch_plan,
-    views,
 )
-from deepercluster.data.collection import pixel_reader
 
 Encode = Callable[..., bytes]
 WriteTar = Callable[[Path, Mapping[str, bytes]], Path]
@@ -73,18 +71,6 @@ def test_small_max_pixels_skips_as_bomb(tmp_path: Path, encode: Encode) -> None:
     view = ClusterView(open_collection(tmp_path, max_pixels=100), ClusterTransform(8))
     _, _, error = view[0]
     assert error == "decompression bomb: 1024 pixels > limit 100"
-
-
-def test_train_view_skips_bad_images(
-    tmp_path: Path, encode: Encode, bad_files: dict[str, tuple[bytes, str]]
-) -> None:
-    collection = open_collection(_folder_with_bad_files(tmp_path / "imgs", encode, bad_files))
-    plan = _plan(len(collection), size=14)
-    view = TrainView(collection, TrainTransform(8), plan, seed=0, epoch=0)
-    errors = [view[j][3] for j in range(len(view))]
-    names = [Path(collection.path(int(i))).name for i in plan.indices]
-    for name, error in zip(names, errors, strict=True):
-        assert (error == "") == name.startswith("good")
 
 
 def test_cluster_view_subset_and_determinism(class_folder: Path) -> None:
@@ -156,26 +142,20 @@ def test_dataloader_workers_over_tar_shards(tar_shards: list[Path]) -> None:
             assert torch.equal(torch.cat([b[0] for b in train_batches]), train_expected)
 
 
-@pytest.mark.parametrize("group_bytes", [1, 2 * 20 * 16 * 4, 2**20])
-def test_batched_fetch_equals_each_image_read_and_transformed(
-    tmp_path: Path,
-    encode: Encode,
-    bad_files: dict[str, tuple[bytes, str]],
-    monkeypatch: pytest.MonkeyPatch,
-    group_bytes: int,
+def test_each_item_is_its_image_read_and_transformed(
+    tmp_path: Path, encode: Encode, bad_files: dict[str, tuple[bytes, str]]
 ) -> None:
-    # Groups of one image, of two, and all of them, good and unreadable images mixed.
-    monkeypatch.setattr(views, "GROUP_BYTES", group_bytes)
+    # Good and unreadable images mixed; items fetched in any order.
     collection = open_collection(_folder_with_bad_files(tmp_path / "imgs", encode, bad_files))
     plan = _plan(len(collection), size=14)
     train = TrainView(collection, TrainTransform(8), plan, seed=3, epoch=1, start=2)
     cluster = ClusterView(collection, ClusterTransform(8), indices=plan.indices)
-    js = list(range(len(train)))[::-1]  # any order
     n_bad = 0
-    for j, (image, index, r, error) in zip(js, train.__getitems__(js), strict=True):
+    for j in reversed(range(len(train))):
+        image, index, r, error = train[j]
         p = 2 + j
         assert (index, r) == (plan.indices[p], plan.rotations[p])
-        c_image, c_index, c_error = cluster.__getitems__([p, 0])[0]
+        c_image, c_index, c_error = cluster[p]
         assert c_index == index and c_error == error
         try:
             img = collection.read(index)
@@ -190,23 +170,7 @@ def test_batched_fetch_equals_each_image_read_and_transformed(
         assert torch.equal(c_image, ClusterTransform(8)(img))
     assert n_bad > 0
     with pytest.raises(IndexError, match="out of range"):
-        train.__getitems__([0, len(train)])
-
-
-def test_dataloader_fetches_a_batch_at_once() -> None:
-    images = np.random.default_rng(0).integers(0, 256, (10, 20, 30, 3), dtype=np.uint8)
-    fetched: list[int] = []
-
-    class Counted(TrainView):
-        def __getitems__(self, js: Sequence[int]) -> list[tuple[torch.Tensor, int, int, str]]:
-            fetched.append(len(js))
-            return super().__getitems__(js)
-
-    view = Counted(ArrayCollection(images), TrainTransform(8), _plan(10, size=10), seed=0, epoch=0)
-    batches = list(DataLoader(view, batch_size=4))
-    assert fetched == [4, 4, 2]  # one call per batch, not one per image
-    expected = torch.stack([view[j][0] for j in range(10)])
-    assert torch.equal(torch.cat([b[0] for b in batches]), expected)
+        train[len(train)]
 
 
 class _ReadOnlyCollection:
@@ -225,25 +189,16 @@ class _ReadOnlyCollection:
         return f"mine[{index}]"
 
 
-def test_a_collection_without_read_pixels_gives_the_same_items() -> None:
+def test_a_users_collection_gives_the_same_items() -> None:
     images = np.random.default_rng(2).integers(0, 256, (6, 20, 24, 3), dtype=np.uint8)
     mine, arrays = _ReadOnlyCollection(images), ArrayCollection(images)
-    assert isinstance(mine, Collection) and not hasattr(mine, "read_pixels")
-    assert isinstance(pixel_reader(mine)(0), Image.Image)  # falls back to read
-    assert isinstance(pixel_reader(arrays)(0), np.ndarray)
+    assert isinstance(mine, Collection)
     plan = _plan(6, size=6)
-    ours, theirs = (
-        TrainView(c, TrainTransform(16), plan, seed=3, epoch=0).__getitems__(range(6))
-        for c in (mine, arrays)
-    )
-    for a, b in zip(ours, theirs, strict=True):
-        assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
-    for a, b in zip(
-        ClusterView(mine, ClusterTransform(16)).__getitems__(range(6)),
-        ClusterView(arrays, ClusterTransform(16)).__getitems__(range(6)),
-        strict=True,
-    ):
-        assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+    ours, theirs = (TrainView(c, TrainTransform(16), plan, seed=3, epoch=0) for c in (mine, arrays))
+    clusters = [ClusterView(c, ClusterTransform(16)) for c in (mine, arrays)]
+    for j in range(6):
+        for a, b in ((ours[j], theirs[j]), (clusters[0][j], clusters[1][j])):
+            assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
 
 
 def test_a_subclass_overriding_read_is_read_through_its_read() -> None:
@@ -252,15 +207,6 @@ def test_a_subclass_overriding_read_is_read_through_its_read() -> None:
             return Image.fromarray(self.images[index] // 2)
 
     images = np.full((2, 8, 8, 3), 200, dtype=np.uint8)
-    dimmed, plain = Dimmed(images), ArrayCollection(images)
-    assert isinstance(pixel_reader(plain)(0), np.ndarray)
-    assert np.asarray(pixel_reader(dimmed)(0)).max() == 100  # its read, not read_pixels
-
-    class Both(Dimmed):
-        def read_pixels(self, index: int) -> np.ndarray:
-            return np.asarray(self.read(index))
-
-    assert pixel_reader(Both(images))(0).max() == 100
-    item = ClusterView(dimmed, ClusterTransform(8)).__getitems__([1])[0]
+    item = ClusterView(Dimmed(images), ClusterTransform(8))[1]
     reference = ClusterView(ArrayCollection(images // 2), ClusterTransform(8))[1]
     assert torch.equal(item[0], reference[0])

@@ -5,9 +5,7 @@ Per worker (one process, one torch thread, as a DataLoader worker runs): our tra
 our clustering item (``ClusterView``: resize, centre crop, normalise) against a minimal
 Pillow loop over the same tar members (read bytes, ``Image.open``, ``convert("RGB")``,
 ``resize((R, R))``, ``np.asarray``). 32 px CIFAR-10 JPEGs and food photos (~500x350) to 224 px.
-Ours is fetched as a DataLoader worker fetches it, a batch at a time (``__getitems__``: the
-training run's default batch, the clustering round's extraction batch); the rate of items
-fetched one by one is reported too.
+Ours is fetched as a DataLoader worker fetches it, item by item.
 
 Starvation: ``train_one_epoch`` fed by a DataLoader over ``TrainView`` with W workers; the
 time the loop spends waiting in ``next(loader)`` over the epoch's wall time is the fraction
@@ -38,7 +36,6 @@ from bench.common import (
     ratio,
     torch_threads,
 )
-from deepercluster.config import TrainConfig
 from deepercluster.data import (
     ClusterTransform,
     ClusterView,
@@ -81,20 +78,13 @@ def _per_worker(ctx: Context, label: str, path: str, res: int) -> list[Row]:
     train_view = TrainView(collection, TrainTransform(res), plan, seed=0, epoch=0)
     cluster_view = ClusterView(collection, ClusterTransform(res), indices=plan.indices)
 
-    train_batch = TrainConfig().batch_size
-    cluster_batch = max(train_batch, 64)  # engine.clustering's extraction batch
-
     def ours_train() -> None:
-        for start in range(0, n, train_batch):
-            train_view.__getitems__(range(start, min(start + train_batch, n)))
-
-    def ours_cluster() -> None:
-        for start in range(0, n, cluster_batch):
-            cluster_view.__getitems__(range(start, min(start + cluster_batch, n)))
-
-    def one_by_one() -> None:
         for j in range(n):
             train_view[j]
+
+    def ours_cluster() -> None:
+        for j in range(n):
+            cluster_view[j]
 
     def minimal() -> None:
         for i in plan.indices:
@@ -106,7 +96,6 @@ def _per_worker(ctx: Context, label: str, path: str, res: int) -> list[Row]:
             {
                 "train": ours_train,
                 "cluster": ours_cluster,
-                "one by one": one_by_one,
                 "minimal": minimal,
             },
             ctx,
@@ -133,12 +122,6 @@ def _per_worker(ctx: Context, label: str, path: str, res: int) -> list[Row]:
             per_rep=per_rep(times, "cluster", "minimal"),
         ),
         info(NAME, f"{label}: our training items per second per worker", rate["train"], "img/s"),
-        info(
-            NAME,
-            f"{label}: the same, fetched one by one / minimal Pillow",
-            ratio(times, "one by one", "minimal"),
-            "x",
-        ),
     ]
 
 

@@ -19,7 +19,6 @@ from .collection import (
     Collection,
     ImageCollection,
     open_collection,
-    pixel_reader,
 )
 from .decode import BadImageError, decode_image, to_rgb
 from .samplers import EpochPlan, storage_order, super_class_epoch_plan, uniform_epoch_plan
@@ -43,7 +42,6 @@ __all__ = [
     "expand_braces",
     "normalize",
     "open_collection",
-    "pixel_reader",
     "rotate",
     "storage_order",
     "super_class_epoch_plan",

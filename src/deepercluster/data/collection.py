@@ -30,7 +30,7 @@ from .sources import (
 )
 from .tarshards import COMPRESSED_TAR_SUFFIXES, TarShards, compressed_tar_message
 
-__all__ = ["ArrayCollection", "Collection", "ImageCollection", "open_collection", "pixel_reader"]
+__all__ = ["ArrayCollection", "Collection", "ImageCollection", "open_collection"]
 
 # ImageCollection with open_collection's limits filled in.
 _Make = Callable[..., "ImageCollection"]
@@ -54,14 +54,6 @@ class Collection(Protocol):
     def path(self, index: int) -> str:
         """Display path of image ``index``, e.g. ``"/a/b.jpg"`` or ``"shard-000.tar:x.jpg"``."""
         ...
-
-
-def pixel_reader(collection: Collection) -> Callable[[int], Image.Image]:
-    """``collection.read``, under the name ``evaluation.protocols.finetune`` still imports.
-
-    To go once that module calls ``collection.read`` itself.
-    """
-    return collection.read
 
 
 class ImageCollection:

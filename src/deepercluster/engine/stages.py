@@ -135,6 +135,7 @@ class ClusteringStage:
             agree: distributed k-means is collective: a saved run is used only if every
                 rank has it (``distributed.all_ranks_ok``), else all ranks recompute it.
         """
+
         def cached(number: int, *args: Any) -> KMeansResult:
             hit = self.load_kmeans(number)
             if agree(hit is not None) and hit is not None:

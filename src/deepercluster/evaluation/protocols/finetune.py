@@ -26,7 +26,6 @@ from deepercluster.data import (
     ClusterTransform,
     Collection,
     TrainTransform,
-    pixel_reader,
 )
 from deepercluster.models import Backbone
 from deepercluster.models.backbone import reference_init
@@ -83,8 +82,7 @@ class LabelledImages(Dataset[tuple[Tensor, int]]):
         transform: TrainTransform | ClusterTransform,
         seed: int = 0,
     ) -> None:
-        # The transforms read pixels: a small JPEG's without a Pillow image in between.
-        self.read = pixel_reader(collection)
+        self.read = collection.read
         self.indices = np.asarray(indices, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.transform = transform

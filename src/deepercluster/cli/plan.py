@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepercluster.cli.common import add_config_args, config_from_args, quote
+
+if TYPE_CHECKING:  # the command imports torch only when it runs
+    from deepercluster.config import RunConfig
+    from deepercluster.engine.plan import Assumptions, Plan
 
 EPILOG = """\
 Examples:
@@ -73,7 +77,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from deepercluster.data import Collection, open_collection
     from deepercluster.engine.calibrate import calibrate
     from deepercluster.engine.fit import resolve_device
-    from deepercluster.engine.plan import Assumptions, format_plan, make_plan
+    from deepercluster.engine.plan import Assumptions, make_plan
 
     for name, (key, kind) in _SHORTCUTS.items():
         value = getattr(args, name)
@@ -111,3 +115,74 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     )
     print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan, cfg))
     return 2 if plan.problems else 0
+
+
+def format_plan(plan: Plan, cfg: RunConfig) -> str:
+    """The plan as a table for the console."""
+    c = cfg.cluster
+    lines = [
+        f"{plan.n_images:,} images, k = {c.k:,} ({c.super_clusters} x {c.sub_per_super:,}), "
+        f"PCA {plan.feature_dim} -> {min(c.pca_dim, plan.feature_dim)}, {cfg.model.arch} at "
+        f"{cfg.data.resolution} px, {plan.world_size} process(es), {plan.layout} layout "
+        f"({plan.layout_reason}), feature store: {c.feature_store} ({c.feature_dtype})",
+        "",
+        f"{'stage (per rank)':<22}{'RAM':>10}{'GPU':>10}{'disk':>10}{'time':>10}  note",
+    ]
+    for s in plan.stages:
+        lines.append(
+            f"{s.stage:<22}{_size(s.ram):>10}{_size(s.gpu):>10}{_size(s.disk):>10}"
+            f"{_duration(s.seconds):>10}  {s.note}"
+        )
+    a = plan.assumptions
+    lines += [
+        "",
+        f"one clustering round {_duration(plan.round_seconds)}, one epoch "
+        f"{_duration(plan.epoch_seconds)}, the whole run ({cfg.train.epochs} epochs, re-clustering "
+        f"every {c.reassign}) {_duration(plan.run_seconds)}",
+        _assumed(a, workers=max(cfg.data.workers, 1)),
+    ]
+    lines += (
+        ["", "problems:", *(f"  - {p}" for p in plan.problems)]
+        if plan.problems
+        else ["", "configuration OK"]
+    )
+    return "\n".join(lines)
+
+
+def _assumed(a: Assumptions, *, workers: int) -> str:
+    """The line that says where the times come from: measured rates or stated throughputs."""
+    if a.train_images_per_s:
+        return (
+            f"measured here: extraction {a.extract_images_per_s:,.0f} images/s (+"
+            f"{a.extract_fixed_s:.1f} s a pass), training {a.train_images_per_s:,.0f} images/s "
+            f"(+{a.train_fixed_s:.1f} s an epoch), k-means {a.kmeans_level1_s_per_row * 1e9:.0f}"
+            f" / {a.kmeans_level2_s_per_row * 1e9:.0f} ns per row and iteration (level 1 / 2); "
+            f"{a.gpu_memory_gb:g} GB per accelerator"
+        )
+    return (
+        f"assumed: convnet {a.gpu_tflops:g} TFLOPS/process, k-means {a.kmeans_gflops:g} GFLOPS, "
+        f"PCA moments {a.pca_gflops:g} GFLOPS, decoding {a.decode_per_worker:g} images/s per "
+        f"worker x {workers}, {a.gpu_memory_gb:g} GB per accelerator (measure them on the "
+        "machine that will run with --calibrate)"
+    )
+
+
+def _size(n: int) -> str:
+    if n == 0:
+        return "-"
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _duration(s: float) -> str:
+    if s <= 0:
+        return "-"
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    if s < 86400 * 2:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"

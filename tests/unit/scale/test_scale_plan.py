@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from deepercluster import cli
+from deepercluster.cli.plan import format_plan
 from deepercluster.cluster.store import FeatureStore
 from deepercluster.config import load_config
-from deepercluster.engine.plan import Assumptions, format_plan, make_plan, model_stats
+from deepercluster.engine.plan import Assumptions, make_plan, model_stats
 from deepercluster.models import build_backbone
 
 PAPER = ["--images", "96000000", "--k", "320000", "--super-clusters", "4", "--dim-pca", "256"]

@@ -23,8 +23,10 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from types import TracebackType
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -37,7 +39,6 @@ from deepercluster.config import RunConfig, load_config
 from deepercluster.data import (
     ClusterTransform,
     ClusterView,
-    Collection,
     TrainTransform,
     TrainView,
     open_collection,
@@ -50,6 +51,7 @@ from deepercluster.features import extract_features
 from deepercluster.models import HierarchicalHeads, build_backbone
 
 NAME = "cycle"
+T = TypeVar("T")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -111,14 +113,59 @@ def run(ctx: Context) -> list[Row]:
     cifar = os.environ.get("BENCH_CIFAR", "/work/shared/data/cifar10/train.tar")
     if not os.path.exists(cifar):
         return []
+    # The plan is calibrated in an interpreter of its own, as `deepercluster plan` runs.
+    planned = None if ctx.size == "tiny" else _fresh(_planned, ctx, cifar)
+    rows, measured = _fresh(_cycle, ctx, cifar)
+    if planned is not None:
+        rows += _plan_rows(planned, measured, _settings(ctx)["n"])
+    return rows
+
+
+def _fresh(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a fresh interpreter set up like this one."""
     with ProcessPoolExecutor(
         1,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_child_settings,
         initargs=(torch.get_num_threads(), multiprocessing.get_start_method()),
     ) as pool:
-        rows: list[Row] = pool.submit(_cycle, ctx, cifar).result()
-    return rows
+        return pool.submit(fn, *args).result()
+
+
+def _settings(ctx: Context) -> dict[str, int]:
+    """The cycle's shapes (images, resolution, k, m, PCA dimension, batch, workers)."""
+    return {
+        "n": ctx.pick(128, 5000, 50_000), "res": 32, "k": ctx.pick(16, 256, 1000), "m": 4,
+        "pca_dim": ctx.pick(16, 128, 128), "batch": 128, "workers": 1,
+    }  # fmt: skip
+
+
+def _config(ctx: Context) -> RunConfig:
+    """The cycle's settings as a run configuration (what `deepercluster plan` is given)."""
+    s = _settings(ctx)
+    return load_config(
+        preset="deepercluster",
+        overrides=[
+            "model.arch=small", f"data.resolution={s['res']}", f"data.workers={s['workers']}",
+            "data.crop_scale_min=0.2", f"cluster.k={s['k']}", f"cluster.super_clusters={s['m']}",
+            f"cluster.pca_dim={s['pca_dim']}", f"train.batch_size={s['batch']}",
+            f"train.device={ctx.device.type}",
+        ],
+    )  # fmt: skip
+
+
+def _planned(ctx: Context, cifar: str) -> dict[str, tuple[float, float]]:
+    """``deepercluster plan --calibrate`` for the cycle: (seconds, RAM bytes) per stage."""
+    collection = open_collection(cifar)
+    cfg = _config(ctx)
+    assume = calibrate(cfg, device=ctx.device, collection=collection)
+    n = min(len(collection), _settings(ctx)["n"])
+    plan = make_plan(cfg, n_images=n, world_size=1, assume=assume, on_cpu=ctx.device.type == "cpu")
+    by_name = {s.stage: s for s in plan.stages}
+    return {
+        name: (sum(by_name[p].seconds for p in parts), max(by_name[p].ram for p in parts))
+        for name, parts in _PLAN_STAGES.items()
+    }
 
 
 def _child_settings(threads: int, start_method: str) -> None:
@@ -139,11 +186,13 @@ def stage_memory_name(stage: str, n: int | str) -> str:
     return f"{stage}: peak RSS above the stage's start, {n} images"
 
 
-def _cycle(ctx: Context, cifar: str) -> list[Row]:
+def _cycle(ctx: Context, cifar: str) -> tuple[list[Row], dict[str, tuple[float, float]]]:
+    """The cycle's rows, and (seconds, peak RSS above the cycle's start) of each stage."""
     collection = open_collection(cifar)
-    n = min(len(collection), ctx.pick(128, 5000, 50_000))
-    res, k, m, pca_dim = 32, ctx.pick(16, 256, 1000), 4, ctx.pick(16, 128, 128)
-    batch, workers, precision = 128, 1, "fp32"
+    shape = _settings(ctx)
+    n = min(len(collection), shape["n"])
+    res, k, m, pca_dim = shape["res"], shape["k"], shape["m"], shape["pca_dim"]
+    batch, workers, precision = shape["batch"], shape["workers"], "fp32"
     _malloc_trim()
     base = _rss()  # what the data of the cycle's stages adds to, as the plan counts it
     torch.manual_seed(0)
@@ -212,18 +261,8 @@ def _cycle(ctx: Context, cifar: str) -> list[Row]:
             )
         )
     rows.append(info(NAME, f"cycle total for {n} images (k={k}, m={m}, {res}px)", total, "s"))
-    if ctx.size != "tiny":
-        cfg = load_config(
-            preset="deepercluster",
-            overrides=[
-                "model.arch=small", f"data.resolution={res}", f"data.workers={workers}",
-                "data.crop_scale_min=0.2", f"cluster.k={k}", f"cluster.super_clusters={m}",
-                f"cluster.pca_dim={pca_dim}", f"train.batch_size={batch}",
-                f"train.precision={precision}", f"train.device={ctx.device.type}",
-            ],
-        )  # fmt: skip
-        rows += _plan_rows(cfg, collection, n, stages, base, ctx.device)
-    return rows
+    measured = {name: (st.seconds, float(st.peak_abs - base)) for name, st in stages.items()}
+    return rows, measured
 
 
 # The plan's stages that make up each of the cycle's.
@@ -236,29 +275,16 @@ _PLAN_STAGES = {
 
 
 def _plan_rows(
-    cfg: RunConfig,
-    collection: Collection,
-    n: int,
-    stages: dict[str, Stage],
-    base: int,
-    device: torch.device,
+    planned: dict[str, tuple[float, float]], measured: dict[str, tuple[float, float]], n: int
 ) -> list[Row]:
-    """``deepercluster plan --calibrate`` for the cycle's setting against what it measured:
-    each stage's time, and its peak RSS above the cycle's start (what the plan's RAM column
-    counts: the arrays the stage holds, the network's on a CPU). Line: within 30%."""
-    assume = calibrate(cfg, device=device, collection=collection)
-    plan = make_plan(cfg, n_images=n, world_size=1, assume=assume, on_cpu=device.type == "cpu")
-    by_name = {s.stage: s for s in plan.stages}
+    """The plan against the cycle, stage by stage: time, and peak RSS above the cycle's start
+    (what the plan's RAM column counts: what the stage holds, the network's on a CPU).
+    Line: within 30%."""
     rows = []
-    for name, parts in _PLAN_STAGES.items():
-        seconds = sum(by_name[p].seconds for p in parts)
-        ram = max(by_name[p].ram for p in parts)
-        measured_ram = max(stages[name].peak_abs - base, 1)
-        for what, predicted, measured in (
-            ("seconds", seconds, stages[name].seconds),
-            ("peak memory", ram, measured_ram),
-        ):
-            ratio = predicted / measured
+    for name in _PLAN_STAGES:
+        for i, what in enumerate(("seconds", "peak memory")):
+            predicted, actual = planned[name][i], max(measured[name][i], 1e-9)
+            ratio = predicted / actual
             rows.append(
                 Row(
                     NAME,
@@ -267,7 +293,7 @@ def _plan_rows(
                     "x",
                     target="0.7-1.3",
                     ok=0.7 <= ratio <= 1.3,
-                    detail={"predicted": predicted, "measured": measured},
+                    detail={"predicted": predicted, "measured": actual},
                 )
             )
     return rows

@@ -72,11 +72,9 @@ def calibrate(
     torch.manual_seed(0)
     model = build_backbone(cfg.model.arch, sobel=cfg.model.sobel, resolution=res).to(device)
     d = min(cfg.cluster.pca_dim, stats.feature_dim)
-    level1, level2 = _kmeans_seconds(d, cfg.cluster.super_clusters, cfg.cluster.sub_per_super)
-    measured: dict[str, Any] = {
-        "kmeans_level1_s_per_row": level1,
-        "kmeans_level2_s_per_row": level2,
-    }
+    measured: dict[str, Any] = _kmeans_seconds(
+        d, cfg.cluster.super_clusters, cfg.cluster.sub_per_super
+    )
     measured["pca_s_per_row"], measured["pca_fixed_s"] = _pca_seconds(stats.feature_dim, d)
     if collection is None:
         measured["gpu_tflops"] = _convnet_tflops(model, cfg, device, stats.flops)
@@ -230,22 +228,34 @@ def _convnet_tflops(
     return done * 3 * flops / (time.perf_counter() - tic) / 1e12
 
 
-def _kmeans_seconds(d: int, m: int, per_super: int, rows: int = 20_000) -> tuple[float, float]:
-    """Seconds per row and Lloyd iteration of the package's k-means at level 1 (m centroids)
-    and level 2 (k/m), on random (rows, d) features: the difference of a 2- and a
-    6-iteration run, so that seeding and the final assignment cancel out."""
+def _kmeans_seconds(d: int, m: int, per_super: int, rows: int = 20_000) -> dict[str, float]:
+    """The package's k-means on random (rows, d) features, modelled as
+    ``t(n rows, i iterations) = per_run + (i + 1) * (per_iteration + n * per_row)`` (the
+    ``+ 1`` is the final assignment) and fitted from three runs at each level's k."""
     x = np.random.default_rng(0).standard_normal((rows, d), dtype=np.float32)
+    small = rows // 10
 
-    def per_row(k: int) -> float:
-        k = max(1, min(k, rows // 4))
-        times = []
-        for niter in (2, 6):
-            tic = time.perf_counter()
-            kmeans(x, k, niter=niter, seed=0)
-            times.append(time.perf_counter() - tic)
-        return max(times[1] - times[0], 1e-9) / 4 / rows
+    def seconds(n: int, k: int, niter: int) -> float:
+        tic = time.perf_counter()
+        kmeans(x[:n], k, niter=niter, seed=0)
+        return time.perf_counter() - tic
 
-    return per_row(m), per_row(per_super)
+    def fit(k: int) -> tuple[float, float, float]:
+        k = max(1, min(k, small // 4))
+        seconds(small, k, 1)  # warm-up
+        t2, t6, t6_small = seconds(rows, k, 2), seconds(rows, k, 6), seconds(small, k, 6)
+        per_row = max((t6 - t6_small) / 7 / (rows - small), 1e-12)
+        per_iteration = max((t6 - t2) / 4 - rows * per_row, 0.0)
+        per_run = max(t2 - 3 * (per_iteration + rows * per_row), 0.0)
+        return per_row, per_iteration, per_run
+
+    level1, (level2, per_iteration, per_run) = fit(m)[0], fit(per_super)
+    return {
+        "kmeans_level1_s_per_row": level1,
+        "kmeans_level2_s_per_row": level2,
+        "kmeans_s_per_iteration": per_iteration,
+        "kmeans_s_per_run": per_run,
+    }
 
 
 def _pca_seconds(dim: int, out_dim: int, rows: int = 8192) -> tuple[float, float]:

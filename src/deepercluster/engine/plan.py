@@ -54,6 +54,8 @@ class Assumptions:
             (starting the loader's workers, the first batches).
         kmeans_level1_s_per_row, kmeans_level2_s_per_row: measured seconds of one Lloyd
             iteration per row at each level's number of centroids (0 = from the FLOPs).
+        kmeans_s_per_iteration, kmeans_s_per_run: measured fixed costs of a k-means
+            iteration and of a run (seeding, set-up), whatever its rows.
         runtime_bytes: measured memory of the network, its buffers and the batches in flight
             during extraction; the process keeps it through the clustering round (0 = not
             counted).
@@ -74,6 +76,8 @@ class Assumptions:
     train_fixed_s: float = 0.0
     kmeans_level1_s_per_row: float = 0.0
     kmeans_level2_s_per_row: float = 0.0
+    kmeans_s_per_iteration: float = 0.0
+    kmeans_s_per_run: float = 0.0
     runtime_bytes: int = 0
     train_bytes: int = 0
     pca_s_per_row: float = 0.0
@@ -254,6 +258,8 @@ def make_plan(
         fitted = n_r if not c.level1_sample or c.level1_sample >= n else -(-c.level1_sample // w)
         level1_rows = (c.niter + 1) * fitted + (n_r if fitted < n_r else 0)
         level1 = level1_rows * (a.kmeans_level1_s_per_row or 2.0 * m * d / (a.kmeans_gflops * 1e9))
+        run_cost = (c.niter + 1) * a.kmeans_s_per_iteration + a.kmeans_s_per_run
+        level1 += run_cost
         stages.append(
             StageCost(
                 "k-means level 1",
@@ -265,11 +271,9 @@ def make_plan(
                 + (f" on {c.level1_sample:,} images" if fitted < n_r else ""),
             )
         )
-        level2 = (
-            (c.niter + 1)
-            * n_r
-            * (a.kmeans_level2_s_per_row or 2.0 * per_super * d / (a.kmeans_gflops * 1e9))
-        )
+        level2 = (c.niter + 1) * n_r * (
+            a.kmeans_level2_s_per_row or 2.0 * per_super * d / (a.kmeans_gflops * 1e9)
+        ) + m * run_cost
         stages.append(
             StageCost(
                 "k-means level 2",

@@ -2,6 +2,8 @@
 
 Each command lives in its own module with a ``register(subparsers)`` function that adds its
 parser and sets ``func``; :data:`COMMANDS` lists them in the order ``--help`` shows them.
+Nothing here imports torch at import time: :func:`main` first sets OpenMP's wait policy for
+this process (:mod:`deepercluster.cli.cpu`), which OpenMP reads once, when torch loads it.
 """
 
 from __future__ import annotations
@@ -12,20 +14,15 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from deepercluster.cli.exits import (
-    EXIT_BUG,
-    EXIT_INTERRUPTED,
-    EXIT_PREEMPTED,
-    CommandSignals,
-    describe,
-    exit_codes_help,
-)
+from deepercluster.cli.cpu import set_wait_policy
 
 COMMANDS: tuple[str, ...] = ("train", "demo", "evaluate", "inspect", "plan")
 """Modules of this package that define commands (``deepercluster.cli.<name>.register``)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from deepercluster.cli.exits import exit_codes_help
+
     parser = argparse.ArgumentParser(
         prog="deepercluster",
         description="DeeperCluster: unsupervised pre-training of convnets on non-curated images.",
@@ -50,8 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     :mod:`deepercluster.cli.exits`. Called in-process (``argv`` given), a Ctrl-C or a stop
     signal that ended the command is passed on to the caller's own handler afterwards.
     """
+    policy = set_wait_policy()  # before anything imports torch
+    from deepercluster.cli.exits import EXIT_INTERRUPTED, EXIT_PREEMPTED, CommandSignals, describe
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.wait_policy = policy
     signals = CommandSignals()
     try:
         with signals:
@@ -69,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _traceback_hint(exc: BaseException, code: int, *, debug: bool) -> str:
+    from deepercluster.cli.exits import EXIT_BUG
+
     if code != EXIT_BUG or debug:
         return ""
     log = getattr(exc, "logged_in", None)  # set by the run that wrote it (engine.claim)

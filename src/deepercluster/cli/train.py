@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from dataclasses import replace
 from typing import Any
 
 from deepercluster.cli.common import CONFIG_HELP, add_config_args, config_from_args, quote
+from deepercluster.cli.cpu import cpu_defaults, usable_cores, workers_chosen
 from deepercluster.cli.exits import exit_codes_help
 
 RESUME_HELP = """
@@ -75,9 +78,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if not cfg.data.path:
         raise ValueError("no data: pass --data PATH (or set data.path in the --config file)")
+    cpu = cpu_defaults(
+        cores=usable_cores(),
+        threads=cfg.train.threads,
+        workers=cfg.data.workers,
+        workers_set=workers_chosen(args.overrides, args.config),
+    )
+    cfg = replace(
+        cfg,
+        train=replace(cfg.train, threads=cpu.threads),
+        data=replace(cfg.data, workers=cpu.workers),
+    )
     # Under torchrun this joins the process group (gloo on CPU, NCCL on GPU); alone, it is a
     # no-op and the run is single-process. Failures become exit codes in cli.exits.
     env = distributed.init_from_env(cfg.train.device, timeout_s=args.timeout)
+    if env.is_main:
+        print(cpu.describe(getattr(args, "wait_policy", "unset")), file=sys.stderr)
     try:
         result = fit(cfg, progress=not args.no_progress, env=env, restart=args.restart)
     finally:

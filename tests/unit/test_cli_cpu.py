@@ -23,6 +23,14 @@ def test_fewer_threads_leave_cores_to_workers() -> None:
     assert (cpu.threads, cpu.workers, cpu.capped_from) == (2, 2, 4)
 
 
+def test_omp_num_threads_is_the_default_thread_count() -> None:
+    cpu = cpu_defaults(cores=2, threads=0, workers=2, workers_set=False, omp_threads=1)
+    assert (cpu.threads, cpu.workers) == (1, 1)
+    assert (
+        cpu_defaults(cores=2, threads=2, workers=0, workers_set=False, omp_threads=1).threads == 2
+    )
+
+
 def test_users_workers_and_large_machines_are_kept() -> None:
     assert cpu_defaults(cores=2, threads=0, workers=2, workers_set=True).workers == 2
     big = cpu_defaults(cores=32, threads=0, workers=2, workers_set=False)

@@ -41,6 +41,17 @@ def set_wait_policy() -> str:
     return "PASSIVE"
 
 
+def env_threads() -> int:
+    """``OMP_NUM_THREADS`` as the user set it (0 when unset, or set by torchrun for its
+    processes: training shares the cores among them instead)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return 0
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
+    except ValueError:
+        return 0
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity), shared among the local processes of a
     torchrun job."""
@@ -81,21 +92,25 @@ class CpuDefaults:
         )
 
 
-def cpu_defaults(*, cores: int, threads: int, workers: int, workers_set: bool) -> CpuDefaults:
+def cpu_defaults(
+    *, cores: int, threads: int, workers: int, workers_set: bool, omp_threads: int = 0
+) -> CpuDefaults:
     """Threads and workers for ``cores`` usable cores.
 
     Args:
         cores: usable cores (:func:`usable_cores`).
-        threads: ``train.threads`` as configured; 0 (unset) becomes ``cores``.
+        threads: ``train.threads`` as configured; 0 (unset) becomes ``omp_threads``, else
+            ``cores``.
         workers: ``data.workers`` as configured.
         workers_set: the user chose ``data.workers`` (kept as is).
+        omp_threads: the user's ``OMP_NUM_THREADS`` (:func:`env_threads`), 0 when unset.
 
     Returns:
         On a machine of at most :data:`SMALL_MACHINE` cores, workers are capped at the cores
         left by the torch threads: each worker decodes on a core of its own or steals one from
         the compute. A larger machine keeps the configured workers.
     """
-    threads = threads or cores
+    threads = threads or omp_threads or cores
     if workers_set or cores > SMALL_MACHINE:
         return CpuDefaults(threads, workers, cores)
     cap = max(0, cores - threads)

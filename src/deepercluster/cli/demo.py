@@ -27,12 +27,13 @@ def register(sub: Any) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from deepercluster.cli.cpu import cpu_defaults, usable_cores, workers_chosen
+    from deepercluster.cli.cpu import cpu_defaults, env_threads, usable_cores, workers_chosen
     from deepercluster.demo import DEMO_SETTINGS, run_demo
 
     chosen = dict(o.replace(" ", "").split("=", 1) for o in args.overrides if "=" in o)
     cpu = cpu_defaults(
         cores=usable_cores(),
+        omp_threads=env_threads(),
         threads=int(chosen.get("train.threads", "0") or 0),
         workers=DEMO_SETTINGS["data"]["workers"],
         workers_set=workers_chosen(args.overrides, None),

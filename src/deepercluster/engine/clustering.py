@@ -227,7 +227,7 @@ def _targets(
     sub_clusters[valid] = result.sub_assignments
     sizes = np.bincount(result.labels, minlength=c.k)
     metrics = {
-        "cluster/epoch": float(epoch),
+        "cluster/epoch": float(epoch + 1),  # from 1, as in metrics.jsonl
         "cluster/objective": float(result.objective),
         "cluster/super_objective": float(result.super_objective),
         "cluster/size_min": float(sizes.min()),

@@ -198,7 +198,8 @@ def _fit(
 
     history: list[dict[str, Any]] = []
     with MetricsWriter(out_dir, enabled=env.is_main) as writer:
-        writer.keep_epochs(state.epoch)  # rows past the checkpoint would come twice
+        # state.epoch counts the finished epochs; rows (numbered from 1) past it would repeat.
+        writer.keep_epochs(state.epoch)
         for epoch in range(state.epoch, cfg.train.epochs):
             # ============ clustering: new targets every `reassign` epochs ============
             if not cfg.cluster.needs_clustering:
@@ -283,14 +284,14 @@ def _fit(
             # ============ logging and checkpointing ============
             lr = float(schedule.lrs[(epoch + 1) * schedule.iters_per_epoch - 1])
             record = _epoch_record(epoch, lr, stats, clustering, n_skipped=len(skip_log))
-            writer.write(record, step=epoch)
+            writer.write(record, step=epoch + 1)
             history.append(record)
             log.info("epoch %d/%d %s", epoch + 1, cfg.train.epochs, format_record(record, _SHOWN))
             state = TrainingState(epoch + 1, 0, state.clustered_epoch)
             stats = None
             save(state=state, stats=None, clustering=clustering)
             if epoch + 1 < cfg.train.epochs:
-                stop.check(f"the end of epoch {epoch}")
+                stop.check(f"the end of epoch {epoch + 1}")
 
     # ============ finishing ============
     if env.is_main:
@@ -357,12 +358,16 @@ def _log_setup(cfg: RunConfig, env: DistEnv, net: Network, collection: Collectio
 def _epoch_record(
     epoch: int, lr: float, stats: EpochStats, clustering: Clustering, *, n_skipped: int
 ) -> dict[str, Any]:
-    """One row of metrics.jsonl: the epoch's training sums and the current clusters."""
-    record: dict[str, Any] = {"epoch": epoch, "lr": lr}
+    """One row of metrics.jsonl: the epoch's training sums and the current clusters.
+
+    Every file a user reads numbers epochs from 1, as the console does; ``epoch`` (like the
+    checkpoint's state) counts from 0.
+    """
+    record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
     record.update(stats.summary())
     # Timings of the clustering stage only on the epoch that ran it; the clusters' own
     # numbers describe the current targets and are repeated every epoch.
-    reclustered = clustering.metrics.get("cluster/epoch") == epoch
+    reclustered = clustering.metrics.get("cluster/epoch") == epoch + 1
     record.update(
         {k: v for k, v in clustering.metrics.items() if reclustered or k.startswith("cluster/")}
     )

@@ -100,7 +100,7 @@ def resume_from_checkpoint(
     )
     if state.position and not same_plan:
         # Another layout samples other plans: the interrupted epoch starts over.
-        log.warning("layout changed to %s: epoch %d restarts", layout.plan.layout, state.epoch)
+        log.warning("layout changed to %s: epoch %d restarts", layout.plan.layout, state.epoch + 1)
         state = TrainingState(state.epoch, 0, state.clustered_epoch, 0)
     clustering: Clustering | None = None
     stats: EpochStats | None = None
@@ -116,7 +116,7 @@ def resume_from_checkpoint(
     log.info(
         "resuming from %s at epoch %d, iteration %d%s",
         ckpt_path,
-        state.epoch,
+        state.epoch + 1,
         state.iteration,
         f" (changed: {', '.join(tolerated)})" if tolerated else "",
     )

@@ -31,7 +31,7 @@ _DPI = 80
 
 
 def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    xs = [float(r["epoch"]) + 1 for r in records if key in r]
+    xs = [float(r["epoch"]) for r in records if key in r]  # numbered from 1
     ys = [float(r[key]) for r in records if key in r]
     return xs, ys
 

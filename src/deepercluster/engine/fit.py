@@ -27,6 +27,7 @@ from deepercluster.engine.checkpoint import CHECKPOINT_NAME, TrainingState, save
 from deepercluster.engine.claim import claim_run_folder, write_missing_summary
 from deepercluster.engine.clustering import Clustering, recluster, trivial_clustering
 from deepercluster.engine.epoch import epoch_loader, seeded_generator
+from deepercluster.engine.eta import RunClock
 from deepercluster.engine.failures import NoReadableImages
 from deepercluster.engine.network import (
     Network,
@@ -196,6 +197,9 @@ def _fit(
         config=cfg.to_dict(),
     )
 
+    reassign = cfg.cluster.reassign if cfg.cluster.needs_clustering else 0  # RotNet: never
+    clock = RunClock(cfg.train.epochs, schedule.iters_per_epoch, reassign)
+    clock.clustered(clustering.metrics if clustering else {})
     history: list[dict[str, Any]] = []
     with MetricsWriter(out_dir, enabled=env.is_main) as writer:
         # state.epoch counts the finished epochs; rows (numbered from 1) past it would repeat.
@@ -220,11 +224,13 @@ def _fit(
                         progress=progress,
                         work_dir=out_dir,
                         safe_point=safe_point,
+                        heading=f"clustering for epoch {epoch + 1}/{cfg.train.epochs}",
                     )
                 except NoReadableImages as exc:
                     raise unreadable(exc.unreadable) from None
                 for index, reason in unread:
                     skip_log.record(collection.path(index), reason)
+                clock.clustered(clustering.metrics)
                 reset_heads(
                     heads,
                     net.optimizer,
@@ -255,6 +261,11 @@ def _fit(
                 transform=train_transform,
             )
             n_steps = steps_left(start, schedule.plan_size, global_batch=schedule.plan_batch)
+            log.info(
+                "training epoch %d/%d: %d steps of %d images",
+                *(epoch + 1, cfg.train.epochs, n_steps, schedule.plan_batch),
+            )
+            clock.start_epoch(epoch, n_steps)
             stats = train_one_epoch(
                 backbone,
                 heads,
@@ -276,7 +287,10 @@ def _fit(
                 image_shape=(3, cfg.data.resolution, cfg.data.resolution),
                 sync=net.grad_sync,
                 progress=progress,
+                desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                eta=clock.left,
             )
+            clock.end_epoch(n_steps)
             stats = reduce_stats(stats)
             if stats.images == 0:
                 raise unreadable([])  # the epoch's skips are in skip_log already

@@ -263,7 +263,10 @@ def _fit(
             n_steps = steps_left(start, schedule.plan_size, global_batch=schedule.plan_batch)
             log.info(
                 "training epoch %d/%d: %d steps of %d images",
-                *(epoch + 1, cfg.train.epochs, n_steps, schedule.plan_batch),
+                epoch + 1,
+                cfg.train.epochs,
+                n_steps,
+                schedule.plan_batch,
             )
             clock.start_epoch(epoch, n_steps)
             stats = train_one_epoch(

@@ -261,13 +261,7 @@ def _fit(
                 transform=train_transform,
             )
             n_steps = steps_left(start, schedule.plan_size, global_batch=schedule.plan_batch)
-            log.info(
-                "training epoch %d/%d: %d steps of %d images",
-                epoch + 1,
-                cfg.train.epochs,
-                n_steps,
-                schedule.plan_batch,
-            )
+            log.info("training epoch %d/%d: %d steps", epoch + 1, cfg.train.epochs, n_steps)
             clock.start_epoch(epoch, n_steps)
             stats = train_one_epoch(
                 backbone,

@@ -36,7 +36,7 @@ def set_wait_policy() -> str:
     if "OMP_WAIT_POLICY" in os.environ:
         return os.environ["OMP_WAIT_POLICY"]
     if "torch" in sys.modules:
-        return "OpenMP's default (torch was loaded before the CLI could set it)"
+        return "unset (torch was loaded before the CLI could set it)"
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return "PASSIVE"
 
@@ -86,10 +86,15 @@ class CpuDefaults:
             else ""
         )
         return (
-            f"CPU: {self.cores} usable cores, {self.threads} torch threads, "
-            f"{self.workers} DataLoader workers{capped}, OMP_WAIT_POLICY {policy}; change them "
+            f"CPU: {_count(self.cores, 'usable core')}, {_count(self.threads, 'torch thread')}, "
+            f"{_count(self.workers, 'DataLoader worker')}{capped}, OMP_WAIT_POLICY {policy}; "
+            "change them "
             "with --set train.threads=N --set data.workers=N or OMP_WAIT_POLICY=ACTIVE"
         )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def cpu_defaults(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -47,7 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     :mod:`deepercluster.cli.exits`. Called in-process (``argv`` given), a Ctrl-C or a stop
     signal that ended the command is passed on to the caller's own handler afterwards.
     """
-    policy = set_wait_policy()  # before anything imports torch
+    # The process the user launched gets OpenMP's policy before anything imports torch; a call
+    # from Python code (argv given) leaves its caller's environment alone.
+    policy = set_wait_policy() if argv is None else os.environ.get("OMP_WAIT_POLICY", "unset")
     from deepercluster.cli.exits import EXIT_INTERRUPTED, EXIT_PREEMPTED, CommandSignals, describe
 
     parser = build_parser()

@@ -68,6 +68,7 @@ def extract_features(
     precision: str = "fp32",
     offset: int = 0,
     progress: bool = True,
+    desc: str = "extract",
 ) -> ExtractedFeatures:
     """Run ``model`` over ``loader`` and gather features by dataset index.
 
@@ -82,6 +83,7 @@ def extract_features(
         offset: first collection index of the loader's contiguous shard (distributed runs:
             each rank extracts its own slice of the collection).
         progress: show a progress bar.
+        desc: the bar's label, e.g. ``"extract chunk 2/6"``.
 
     Returns:
         :class:`ExtractedFeatures` with (N, D) features in collection order; ``skipped``
@@ -94,7 +96,7 @@ def extract_features(
     skipped: list[tuple[int, str]] = []
     start = time.perf_counter()
     seen = 0
-    bar = tqdm(total=n_images, desc="extract", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=n_images, desc=desc, unit="img", disable=not progress, leave=False)
     try:
         for images, indices, errors in loader:
             ok = torch.tensor([not e for e in errors], dtype=torch.bool)

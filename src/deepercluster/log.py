@@ -85,7 +85,8 @@ class MetricsWriter:
             self._tb = SummaryWriter(log_dir=str(out_dir / "tb"))
 
     def write(self, record: dict[str, Any], *, step: int) -> None:
-        """Append one record (flat dict of str -> number/str) at global ``step`` (the epoch)."""
+        """Append one record (flat dict of str -> number/str) at global ``step`` (the epoch,
+        from 1)."""
         if not self.enabled:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -100,8 +101,9 @@ class MetricsWriter:
             self._tb.flush()
 
     def keep_epochs(self, n_epochs: int) -> int:
-        """Cut ``metrics.jsonl`` and ``metrics.csv`` back to the rows of epochs before
-        ``n_epochs`` (a resumed run: rows written after its checkpoint would come twice).
+        """Cut ``metrics.jsonl`` and ``metrics.csv`` back to the rows of the first ``n_epochs``
+        epochs (a resumed run: rows written after its checkpoint would come twice). Rows number
+        epochs from 1; a file written by a version that numbered them from 0 is renumbered.
         TensorBoard's events stay: it shows a repeated step as one more point.
 
         Returns:
@@ -113,11 +115,15 @@ class MetricsWriter:
         removed = 0
         if jsonl.exists():
             lines = [line for line in jsonl.read_text(encoding="utf-8").splitlines() if line]
+            shift = _legacy_shift([_epoch_of(line) for line in lines])
             # A line cut short by a kill has no epoch (nan): it goes too.
-            kept = [line for line in lines if _epoch_of(line) < n_epochs]
+            kept = [
+                _renumbered(line, shift) for line in lines if _epoch_of(line) + shift <= n_epochs
+            ]
             removed = len(lines) - len(kept)
-            if removed:
+            if removed or shift:
                 _write_atomic(jsonl, "".join(line + "\n" for line in kept))
+            if removed:
                 get_logger("metrics").info(
                     "metrics.jsonl: %d row(s) past the checkpoint removed (they come again)",
                     removed,
@@ -128,8 +134,13 @@ class MetricsWriter:
                 reader = csv.DictReader(fh)
                 header = list(reader.fieldnames or [])
                 rows = list(reader)
-            kept_rows = [r for r in rows if _epoch_of(r.get("epoch")) < n_epochs]
-            if len(kept_rows) < len(rows):
+            shift = _legacy_shift([_epoch_of(r.get("epoch")) for r in rows])
+            kept_rows = [
+                {**r, "epoch": f"{_epoch_of(r.get('epoch')) + shift:g}"}
+                for r in rows
+                if _epoch_of(r.get("epoch")) + shift <= n_epochs
+            ]
+            if len(kept_rows) < len(rows) or shift:
                 self._write_csv(header, kept_rows)
         return removed
 
@@ -188,6 +199,19 @@ def _epoch_of(row: str | None) -> float:
         return float(value)
     except (ValueError, TypeError, AttributeError):
         return math.nan
+
+
+def _legacy_shift(epochs: list[float]) -> int:
+    """1 for the rows of a version that numbered epochs from 0 (they hold an epoch 0), else 0."""
+    return 1 if 0 in epochs else 0
+
+
+def _renumbered(line: str, shift: int) -> str:
+    if not shift:
+        return line
+    row = json.loads(line)
+    row["epoch"] += shift
+    return json.dumps(row, sort_keys=True)
 
 
 def _write_atomic(path: Path, text: str) -> None:

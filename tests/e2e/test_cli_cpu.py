@@ -43,9 +43,14 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def test_train_writes_a_complete_run(tiny_image_dir: Path, tmp_path: Path) -> None:
+def test_train_writes_a_complete_run(
+    tiny_image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     assert _train(tiny_image_dir, out, "--preset", "deepercluster") == 0
+    printed = capsys.readouterr().out
+    assert "done: epoch 2/2 (this command trained 2 epochs)" in printed
+    assert f"deepercluster inspect {out}" in printed  # the next commands, on this run
     ck = load_checkpoint(out / "checkpoint.pth")
     assert ck["state"] == {"epoch": 2, "iteration": 0, "clustered_epoch": 1, "position": 0}
     assert ck["config"]["cluster"]["k"] == 8 and ck["version"]
@@ -53,7 +58,8 @@ def test_train_writes_a_complete_run(tiny_image_dir: Path, tmp_path: Path) -> No
     assert labels.shape == (64,) and int(labels.min()) >= 0 and int(labels.max()) < 8
     assert len(torch.unique(labels)) == 8  # no empty cluster
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [0, 1]
+    assert [r["epoch"] for r in records] == [1, 2]  # numbered as the console does
+    assert json.loads((out / "summary.json").read_text())["epoch"] == 2
     for key in (
         "train/loss", "train/super_acc", "train/sub_acc", "cluster/objective",
         "cluster/size_min", "cluster/size_median", "cluster/size_max", "cluster/reseeded",

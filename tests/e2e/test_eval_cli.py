@@ -91,8 +91,8 @@ def test_clusters_vs_folder_labels_and_vs_tags(
     assert result["classes"] == ["horizontal", "vertical"]
     assert result["sub-clusters"]["images"] == 32 and 0 <= result["sub-clusters"]["nmi"] <= 1
     assert "| sub-clusters |" in capsys.readouterr().out
-    # The smoke config re-clusters at every epoch: the stability log has epoch 1.
-    assert [row["epoch"] for row in result["nmi_previous"]] == [1]
+    # The smoke config re-clusters at every epoch: the stability log has epoch 2 (from 1).
+    assert [row["epoch"] for row in result["nmi_previous"]] == [2]
     metadata = train.parent / "metadata.csv"
     lines = ["file,tags"] + [
         f'{p.name},"{p.parent.name},stripes"' for p in sorted(train.rglob("*.png"))

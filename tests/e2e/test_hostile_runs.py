@@ -108,7 +108,7 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_a_kill_frees_it(
         proc.communicate()
     assert _train(data, out) == 0
     _assert_same_run(straight, out)
-    assert _leftovers(out) == [] and _epochs(out) == [0]
+    assert _leftovers(out) == [] and _epochs(out) == [1]
 
 
 def test_a_damaged_checkpoint_falls_back_to_the_previous_one(
@@ -127,7 +127,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(
     ) in log
     assert (out / "checkpoint.pth.damaged").exists()
     _assert_same_run(straight, out)  # the last step was trained again, nothing lost
-    assert _epochs(out) == [0]  # the epoch's row was cut back, then written once
+    assert _epochs(out) == [1]  # the epoch's row was cut back, then written once
 
 
 def _evil_checkpoint() -> bytes:
@@ -178,7 +178,7 @@ def test_an_unusable_checkpoint_without_a_previous_one_stops_every_command_in_on
         )
         assert err.splitlines()[-1].endswith(f"; {fix}"), err
         assert "Traceback" not in err and "weights_only" not in err
-    assert ck.read_bytes() == blob and _epochs(out) == [0]  # nothing was touched
+    assert ck.read_bytes() == blob and _epochs(out) == [1]  # nothing was touched
 
 
 def test_a_run_without_its_checkpoint_is_refused_until_restart(
@@ -201,7 +201,7 @@ def test_a_run_without_its_checkpoint_is_refused_until_restart(
     assert (archive / "metrics.jsonl").read_text() == metrics  # kept, not deleted
     assert "--restart: the previous run's files" in (out / "train.log").read_text()
     _assert_same_run(straight, out)
-    assert _epochs(out) == [0]
+    assert _epochs(out) == [1]
 
 
 def test_a_full_disk_during_a_checkpoint_write_exits_74_and_loses_nothing(
@@ -278,7 +278,7 @@ def test_duplicate_metric_rows_and_a_missing_summary_are_repaired(
     # is the mid-epoch one, and the epoch is trained (and reported) again.
     os.replace(out / PREVIOUS_NAME, out / "checkpoint.pth")
     assert _train(data, out) == 0
-    assert _epochs(out) == [0]
+    assert _epochs(out) == [1]
     assert len((out / "metrics.csv").read_text().splitlines()) == 2  # header + one row
     _assert_same_run(straight, out)
     # A kill during the final backbone write: the re-run trains nothing, writes the rest.
@@ -287,7 +287,7 @@ def test_duplicate_metric_rows_and_a_missing_summary_are_repaired(
     (out / "backbone.pth").unlink()
     assert _train(data, out) == 0
     assert json.loads((out / "summary.json").read_text()) == summary
-    assert (out / "backbone.pth").is_file() and _epochs(out) == [0]
+    assert (out / "backbone.pth").is_file() and _epochs(out) == [1]
 
 
 def test_signal_handlers_are_the_callers_again_after_every_command(
@@ -321,10 +321,11 @@ def test_signal_handlers_are_the_callers_again_after_every_command(
 
     monkeypatch.setattr(fit_module, "fit", bug)
     assert _train(data, out) == 70
-    assert capsys.readouterr().err == (
+    cpu_line, *rest = capsys.readouterr().err.splitlines()  # the run's CPU settings, then:
+    assert cpu_line.startswith("CPU: ") and rest == [
         "deepercluster: error: internal error (TypeError: unsupported operand); run again with "
-        "`deepercluster --debug ...` to see the traceback\n"
-    )
+        "`deepercluster --debug ...` to see the traceback"
+    ]
 
     monkeypatch.undo()
     monkeypatch.setattr(fit_module, "recluster", bug)  # inside a run: train.log has it

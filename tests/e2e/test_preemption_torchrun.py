@@ -76,7 +76,7 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -
             if p.poll() is None:
                 p.kill()
     assert [p.returncode for p in procs] == [EXIT_PREEMPTED] * 2, errors[0][-2000:]
-    assert "stopped by another rank at epoch 0, iteration 2" in errors[0]
+    assert "stopped by another rank at epoch 1, iteration 2" in errors[0]
     state = load_checkpoint(out / "checkpoint.pth")["state"]
     assert state == {"epoch": 0, "iteration": 2, "clustered_epoch": 0, "position": 16}
 

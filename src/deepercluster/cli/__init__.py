@@ -2,30 +2,28 @@
 
 Each command lives in its own module with a ``register(subparsers)`` function that adds its
 parser and sets ``func``; :data:`COMMANDS` lists them in the order ``--help`` shows them.
+Nothing here imports torch at import time: :func:`main` first sets OpenMP's wait policy for
+this process (:mod:`deepercluster.cli.cpu`), which OpenMP reads once, when torch loads it.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 from collections.abc import Sequence
 
-from deepercluster.cli.exits import (
-    EXIT_BUG,
-    EXIT_INTERRUPTED,
-    EXIT_PREEMPTED,
-    CommandSignals,
-    describe,
-    exit_codes_help,
-)
+from deepercluster.cli.cpu import set_wait_policy
 
 COMMANDS: tuple[str, ...] = ("train", "demo", "evaluate", "inspect", "plan")
 """Modules of this package that define commands (``deepercluster.cli.<name>.register``)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from deepercluster.cli.exits import exit_codes_help
+
     parser = argparse.ArgumentParser(
         prog="deepercluster",
         description="DeeperCluster: unsupervised pre-training of convnets on non-curated images.",
@@ -50,8 +48,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     :mod:`deepercluster.cli.exits`. Called in-process (``argv`` given), a Ctrl-C or a stop
     signal that ended the command is passed on to the caller's own handler afterwards.
     """
+    # The process the user launched gets OpenMP's policy before anything imports torch; a call
+    # from Python code (argv given) leaves its caller's environment alone.
+    policy = set_wait_policy() if argv is None else os.environ.get("OMP_WAIT_POLICY", "unset")
+    from deepercluster.cli.exits import EXIT_INTERRUPTED, EXIT_PREEMPTED, CommandSignals, describe
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.wait_policy = policy
     signals = CommandSignals()
     try:
         with signals:
@@ -69,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _traceback_hint(exc: BaseException, code: int, *, debug: bool) -> str:
+    from deepercluster.cli.exits import EXIT_BUG
+
     if code != EXIT_BUG or debug:
         return ""
     log = getattr(exc, "logged_in", None)  # set by the run that wrote it (engine.claim)

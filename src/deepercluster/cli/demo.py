@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -26,9 +27,25 @@ def register(sub: Any) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from deepercluster.demo import run_demo
+    from deepercluster.cli.cpu import cpu_defaults, env_threads, usable_cores, workers_chosen
+    from deepercluster.demo import DEMO_SETTINGS, run_demo
 
+    chosen = dict(o.replace(" ", "").split("=", 1) for o in args.overrides if "=" in o)
+    cpu = cpu_defaults(
+        cores=usable_cores(),
+        omp_threads=env_threads(),
+        threads=int(chosen.get("train.threads", "0") or 0),
+        workers=DEMO_SETTINGS["data"]["workers"],
+        workers_set=workers_chosen(args.overrides, None),
+    )
+    defaults = [f"train.threads={cpu.threads}"] if "train.threads" not in chosen else []
+    if cpu.capped_from is not None:
+        defaults.append(f"data.workers={cpu.workers}")
+    print(cpu.describe(getattr(args, "wait_policy", "unset")), file=sys.stderr)
     run_demo(
-        out=args.out, epochs=args.epochs, overrides=args.overrides, progress=not args.no_progress
+        out=args.out,
+        epochs=args.epochs,
+        overrides=[*defaults, *args.overrides],
+        progress=not args.no_progress,
     )
     return 0

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
+from dataclasses import replace
 from typing import Any
 
 from deepercluster.cli.common import CONFIG_HELP, add_config_args, config_from_args, quote
+from deepercluster.cli.cpu import cpu_defaults, env_threads, usable_cores, workers_chosen
 from deepercluster.cli.exits import exit_codes_help
 
 RESUME_HELP = """
@@ -75,9 +79,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if not cfg.data.path:
         raise ValueError("no data: pass --data PATH (or set data.path in the --config file)")
+    cpu = cpu_defaults(
+        cores=usable_cores(),
+        omp_threads=env_threads(),
+        threads=cfg.train.threads,
+        workers=cfg.data.workers,
+        workers_set=workers_chosen(args.overrides, args.config),
+    )
+    cfg = replace(
+        cfg,
+        train=replace(cfg.train, threads=cpu.threads),
+        data=replace(cfg.data, workers=cpu.workers),
+    )
     # Under torchrun this joins the process group (gloo on CPU, NCCL on GPU); alone, it is a
     # no-op and the run is single-process. Failures become exit codes in cli.exits.
     env = distributed.init_from_env(cfg.train.device, timeout_s=args.timeout)
+    if env.is_main:
+        print(cpu.describe(getattr(args, "wait_policy", "unset")), file=sys.stderr)
     try:
         result = fit(cfg, progress=not args.no_progress, env=env, restart=args.restart)
     finally:
@@ -89,8 +107,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if result.n_skipped
             else ""
         )
-        print(f"done: {len(result.history)} epochs trained{skipped}; run folder {result.out_dir}")
+        trained = len(result.history)
+        print(
+            f"done: epoch {cfg.train.epochs}/{cfg.train.epochs} (this command trained "
+            f"{trained} epoch{'s' if trained != 1 else ''}){skipped}; run folder {result.out_dir}"
+        )
+        print(next_steps(str(result.out_dir)))
     return 0
+
+
+def next_steps(run: str) -> str:
+    """The commands to try on a finished run, with its folder filled in."""
+    q = shlex.quote(run)
+    rows = [
+        (f"deepercluster inspect {q}", "HTML report of the clusters"),
+        (
+            f"deepercluster eval clusters --run {q} --labels LABELS.csv",
+            "clusters vs labels (or --metadata TAGS.csv)",
+        ),
+        (f"deepercluster assignments {q}", "image -> cluster CSV"),
+        (f"deepercluster export {q} --to backbone.pt", "the backbone, for other code"),
+    ]
+    width = max(len(command) for command, _ in rows)
+    return "\n".join(["next:", *(f"  {c:<{width}}  # {what}" for c, what in rows)])
 
 
 def _cmd_config(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from torch import nn
 
 from deepercluster import distributed
 from deepercluster.cluster import HierarchicalResult, PCAWhitening
-from deepercluster.config import RunConfig
+from deepercluster.config import ClusterConfig, RunConfig
 from deepercluster.data import ClusterTransform, Collection
 from deepercluster.engine.extraction import extract_to_store
 from deepercluster.engine.failures import NoReadableImages
@@ -101,6 +101,7 @@ def recluster(
     progress: bool = True,
     work_dir: Path | None = None,
     safe_point: SafePoint | None = None,
+    heading: str | None = None,
 ) -> tuple[Clustering, list[tuple[int, str]]]:
     """Compute new targets with the current network.
 
@@ -123,6 +124,8 @@ def recluster(
             deletes them with :func:`clear_stage` once the targets are saved); None: a
             temporary folder, deleted on return.
         safe_point: ``safe_point(stage, what)`` after each saved piece of work (stop checks).
+        heading: e.g. ``"clustering for epoch 3/30"``: log a heading line before extraction
+            and before PCA and k-means (None: no headings).
 
     Returns:
         The new :class:`Clustering` and the (index, reason) of images that could not be read.
@@ -162,6 +165,8 @@ def recluster(
             dtype=c.feature_dtype,
             chunk_rows=extraction_chunk(c, feature_dim),
         )
+        if heading:
+            log.info("%s: extracting features of %s images", heading, f"{n:,}")
         tic = time.perf_counter()
         speed = extract_to_store(
             model,
@@ -195,6 +200,8 @@ def recluster(
         # Each rank keeps its own features: PCA from all-reduced moments, k-means with a
         # local assignment step and all-reduced sums; only the labels travel (ALGORITHM.md
         # section 6).
+        if heading:
+            log.info("%s: %s", heading, _stages_of(c, feature_dim))
         rnd = cluster_features(
             Features(store, valid_local, np.arange(lo, hi)[valid_local], valid),
             cfg,
@@ -210,6 +217,17 @@ def recluster(
     clustering.metrics["time/extract_s"] = t_extract
     clustering.metrics["speed/extract_images_per_s"] = speed
     return clustering, skipped
+
+
+def _stages_of(c: ClusterConfig, feature_dim: int) -> str:
+    """The PCA and k-means stages of a round, in words (the heading before them)."""
+    pca = f"PCA {feature_dim} -> {min(c.pca_dim, feature_dim)} dims"
+    if c.super_clusters == 1:
+        return f"{pca}, then k-means into {c.k} clusters"
+    return (
+        f"{pca}, then k-means level 1/2 ({c.super_clusters} super-clusters) and level 2/2 "
+        f"({c.sub_per_super} sub-clusters in each)"
+    )
 
 
 def _targets(
@@ -233,7 +251,7 @@ def _targets(
     sub_clusters[valid] = result.sub_assignments
     sizes = np.bincount(result.labels, minlength=c.k)
     metrics = {
-        "cluster/epoch": float(epoch),
+        "cluster/epoch": float(epoch + 1),  # from 1, as in metrics.jsonl
         "cluster/objective": float(result.objective),
         "cluster/super_objective": float(result.super_objective),
         "cluster/size_min": float(sizes.min()),

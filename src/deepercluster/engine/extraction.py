@@ -82,6 +82,7 @@ def extract_to_store(
                 precision=precision,
                 offset=first + start,
                 progress=progress,
+                desc=f"extract chunk {chunk + 1}/{steps}" if steps > 1 else "extract",
             )
             store.write_chunk(chunk, out.features, out.valid, out.skipped)
             done_here += stop - start

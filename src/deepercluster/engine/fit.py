@@ -27,6 +27,7 @@ from deepercluster.engine.checkpoint import CHECKPOINT_NAME, TrainingState, save
 from deepercluster.engine.claim import claim_run_folder, write_missing_summary
 from deepercluster.engine.clustering import Clustering, recluster, trivial_clustering
 from deepercluster.engine.epoch import epoch_loader, seeded_generator
+from deepercluster.engine.eta import RunClock
 from deepercluster.engine.failures import NoReadableImages
 from deepercluster.engine.network import (
     Network,
@@ -196,9 +197,13 @@ def _fit(
         config=cfg.to_dict(),
     )
 
+    reassign = cfg.cluster.reassign if cfg.cluster.needs_clustering else 0  # RotNet: never
+    clock = RunClock(cfg.train.epochs, schedule.iters_per_epoch, reassign)
+    clock.clustered(clustering.metrics if clustering else {})
     history: list[dict[str, Any]] = []
     with MetricsWriter(out_dir, enabled=env.is_main) as writer:
-        writer.keep_epochs(state.epoch)  # rows past the checkpoint would come twice
+        # state.epoch counts the finished epochs; rows (numbered from 1) past it would repeat.
+        writer.keep_epochs(state.epoch)
         for epoch in range(state.epoch, cfg.train.epochs):
             # ============ clustering: new targets every `reassign` epochs ============
             if not cfg.cluster.needs_clustering:
@@ -219,11 +224,13 @@ def _fit(
                         progress=progress,
                         work_dir=out_dir,
                         safe_point=safe_point,
+                        heading=f"clustering for epoch {epoch + 1}/{cfg.train.epochs}",
                     )
                 except NoReadableImages as exc:
                     raise unreadable(exc.unreadable) from None
                 for index, reason in unread:
                     skip_log.record(collection.path(index), reason)
+                clock.clustered(clustering.metrics)
                 reset_heads(
                     heads,
                     net.optimizer,
@@ -254,6 +261,8 @@ def _fit(
                 transform=train_transform,
             )
             n_steps = steps_left(start, schedule.plan_size, global_batch=schedule.plan_batch)
+            log.info("training epoch %d/%d: %d steps", epoch + 1, cfg.train.epochs, n_steps)
+            clock.start_epoch(epoch, n_steps)
             stats = train_one_epoch(
                 backbone,
                 heads,
@@ -275,7 +284,10 @@ def _fit(
                 image_shape=(3, cfg.data.resolution, cfg.data.resolution),
                 sync=net.grad_sync,
                 progress=progress,
+                desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                eta=clock.left,
             )
+            clock.end_epoch(n_steps)
             stats = reduce_stats(stats)
             if stats.images == 0:
                 raise unreadable([])  # the epoch's skips are in skip_log already
@@ -283,14 +295,14 @@ def _fit(
             # ============ logging and checkpointing ============
             lr = float(schedule.lrs[(epoch + 1) * schedule.iters_per_epoch - 1])
             record = _epoch_record(epoch, lr, stats, clustering, n_skipped=len(skip_log))
-            writer.write(record, step=epoch)
+            writer.write(record, step=epoch + 1)
             history.append(record)
             log.info("epoch %d/%d %s", epoch + 1, cfg.train.epochs, format_record(record, _SHOWN))
             state = TrainingState(epoch + 1, 0, state.clustered_epoch)
             stats = None
             save(state=state, stats=None, clustering=clustering)
             if epoch + 1 < cfg.train.epochs:
-                stop.check(f"the end of epoch {epoch}")
+                stop.check(f"the end of epoch {epoch + 1}")
 
     # ============ finishing ============
     if env.is_main:
@@ -357,12 +369,16 @@ def _log_setup(cfg: RunConfig, env: DistEnv, net: Network, collection: Collectio
 def _epoch_record(
     epoch: int, lr: float, stats: EpochStats, clustering: Clustering, *, n_skipped: int
 ) -> dict[str, Any]:
-    """One row of metrics.jsonl: the epoch's training sums and the current clusters."""
-    record: dict[str, Any] = {"epoch": epoch, "lr": lr}
+    """One row of metrics.jsonl: the epoch's training sums and the current clusters.
+
+    Every file a user reads numbers epochs from 1, as the console does; ``epoch`` (like the
+    checkpoint's state) counts from 0.
+    """
+    record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
     record.update(stats.summary())
     # Timings of the clustering stage only on the epoch that ran it; the clusters' own
     # numbers describe the current targets and are repeated every epoch.
-    reclustered = clustering.metrics.get("cluster/epoch") == epoch
+    reclustered = clustering.metrics.get("cluster/epoch") == epoch + 1
     record.update(
         {k: v for k, v in clustering.metrics.items() if reclustered or k.startswith("cluster/")}
     )

@@ -257,7 +257,7 @@ class StepCheckpoints:
             self.save(state=mid, stats=stats)
         self.safe_point(
             "train",
-            f"epoch {here.epoch}, iteration {it}",
+            f"epoch {here.epoch + 1}, iteration {it}",
             save=None if saved else functools.partial(self.save, state=mid, stats=stats),
             check_stop=it < iters,
         )

@@ -100,7 +100,7 @@ def resume_from_checkpoint(
     )
     if state.position and not same_plan:
         # Another layout samples other plans: the interrupted epoch starts over.
-        log.warning("layout changed to %s: epoch %d restarts", layout.plan.layout, state.epoch)
+        log.warning("layout changed to %s: epoch %d restarts", layout.plan.layout, state.epoch + 1)
         state = TrainingState(state.epoch, 0, state.clustered_epoch, 0)
     clustering: Clustering | None = None
     stats: EpochStats | None = None
@@ -113,13 +113,12 @@ def resume_from_checkpoint(
         stats = saved if env.is_main else EpochStats(seconds=saved.seconds)
     for path, reason in payload["skipped"]:
         skip_log.record(path, reason)
-    log.info(
-        "resuming from %s at epoch %d, iteration %d%s",
-        ckpt_path,
-        state.epoch,
-        state.iteration,
-        f" (changed: {', '.join(tolerated)})" if tolerated else "",
-    )
+    changed = f" (changed: {', '.join(tolerated)})" if tolerated else ""
+    if state.iteration:
+        where = f"at epoch {state.epoch + 1}, iteration {state.iteration}"
+    else:
+        where = f"with {state.epoch} of {cfg.train.epochs} epochs done"
+    log.info("resuming from %s %s%s", ckpt_path, where, changed)
     return Resumed(state, clustering, stats)
 
 

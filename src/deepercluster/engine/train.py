@@ -97,6 +97,8 @@ def train_one_epoch(
     image_shape: tuple[int, int, int] = (3, 32, 32),
     sync: Callable[[int, int], None] | None = None,
     progress: bool = True,
+    desc: str = "train",
+    eta: Callable[[int], str] | None = None,
 ) -> EpochStats:
     """Train ``model`` and ``heads`` over one epoch's loader.
 
@@ -119,6 +121,9 @@ def train_one_epoch(
         sync: distributed runs: ``sync(n_local, n_step)`` reduces the gradients after the
             backward pass (see :func:`deepercluster.engine.layout.sync_gradients`).
         progress: show a progress bar.
+        desc: the bar's label, e.g. ``"epoch 3/30"``.
+        eta: ``eta(steps done in this call)``: the whole run's time left, shown on the bar
+            (see :class:`deepercluster.engine.eta.RunClock`).
 
     Returns:
         The epoch's :class:`EpochStats`.
@@ -127,7 +132,7 @@ def train_one_epoch(
     model.train()
     heads.train()
     distributed_run = distributed.world_size() > 1
-    bar = tqdm(total=len(lrs), desc="train", unit="it", disable=not progress, leave=False)
+    bar = tqdm(total=len(lrs), desc=desc, unit="it", disable=not progress, leave=False)
     batches = iter(loader)
     tic = time.perf_counter()
     try:
@@ -190,7 +195,9 @@ def train_one_epoch(
             toc = time.perf_counter()
             stats.seconds += toc - tic
             bar.update(1)
-            bar.set_postfix(loss=f"{stats.loss_sum / max(stats.images, 1):.3f}")
+            if progress:
+                left = f", run left {eta(step + 1)}" if eta is not None else ""
+                bar.set_postfix_str(f"loss={stats.loss_sum / max(stats.images, 1):.3f}{left}")
             if on_step is not None:
                 on_step(step + 1, stats)
             tic = time.perf_counter()

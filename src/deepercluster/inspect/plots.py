@@ -75,7 +75,7 @@ def plot_curves(
     fig, axes = plt.subplots(1, len(panels), figsize=(4 + 3 * len(panels), 3.4))
     for ax, (title, keys) in zip(axes, panels, strict=True):
         for key, label in keys.items():
-            xs = [float(r["epoch"]) + 1 for r in records if key in r]
+            xs = [float(r["epoch"]) for r in records if key in r]  # numbered from 1
             ys = [float(r[key]) for r in records if key in r]
             if xs:
                 ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=label)

@@ -162,15 +162,30 @@ def test_temp_files_of_dead_processes_are_removed(tmp_path: Path) -> None:
 
 def test_metrics_are_cut_back_to_the_checkpoint(tmp_path: Path) -> None:
     with MetricsWriter(tmp_path, tensorboard=False) as writer:
-        for epoch in (0, 1, 1):  # a kill after epoch 1's row, before its checkpoint
+        for epoch in (1, 2, 2):  # a kill after epoch 2's row, before its checkpoint
             writer.write({"epoch": epoch, "loss": 1.0 + epoch}, step=epoch)
     with (tmp_path / "metrics.jsonl").open("a") as fh:
-        fh.write('{"epoch": 2, "lo')  # a line cut short
+        fh.write('{"epoch": 3, "lo')  # a line cut short
     with MetricsWriter(tmp_path, tensorboard=False) as writer:
-        assert writer.keep_epochs(1) == 3
+        assert writer.keep_epochs(1) == 3  # the checkpoint: 1 epoch finished
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(r)["epoch"] for r in rows] == [0]
-    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["epoch,loss", "0,1.0"]
+    assert [json.loads(r)["epoch"] for r in rows] == [1]
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["epoch,loss", "1,2.0"]
+
+
+def test_metrics_numbered_from_0_by_an_older_version_are_renumbered(tmp_path: Path) -> None:
+    with MetricsWriter(tmp_path, tensorboard=False) as writer:
+        for epoch in (0, 1, 2):
+            writer.write({"epoch": epoch, "loss": 1.0 + epoch}, step=epoch)
+    with MetricsWriter(tmp_path, tensorboard=False) as writer:
+        assert writer.keep_epochs(2) == 1  # its epoch 2 (third) came after the checkpoint
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == [
+        "epoch,loss",
+        "1,1.0",
+        "2,2.0",
+    ]
 
 
 def test_each_failure_has_its_exit_code_and_fix(tmp_path: Path) -> None:

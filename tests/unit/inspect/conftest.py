@@ -67,7 +67,7 @@ def make_run(root: Path) -> TinyRun:
         {"epoch": e, "train/loss": 3.0 - e / 2, "train/super_acc": 0.2 + e / 10,
          "cluster/objective": 30.0 - e, "cluster/size_min": 2.0, "cluster/size_max": 12.0,
          "time/train_s": 1.5, "time/kmeans_s": 0.2}
-        for e in range(3)
+        for e in range(1, 4)  # epochs are numbered from 1, as train writes them
     ]  # fmt: skip
     (out / "config.json").write_text(cfg.to_json() + "\n")
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -18,7 +18,7 @@ def test_open_run_reads_the_folder_or_its_checkpoint(tiny_run: TinyRun) -> None:
     assert run.path == again.path == tiny_run.path
     np.testing.assert_array_equal(run.clustering.labels, tiny_run.clustering.labels)
     assert (run.epoch, run.clustered_epoch, run.n_images) == (3, 2, N_IMAGES + 1)
-    assert [r["epoch"] for r in run.metrics()] == [0, 1, 2]
+    assert [r["epoch"] for r in run.metrics()] == [1, 2, 3]
     assert run.summary() == {}  # written when a run finishes; the tiny run never trained
     assert len(run.collection()) == N_IMAGES + 1
 

@@ -68,7 +68,7 @@ class CpuDefaults:
     """Threads and workers chosen for a run.
 
     Attributes:
-        threads: torch (and faiss) threads, ``train.threads``.
+        threads: torch threads, ``train.threads``.
         workers: DataLoader processes, ``data.workers``.
         cores: usable cores they were chosen for.
         capped_from: the configured ``data.workers`` when the small-machine cap lowered it.

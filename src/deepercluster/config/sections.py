@@ -246,7 +246,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     """Also checkpoint every this many training iterations (0 = only at epoch ends)."""
     threads: int = 0
-    """CPU threads for torch and faiss (0 = leave the library defaults)."""
+    """CPU threads for torch (0: torch's default; the command line takes the usable cores)."""
     layout: str = "auto"
     """Multi-process layout: replicated heads, the paper's grouped layout (a multiple of S
     processes; each group holds one sub-head), or auto (grouped when the heads are big)."""

@@ -21,7 +21,11 @@ SETTINGS = [
     "model.arch=small",
     "data.resolution=32",
     "data.workers=0",
-    "data.crop_scale_min=0.3",
+    # Whole-image crops: a small crop upsampled to 32 px by Pillow (8-bit) holds runs of equal
+    # pixels, and max-pooling routes the gradient of a tie to whichever element the kernel the
+    # batch size selects finds first, so 1 x 16 and 2 x 8 would differ by more than rounding.
+    # Flips and rotations still vary per position.
+    "data.crop_scale_min=1.0",
     "cluster.k=8",
     "cluster.super_clusters=2",
     "cluster.reassign=1",

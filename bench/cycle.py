@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import os
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -44,7 +43,7 @@ from deepercluster.data import (
     open_collection,
     uniform_epoch_plan,
 )
-from deepercluster.engine.calibrate import calibrate
+from deepercluster.engine.calibrate import PeakRSS, calibrate, resident_bytes
 from deepercluster.engine.plan import make_plan
 from deepercluster.engine.train import Targets, train_one_epoch
 from deepercluster.features import extract_features
@@ -52,7 +51,6 @@ from deepercluster.models import HierarchicalHeads, build_backbone
 
 NAME = "cycle"
 T = TypeVar("T")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _malloc_trim() -> None:
@@ -62,11 +60,6 @@ def _malloc_trim() -> None:
     libc = ctypes.CDLL(None)
     if hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
 
 
 class Stage:
@@ -79,20 +72,14 @@ class Stage:
         self.peak_rss = 0
         self.peak_abs = 0
         self.cuda_peak = 0
-        self._stop = threading.Event()
-
-    def _poll(self, start: int) -> None:
-        while not self._stop.wait(0.005):
-            self.peak_abs = max(self.peak_abs, _rss())
-            self.peak_rss = self.peak_abs - start
 
     def __enter__(self) -> Stage:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             self._cuda_base = torch.cuda.memory_allocated(self.device)
         _malloc_trim()
-        self._thread = threading.Thread(target=self._poll, args=(_rss(),), daemon=True)
-        self._thread.start()
+        self._start = resident_bytes()
+        self._peak = PeakRSS().start()
         self._tic = time.perf_counter()
         return self
 
@@ -101,8 +88,8 @@ class Stage:
     ) -> None:
         sync(self.device)
         self.seconds = time.perf_counter() - self._tic
-        self._stop.set()
-        self._thread.join()
+        self.peak_abs = self._peak.stop()
+        self.peak_rss = self.peak_abs - self._start
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device) - self._cuda_base
             self.cuda_peak = int(peak)
@@ -194,7 +181,7 @@ def _cycle(ctx: Context, cifar: str) -> tuple[list[Row], dict[str, tuple[float, 
     res, k, m, pca_dim = shape["res"], shape["k"], shape["m"], shape["pca_dim"]
     batch, workers, precision = shape["batch"], shape["workers"], "fp32"
     _malloc_trim()
-    base = _rss()  # what the data of the cycle's stages adds to, as the plan counts it
+    base = resident_bytes()  # what the data of the cycle's stages adds to, as the plan counts it
     torch.manual_seed(0)
     model = build_backbone("small", sobel=True, resolution=res).to(ctx.device)
     heads = HierarchicalHeads(model.feature_dim, 4 * m, k // m).to(ctx.device)

@@ -44,7 +44,7 @@ from deepercluster.engine.train import Targets, train_one_epoch
 from deepercluster.features import extract_features
 from deepercluster.models import Backbone, HierarchicalHeads, build_backbone
 
-__all__ = ["calibrate"]
+__all__ = ["PeakRSS", "calibrate", "resident_bytes"]
 
 
 def calibrate(
@@ -68,7 +68,7 @@ def calibrate(
     """
     res = cfg.data.resolution
     stats = model_stats(cfg.model.arch, cfg.model.sobel, res)
-    start_rss = _rss()
+    start_rss = resident_bytes()
     torch.manual_seed(0)
     model = build_backbone(cfg.model.arch, sobel=cfg.model.sobel, resolution=res).to(device)
     d = min(cfg.cluster.pca_dim, stats.feature_dim)
@@ -80,7 +80,7 @@ def calibrate(
         measured["gpu_tflops"] = _convnet_tflops(model, cfg, device, stats.flops)
     else:
         n_short, n_long = _passes(cfg.train.batch_size, steps, len(collection))
-        with _PeakRSS() as peak:
+        with PeakRSS() as peak:
             rate, fixed = _two_passes(
                 lambda n: _extract(model, collection, cfg, device, n), n_short, n_long
             )
@@ -92,7 +92,7 @@ def calibrate(
             "extract_fixed_s": fixed,
             "runtime_bytes": max(0, peak.bytes - start_rss - features),
         }
-        with _PeakRSS() as peak:
+        with PeakRSS() as peak:
             rate, fixed = _two_passes(
                 lambda n: _train(model, collection, cfg, device, n), n_short, n_long
             )
@@ -104,7 +104,7 @@ def calibrate(
     return Assumptions(**measured)
 
 
-def _rss() -> int:
+def resident_bytes() -> int:
     """This process's resident memory in bytes (0 where /proc is not available)."""
     try:
         with open("/proc/self/statm") as f:
@@ -113,7 +113,7 @@ def _rss() -> int:
         return 0
 
 
-class _PeakRSS:
+class PeakRSS:
     """The highest resident memory of this process while the block runs (sampled)."""
 
     def __init__(self, every_s: float = 0.005) -> None:
@@ -121,18 +121,27 @@ class _PeakRSS:
         self._every = every_s
         self._stop = threading.Event()
 
-    def __enter__(self) -> _PeakRSS:
+    def start(self) -> PeakRSS:
+        """Start sampling (from a thread of its own)."""
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> int:
+        """Stop sampling; the peak in bytes."""
         self._stop.set()
         self._thread.join()
+        return self.bytes
+
+    def __enter__(self) -> PeakRSS:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def _poll(self) -> None:
         while not self._stop.wait(self._every):
-            self.bytes = max(self.bytes, _rss())
+            self.bytes = max(self.bytes, resident_bytes())
 
 
 def _passes(batch: int, steps: int, n_images: int) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """The import arrows of the architecture (STYLE.md), checked on the source with ``ast``.
 
-    cli ─► {demo, inspect, evaluation.protocols} ─► engine ─► {features, losses, evaluation}
+    cli ─► {demo, inspect, evaluation.protocols, curate.pipeline} ─► engine
+        ─► {features, losses, evaluation, curate}
         ─► {data, models, cluster} ─► {config, log, distributed}
 
 A part may import its own subpackage and anything in a lower layer, never sideways or up.
@@ -34,6 +35,8 @@ LAYER = {
     "losses": 2,
     "evaluation": 2,
     "evaluation.protocols": 4,
+    "curate": 2,
+    "curate.pipeline": 4,
     "engine": 3,
     "demo": 4,
     "inspect": 4,

@@ -1,0 +1,252 @@
+"""Near-duplicate groups in bounded memory: a cosine threshold graph built cluster by cluster.
+
+Comparing every pair of N images costs N² products (10^12 at a million images). Near-duplicates
+sit next to each other, so, as SemDeDup (Abbas et al. 2023, https://arxiv.org/abs/2303.09540)
+and Vo et al. 2024 (https://arxiv.org/abs/2405.15613) do, pairs are compared inside clusters:
+an inverted file whose lists are the run's sub-clusters. Each image is also compared with the
+members of its ``probe - 1`` nearest other centroids, so that a pair split by a cluster border
+is still found. Every pair at or above the threshold is an edge; the groups are the connected
+components of that graph (a chain a~b~c is one group even when a and c are further apart).
+
+Memory: the rows of a batch of clusters are gathered from the :class:`RowSource` (a
+:class:`~deepercluster.cluster.store.FeatureStore` or an array) in one sequential sweep, at most
+``max_memory`` bytes of them; similarities are computed ``block_rows`` x ``block_rows`` at a time
+on ``device``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+import torch
+from scipy.sparse.csgraph import connected_components
+
+from deepercluster.cluster.blocks import RowSource, row_blocks
+
+__all__ = ["DuplicateGroups", "centroid_sweep", "find_duplicates", "keep_one"]
+
+# float32 dot products of two identical unit vectors can land a few ulps under 1.0.
+_TOLERANCE = 1e-6
+# Edges kept before the graph is folded into one star per component (bounds edge memory).
+_FOLD_EDGES = 4_000_000
+
+
+@dataclass(frozen=True)
+class DuplicateGroups:
+    """Near-duplicate groups of N rows.
+
+    Attributes:
+        group: (N,) int64, the lowest row of the row's group; -1 for a row in no group.
+        compared: pairs whose similarity was computed.
+    """
+
+    group: np.ndarray
+    compared: int
+
+    @property
+    def n_groups(self) -> int:
+        return int(np.unique(self.group[self.group >= 0]).size)
+
+
+def centroid_sweep(
+    source: RowSource,
+    labels: np.ndarray,
+    centroids: np.ndarray,
+    *,
+    probe: int,
+    block_rows: int,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over the rows: the distance to the own centroid and the nearest other ones.
+
+    Args:
+        source: (N, d) L2-normalised rows.
+        labels: (N,) int64 own cluster in [0, k), -1 for rows without one (skipped).
+        centroids: (k, d) float32 cluster centroids.
+        probe: 1 + the number of nearest other centroids to list per row.
+        block_rows: rows read at once.
+        device: where the products run.
+
+    Returns:
+        near: (N, probe - 1) int64 nearest centroids other than the own one (-1 when k is
+        smaller); distance: (N,) float32 L2 distance to the own centroid (NaN without one).
+    """
+    dev = torch.device(device)
+    cent = torch.from_numpy(np.ascontiguousarray(centroids, np.float32)).to(dev)
+    half_norms = 0.5 * (cent * cent).sum(1)
+    extra = max(probe - 1, 0)
+    near = np.full((len(labels), extra), -1, dtype=np.int64)
+    distance = np.full(len(labels), np.nan, dtype=np.float32)
+    take = min(extra + 1, len(centroids))
+    for start, rows in row_blocks(source, block_rows):
+        lab = labels[start : start + len(rows)]
+        ok = lab >= 0
+        x = torch.from_numpy(rows).to(dev)
+        own = cent[torch.from_numpy(np.where(ok, lab, 0)).to(dev)]
+        d = (x - own).norm(dim=1).cpu().numpy()
+        distance[start : start + len(rows)] = np.where(ok, d, np.nan)
+        if extra:
+            # Nearest in L2 = largest x.c - |c|²/2 (the rows' own norms do not change the order).
+            best = (x @ cent.T - half_norms).topk(take, dim=1).indices.cpu().numpy()
+            others = [row[row != label][:extra] for row, label in zip(best, lab, strict=True)]
+            for i, row in enumerate(others):
+                near[start + i, : len(row)] = row
+    return near, distance
+
+
+def _lists(labels: np.ndarray, near: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster, row) pairs of the query lists, sorted by cluster then row."""
+    valid = np.flatnonzero(labels >= 0)
+    clusters = [labels[valid]]
+    rows = [valid]
+    for j in range(near.shape[1]):
+        ok = valid[near[valid, j] >= 0]
+        clusters.append(near[ok, j])
+        rows.append(ok)
+    c, r = np.concatenate(clusters), np.concatenate(rows)
+    order = np.lexsort((r, c))
+    return c[order], r[order]
+
+
+def _tasks(
+    labels: np.ndarray, near: np.ndarray, chunk: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(query rows, database rows) of every cluster, in pieces of at most ``chunk`` rows."""
+    q_cluster, q_rows = _lists(labels, near)
+    valid = np.flatnonzero(labels >= 0)
+    d_rows = valid[np.argsort(labels[valid], kind="stable")]
+    d_cluster = labels[d_rows]
+    k = int(max(q_cluster.max(initial=-1), d_cluster.max(initial=-1))) + 1
+    q_bounds = np.searchsorted(q_cluster, np.arange(k + 1))
+    d_bounds = np.searchsorted(d_cluster, np.arange(k + 1))
+    for c in range(k):
+        queries = q_rows[q_bounds[c] : q_bounds[c + 1]]
+        database = d_rows[d_bounds[c] : d_bounds[c + 1]]
+        if len(database) == 0 or len(queries) == 0:
+            continue
+        for q in range(0, len(queries), chunk):
+            for d in range(0, len(database), chunk):
+                yield queries[q : q + chunk], database[d : d + chunk]
+
+
+def _batches(
+    tasks: Iterator[tuple[np.ndarray, np.ndarray]], budget_rows: int
+) -> Iterator[list[tuple[np.ndarray, np.ndarray]]]:
+    """Consecutive tasks whose rows together stay under ``budget_rows``."""
+    batch: list[tuple[np.ndarray, np.ndarray]] = []
+    held = 0
+    for task in tasks:
+        size = len(task[0]) + len(task[1])
+        if batch and held + size > budget_rows:
+            yield batch
+            batch, held = [], 0
+        batch.append(task)
+        held += size
+    if batch:
+        yield batch
+
+
+def _fold(a: np.ndarray, b: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Connected components of the edges (a, b): (root per row, star edges root -> member).
+
+    The root of a component is its lowest row; a row in no edge is its own root.
+    """
+    graph = scipy.sparse.coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    roots = np.full(int(comp.max()) + 1, n, dtype=np.int64)
+    np.minimum.at(roots, comp, np.arange(n))
+    root = roots[comp]
+    members = np.flatnonzero(root != np.arange(n))
+    return root, root[members], members
+
+
+def find_duplicates(
+    source: RowSource,
+    labels: np.ndarray,
+    near: np.ndarray,
+    *,
+    threshold: float,
+    max_memory: int,
+    block_rows: int,
+    device: str | torch.device = "cpu",
+) -> DuplicateGroups:
+    """Groups of rows whose cosine similarity is at least ``threshold`` (the threshold graph).
+
+    Args:
+        source: (N, d) L2-normalised rows (cosine similarity = dot product).
+        labels: (N,) int64 own cluster, -1 for rows to leave out (unreadable images).
+        near: (N, p) other clusters each row is compared with (-1: none), from
+            :func:`centroid_sweep`.
+        threshold: cosine similarity in (0, 1].
+        max_memory: bytes of rows gathered at once.
+        block_rows: rows per similarity block (``block_rows``² floats on ``device``).
+        device: where the products run.
+
+    Returns:
+        The :class:`DuplicateGroups`.
+    """
+    n, dim = len(labels), source.dim
+    dev = torch.device(device)
+    # Half the budget holds the batch's gathered rows, the other half one task's copies.
+    budget_rows = max(2, max_memory // (2 * 4 * dim))
+    edges_a: list[np.ndarray] = []
+    edges_b: list[np.ndarray] = []
+    held, compared = 0, 0
+    for batch in _batches(_tasks(labels, near, max(1, budget_rows // 2)), budget_rows):
+        wanted = np.unique(np.concatenate([np.concatenate(t) for t in batch]))
+        rows = np.empty((len(wanted), dim), np.float32)
+        for first, block in row_blocks(source, block_rows, wanted):
+            rows[first : first + len(block)] = block
+        gathered = torch.from_numpy(rows).to(dev)
+        for queries, database in batch:
+            qi = torch.from_numpy(np.searchsorted(wanted, queries)).to(dev)
+            di = torch.from_numpy(np.searchsorted(wanted, database)).to(dev)
+            for q0 in range(0, len(queries), block_rows):
+                xq = gathered[qi[q0 : q0 + block_rows]]
+                for d0 in range(0, len(database), block_rows):
+                    xd = gathered[di[d0 : d0 + block_rows]]
+                    hit = ((xq @ xd.T) >= threshold - _TOLERANCE).nonzero().cpu().numpy()
+                    compared += len(xq) * len(xd)
+                    a = queries[q0 + hit[:, 0]]
+                    b = database[d0 + hit[:, 1]]
+                    keep = a != b
+                    if keep.any():
+                        edges_a.append(a[keep])
+                        edges_b.append(b[keep])
+                        held += int(keep.sum())
+            if held > _FOLD_EDGES:
+                _, a_, b_ = _fold(np.concatenate(edges_a), np.concatenate(edges_b), n)
+                edges_a, edges_b, held = [a_], [b_], len(a_)
+    a = np.concatenate(edges_a) if edges_a else np.zeros(0, np.int64)
+    b = np.concatenate(edges_b) if edges_b else np.zeros(0, np.int64)
+    root, _, members = _fold(a, b, n)
+    group = np.full(n, -1, dtype=np.int64)
+    grouped = np.union1d(members, root[members])
+    group[grouped] = root[grouped]
+    return DuplicateGroups(group=group, compared=compared)
+
+
+def keep_one(group: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """The member of each group to keep: the lowest ``score``, then the lowest row.
+
+    Args:
+        group: (N,) int64 group of each row (-1: in no group).
+        score: (N,) float, lower is better (distance to the centroid, minus the file size).
+
+    Returns:
+        (N,) int64: for a dropped member, the row kept in its place; -1 for every other row
+        (kept members and rows in no group).
+    """
+    ids = np.flatnonzero(group >= 0)
+    order = ids[np.lexsort((ids, np.nan_to_num(score[ids], nan=np.inf), group[ids]))]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = group[order[1:]] != group[order[:-1]]
+    keeper = order[first]
+    kept_of_group = dict(zip(group[keeper].tolist(), keeper.tolist(), strict=True))
+    out = np.full(len(group), -1, dtype=np.int64)
+    dropped = order[~first]
+    out[dropped] = [kept_of_group[g] for g in group[dropped].tolist()]
+    return out

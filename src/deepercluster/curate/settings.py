@@ -1,0 +1,72 @@
+"""The settings of one curation (``deepercluster curate``), checked when built."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["KEEP_RULES", "PICK_RULES", "CurateSettings"]
+
+PICK_RULES = ("random", "nearest")
+"""How a cluster's quota is chosen among its members."""
+
+KEEP_RULES = ("nearest", "largest")
+"""Which member of a duplicate group is kept."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurateSettings:
+    """What to keep of a clustered pool of images.
+
+    Attributes:
+        size: images in the curated subset.
+        dedup: cosine similarity at or above which two images are near-duplicates, in (0, 1];
+            None skips de-duplication.
+        per_cluster_cap: at most this many images from one sub-cluster (None: no cap).
+        pick: ``random`` (a seeded draw) or ``nearest`` (closest to the centroid first) inside
+            a cluster.
+        keep: the member of a duplicate group that stays: ``nearest`` its cluster's centroid,
+            or the ``largest`` file.
+        probe: a pair is compared when one image's cluster is among the ``probe`` nearest
+            centroids of the other (1 compares inside clusters only; more finds pairs split by
+            a cluster border at proportionally more work).
+        seed: seeds the random picks (the same seed gives the same subset).
+        max_memory: bytes of embeddings held in memory at once (the rows gathered for one
+            batch of clusters; blocks of similarities come on top, ``block_rows`` squared).
+        block_rows: rows per similarity block.
+    """
+
+    size: int
+    dedup: float | None = 0.95
+    per_cluster_cap: int | None = None
+    pick: str = "random"
+    keep: str = "nearest"
+    probe: int = 2
+    seed: int = 0
+    max_memory: int = 512 * 2**20
+    block_rows: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"--size must be at least 1, got {self.size}")
+        if self.dedup is not None and not 0.0 < self.dedup <= 1.0:
+            raise ValueError(
+                f"--dedup {self.dedup} is outside (0, 1]: it is a cosine similarity threshold "
+                "such as 0.95 (higher removes only closer copies)"
+            )
+        if self.per_cluster_cap is not None and self.per_cluster_cap < 1:
+            raise ValueError(f"--per-cluster-cap must be at least 1, got {self.per_cluster_cap}")
+        if self.pick not in PICK_RULES:
+            raise ValueError(f"--pick {self.pick!r}: use one of {', '.join(PICK_RULES)}")
+        if self.keep not in KEEP_RULES:
+            raise ValueError(f"--keep {self.keep!r}: use one of {', '.join(KEEP_RULES)}")
+        if self.probe < 1:
+            raise ValueError(f"--probe must be at least 1, got {self.probe}")
+        if self.max_memory < 2**20:
+            raise ValueError(f"--max-memory must be at least 1 MiB, got {self.max_memory} bytes")
+        if self.block_rows < 1:
+            raise ValueError(f"block_rows must be at least 1, got {self.block_rows}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for the summary file."""
+        return asdict(self)

@@ -1,0 +1,113 @@
+"""``deepercluster curate``: a balanced, de-duplicated subset of a run's images.
+
+deepercluster curate runs/photos --size 200000 --out curated.csv [--dedup 0.95]
+deepercluster train --data curated.csv --out runs/photos-curated ...
+deepercluster inspect runs/photos --curation curated.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+EPILOG = """\
+The run's network embeds its images once (cached in RUN/curate/embeddings, resumable). Pairs at
+or above the --dedup cosine similarity are near-duplicates (compared inside clusters and their
+--probe nearest neighbours); one per group stays. The --size budget is then split as evenly as
+possible across super-clusters, then across the sub-clusters of each (water-filling: small
+clusters give all they have). Writes OUT (path, super_cluster, sub_cluster, reason; it trains
+as `deepercluster train --data OUT`), OUT.dropped.csv, OUT.groups.csv and OUT.json beside it.
+"""
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "curate",
+        help="choose a balanced, de-duplicated subset of a run's images by its clusters",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run folder (deepercluster train --out) with a clustering")
+    p.add_argument("--size", type=int, required=True, help="images in the curated subset")
+    p.add_argument("--out", required=True, help="kept list to write, e.g. curated.csv")
+    p.add_argument(
+        "--dedup",
+        type=float,
+        default=0.95,
+        help="cosine similarity in (0, 1] at or above which images are "
+        "near-duplicates (default 0.95; higher removes only closer copies)",
+    )
+    p.add_argument("--no-dedup", action="store_true", help="skip de-duplication")
+    p.add_argument(
+        "--per-cluster-cap", type=int, metavar="N", help="at most N images from one sub-cluster"
+    )
+    p.add_argument(
+        "--pick",
+        choices=("random", "nearest"),
+        default="random",
+        help="inside a cluster: a seeded random draw (default) or the images "
+        "nearest the centroid (most typical, least diverse)",
+    )
+    p.add_argument(
+        "--keep",
+        choices=("nearest", "largest"),
+        default="nearest",
+        help="the member of a duplicate group that stays: nearest its centroid "
+        "(default) or the largest file",
+    )
+    p.add_argument(
+        "--probe",
+        type=int,
+        default=2,
+        help="compare each image with its own cluster and its PROBE-1 nearest other "
+        "clusters (default 2; more finds pairs split by a border, at more cost)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random picks")
+    p.add_argument(
+        "--max-memory",
+        default="512MB",
+        metavar="SIZE",
+        help="embeddings held in memory at once, e.g. 2GB (default 512MB)",
+    )
+    p.add_argument("--data", help="the run's images, when they moved (same images, same order)")
+    p.add_argument("--device", default="cpu", help="where the network and products run")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_curate)  # fmt: skip
+
+
+def _cmd_curate(args: argparse.Namespace) -> int:
+    from deepercluster.config.sections import parse_size
+    from deepercluster.curate.pipeline import curate_run
+    from deepercluster.curate.settings import CurateSettings
+
+    settings = CurateSettings(
+        size=args.size,
+        dedup=None if args.no_dedup else args.dedup,
+        per_cluster_cap=args.per_cluster_cap,
+        pick=args.pick,
+        keep=args.keep,
+        probe=args.probe,
+        seed=args.seed,
+        max_memory=parse_size(args.max_memory, "--max-memory"),
+    )
+    done = curate_run(
+        args.run,
+        settings,
+        args.out,
+        data=args.data,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    counts = done.curation.counts()
+    print(
+        f"kept {counts['kept']}, dropped {counts['duplicate']} near-duplicates, "
+        f"{counts['over_quota']} over the cap, {counts['unreadable']} unreadable "
+        f"({done.seconds[0]:.1f} s embedding, {done.seconds[1]:.1f} s selecting)"
+    )
+    for path in done.files:
+        print(path)
+    return 0

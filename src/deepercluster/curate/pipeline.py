@@ -1,0 +1,201 @@
+"""``deepercluster curate RUN``: curate a finished run's images with its own network and clusters.
+
+A run folder keeps its last clustering (labels, PCA, centroids) but not the embeddings it was
+computed from. The run's network therefore embeds its images once more, chunk by chunk, into a
+resumable :class:`~deepercluster.cluster.store.FeatureStore` of PCA-whitened, L2-normalised
+rows under ``RUN/curate/embeddings`` (the clustering space, where cosine similarity is the dot
+product); a second curation of the same checkpoint reads them back. Memory stays bounded by
+``CurateSettings.max_memory`` whatever N is: the store is read in blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from deepercluster.cluster import HierarchicalResult, PCAWhitening
+from deepercluster.cluster.store import FeatureStore
+from deepercluster.curate.lists import write_curation
+from deepercluster.curate.select import Curation, select
+from deepercluster.curate.settings import CurateSettings
+from deepercluster.data import ClusterTransform, ClusterView, Collection
+from deepercluster.data.pathmatch import display_paths
+from deepercluster.engine.run_folder import RunFolder, open_run
+from deepercluster.features import extract_features
+
+__all__ = ["CurateResult", "curate_run", "run_embeddings"]
+
+
+@dataclass(frozen=True)
+class CurateResult:
+    """A finished curation.
+
+    Attributes:
+        curation: the decision per image.
+        files: kept list, dropped list, groups, summary (see :mod:`.lists`).
+        seconds: wall time of (embedding, selection, writing).
+    """
+
+    curation: Curation
+    files: list[Path]
+    seconds: tuple[float, float, float]
+
+
+def _checkpoint_key(run: RunFolder) -> str:
+    stat = (run.path / "checkpoint.pth").stat()
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def run_embeddings(
+    run: RunFolder,
+    collection: Collection,
+    folder: Path,
+    *,
+    chunk_rows: int,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> FeatureStore:
+    """The run's images in its clustering space, (N, d) rows in a store under ``folder``.
+
+    Chunks already written for this checkpoint are kept (an interrupted call resumes); a
+    store written for another checkpoint is replaced.
+
+    Raises:
+        ValueError: the run never clustered (RotNet, k = m = 1).
+    """
+    pca, _ = _clustering_space(run)
+    key_file = folder / "key.json"
+    key = {"checkpoint": _checkpoint_key(run), "chunk_rows": chunk_rows}
+    if folder.exists() and (not key_file.is_file() or json.loads(key_file.read_text()) != key):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(json.dumps(key))
+    store = FeatureStore(folder, rows=len(collection), dim=pca.dim, chunk_rows=chunk_rows)
+    if store.complete:
+        return store
+    dev = torch.device(device)
+    model = run.backbone().to(dev)
+    raw_dim = pca.projection.shape[0]
+    transform = ClusterTransform(run.config.data.resolution, run.config.data.resize or None)
+    for chunk in range(store.chunks_done, store.n_chunks):
+        lo, hi = store.chunk_range(chunk)
+        view = ClusterView(collection, transform, indices=np.arange(lo, hi))
+        loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=workers)
+        out = extract_features(
+            model, loader, hi - lo, raw_dim, device=dev, offset=lo, progress=progress,
+            desc=f"embed chunk {chunk + 1}/{store.n_chunks}",
+        )  # fmt: skip
+        rows = np.zeros((hi - lo, pca.dim), np.float32)
+        if out.valid.any():
+            rows[out.valid] = pca.apply(out.features[out.valid])
+        store.write_chunk(chunk, rows, out.valid, out.skipped)
+    return store
+
+
+def _clustering_space(run: RunFolder) -> tuple[PCAWhitening, HierarchicalResult]:
+    pca, result = run.clustering.pca, run.clustering.result
+    if pca is None or result is None:
+        raise ValueError(
+            f"{run.path} has no clustering to curate with (a RotNet run, k = m = 1, never "
+            "clusters); curate a run trained with clusters (the deepercluster or deepcluster "
+            "preset)"
+        )
+    return pca, result
+
+
+def _file_bytes(paths: list[str]) -> np.ndarray:
+    """(N,) file sizes; 0 for what cannot be stat'ed (tar members, moved files)."""
+    out = np.zeros(len(paths), dtype=np.int64)
+    for i, p in enumerate(paths):
+        try:
+            out[i] = os.stat(p).st_size
+        except OSError:
+            out[i] = 0
+    return out
+
+
+def curate_run(
+    run_dir: str | Path,
+    settings: CurateSettings,
+    out: str | Path,
+    *,
+    data: str | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> CurateResult:
+    """Curate the images of the run in ``run_dir`` and write the lists beside ``out``.
+
+    Args:
+        run_dir: the run folder (``deepercluster train --out``).
+        settings: the curation settings.
+        out: the kept list (CSV) to write.
+        data: the run's images, when they moved (the same N images).
+        batch_size, workers, device: embedding extraction (``device`` also runs the
+            similarity products).
+        progress: progress bars.
+
+    Raises:
+        ValueError: a run without clustering, or a size the pool cannot give (one line with
+            the fix, as every message of :func:`~deepercluster.curate.select.select`).
+    """
+    run = open_run(run_dir)
+    pca, result = _clustering_space(run)
+    readable = int(run.clustering.valid.sum())
+    if settings.size > readable:  # before minutes of extraction
+        raise ValueError(
+            f"--size {settings.size} is larger than the pool: {run.path} has {readable} "
+            f"readable images; ask for at most {readable}"
+        )
+    collection = run.collection(data)
+    tic = time.perf_counter()
+    # Half the memory bound for a chunk of raw features (D floats per image, before the PCA).
+    raw_dim = int(pca.projection.shape[0])
+    chunk_rows = int(min(65536, max(256, settings.max_memory // (8 * raw_dim))))
+    store = run_embeddings(
+        run,
+        collection,
+        run.path / "curate" / "embeddings",
+        chunk_rows=chunk_rows,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        progress=progress,
+    )
+    t_embed = time.perf_counter() - tic
+    c = run.clustering
+    labels = np.where(c.valid & store.valid(), c.labels, -1).astype(np.int64)
+    m, per_super, d = result.sub_centroids.shape
+    paths = display_paths(collection)
+    tic = time.perf_counter()
+    cur = select(
+        store,
+        labels,
+        result.sub_centroids.reshape(m * per_super, d),
+        np.arange(m * per_super) // per_super,
+        settings,
+        file_bytes=_file_bytes(paths) if settings.keep == "largest" else None,
+        device=device,
+    )
+    t_select = time.perf_counter() - tic
+    tic = time.perf_counter()
+    summary = {
+        "run": str(run.path.resolve()),
+        "epoch": run.epoch,
+        "images": run.n_images,
+        "settings": settings.to_dict(),
+        "seconds": {"embed": round(t_embed, 3), "select": round(t_select, 3)},
+    }
+    files = write_curation(cur, paths, out, pick=settings.pick, summary=summary)
+    return CurateResult(cur, files, (t_embed, t_select, time.perf_counter() - tic))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -67,6 +68,22 @@ def test_curate_then_train_on_the_list_then_inspect(
     per_super = [sum(quota[:4]), sum(quota[4:])]
     pool = summary["clusters"]["pool"]
     assert per_super == [12, 12] or min(sum(pool[:4]), sum(pool[4:])) < 12
+
+    # The report's section: the groups side by side, the tag balance before and after.
+    tags = tmp_path / "tags.csv"
+    kinds = ("rows", "columns", "blob", "checker")
+    names = [Path(r["path"]).name for r in (*kept, *dropped)]
+    tags.write_text("file,tags\n" + "".join(f"{n},{kinds[int(n[-7:-4]) % 4]}\n" for n in names))
+    report = tmp_path / "report"
+    inspect = ["inspect", str(run), "--curation", str(out), "--metadata", str(tags)]
+    assert cli.main([*inspect, "--out", str(report), "--no-progress"]) == 0
+    index = (report / "index.html").read_text()
+    assert "<h2>Curation (curated.csv)</h2>" in index and "Near-duplicate groups (6)" in index
+    assert index.count("stays</figcaption>") == 6 and index.count("cos 1.000") == 6
+    assert "KL to uniform" in index and "<td>checker</td>" in index
+    assert "kept and dropped per cluster" in index
+    for src in re.findall(r'src="(thumbs/[^"]+)"', index):
+        assert (report / src).is_file()
 
     # The list trains as it is.
     again = tmp_path / "again"

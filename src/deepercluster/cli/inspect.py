@@ -34,6 +34,12 @@ def register(sub: Any) -> None:
     p.add_argument("--metadata", help="CSV with an image path column and a tags column")
     p.add_argument("--path-column", default="file", help="metadata column with image paths")
     p.add_argument("--tags-column", default="tags", help="metadata column, comma-separated tags")
+    p.add_argument(
+        "--curation",
+        metavar="LIST",
+        help="kept list of `deepercluster curate` on this run: adds what was kept, dropped and "
+        "why, the duplicate groups and the class or tag balance",
+    )
     p.add_argument("--per-page", type=int, default=100, help="cluster cards per page")
     p.add_argument("--nearest", type=int, default=8, help="images nearest the centroid per card")
     p.add_argument("--random", type=int, default=4, help="random members per card")
@@ -95,6 +101,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         progress=not args.no_progress,
+        curation=args.curation,
     )
     print(index)
     return 0

@@ -91,9 +91,12 @@ def centroid_sweep(
         if extra:
             # Nearest in L2 = largest x.c - |c|²/2 (the rows' own norms do not change the order).
             best = (x @ cent.T - half_norms).topk(take, dim=1).indices.cpu().numpy()
-            others = [row[row != label][:extra] for row, label in zip(best, lab, strict=True)]
-            for i, row in enumerate(others):
-                near[start + i, : len(row)] = row
+            other = best != lab[:, None]
+            # The other centroids first, in order of nearness (a stable sort of the mask).
+            order = np.argsort(~other, axis=1, kind="stable")[:, :extra]
+            picked = np.take_along_axis(best, order, axis=1)
+            found = np.take_along_axis(other, order, axis=1) & ok[:, None]
+            near[start : start + len(rows), : picked.shape[1]] = np.where(found, picked, -1)
     return near, distance
 
 

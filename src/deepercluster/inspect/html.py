@@ -78,6 +78,7 @@ class PageSet:
         paths: display path of every image id (image tooltips).
         thumb: image id -> thumbnail path relative to the report folder ("" = none).
         per_page: clusters per page.
+        extra: a section of HTML for the index page, before the clusters (e.g. a curation).
     """
 
     title: str
@@ -88,6 +89,7 @@ class PageSet:
     paths: Sequence[str]
     thumb: dict[int, str]
     per_page: int = 100
+    extra: str = ""
 
 
 def page_name(page: int) -> str:
@@ -254,6 +256,7 @@ def write_pages(out: Path, cards: Sequence[ClusterCard], pages: PageSet) -> Path
         + "</details><h2>Training and clustering</h2>"
         + figures
         + skipped
+        + pages.extra
         + f"<h2>Clusters ({k})</h2>"
         + '<p><a href="tree.html">super-cluster tree</a></p>'
         + super_table

@@ -22,6 +22,7 @@ from deepercluster.data import Collection
 from deepercluster.data.pathmatch import csv_values, display_paths
 from deepercluster.engine.run_folder import RunFolder, open_run
 from deepercluster.evaluation.tags import Enriched, TagPairs, overrepresented
+from deepercluster.inspect.curation import CurationSection, curation_html, curation_section
 from deepercluster.inspect.embed import run_embedding
 from deepercluster.inspect.html import ClusterCard, PageSet, write_pages
 from deepercluster.inspect.plots import CURVES, STAGES, plot_curves, plot_sizes, plot_stage_times
@@ -116,8 +117,11 @@ def render_report(
     skipped: Sequence[tuple[str, str]] = (),
     options: ReportOptions = ReportOptions(),
     progress: bool = False,
+    curation: CurationSection | None = None,
 ) -> Path:
     """Figures, thumbnails and pages for already computed cluster cards.
+
+    ``curation``: a section on a curation of these images for the index page.
 
     Returns:
         The path of ``index.html``.
@@ -136,6 +140,7 @@ def render_report(
 
     thumbs = ThumbnailCache(out / "thumbs", size=options.thumb_size)
     shown = [i for c in cards for i in (*c.nearest, *c.random)]
+    shown += curation.shown if curation is not None else []
     _, failed = thumbs.ensure(collection, shown, progress=progress)
     bad = set(failed)
     thumb = {i: "thumbs/" + thumbs.relative(i) for i in shown if i not in bad}
@@ -148,6 +153,7 @@ def render_report(
         paths=paths,
         thumb=thumb,
         per_page=options.per_page,
+        extra=curation_html(curation, thumb, paths) if curation is not None else "",
     )
     return write_pages(out, cards, pages)
 
@@ -165,6 +171,7 @@ def inspect_run(
     workers: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    curation: str | Path | None = None,
 ) -> Path:
     """Write the HTML report of the run in ``run_dir``; returns the path of ``index.html``.
 
@@ -176,6 +183,8 @@ def inspect_run(
         options: page layout.
         batch_size, workers, device: feature extraction (once; cached in ``out/cache``).
         progress: progress bars.
+        curation: a kept list of ``deepercluster curate`` over this run: adds a section
+            (balance over the metadata's tags, else over the folder classes, when known).
     """
     run = open_run(run_dir)
     report = Path(out) if out is not None else run.path / "report"
@@ -193,14 +202,22 @@ def inspect_run(
     t_features = time.perf_counter() - tic
     paths = display_paths(collection)
     tags = None
+    values: list[str] | None = None
     if metadata is not None:
-        values = csv_values(paths, metadata, tags_column, path_column=path_column)
+        values = [
+            v or "" for v in csv_values(paths, metadata, tags_column, path_column=path_column)
+        ]
         shown = emb.labels >= 0
         pairs = TagPairs.from_strings([v or "" for v, s in zip(values, shown, strict=True) if s])
         tags = overrepresented(emb.labels[shown], pairs, run.k, top=options.top_tags)
     cards = cluster_cards(
         emb.labels, emb.super_clusters, emb.sub_clusters, emb.distances, run.k, options, tags
     )
+    section = None
+    if curation is not None:
+        if values is None:
+            values = _class_names(collection)
+        section = curation_section(curation, paths, emb.labels, values)
     records = run.metrics()
     summary = _summary(run, records, t_features)
     config = _flatten(run.config.to_dict())
@@ -216,7 +233,17 @@ def inspect_run(
         skipped=run.skipped,
         options=options,
         progress=progress,
+        curation=section,
     )
+
+
+def _class_names(collection: Collection) -> list[str] | None:
+    """The folder class of every image, when the collection has them."""
+    labels = getattr(collection, "labels", None)
+    names = list(getattr(collection, "class_names", []))
+    if labels is None or not names:
+        return None
+    return [names[int(i)] for i in labels]
 
 
 def _summary(

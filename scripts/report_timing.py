@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from deepercluster.data import ArrayCollection
-from deepercluster.inspect.report import ReportOptions, cluster_cards, render_report
 from deepercluster.evaluation.tags import TagPairs, overrepresented
+from deepercluster.inspect.report import ReportOptions, cluster_cards, render_report
 
 
 def main() -> None:

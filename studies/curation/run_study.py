@@ -1,0 +1,324 @@
+"""Curated vs random subset of an uncurated CIFAR-10 pool (issue 32's evidence), resumably.
+
+Stages, each skipped when its output exists (run the same command again to resume):
+
+1. ``pool``: the long-tailed pool with planted near-duplicates and noise images
+   (``build_pool.py``) under ``--scratch``.
+2. ``pretrain``: a short DeeperCluster pre-training on the pool (``pretrain.toml``): its network
+   and clusters are what curation uses.
+3. ``curate``: ``deepercluster curate`` at each ``--thresholds`` value, ``--size`` images; and
+   random subsets of the same size (one per ``--seeds`` value).
+4. ``measure`` (cheap): class entropy and KL divergence to uniform over the 10 classes, the
+   share of noise, the planted pairs left with both members in the subset, and on the whole
+   pool the planted copies found (grouped with their original) and the false merges.
+5. ``probes`` (only with ``--probes``; hours on a CPU): pre-train from scratch on the curated
+   subset (at ``--probe-threshold``) and on the random subset with the same settings, once per
+   seed, then ``deepercluster eval linear`` and ``eval knn`` on CIFAR-10 (probe trained on
+   ``--probe-per-class`` labelled training images per class, tested on ``--max-test``).
+
+Writes ``results/curation.json`` and ``docs/results/curation.md``; every number comes from the
+files of the stages above.
+
+Usage (from the repository root)::
+
+    nice -n 10 python studies/curation/run_study.py                 # stages 1-4
+    nice -n 10 python studies/curation/run_study.py --probes        # and the probes
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from build_pool import CLASSES, build_pool  # noqa: E402
+
+from deepercluster.curate.measure import class_balance, planted_duplicates  # noqa: E402
+
+EXE = [sys.executable, "-m", "deepercluster"]
+
+
+def sh(cmd: list[str], log: list[dict[str, Any]]) -> None:
+    """Run one command, record it with its wall time."""
+    print("$ " + shlex.join(cmd), flush=True)
+    tic = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    log.append({"command": shlex.join(cmd), "seconds": round(time.perf_counter() - tic, 1)})
+
+
+def read_pool(table: Path) -> list[dict[str, str]]:
+    with table.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def random_subset(
+    pool: list[dict[str, str]], images: Path, size: int, seed: int, out: Path
+) -> Path:
+    """A uniform random subset of the pool, as a list file ``train --data`` reads."""
+    if not out.exists():
+        chosen = np.sort(np.random.default_rng(seed).choice(len(pool), size, replace=False))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(("path",))
+            writer.writerows((str(images / pool[i]["file"]),) for i in chosen)
+    return out
+
+
+def subset_names(listing: Path) -> set[str]:
+    with listing.open(newline="") as fh:
+        return {Path(r["path"]).name for r in csv.DictReader(fh)}
+
+
+def measure_subset(pool: list[dict[str, str]], names: set[str]) -> dict[str, Any]:
+    """Class balance, noise and planted pairs left in a subset (by file name)."""
+    counts = np.array([sum(r["file"] in names and r["class"] == c for r in pool) for c in CLASSES])
+    copies = [r for r in pool if r["kind"] == "copy" and r["file"] in names]
+    return {
+        "images": len(names),
+        "per_class": dict(zip(CLASSES, counts.tolist(), strict=True)),
+        **{f"class_{k}": v for k, v in class_balance(counts).items()},
+        "noise": sum(r["kind"] == "noise" and r["file"] in names for r in pool),
+        "planted_pairs_left": sum(r["original"] in names for r in copies),
+        "planted_copies_in": len(copies),
+    }
+
+
+def measure_detection(pool: list[dict[str, str]], groups_csv: Path) -> dict[str, float]:
+    """Planted copies grouped with their original, and false merges, over the whole pool."""
+    index = {r["file"]: i for i, r in enumerate(pool)}
+    group = np.full(len(pool), -1, dtype=np.int64)
+    with groups_csv.open(newline="") as fh:
+        for r in csv.DictReader(fh):
+            group[index[Path(r["path"]).name]] = int(r["group"])
+    original = np.array([index[r["original"]] if r["original"] else -1 for r in pool])
+    return planted_duplicates(group, original)
+
+
+def prepare_probe_data(cifar: Path, scratch: Path, per_class: int) -> Path:
+    """The labelled images of the linear probe: the first ``per_class`` of each class."""
+    train = scratch / "train"
+    if not train.exists():
+        with tarfile.open(cifar / "train.tar") as tar:
+            tar.extractall(scratch, filter="data")
+    subset = scratch / f"probe-{per_class}-per-class"
+    if not subset.exists():
+        tmp = subset.with_name(subset.name + ".tmp")
+        for cls in sorted(os.listdir(train)):
+            (tmp / cls).mkdir(parents=True, exist_ok=True)
+            for name in sorted(os.listdir(train / cls))[:per_class]:
+                (tmp / cls / name).symlink_to(train / cls / name)
+        tmp.rename(subset)
+    return subset
+
+
+def probes(
+    args: argparse.Namespace, subsets: dict[str, Path], log: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Pre-train on each subset once per seed, then linear probe and kNN on CIFAR-10."""
+    probe_data = prepare_probe_data(args.cifar, args.scratch, args.probe_per_class)
+    out: dict[str, Any] = {}
+    for name, listing in subsets.items():
+        for seed in args.seeds:
+            run = args.out / "probes" / f"{name}-seed{seed}"
+            if not (run / "summary.json").exists():
+                config = str(HERE / "pretrain.toml")
+                sh([*EXE, "train", "--config", config, "--data", str(listing), "--out", str(run),
+                    "--set", f"train.seed={seed}", "--no-progress"], log)  # fmt: skip
+            common = ["--checkpoint", str(run), "--train-data", str(probe_data), "--test-data",
+                      str(args.cifar / "test.tar"), "--max-test", str(args.max_test),
+                      "--no-progress", "--threads", "1"]  # fmt: skip
+            if not (run / "eval" / "linear.json").exists():
+                sh([*EXE, "eval", "linear", *common, "--epochs", "5", "--seeds", "0"], log)
+            if not (run / "eval" / "knn.json").exists():
+                sh([*EXE, "eval", "knn", *common, "--k", "20"], log)
+            linear = json.loads((run / "eval" / "linear.json").read_text())
+            knn = json.loads((run / "eval" / "knn.json").read_text())
+            best = max(linear["layers"], key=lambda r: r["mean"])
+            out.setdefault(name, []).append(
+                {
+                    "seed": seed,
+                    "linear_best": best["mean"],
+                    "linear_layer": best["layer"],
+                    "knn": next(iter(knn["knn_top1"].values())),
+                }
+            )
+    for rows in out.values():
+        for key in ("linear_best", "knn"):
+            values = [r[key] for r in rows if isinstance(r, dict)]
+            rows.append(
+                {f"{key}_mean": float(np.mean(values)), f"{key}_std": float(np.std(values))}
+            )
+    return out
+
+
+def write_markdown(record: dict[str, Any], path: Path) -> None:
+    """docs/results/curation.md from the record (no number typed by hand)."""
+    lines = [
+        "# Curation: curated vs random subset of an uncurated CIFAR-10 pool",
+        "",
+        "Generated by `studies/curation/run_study.py` from `results/curation.json`.",
+        "",
+        f"Pool: {record['pool']['images']} images: CIFAR-10 training images with long-tailed "
+        f"classes ({record['pool']['head']} down to {record['pool']['tail']} per class), "
+        f"{record['pool']['copies']} planted near-duplicates (re-encoded, resized or slightly "
+        f"cropped copies) and {record['pool']['noise']} noise images. Features and clusters: "
+        f"a {record['pretrain']['epochs']}-epoch DeeperCluster pre-training on the pool "
+        f"(k = {record['pretrain']['k']}, m = {record['pretrain']['m']}). Subsets of "
+        f"{record['size']} images.",
+        "",
+        "## Class balance and duplicates in the subset",
+        "",
+        "| subset | class entropy (nats, max "
+        f"{np.log(len(CLASSES)):.3f}) | KL to uniform | noise images | planted pairs left "
+        "(both in the subset) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in record["subsets"].items():
+        lines.append(
+            f"| {name} | {m['class_entropy']:.3f} | {m['class_kl_to_uniform']:.3f} | "
+            f"{m['noise']} | {m['planted_pairs_left']} |"
+        )
+    p = record["subsets"]["pool (everything)"]
+    lines += [
+        "",
+        f"The pool itself holds {p['planted_pairs_left']} planted pairs.",
+        "",
+        "## Near-duplicate detection on the whole pool",
+        "",
+        "| threshold | planted copies found | recall | false merges | per grouped image |",
+        "|---|---|---|---|---|",
+    ]
+    for t, d in record["detection"].items():
+        lines.append(
+            f"| {t} | {int(d['found'])} of {int(d['planted'])} | {d['recall']:.3f} | "
+            f"{int(d['false_merges'])} | {d['false_merge_rate']:.3f} |"
+        )
+    lines += ["", "## Pre-training on each subset (linear probe, kNN)", ""]
+    if record.get("probes"):
+        lines += ["| subset | best linear probe % | kNN % |", "|---|---|---|"]
+        for name, rows in record["probes"].items():
+            lin = next(r for r in rows if "linear_best_mean" in r)
+            knn = next(r for r in rows if "knn_mean" in r)
+            lines.append(
+                f"| {name} | {lin['linear_best_mean']:.1f} ± {lin['linear_best_std']:.1f} | "
+                f"{knn['knn_mean']:.1f} ± {knn['knn_std']:.1f} |"
+            )
+    else:
+        lines.append(
+            "Not run yet: the comparison pre-trains twice per seed and probes each network, "
+            "hours on this CPU. `nice -n 10 python studies/curation/run_study.py --probes` "
+            "runs it (resumably) and fills this table."
+        )
+    lines += ["", f"Reproduce: `{record['invocation']}`", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--cifar", type=Path, default=Path("/work/shared/data/cifar10"))
+    p.add_argument("--scratch", type=Path, default=Path("/tmp/curation-study"))
+    p.add_argument("--out", type=Path, default=Path("/tmp/curation-study/runs"))
+    p.add_argument("--head", type=int, default=1000)
+    p.add_argument("--tail", type=int, default=10)
+    p.add_argument("--size", type=int, default=800, help="images in each subset")
+    p.add_argument("--thresholds", default="0.9,0.95,0.98")
+    p.add_argument("--probe-threshold", default="0.95")
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1])
+    p.add_argument("--probes", action="store_true", help="also run stage 5 (hours on a CPU)")
+    p.add_argument("--probe-per-class", type=int, default=500)
+    p.add_argument("--max-test", type=int, default=2000)
+    p.add_argument("--results", type=Path, default=Path("results/curation.json"))
+    p.add_argument("--doc", type=Path, default=Path("docs/results/curation.md"))
+    args = p.parse_args()
+    log: list[dict[str, Any]] = []
+    tic = time.perf_counter()
+
+    table = build_pool(
+        args.cifar / "train.tar", args.scratch / "pool", head=args.head, tail=args.tail
+    )
+    pool = read_pool(table)
+    images = table.parent / "images"
+    run = args.out / "pool-run"
+    if not (run / "summary.json").exists():
+        sh([*EXE, "train", "--config", str(HERE / "pretrain.toml"), "--data", str(images),
+            "--out", str(run), "--no-progress"], log)  # fmt: skip
+
+    subsets: dict[str, Path] = {}
+    detection: dict[str, dict[str, float]] = {}
+    for t in args.thresholds.split(","):
+        listing = args.out / "subsets" / f"curated-{t}.csv"
+        if not listing.exists():
+            sh([*EXE, "curate", str(run), "--size", str(args.size), "--dedup", t,
+                "--out", str(listing), "--no-progress"], log)  # fmt: skip
+        subsets[f"curated (dedup {t})"] = listing
+        detection[t] = measure_detection(pool, listing.with_name(listing.stem + ".groups.csv"))
+    listing = args.out / "subsets" / "curated-nodedup.csv"
+    if not listing.exists():
+        sh([*EXE, "curate", str(run), "--size", str(args.size), "--no-dedup",
+            "--out", str(listing), "--no-progress"], log)  # fmt: skip
+    subsets["curated (balance only)"] = listing
+    for seed in args.seeds:
+        subsets[f"random (seed {seed})"] = random_subset(
+            pool, images, args.size, seed, args.out / "subsets" / f"random-{seed}.csv"
+        )
+    measured = {"pool (everything)": measure_subset(pool, {r["file"] for r in pool})}
+    measured |= {name: measure_subset(pool, subset_names(f)) for name, f in subsets.items()}
+
+    probe_results: dict[str, Any] = {}
+    if args.probes:
+        chosen = {"curated": subsets[f"curated (dedup {args.probe_threshold})"],
+                  "random": subsets[f"random (seed {args.seeds[0]})"]}  # fmt: skip
+        probe_results = probes(args, chosen, log)
+
+    summary = json.loads((run / "summary.json").read_text())
+    cfg = json.loads((run / "config.json").read_text())
+    record = {
+        "invocation": "nice -n 10 python "
+        + shlex.join(["studies/curation/run_study.py", *sys.argv[1:]]),
+        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPU cores",
+        "pool": {
+            "images": len(pool),
+            "head": args.head,
+            "tail": args.tail,
+            "copies": sum(r["kind"] == "copy" for r in pool),
+            "noise": sum(r["kind"] == "noise" for r in pool),
+        },
+        "pretrain": {
+            "epochs": cfg["train"]["epochs"],
+            "k": cfg["cluster"]["k"],
+            "m": cfg["cluster"]["super_clusters"],
+            "last_epoch": summary,
+        },
+        "size": args.size,
+        "subsets": measured,
+        "detection": detection,
+        "probes": probe_results,
+        "commands": log,
+        "wall_seconds": round(time.perf_counter() - tic, 1),
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(record, indent=1) + "\n")
+    write_markdown(record, args.doc)
+    print(args.doc.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,6 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from deepercluster.config import RunConfig
+from deepercluster.curate.settings import CurateSettings
 from deepercluster.engine.group_plan import plan_groups
 from deepercluster.engine.outofcore import PER_IMAGE_BYTES, block_rows, extraction_chunk
 from deepercluster.models import build_backbone
@@ -338,6 +339,8 @@ def make_plan(
             f"peak RAM per process about {peak / 1e9:.1f} GB is over cluster.memory_limit "
             f"({c.memory_limit}); use {fix}"
         )
+    if c.needs_clustering:  # after the limit check: `curate` is a command of its own
+        stages.append(curation_cost(stages, n=n, d=d, k=c.k, per_super=per_super, assume=a))
     round_s = sum(s.seconds for s in stages if s.stage.startswith(("extraction", "PCA", "k-means")))
     rounds = math.ceil(t.epochs / c.reassign) if c.needs_clustering else 0
     return Plan(
@@ -352,4 +355,39 @@ def make_plan(
         run_seconds=rounds * round_s + t.epochs * train_s,
         problems=problems,
         assumptions=a,
+    )
+
+
+# Per image, besides its embedding: its cluster, probe lists, distance and decision, and the
+# sort keys of the inverted lists (measured by scripts/curate_scale.py at 10^6 images).
+CURATE_BYTES_PER_IMAGE = 100
+
+
+def curation_cost(
+    stages: list[StageCost], *, n: int, d: int, k: int, per_super: int, assume: Assumptions
+) -> StageCost:
+    """``deepercluster curate`` with its defaults, after the run: embed every image again, then
+    compare each with its own cluster and its nearest other one (about 2 N² / k products).
+
+    Args:
+        stages: the run's stages so far (the extraction stage's time is the embedding's).
+        n, d, k, per_super: images, PCA dimension, clusters, clusters per super-cluster.
+        assume: throughputs (a measured level-2 k-means time per row prices a product).
+    """
+    settings = CurateSettings(size=1)
+    extraction = next(s for s in stages if s.stage == "extraction")
+    pairs = settings.probe * n * n / max(k, 1)
+    per_pair = (
+        assume.kmeans_level2_s_per_row / per_super
+        if assume.kmeans_level2_s_per_row
+        else 2.0 * d / (assume.kmeans_gflops * 1e9)
+    )
+    ram = settings.max_memory + 5 * settings.block_rows**2 + n * CURATE_BYTES_PER_IMAGE
+    return StageCost(
+        "curate (afterwards)",
+        ram,
+        0,
+        n * d * 4,
+        extraction.seconds + pairs * per_pair,
+        f"`deepercluster curate` with its defaults: embeddings again, ~{pairs:.2g} products",
     )

@@ -110,4 +110,9 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     )
     for path in done.files:
         print(path)
+    if done.tar_members:
+        print(
+            f"note: the run's images are tar members; `deepercluster train --data` does not read "
+            f"a list of tar members: copy the kept ones out first (the path column of {args.out})"
+        )
     return 0

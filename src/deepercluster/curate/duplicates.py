@@ -193,7 +193,8 @@ def find_duplicates(
     """
     n, dim = len(labels), source.dim
     dev = torch.device(device)
-    # Half the budget holds the batch's gathered rows, the other half one task's copies.
+    # Half the budget holds the batch's gathered rows; the rest is left to the similarity
+    # blocks and their copies of rows, and to the per-image bookkeeping (labels, lists).
     budget_rows = max(2, max_memory // (2 * 4 * dim))
     edges_a: list[np.ndarray] = []
     edges_b: list[np.ndarray] = []

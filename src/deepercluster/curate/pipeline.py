@@ -42,11 +42,14 @@ class CurateResult:
         curation: the decision per image.
         files: kept list, dropped list, groups, summary (see :mod:`.lists`).
         seconds: wall time of (embedding, selection, writing).
+        tar_members: the images are members of tar shards, which ``train --data`` reads from
+            the shards themselves, not from a list of members.
     """
 
     curation: Curation
     files: list[Path]
     seconds: tuple[float, float, float]
+    tar_members: bool
 
 
 def _checkpoint_key(run: RunFolder) -> str:
@@ -198,4 +201,5 @@ def curate_run(
         "seconds": {"embed": round(t_embed, 3), "select": round(t_select, 3)},
     }
     files = write_curation(cur, paths, out, pick=settings.pick, summary=summary)
-    return CurateResult(cur, files, (t_embed, t_select, time.perf_counter() - tic))
+    seconds = (t_embed, t_select, time.perf_counter() - tic)
+    return CurateResult(cur, files, seconds, tar_members=any(".tar:" in p for p in paths[:1]))

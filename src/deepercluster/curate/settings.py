@@ -31,8 +31,9 @@ class CurateSettings:
             centroids of the other (1 compares inside clusters only; more finds pairs split by
             a cluster border at proportionally more work).
         seed: seeds the random picks (the same seed gives the same subset).
-        max_memory: bytes of embeddings held in memory at once (the rows gathered for one
-            batch of clusters; blocks of similarities come on top, ``block_rows`` squared).
+        max_memory: memory for the embeddings: half of it holds the rows gathered for one
+            batch of clusters, the rest is left to the blocks of similarities (``block_rows``
+            squared) and the per-image bookkeeping (about 100 bytes per image).
         block_rows: rows per similarity block.
     """
 

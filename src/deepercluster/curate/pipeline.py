@@ -2,10 +2,16 @@
 
 A run folder keeps its last clustering (labels, PCA, centroids) but not the embeddings it was
 computed from. The run's network therefore embeds its images once more, chunk by chunk, into a
-resumable :class:`~deepercluster.cluster.store.FeatureStore` of PCA-whitened, L2-normalised
-rows under ``RUN/curate/embeddings`` (the clustering space, where cosine similarity is the dot
-product); a second curation of the same checkpoint reads them back. Memory stays bounded by
-``CurateSettings.max_memory`` whatever N is: the store is read in blocks.
+resumable :class:`~deepercluster.cluster.store.FeatureStore` under ``RUN/curate/embeddings``
+(the run's PCA projection and whitening); a second curation of the same checkpoint reads them
+back. Memory stays bounded by ``CurateSettings.max_memory`` whatever N is: the store is read
+in blocks.
+
+The network trained on after its last clustering, so the PCA's mean no longer centres its
+features: they all share one direction, and after a few epochs two unrelated images already
+sit at cosine 0.9, which would make every image a near-duplicate of every other. The rows are
+therefore centred on today's mean before the L2 normalisation (:class:`CentredRows`), and the
+run's clusters get centroids in that space: the mean of their members.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse
 import torch
 from torch.utils.data import DataLoader
 
 from deepercluster.cluster import HierarchicalResult, PCAWhitening
+from deepercluster.cluster.blocks import RowSource, row_blocks
 from deepercluster.cluster.store import FeatureStore
 from deepercluster.curate.lists import write_curation
 from deepercluster.curate.select import Curation, select
@@ -31,7 +39,7 @@ from deepercluster.data.pathmatch import display_paths
 from deepercluster.engine.run_folder import RunFolder, open_run
 from deepercluster.features import extract_features
 
-__all__ = ["CurateResult", "curate_run", "run_embeddings"]
+__all__ = ["CentredRows", "CurateResult", "cluster_means", "curate_run", "run_embeddings"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,58 @@ class CurateResult:
     tar_members: bool
 
 
+class CentredRows:
+    """A store's rows minus ``mean``, L2-normalised on every read (a :class:`RowSource`).
+
+    Args:
+        store: (N, d) rows.
+        mean: (d,) float32 subtracted from every row.
+    """
+
+    def __init__(self, store: FeatureStore, mean: np.ndarray) -> None:
+        self.store, self.mean = store, mean.astype(np.float32)
+        self.rows, self.dim = store.rows, store.dim
+
+    def _finish(self, x: np.ndarray) -> np.ndarray:
+        x = x - self.mean
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        out: np.ndarray = x / np.maximum(norms, np.finfo(np.float32).tiny)
+        return out
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self._finish(self.store.read(start, stop))
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return self._finish(self.store.take(rows))
+
+
+def cluster_means(
+    rows: RowSource, labels: np.ndarray, k: int, *, block_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of all rows with a label, and the mean of each cluster's rows, in one pass.
+
+    Args:
+        rows: (N, d) rows.
+        labels: (N,) int64 cluster in [0, k), -1 for rows to leave out.
+        k: clusters.
+        block_rows: rows read at once.
+
+    Returns:
+        (d,) float32 overall mean, (k, d) float32 cluster means (zeros for an empty cluster).
+    """
+    sums = np.zeros((k, rows.dim), np.float64)
+    for start, block in row_blocks(rows, block_rows):
+        lab = labels[start : start + len(block)]
+        ok = np.flatnonzero(lab >= 0)
+        # A sparse (k, b) one-hot product sums each cluster's rows in one call.
+        onehot = scipy.sparse.csr_matrix((np.ones(len(ok)), (lab[ok], ok)), shape=(k, len(block)))
+        sums += onehot @ block.astype(np.float64)
+    counts = np.bincount(labels[labels >= 0], minlength=k).astype(np.float64)
+    overall = sums.sum(0) / max(counts.sum(), 1.0)
+    means = sums / np.maximum(counts, 1.0)[:, None]
+    return overall.astype(np.float32), means.astype(np.float32)
+
+
 def _checkpoint_key(run: RunFolder) -> str:
     stat = (run.path / "checkpoint.pth").stat()
     return f"{stat.st_size}-{stat.st_mtime_ns}"
@@ -68,7 +128,8 @@ def run_embeddings(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> FeatureStore:
-    """The run's images in its clustering space, (N, d) rows in a store under ``folder``.
+    """The run's images projected and whitened by its PCA, (N, d) rows in a store under ``folder``
+    (not yet L2-normalised: see :class:`CentredRows`).
 
     Chunks already written for this checkpoint are kept (an interrupted call resumes); a
     store written for another checkpoint is replaced.
@@ -78,7 +139,7 @@ def run_embeddings(
     """
     pca, _ = _clustering_space(run)
     key_file = folder / "key.json"
-    key = {"checkpoint": _checkpoint_key(run), "chunk_rows": chunk_rows}
+    key = {"checkpoint": _checkpoint_key(run), "chunk_rows": chunk_rows, "rows": "projected"}
     if folder.exists() and (not key_file.is_file() or json.loads(key_file.read_text()) != key):
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -100,7 +161,7 @@ def run_embeddings(
         )  # fmt: skip
         rows = np.zeros((hi - lo, pca.dim), np.float32)
         if out.valid.any():
-            rows[out.valid] = pca.apply(out.features[out.valid])
+            rows[out.valid] = pca.project(out.features[out.valid])
         store.write_chunk(chunk, rows, out.valid, out.skipped)
     return store
 
@@ -179,13 +240,17 @@ def curate_run(
     t_embed = time.perf_counter() - tic
     c = run.clustering
     labels = np.where(c.valid & store.valid(), c.labels, -1).astype(np.int64)
-    m, per_super, d = result.sub_centroids.shape
+    m, per_super, _ = result.sub_centroids.shape
     paths = display_paths(collection)
     tic = time.perf_counter()
+    everything = np.where(labels >= 0, 0, -1)
+    mean, _ = cluster_means(store, everything, 1, block_rows=settings.block_rows)
+    rows = CentredRows(store, mean)
+    _, centroids = cluster_means(rows, labels, m * per_super, block_rows=settings.block_rows)
     cur = select(
-        store,
+        rows,
         labels,
-        result.sub_centroids.reshape(m * per_super, d),
+        centroids,
         np.arange(m * per_super) // per_super,
         settings,
         file_bytes=_file_bytes(paths) if settings.keep == "largest" else None,

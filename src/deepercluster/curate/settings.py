@@ -27,9 +27,9 @@ class CurateSettings:
             a cluster.
         keep: the member of a duplicate group that stays: ``nearest`` its cluster's centroid,
             or the ``largest`` file.
-        probe: a pair is compared when one image's cluster is among the ``probe`` nearest
-            centroids of the other (1 compares inside clusters only; more finds pairs split by
-            a cluster border at proportionally more work).
+        probe: each image is compared with the members of its own cluster and of its
+            ``probe - 1`` nearest other centroids (1 compares inside clusters only; more finds
+            pairs split by a cluster border, at proportionally more work).
         seed: seeds the random picks (the same seed gives the same subset).
         max_memory: memory for the embeddings: half of it holds the rows gathered for one
             batch of clusters, the rest is left to the blocks of similarities (``block_rows``

@@ -209,6 +209,7 @@ def write_markdown(record: dict[str, Any], path: Path) -> None:
                 f"| {t} | {int(d['found'])} of {int(d['planted'])} | {d['recall']:.3f} | "
                 f"{int(d['false_merges'])} | {d['false_merge_rate']:.3f} |"
             )
+        lines += ["", *verdict(r, record["probe_threshold"])]
     lines += ["", "## Pre-training on each subset (linear probe, kNN)", ""]
     if record.get("probes"):
         lines += ["| subset | best linear probe % | kNN % |", "|---|---|---|"]
@@ -228,6 +229,32 @@ def write_markdown(record: dict[str, Any], path: Path) -> None:
     lines += ["", f"Reproduce: `{record['invocation']}`", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
+
+
+def verdict(r: dict[str, Any], threshold: str) -> list[str]:
+    """Which of the measures curation wins, in words computed from the numbers."""
+    cur = r["subsets"][f"curated (dedup {threshold})"]
+    rand = [m for name, m in r["subsets"].items() if name.startswith("random")]
+    entropies = [m["class_entropy"] for m in rand]
+    pairs = float(np.mean([m["planted_pairs_left"] for m in rand]))
+    if cur["class_entropy"] > max(entropies):
+        balance = "curation wins"
+    elif cur["class_entropy"] < min(entropies):
+        balance = "curation loses"
+    else:
+        balance = "within the spread of the random draws"
+    met = [t for t, d in r["detection"].items()
+           if d["recall"] >= 0.95 and d["false_merge_rate"] < 0.01]  # fmt: skip
+    return [
+        f"Reading (curated at {threshold} vs the random subsets): class entropy "
+        f"{cur['class_entropy']:.3f} vs {min(entropies):.3f}-{max(entropies):.3f} ({balance}); "
+        f"planted pairs left {cur['planted_pairs_left']} vs {pairs:.1f} on average "
+        f"({'curation wins' if cur['planted_pairs_left'] < pairs else 'curation does not win'}). "
+        "The goal of 95% of the planted copies found at under 1% false merges is "
+        + (f"met at {', '.join(met)}." if met else "met at no threshold.")
+        + f" The run's clusters against the classes: NMI {r['clusters_vs_classes_nmi']:.3f} "
+        "(balancing clusters balances classes only as far as the clusters follow them).",
+    ]
 
 
 def curate_pool(
@@ -265,7 +292,27 @@ def curate_pool(
     measured = {"pool (everything)": measure_subset(pool, {r["file"] for r in pool})}
     measured |= {name: measure_subset(pool, subset_names(f)) for name, f in subsets.items()}
     summary = json.loads((run / "summary.json").read_text())
-    return {"last_epoch": summary, "subsets": measured, "detection": detection}, subsets
+    record = {"last_epoch": summary, "subsets": measured, "detection": detection}
+    return record | {"clusters_vs_classes_nmi": clusters_nmi(run, pool)}, subsets
+
+
+def clusters_nmi(run: Path, pool: list[dict[str, str]]) -> float:
+    """NMI of the run's own clusters with the classes (noise images left out): how far
+    balancing clusters can balance classes."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from deepercluster.data.pathmatch import display_paths
+    from deepercluster.engine.run_folder import open_run
+
+    folder = open_run(run)
+    names = [Path(p).name for p in display_paths(folder.collection())]
+    cls = {r["file"]: r["class"] for r in pool}
+    keep = [i for i, n in enumerate(names) if cls[n] and folder.clustering.valid[i]]
+    return float(
+        normalized_mutual_info_score(
+            [cls[names[i]] for i in keep], folder.clustering.labels[keep].tolist()
+        )
+    )
 
 
 def main() -> int:
@@ -322,6 +369,7 @@ def main() -> int:
         "k": cfg["cluster"]["k"],
         "m": cfg["cluster"]["super_clusters"],
         "size": args.size,
+        "probe_threshold": args.probe_threshold,
         "pretrains": pretrains,
         "probes": probe_results,
         "commands": log,

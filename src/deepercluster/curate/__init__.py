@@ -7,7 +7,13 @@ its embeddings is :mod:`deepercluster.curate.pipeline`, a layer above ``engine``
 ``__init__`` must not import it.
 """
 
-from deepercluster.curate.duplicates import DuplicateGroups, centroid_sweep, find_duplicates
+from deepercluster.curate.duplicates import (
+    DuplicateGroups,
+    Survivors,
+    centroid_sweep,
+    find_duplicates,
+    survivors,
+)
 from deepercluster.curate.sampling import allocate, pick_members, water_fill
 from deepercluster.curate.select import Curation, select
 from deepercluster.curate.settings import CurateSettings
@@ -16,10 +22,12 @@ __all__ = [
     "CurateSettings",
     "Curation",
     "DuplicateGroups",
+    "Survivors",
     "allocate",
     "centroid_sweep",
     "find_duplicates",
     "pick_members",
     "select",
+    "survivors",
     "water_fill",
 ]

@@ -5,8 +5,9 @@ sit next to each other, so, as SemDeDup (Abbas et al. 2023, https://arxiv.org/ab
 and Vo et al. 2024 (https://arxiv.org/abs/2405.15613) do, pairs are compared inside clusters:
 an inverted file whose lists are the run's sub-clusters. Each image is also compared with the
 members of its ``probe - 1`` nearest other centroids, so that a pair split by a cluster border
-is still found. Every pair at or above the threshold is an edge; the groups are the connected
-components of that graph (a chain a~b~c is one group even when a and c are further apart).
+is still found. Every pair at or above the threshold is an edge of a graph; its connected
+components are then split into stars (:func:`survivors`), so that every dropped image is at
+least as similar as the threshold to the one image of its group that stays.
 
 Memory: the rows of a batch of clusters are gathered from the :class:`RowSource` (a
 :class:`~deepercluster.cluster.store.FeatureStore` or an array) in one sequential sweep, at most
@@ -26,7 +27,7 @@ from scipy.sparse.csgraph import connected_components
 
 from deepercluster.cluster.blocks import RowSource, row_blocks
 
-__all__ = ["DuplicateGroups", "centroid_sweep", "find_duplicates", "keep_one"]
+__all__ = ["DuplicateGroups", "Survivors", "centroid_sweep", "find_duplicates", "survivors"]
 
 # float32 dot products of two identical unit vectors can land a few ulps under 1.0.
 _TOLERANCE = 1e-6
@@ -233,24 +234,77 @@ def find_duplicates(
     return DuplicateGroups(group=group, compared=compared)
 
 
-def keep_one(group: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """The member of each group to keep: the lowest ``score``, then the lowest row.
+@dataclass(frozen=True)
+class Survivors:
+    """Who stays of each near-duplicate group, and whom each dropped image resembles.
+
+    Attributes:
+        duplicate_of: (N,) int64 the survivor a dropped image is a near-duplicate of, else -1.
+        group: (N,) int64 the survivor of the row's group (itself for a survivor), -1 for a
+            row in no group.
+        similarity: (N,) float32 cosine similarity of a dropped image to its survivor (NaN
+            for the others).
+    """
+
+    duplicate_of: np.ndarray
+    group: np.ndarray
+    similarity: np.ndarray
+
+
+def survivors(
+    source: RowSource,
+    components: np.ndarray,
+    score: np.ndarray,
+    *,
+    threshold: float,
+    max_memory: int,
+) -> Survivors:
+    """Split each connected component of the threshold graph into stars around survivors.
+
+    A component can chain images that are far apart (a~b and b~c with a and c unlike). Inside
+    each, the best remaining image (lowest ``score``, then lowest row) survives and takes every
+    remaining image at or above ``threshold`` of it as its near-duplicates; then the next best
+    remaining one, and so on (the greedy rule of SemDeDup). So every dropped image is at least
+    ``threshold`` similar to the image that stays in its place.
 
     Args:
-        group: (N,) int64 group of each row (-1: in no group).
+        source: (N, d) L2-normalised rows.
+        components: (N,) int64 component of each row (:attr:`DuplicateGroups.group`).
         score: (N,) float, lower is better (distance to the centroid, minus the file size).
+        threshold: cosine similarity in (0, 1].
+        max_memory: bytes a component's rows may take.
 
-    Returns:
-        (N,) int64: for a dropped member, the row kept in its place; -1 for every other row
-        (kept members and rows in no group).
+    Raises:
+        ValueError: a component too large for ``max_memory`` (the threshold is too low).
     """
-    ids = np.flatnonzero(group >= 0)
-    order = ids[np.lexsort((ids, np.nan_to_num(score[ids], nan=np.inf), group[ids]))]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = group[order[1:]] != group[order[:-1]]
-    keeper = order[first]
-    kept_of_group = dict(zip(group[keeper].tolist(), keeper.tolist(), strict=True))
-    out = np.full(len(group), -1, dtype=np.int64)
-    dropped = order[~first]
-    out[dropped] = [kept_of_group[g] for g in group[dropped].tolist()]
-    return out
+    n = len(components)
+    duplicate_of = np.full(n, -1, dtype=np.int64)
+    group = np.full(n, -1, dtype=np.int64)
+    similarity = np.full(n, np.nan, dtype=np.float32)
+    ids = np.flatnonzero(components >= 0)
+    order = ids[np.lexsort((ids, np.nan_to_num(score[ids], nan=np.inf), components[ids]))]
+    bounds = np.flatnonzero(np.diff(components[order])) + 1
+    for members in np.split(order, bounds):
+        if len(members) * source.dim * 4 > max_memory:
+            raise ValueError(
+                f"a chain of {len(members)} near-duplicates does not fit in --max-memory "
+                f"({max_memory} bytes); raise --dedup or --max-memory"
+            )
+        sorted_rows = np.sort(members)
+        x = source.take(sorted_rows)[np.searchsorted(sorted_rows, members)]  # best first
+        open_ = np.ones(len(members), dtype=bool)
+        for pos in range(len(members)):
+            if not open_[pos]:
+                continue
+            open_[pos] = False
+            rest = np.flatnonzero(open_)
+            sims = x[rest] @ x[pos]
+            hit = rest[sims >= threshold - _TOLERANCE]
+            if len(hit):
+                open_[hit] = False
+                keeper = members[pos]
+                duplicate_of[members[hit]] = keeper
+                group[members[hit]] = keeper
+                group[keeper] = keeper
+                similarity[members[hit]] = sims[sims >= threshold - _TOLERANCE]
+    return Survivors(duplicate_of, group, similarity)

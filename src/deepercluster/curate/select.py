@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from deepercluster.cluster.blocks import RowSource
-from deepercluster.curate.duplicates import centroid_sweep, find_duplicates, keep_one
+from deepercluster.curate.duplicates import centroid_sweep, find_duplicates, survivors
 from deepercluster.curate.sampling import allocate, pick_members
 from deepercluster.curate.settings import CurateSettings
 
@@ -32,7 +32,8 @@ class Curation:
         labels: (N,) int64 sub-cluster (global id), -1 for unreadable images.
         duplicate_of: (N,) int64 the image kept in place of a dropped duplicate, else -1.
         similarity: (N,) float32 cosine similarity of a dropped duplicate to it (else NaN).
-        group: (N,) int64 near-duplicate group (its lowest id), -1 outside any group.
+        group: (N,) int64 near-duplicate group (the id of the image that stays), -1 outside
+            any group.
         distance: (N,) float32 distance to the own centroid (NaN for unreadable images).
         super_of: (k,) int64 super-cluster of each sub-cluster.
         pool: (k,) int64 images of each cluster left after de-duplication.
@@ -116,15 +117,15 @@ def select(
             block_rows=s.block_rows,
             device=device,
         )
-        group, compared = found.group, found.compared
+        compared = found.compared
         if s.keep == "largest":
             if file_bytes is None:
                 raise ValueError("keep='largest' needs the file sizes (file_bytes)")
             score = -np.asarray(file_bytes, dtype=np.float64)
         else:
             score = distance.astype(np.float64)
-        duplicate_of = keep_one(group, score)
-        similarity = _similarity(source, duplicate_of, s.block_rows)
+        stars = survivors(source, found.group, score, threshold=s.dedup, max_memory=s.max_memory)
+        duplicate_of, group, similarity = stars.duplicate_of, stars.group, stars.similarity
 
     status = np.full(n, OVER_QUOTA, dtype=np.int8)
     status[~valid] = UNREADABLE
@@ -161,14 +162,3 @@ def select(
         quota=quota,
         compared=compared,
     )
-
-
-def _similarity(source: RowSource, duplicate_of: np.ndarray, block_rows: int) -> np.ndarray:
-    """(N,) cosine similarity of every dropped duplicate to the image kept in its place."""
-    out = np.full(len(duplicate_of), np.nan, dtype=np.float32)
-    dropped = np.flatnonzero(duplicate_of >= 0)
-    for lo in range(0, len(dropped), block_rows):
-        rows = dropped[lo : lo + block_rows]
-        a, b = source.take(rows), source.take(duplicate_of[rows])
-        out[rows] = np.einsum("ij,ij->i", a, b)
-    return out

@@ -9,7 +9,7 @@ import pytest
 
 from deepercluster.cluster import kmeans
 from deepercluster.cluster.store import FeatureStore
-from deepercluster.curate.duplicates import centroid_sweep, find_duplicates, keep_one
+from deepercluster.curate.duplicates import centroid_sweep, find_duplicates, survivors
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -104,7 +104,23 @@ def test_unreadable_rows_and_threshold_one(tmp_path: Path) -> None:
     assert found.group.tolist() == [0, 0, -1, -1, -1]  # row 2 is unreadable, row 4 is not equal
 
 
-def test_keep_one_prefers_the_lowest_score_then_the_lowest_id() -> None:
-    group = np.array([0, 0, 0, -1, 4, 4, 6, 6])
-    score = np.array([0.5, 0.1, 0.3, 0.0, 0.2, 0.2, np.nan, 0.9])
-    assert keep_one(group, score).tolist() == [1, -1, 1, -1, -1, 4, 7, -1]
+def test_survivors_split_a_chain_into_stars(tmp_path: Path) -> None:
+    # a~b and b~c at cosine 0.995, but a.c = 0.98 < 0.99: one component, a chain.
+    angle = np.arccos(0.995)
+    x = np.array([[np.cos(t), np.sin(t), 0] for t in (-angle, 0.0, angle)], np.float32)
+    x = np.vstack([x, [[0, 0, 1]], [[0, 0, 1]]]).astype(np.float32)  # rows 3, 4: a pair
+    store = _store(tmp_path, x)
+    components = np.array([0, 0, 0, 3, 3])
+    # b (row 1) preferred: it stands for both ends of the chain.
+    best_b = survivors(store, components, np.array([1.0, 0.0, 2.0, 0.0, 0.0]),
+                       threshold=0.99, max_memory=2**20)  # fmt: skip
+    assert best_b.duplicate_of.tolist() == [1, -1, 1, -1, 3]
+    assert best_b.group.tolist() == [1, 1, 1, 3, 3]
+    np.testing.assert_allclose(best_b.similarity[[0, 2, 4]], [0.995, 0.995, 1.0], atol=1e-5)
+    # a (row 0) preferred: it takes b; c is not close enough to a and stays alone.
+    best_a = survivors(store, components, np.array([0.0, 1.0, 2.0, 0.5, 0.5]),
+                       threshold=0.99, max_memory=2**20)  # fmt: skip
+    assert best_a.duplicate_of.tolist() == [-1, 0, -1, -1, 3]  # equal scores: the lower row
+    assert best_a.group.tolist() == [0, 0, -1, 3, 3]
+    with pytest.raises(ValueError, match="chain of 3 near-duplicates does not fit"):
+        survivors(store, components, np.zeros(5), threshold=0.99, max_memory=2 * 3 * 4)

@@ -246,24 +246,3 @@ def reduce_stats(stats: EpochStats) -> EpochStats:
     )
     v = distributed.all_reduce_sum(values).tolist()
     return EpochStats(int(v[0]), v[1], v[2], v[3], int(v[4]), int(v[5]), v[6] / world)
-
-
-def reset_heads(
-    heads: HierarchicalHeads,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    *,
-    keep_super: bool,
-) -> None:
-    """Re-initialise the heads after a re-clustering, and forget their momentum.
-
-    Cluster ids change meaning at every clustering, so the heads start again from scratch, and
-    so does the momentum that pushed them towards the old ids. With m = 1 the super-classes are
-    the rotations alone, whose meaning is stable: that head is kept (as in the reference).
-    """
-    heads.reset_parameters(generator, super_head=not keep_super)
-    reset = [heads.sub_weight, heads.sub_bias]
-    if not keep_super:
-        reset += list(heads.super_head.parameters())
-    for p in reset:
-        optimizer.state.pop(p, None)

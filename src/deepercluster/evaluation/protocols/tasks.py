@@ -153,12 +153,14 @@ def run_linear_task(
             f"{r.grid[0]}x{r.grid[1]}x{r.grid[1]}",
             f"{r.best_lr:g}",
             f"{r.best_weight_decay:g}",
+            ", ".join(r.edges) or "—",
             f"{r.mean:.2f} ± {r.std:.2f}",
         ]
         for r in results
     ]
     table = markdown_table(
-        ["layer", "dim", "pooled C×s×s", "lr", "wd", "test top-1 % (mean ± std)"], rows
+        ["layer", "dim", "pooled C×s×s", "lr", "wd", "grid edge", "test top-1 % (mean ± std)"],
+        rows,
     )
     header = (
         f"Linear probes of `{pre.source}` — {int(f_train.valid.sum())} train / "

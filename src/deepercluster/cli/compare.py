@@ -85,6 +85,12 @@ def register(sub: Any) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--workers", type=int, default=0, help="loader workers of the scores")
     p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads of the whole comparison (0: torch's default)",
+    )
+    p.add_argument(
         "--keep-features",
         action="store_true",
         help="keep each run's cached probe features (large: images x 10,000 x layers)",
@@ -94,8 +100,16 @@ def register(sub: Any) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    import torch
+
     from deepercluster.evaluation.compare import CompareSettings, run_compare
     from deepercluster.evaluation.protocols.linear import LinearProtocol
+
+    overrides = list(args.overrides)
+    if args.threads > 0:
+        # The probes run in this process too: the setting must hold beyond the training.
+        torch.set_num_threads(args.threads)
+        overrides.append(f"train.threads={args.threads}")
 
     protocol = LinearProtocol(
         lrs=args.lrs,
@@ -111,7 +125,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         out=Path(args.out),
         methods=methods,
         seeds=args.seeds,
-        overrides=tuple(args.overrides),
+        overrides=tuple(overrides),
         config=args.config,
         variants=args.variants,
         train_labels=args.train_labels,
@@ -157,4 +171,6 @@ def _command_line(args: argparse.Namespace) -> str:
     words += ["--lrs", ",".join(f"{v:g}" for v in args.lrs)]
     words += ["--wds", ",".join(f"{v:g}" for v in args.wds), "--widen", str(args.widen)]
     words += ["--knn-k", str(args.knn_k), "--device", args.device]
+    if args.threads:
+        words += ["--threads", str(args.threads)]
     return shlex.join(words)

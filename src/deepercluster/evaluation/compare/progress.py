@@ -67,10 +67,11 @@ class StepLog:
         self._tic = time.perf_counter()
         self._emit(f"[{self._index + 1}/{len(self.steps)}] {step.label} (left ≈ {self.left()})")
 
-    def done(self, step: Step, *, reused: bool, note: str = "") -> None:
-        """The step ended: timed (and counted in the estimate) unless its result was reused."""
+    def done(self, step: Step, *, reused: bool, took: float | None = None) -> None:
+        """The step ended; a reused result counts in the estimate with the time it ``took``
+        when it was made (if known), a new one with the time measured now."""
         seconds = time.perf_counter() - self._tic
-        if not reused:
-            self._times.setdefault(step.kind, []).append(seconds)
+        if not reused or took is not None:
+            self._times.setdefault(step.kind, []).append(took if reused else seconds)
         outcome = "reused" if reused else f"done in {format_duration(seconds)}"
-        self._emit(f"[{self._index + 1}/{len(self.steps)}] {step.label}: {outcome}{note}")
+        self._emit(f"[{self._index + 1}/{len(self.steps)}] {step.label}: {outcome}")

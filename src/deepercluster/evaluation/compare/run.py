@@ -216,19 +216,19 @@ def run_compare(settings: CompareSettings) -> Path:
             reused = pretrain(
                 cfg, collection, plan.images, random=not method.trains, progress=settings.progress
             )
-            log.done(step, reused=reused)
+            log.done(step, reused=reused, took=pretrain_seconds(run))
             record: dict[str, Any] = {"seed": seed, "run": str(run), "config": cfg.to_dict()}
             jobs = [("linear", linear_score), ("knn", knn_score)]
             for name, score in jobs:
                 step = next(steps)
                 log.start(step)
                 record[name], reused = score(scoring, run, scores)
-                log.done(step, reused=reused)
+                log.done(step, reused=reused, took=record[name]["seconds"])
             if _clusters(method, cfg):
                 step = next(steps)
                 log.start(step)
                 record["clusters"], reused = clusters_score(run, labels, scores)
-                log.done(step, reused=reused)
+                log.done(step, reused=reused, took=record["clusters"]["seconds"])
             if not settings.keep_features:
                 shutil.rmtree(scores / "eval" / "cache", ignore_errors=True)
             record["pretrain_seconds"] = pretrain_seconds(run)

@@ -37,13 +37,20 @@ CURVES = ("train/loss", "train/super_acc", "train/sub_acc", "cluster/nmi_previou
 """Per-epoch metrics of metrics.jsonl that the report shows as curves."""
 
 
-def check_run_folder(folder: Path, cfg: RunConfig, images: dict[str, Any]) -> None:
+RANDOM_SETTINGS = ("model.", "data.resolution", "train.seed")
+"""What the random network depends on: it is drawn, never trained on the images."""
+
+
+def check_run_folder(
+    folder: Path, cfg: RunConfig, images: dict[str, Any], *, random: bool = False
+) -> None:
     """Refuse a run folder that an earlier comparison filled with other settings.
 
     Args:
         folder: the run folder.
         cfg: the configuration this comparison would train it with.
         images: what identifies the pre-training images (data, labels, cap, count).
+        random: the folder holds a random network: only :data:`RANDOM_SETTINGS` count.
 
     Raises:
         RunFolderError: the folder's recorded settings differ (the message lists them).
@@ -59,6 +66,8 @@ def check_run_folder(folder: Path, cfg: RunConfig, images: dict[str, Any]) -> No
         if k not in MACHINE_SETTINGS
     ]
     changed += [f"images.{k}" for k in diff_configs(saved["images"], images)]
+    if random:
+        changed = [k for k in changed if k.removeprefix("config.").startswith(RANDOM_SETTINGS)]
     if changed:
         details = ", ".join(
             f"{key.split('.', 1)[1]}: {_lookup(saved, key)!r} there vs {_lookup(now, key)!r} now"
@@ -99,11 +108,14 @@ def pretrain(
         True when the run was finished already (nothing trained).
     """
     folder = Path(cfg.out)
-    check_run_folder(folder, cfg, images)
+    check_run_folder(folder, cfg, images, random=random)
+    record = {"config": cfg.to_dict(), "images": images}
     if (folder / BACKBONE_NAME).is_file():
+        if random:  # the same network under the comparison's current budget
+            _write_json(folder / RUN_RECORD, record)
         return True
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / RUN_RECORD, {"config": cfg.to_dict(), "images": images})
+    _write_json(folder / RUN_RECORD, record)
     if random:
         # The same draw as the first thing `fit` does, so the row is the other methods' start.
         torch.manual_seed(cfg.train.seed)

@@ -101,15 +101,32 @@ def test_a_run_folder_with_other_settings_is_refused(tmp_path: Path) -> None:
         check_run_folder(tmp_path, cfg, {**images, "max_train": 500})
 
 
-def test_time_left_counts_only_kinds_already_timed(tmp_path: Path) -> None:
+def test_time_left_counts_the_kinds_already_timed(tmp_path: Path) -> None:
     steps = [Step("pretrain:a", "a"), Step("linear", "a probes"), Step("linear", "b probes")]
     log = StepLog(steps, tmp_path / "compare.log")
     assert log.left() == "?"
     log.start(steps[0])
-    log.done(steps[0], reused=True)  # reused steps are not timed
+    log.done(steps[0], reused=True)  # reused, time unknown: not counted
     log.start(steps[1])
-    log._times["linear"] = [30.0]  # as if it had taken 30 s
-    assert log.left() == "1m00s"  # this step and the next
+    assert log.left() == "?"
+    log.done(steps[1], reused=True, took=30.0)  # reused, made in 30 s earlier
+    assert log.left() == "1m00s"  # from step 2 (the current one) on
     log.start(steps[2])
     assert log.left() == "30s"
     assert "[1/3] a: reused" in (tmp_path / "compare.log").read_text()
+
+
+def test_a_random_network_depends_only_on_its_architecture_and_seed(tmp_path: Path) -> None:
+    import json
+
+    images = {"train_data": "/d", "max_train": 0, "count": 36}
+    cfg = run_config(Method("random", "random"), base={}, overrides=[], seed=0, data="/d",
+                     out=tmp_path, device="cpu")  # fmt: skip
+    (tmp_path / RUN_RECORD).write_text(json.dumps({"config": cfg.to_dict(), "images": images}))
+    longer = run_config(Method("random", "random"), base={}, overrides=["train.epochs=9"],
+                        seed=0, data="/d", out=tmp_path, device="cpu")  # fmt: skip
+    check_run_folder(tmp_path, longer, {**images, "max_train": 5}, random=True)
+    other = run_config(Method("random", "random"), base={}, overrides=["model.sobel=false"],
+                       seed=0, data="/d", out=tmp_path, device="cpu")  # fmt: skip
+    with pytest.raises(RunFolderError, match=r"model\.sobel"):
+        check_run_folder(tmp_path, other, images, random=True)

@@ -8,6 +8,7 @@ of budget, and bad arguments.
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -45,15 +46,23 @@ def _write_classes(root: Path, per_class: int, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]:
+    """Training images in a tar shard (members under <class>/), test images in a CSV list with
+    a label column: two of the three labelled inputs (class folders are the third)."""
     base = tmp_path_factory.mktemp("compare")
-    train = _write_classes(base / "train", 12, seed=0)
+    folder = _write_classes(base / "train", 12, seed=0)
+    train = base / "train.tar"
+    with tarfile.open(train, "w") as tar:
+        tar.add(folder, arcname="train")
     test = _write_classes(base / "test", 6, seed=1)
+    listing = base / "test.csv"
+    rows = [f"{p.relative_to(base)},{p.parent.name}" for p in sorted(test.rglob("*.png"))]
+    listing.write_text("path,label\n" + "\n".join(rows) + "\n")
     variants = base / "study.toml"
     variants.write_text(VARIANTS)
     out = base / "out"
-    args = ["compare", "--train-data", str(train), "--test-data", str(test), "--out", str(out),
+    args = ["compare", "--train-data", str(train), "--test-data", str(listing), "--out", str(out),
             "--variants", str(variants), "--seeds", "1", "--probe-epochs", "1", "--device", "cpu",
-            *BUDGET]  # fmt: skip
+            "--max-train", "30", *BUDGET]  # fmt: skip
     assert main(args) == 0
     return args, out
 
@@ -73,7 +82,9 @@ def test_compare_writes_json_markdown_and_plot(compared: tuple[list[str], Path])
         assert row["best_layer"] in {"conv1", "conv2", "conv3", "conv4", "conv5"}
         assert 0 <= row["best"]["mean"] <= 100 and 0 <= row["knn"]["mean"] <= 100
         assert 0 <= row["kmeans_nmi"]["mean"] <= 1
-    assert result["pretraining_images"]["count"] == 36
+    assert result["pretraining_images"]["count"] == 30  # --max-train: 10 of each class
+    assert dc["clusters"]["result"]["sub-clusters"]["images"] == 30
+    assert result["classes"] == ["diagonal", "horizontal", "vertical"]
     md = (out / "compare.md").read_text()
     assert "| random | 1 |" in md and "| dc-k4 | 1 |" in md
     assert "## Linear probes per layer" in md and "conv5: test %" in md

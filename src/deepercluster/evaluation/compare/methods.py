@@ -44,6 +44,7 @@ __all__ = [
     "read_variants",
     "resolve_methods",
     "run_config",
+    "setting_value",
 ]
 
 RANDOM = "random"
@@ -223,3 +224,11 @@ def run_config(
         data=replace(cfg.data, path=data),
         train=replace(cfg.train, seed=seed, device=device),
     )
+
+
+def setting_value(tree: dict[str, Any], dotted: str) -> Any:
+    """The value at ``dotted`` (``"cluster.k"``) of a nested dict, None where it is missing."""
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node

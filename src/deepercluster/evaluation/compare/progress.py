@@ -71,7 +71,8 @@ class StepLog:
         """The step ended; a reused result counts in the estimate with the time it ``took``
         when it was made (if known), a new one with the time measured now."""
         seconds = time.perf_counter() - self._tic
-        if not reused or took is not None:
-            self._times.setdefault(step.kind, []).append(took if reused else seconds)
+        spent = took if reused else seconds
+        if spent is not None:
+            self._times.setdefault(step.kind, []).append(spent)
         outcome = "reused" if reused else f"done in {format_duration(seconds)}"
         self._emit(f"[{self._index + 1}/{len(self.steps)}] {step.label}: {outcome}")

@@ -22,6 +22,7 @@ from deepercluster.engine.eta import ROUND_TIMES
 from deepercluster.engine.failures import RunFolderError
 from deepercluster.engine.fit import fit
 from deepercluster.engine.run_folder import BACKBONE_NAME, read_metrics
+from deepercluster.evaluation.compare.methods import setting_value
 from deepercluster.models import build_backbone
 
 __all__ = ["RUN_RECORD", "check_run_folder", "pretrain", "pretrain_seconds", "training_curves"]
@@ -70,7 +71,8 @@ def check_run_folder(
         changed = [k for k in changed if k.removeprefix("config.").startswith(RANDOM_SETTINGS)]
     if changed:
         details = ", ".join(
-            f"{key.split('.', 1)[1]}: {_lookup(saved, key)!r} there vs {_lookup(now, key)!r} now"
+            f"{key.split('.', 1)[1]}: {setting_value(saved, key)!r} there "
+            f"vs {setting_value(now, key)!r} now"
             for key in changed[:4]
         )
         raise RunFolderError(
@@ -78,13 +80,6 @@ def check_run_folder(
             "with the settings it had, pass another --out, or delete that folder to train it "
             "again"
         )
-
-
-def _lookup(tree: dict[str, Any], dotted: str) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 def pretrain(

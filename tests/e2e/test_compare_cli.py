@@ -11,9 +11,8 @@ import json
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from tests.conftest import write_stripe_classes
 
 from deepercluster.cli import main
 
@@ -21,6 +20,7 @@ BUDGET = [
     "--set", "model.arch=small", "--set", "data.resolution=32", "--set", "data.workers=0",
     "--set", "train.epochs=1", "--set", "train.batch_size=12", "--set", "cluster.pca_dim=8",
 ]  # fmt: skip
+CLASSES = ("horizontal", "vertical", "diagonal")
 VARIANTS = """
 methods = ["random", "dc-k4"]
 
@@ -30,30 +30,16 @@ set = ["cluster.k=4"]
 """
 
 
-def _write_classes(root: Path, per_class: int, seed: int) -> Path:
-    """Three visibly different classes (horizontal, vertical, diagonal stripes), 32 px."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:32, 0:32]
-    for name, axis in (("horizontal", yy), ("vertical", xx), ("diagonal", xx + yy)):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            img = (np.sin(axis * 2 * np.pi / rng.integers(4, 9)) > 0) * 200.0
-            img = img + rng.normal(0, 20, (32, 32))
-            rgb = np.stack([img, img * rng.uniform(0.5, 1), img], -1).clip(0, 255)
-            Image.fromarray(rgb.astype(np.uint8)).save(root / name / f"{i:03d}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]:
     """Training images in a tar shard (members under <class>/), test images in a CSV list with
     a label column: two of the three labelled inputs (class folders are the third)."""
     base = tmp_path_factory.mktemp("compare")
-    folder = _write_classes(base / "train", 12, seed=0)
+    folder = write_stripe_classes(base / "train", 12, seed=0, classes=CLASSES)
     train = base / "train.tar"
     with tarfile.open(train, "w") as tar:
         tar.add(folder, arcname="train")
-    test = _write_classes(base / "test", 6, seed=1)
+    test = write_stripe_classes(base / "test", 6, seed=1, classes=CLASSES)
     listing = base / "test.csv"
     rows = [f"{p.relative_to(base)},{p.parent.name}" for p in sorted(test.rglob("*.png"))]
     listing.write_text("path,label\n" + "\n".join(rows) + "\n")

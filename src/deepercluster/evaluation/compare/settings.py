@@ -24,7 +24,7 @@ from deepercluster.evaluation.compare.methods import (
     run_config,
     setting_value,
 )
-from deepercluster.evaluation.protocols.labels import LabelledCollection, open_labelled
+from deepercluster.evaluation.protocols.labels import LabelledCollection, open_train_test
 from deepercluster.evaluation.protocols.linear import LinearProtocol
 from deepercluster.evaluation.protocols.tasks import balanced_subset
 
@@ -103,13 +103,9 @@ def resolve_plan(settings: CompareSettings) -> Plan:
         raise ValueError(f"--seeds must be 1 or more, got {settings.seeds}")
     check_shared(settings.overrides)
     base = read_base_config(settings.config)
-    train = open_labelled(settings.train_data, settings.train_labels, flag="--train-labels")
-    test = open_labelled(settings.test_data, settings.test_labels, flag="--test-labels")
-    if train.class_names != test.class_names:
-        raise ValueError(
-            f"train and test classes differ ({len(train.class_names)} vs "
-            f"{len(test.class_names)} names); both must use the same class names"
-        )
+    train, _ = open_train_test(
+        settings.train_data, settings.test_data, settings.train_labels, settings.test_labels
+    )
     # The probes fit on these same images (balanced_subset with the same cap and seed).
     ids = balanced_subset(train.labels, settings.max_train)
     images = {

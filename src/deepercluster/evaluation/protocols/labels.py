@@ -18,7 +18,7 @@ import numpy as np
 from deepercluster.data import Collection, open_collection
 from deepercluster.data.pathmatch import csv_values, display_paths
 
-__all__ = ["LabelledCollection", "class_labels", "open_labelled"]
+__all__ = ["LabelledCollection", "class_labels", "open_labelled", "open_train_test"]
 
 
 @dataclass(frozen=True)
@@ -83,3 +83,21 @@ def open_labelled(
     """Open a collection and its class labels (see :func:`class_labels`)."""
     collection = open_collection(spec)
     return LabelledCollection(collection, *class_labels(collection, labels_csv, flag=flag))
+
+
+def open_train_test(
+    train: str, test: str, train_labels: str | None = None, test_labels: str | None = None
+) -> tuple[LabelledCollection, LabelledCollection]:
+    """Open labelled training and test images (``--train-data``/``--test-data``).
+
+    Raises:
+        ValueError: their class names differ (class ``j`` must mean the same in both).
+    """
+    opened_train = open_labelled(train, train_labels, flag="--train-labels")
+    opened_test = open_labelled(test, test_labels, flag="--test-labels")
+    if opened_train.class_names != opened_test.class_names:
+        raise ValueError(
+            f"train and test classes differ ({len(opened_train.class_names)} vs "
+            f"{len(opened_test.class_names)} names); both must use the same class names"
+        )
+    return opened_train, opened_test

@@ -20,7 +20,7 @@ from deepercluster.engine.run_folder import Pretrained, load_pretrained
 from deepercluster.evaluation import knn_predict
 from deepercluster.evaluation.protocols.cluster_task import label_agreement
 from deepercluster.evaluation.protocols.features import FINAL, LayerFeatures, extract_layers
-from deepercluster.evaluation.protocols.labels import LabelledCollection, open_labelled
+from deepercluster.evaluation.protocols.labels import LabelledCollection, open_train_test
 from deepercluster.evaluation.protocols.linear import LinearProtocol, run_linear_probes
 from deepercluster.evaluation.protocols.report import (
     markdown_table,
@@ -120,13 +120,9 @@ def _features(
 
 def open_inputs(inputs: Inputs) -> tuple[Pretrained, LabelledCollection, LabelledCollection, Path]:
     pre = load_pretrained(inputs.checkpoint, device=inputs.device)
-    train = open_labelled(inputs.train_data, inputs.train_labels, flag="--train-labels")
-    test = open_labelled(inputs.test_data, inputs.test_labels, flag="--test-labels")
-    if train.class_names != test.class_names:
-        raise ValueError(
-            f"train and test classes differ ({len(train.class_names)} vs "
-            f"{len(test.class_names)} names); both must use the same class names"
-        )
+    train, test = open_train_test(
+        inputs.train_data, inputs.test_data, inputs.train_labels, inputs.test_labels
+    )
     return pre, train, test, output_dir(inputs.checkpoint, inputs.out)
 
 

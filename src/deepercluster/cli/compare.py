@@ -7,6 +7,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from deepercluster.cli.common import add_overrides
+
 EPILOG = """\
 Methods: random (the network at its initialisation), the presets (rotnet, deepcluster,
 deepercluster, ...), or variants named in a --variants TOML file:
@@ -35,11 +37,13 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def register(sub: Any) -> None:
+    from deepercluster.cli.exits import exit_codes_help
+
     p = sub.add_parser(
         "compare",
         help="pre-train several methods on the same budget and score them alike (Markdown, "
         "JSON, plot)",
-        epilog=EPILOG,
+        epilog=EPILOG + exit_codes_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--train-data", required=True, help="labelled images: pre-training and probes")
@@ -52,14 +56,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--variants", metavar="FILE", help="TOML file of [variant.NAME] methods")
     p.add_argument("--seeds", type=int, default=3, help="pre-training seeds 0..N-1 per method")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="a setting for every method, e.g. --set train.epochs=15 (repeatable)",
-    )
+    add_overrides(p, "a setting for every method, e.g. --set train.epochs=15 (repeatable)")
     p.add_argument("--config", metavar="FILE", help="TOML of settings shared by every method")
     p.add_argument("--train-labels", help="CSV with path and label columns for --train-data")
     p.add_argument("--test-labels", help="CSV with path and label columns for --test-data")
@@ -70,7 +67,9 @@ def register(sub: Any) -> None:
         help="pre-train and fit probes on at most N images, class-balanced (0: all)",
     )
     p.add_argument("--max-test", type=int, default=0, help="score on at most N test images")
-    p.add_argument("--probe-epochs", type=int, default=10, help="epochs of each linear probe")
+    p.add_argument(
+        "--probe-epochs", type=int, default=10, help="epochs of each linear probe (default 10)"
+    )
     p.add_argument("--probe-seeds", default="0", help="seeds of the final probes, e.g. 0,1,2")
     p.add_argument("--lrs", type=_floats, default=(0.01, 0.1), help="probe lr_0 grid")
     p.add_argument("--wds", type=_floats, default=(1e-4, 1e-3, 1e-2), help="probe wd grid")

@@ -134,12 +134,19 @@ def pretrain_seconds(folder: Path) -> float:
 
 
 def training_curves(folder: Path) -> dict[str, list[list[float]]]:
-    """``{metric: [[epoch, value], ...]}`` of the metrics in :data:`CURVES` that were logged."""
+    """``{metric: [[epoch, value], ...]}`` of the metrics in :data:`CURVES` that were logged.
+
+    The clusters' metrics are repeated on every epoch that trains on them; a curve keeps them
+    only on the epochs that re-clustered (``cluster/epoch``), one point per clustering.
+    """
     curves: dict[str, list[list[float]]] = {}
     for row in read_metrics(folder):
         for key in CURVES:
-            if key in row:
-                curves.setdefault(key, []).append([float(row["epoch"]), float(row[key])])
+            if key not in row:
+                continue
+            if key.startswith("cluster/") and row.get("cluster/epoch") != row["epoch"]:
+                continue
+            curves.setdefault(key, []).append([float(row["epoch"]), float(row[key])])
     return curves
 
 

@@ -17,7 +17,12 @@ from deepercluster.evaluation.compare.methods import (
     run_config,
 )
 from deepercluster.evaluation.compare.progress import Step, StepLog
-from deepercluster.evaluation.compare.runs import RUN_RECORD, check_run_folder
+from deepercluster.evaluation.compare.runs import (
+    RUN_RECORD,
+    check_run_folder,
+    pretrain_seconds,
+    training_curves,
+)
 
 
 def _variants(tmp_path: Path, text: str) -> Path:
@@ -130,3 +135,25 @@ def test_a_random_network_depends_only_on_its_architecture_and_seed(tmp_path: Pa
                        seed=0, data="/d", out=tmp_path, device="cpu")  # fmt: skip
     with pytest.raises(RunFolderError, match=r"model\.sobel"):
         check_run_folder(tmp_path, other, images, random=True)
+
+
+def test_curves_and_minutes_come_from_the_runs_metrics(tmp_path: Path) -> None:
+    import json
+
+    rows = [  # re-clustering every 2 epochs: the clusters' numbers repeat in between
+        {"epoch": 1, "train/loss": 3.0, "train/super_acc": 0.3, "cluster/epoch": 1.0,
+         "time/train_s": 10.0, "time/extract_s": 2.0, "time/pca_s": 0.5, "time/kmeans_s": 1.5},
+        {"epoch": 2, "train/loss": 2.0, "train/super_acc": 0.4, "cluster/epoch": 1.0,
+         "time/train_s": 11.0},
+        {"epoch": 3, "train/loss": 1.5, "train/super_acc": 0.5, "cluster/epoch": 3.0,
+         "cluster/nmi_previous": 0.6, "time/train_s": 12.0, "time/extract_s": 2.0},
+        {"epoch": 4, "train/loss": 1.2, "train/super_acc": 0.6, "cluster/epoch": 3.0,
+         "cluster/nmi_previous": 0.6, "time/train_s": 13.0},
+    ]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curves = training_curves(tmp_path)
+    assert curves["train/loss"] == [[1, 3.0], [2, 2.0], [3, 1.5], [4, 1.2]]
+    assert curves["cluster/nmi_previous"] == [[3, 0.6]]  # one point per clustering
+    assert "train/sub_acc" not in curves
+    assert pretrain_seconds(tmp_path) == 10 + 2 + 0.5 + 1.5 + 11 + 12 + 2 + 13
+    assert pretrain_seconds(tmp_path / "none") == 0.0

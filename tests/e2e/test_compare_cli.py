@@ -48,7 +48,7 @@ def compared(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]
     out = base / "out"
     args = ["compare", "--train-data", str(train), "--test-data", str(listing), "--out", str(out),
             "--variants", str(variants), "--seeds", "1", "--probe-epochs", "1", "--device", "cpu",
-            "--max-train", "30", *BUDGET]  # fmt: skip
+            "--max-train", "30", "--widen", "0", *BUDGET]  # fmt: skip
     assert main(args) == 0
     return args, out
 
@@ -74,6 +74,9 @@ def test_compare_writes_json_markdown_and_plot(compared: tuple[list[str], Path])
     md = (out / "compare.md").read_text()
     assert "| random | 1 |" in md and "| dc-k4 | 1 |" in md
     assert "## Linear probes per layer" in md and "conv5: test %" in md
+    # --widen 0: a choice at the grid's edge stays there, and the report says so
+    edges = [r for m in rows.values() for r in m["edges"].values() if r]
+    assert edges and "⚠ marks a choice still at an edge" in md
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "runs" / "dc-k4" / "seed0" / "backbone.pth").is_file()
     assert not (out / "scores" / "dc-k4" / "seed0" / "eval" / "cache").exists()

@@ -30,13 +30,20 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
         help="image folder, list file (.txt/.csv) or tar shards (quote globs and {000..099})",
     )
     p.add_argument("--out", metavar="DIR", help="run folder; an existing run there is resumed")
+    add_overrides(
+        p, "override one setting, e.g. --set cluster.k=1000 --set train.epochs=30 (repeatable)"
+    )
+
+
+def add_overrides(p: argparse.ArgumentParser, help: str) -> None:
+    """``--set SECTION.KEY=VALUE`` (repeatable) into ``args.overrides``."""
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override one setting, e.g. --set cluster.k=1000 --set train.epochs=30 (repeatable)",
+        help=help,
     )
 
 

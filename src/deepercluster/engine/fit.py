@@ -324,6 +324,7 @@ _SHOWN = [
     "train/loss",
     "train/super_acc",
     "train/sub_acc",
+    "train/rotation_acc",
     "cluster/objective",
     "cluster/nmi_previous",
     "train/images_per_s",

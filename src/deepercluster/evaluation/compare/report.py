@@ -14,6 +14,8 @@ __all__ = ["CURVE_TITLES", "markdown", "plot_layers", "thin_epochs"]
 CURVE_TITLES = {
     "train/loss": "training loss",
     "train/super_acc": "training accuracy of the super-class head (rotation × super-cluster)",
+    "train/rotation_acc": "training accuracy of the rotation alone (the super-class head's "
+    "prediction has the right rotation)",
     "cluster/nmi_previous": "NMI between consecutive clusterings",
 }
 """The training curves shown, by metric of metrics.jsonl."""
@@ -95,7 +97,7 @@ def curves_tables(summaries: Sequence[MethodSummary]) -> str:
     text = ""
     for metric, title in CURVE_TITLES.items():
         having = [s for s in summaries if s.curves.get(metric)]
-        if metric == "train/super_acc":
+        if metric in ("train/super_acc", "train/rotation_acc"):
             having = [s for s in having if s.super_acc is not None]
         if not having:
             continue

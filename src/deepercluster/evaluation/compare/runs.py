@@ -34,7 +34,13 @@ MACHINE_SETTINGS = frozenset(
 )
 """Settings that change where and how fast a run trains, not what it learns."""
 
-CURVES = ("train/loss", "train/super_acc", "train/sub_acc", "cluster/nmi_previous")
+CURVES = (
+    "train/loss",
+    "train/super_acc",
+    "train/rotation_acc",
+    "train/sub_acc",
+    "cluster/nmi_previous",
+)
 """Per-epoch metrics of metrics.jsonl that the report shows as curves."""
 
 

@@ -19,7 +19,8 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        help="method preset: deepercluster (rotation x clusters), rotnet, deepcluster",
+        help="method preset: deepercluster (rotation x clusters), rotnet, deepcluster, paper "
+        "(the reference exactly)",
     )
     p.add_argument(
         "--config", metavar="FILE", help="TOML file with [data] [model] [cluster] [train]"

@@ -247,7 +247,9 @@ def make_plan(
                 if a.pca_s_per_row
                 else moments + 10 * dim**3 / (a.pca_gflops * 1e9),
                 f"{dim} -> {d}, from float64 moments"
-                + (" streamed from disk" if disk_store else ""),
+                + (" streamed from disk" if disk_store else "")
+                + "; PCA and k-means on "
+                + _clustering_place(on_cpu, disk_store, n_r * (2 * dim + 2 * d) * 4),
             )
         )
         # In memory, the round's features stay beside their whitened copy until it ends.
@@ -285,6 +287,19 @@ def make_plan(
                 + (", one clustering group per super-cluster" if plan.clustering_groups() else ""),
             )
         )
+        if c.head_init == "centroids":
+            classes = (m + c.k) * dim * 8
+            stages.append(
+                StageCost(
+                    "head start",
+                    in_ram + 2 * dim * dim * 8 + 2 * classes + block * dim * 8,
+                    0,
+                    0,
+                    moments + 4 * dim**3 / (a.pca_gflops * 1e9),
+                    f"cluster.head_init=centroids: one more pass over the features, "
+                    f"{c.k:,} + {m} class means of {dim} floats",
+                )
+            )
     # ============ training ============
     epoch_size = t.epoch_size or n
     steps = math.ceil(epoch_size / (t.batch_size * w))
@@ -353,3 +368,12 @@ def make_plan(
         problems=problems,
         assumptions=a,
     )
+
+
+def _clustering_place(on_cpu: bool, disk_store: bool, need: int) -> str:
+    """Where PCA and k-means run (``outofcore.clustering_device`` decides at run time)."""
+    if on_cpu:
+        return "the CPU"
+    if disk_store:
+        return "the CPU (cluster.feature_store=disk)"
+    return f"the GPU if {need / 2**30:.1f} GiB fit in half its free memory, else the CPU"

@@ -51,3 +51,24 @@ def write_pattern_images(root: Path, n: int = 64, size: int = 32, seed: int = 0)
 @pytest.fixture
 def tiny_image_dir(tmp_path: Path) -> Path:
     return write_pattern_images(tmp_path / "images")
+
+
+def write_stripe_classes(
+    root: Path, per_class: int, seed: int, classes: tuple[str, ...] = ("horizontal", "vertical")
+) -> Path:
+    """A labelled folder: one sub-folder per class of 32 px PNG stripes (``horizontal``,
+    ``vertical``, ``diagonal``) of random period and colour with noise: visibly different
+    classes, a low-level cue any network's probes can find."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:32, 0:32]
+    axes = {"horizontal": yy, "vertical": xx, "diagonal": xx + yy}
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = (np.sin(axes[name] * 2 * np.pi / rng.integers(4, 9)) > 0) * 200.0
+            img = img + rng.normal(0, 20, (32, 32))
+            rgb = np.stack([img, img * rng.uniform(0.5, 1), img], -1).clip(0, 255)
+            Image.fromarray(rgb.astype(np.uint8)).save(root / name / f"{i:03d}.png")
+    return root

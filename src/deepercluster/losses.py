@@ -37,6 +37,9 @@ class HierarchicalLossOutput:
         sub_loss: detached scalar, batch-mean cross-entropy of the sub-class heads.
         super_correct: samples whose super-class argmax equals the target.
         sub_correct: samples whose sub-class argmax (within their own super-class) is right.
+        rotation_correct: samples whose super-class argmax has the target's rotation
+            (``index // m``), whatever its super-cluster: how well the rotation task alone
+            is learned.
     """
 
     loss: Tensor
@@ -44,10 +47,16 @@ class HierarchicalLossOutput:
     sub_loss: Tensor
     super_correct: int
     sub_correct: int
+    rotation_correct: int
 
 
 def hierarchical_loss(
-    heads: HierarchicalHeads, features: Tensor, super_targets: Tensor, sub_targets: Tensor
+    heads: HierarchicalHeads,
+    features: Tensor,
+    super_targets: Tensor,
+    sub_targets: Tensor,
+    *,
+    n_super_clusters: int = 1,
 ) -> HierarchicalLossOutput:
     """DeeperCluster's loss: CE over super-classes plus CE over the target's sub-classes.
 
@@ -59,6 +68,7 @@ def hierarchical_loss(
         features: (B, D) backbone output, pre-activation.
         super_targets: (B,) int64 in [0, S), e.g. from ``super_class_targets``.
         sub_targets: (B,) int64 in [0, n_sub), the sub-cluster within the super-cluster.
+        n_super_clusters: m, to read the rotation of a super-class (``index // m``).
 
     Returns:
         The differentiable total and detached parts; see ``HierarchicalLossOutput``.
@@ -75,19 +85,22 @@ def hierarchical_loss(
     sub_loss = F.cross_entropy(sub_logits, sub_targets)
     with torch.no_grad():
         # note: .tolist() is a CPU-GPU sync point; one per step is cheap next to a convnet step.
+        predicted = super_logits.argmax(1)
         hits = torch.stack(
             [
-                (super_logits.argmax(1) == super_targets).sum(),
+                (predicted == super_targets).sum(),
                 (sub_logits.argmax(1) == sub_targets).sum(),
+                (predicted // n_super_clusters == super_targets // n_super_clusters).sum(),
             ]
         )
-        super_correct, sub_correct = (int(v) for v in hits.tolist())
+        super_correct, sub_correct, rotation_correct = (int(v) for v in hits.tolist())
     return HierarchicalLossOutput(
         loss=super_loss + sub_loss,
         super_loss=super_loss.detach(),
         sub_loss=sub_loss.detach(),
         super_correct=super_correct,
         sub_correct=sub_correct,
+        rotation_correct=rotation_correct,
     )
 
 

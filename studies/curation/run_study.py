@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import os
 import platform
 import shlex
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -109,15 +109,21 @@ def measure_detection(pool: list[dict[str, str]], groups_csv: Path) -> dict[str,
 
 
 def prepare_probe_data(cifar: Path, scratch: Path, per_class: int) -> Path:
-    """The labelled images of the linear probe: the first ``per_class`` of each class, prepared
-    by the CIFAR-10 study's own ``prepare`` (the same probe data as that study)."""
-    spec = importlib.util.spec_from_file_location(
-        "cifar10_study", HERE.parent / "cifar10" / "run_study.py"
-    )
-    assert spec is not None and spec.loader is not None
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
-    return Path(study.prepare(cifar, scratch, per_class))
+    """The labelled images of the linear probe: the first ``per_class`` of each class
+    (train.tar extracted once under ``scratch``, the subset as symlinks)."""
+    train = scratch / "train"
+    if not train.exists():
+        with tarfile.open(cifar / "train.tar") as tar:
+            tar.extractall(scratch, filter="data")
+    subset = scratch / f"probe-{per_class}-per-class"
+    if not subset.exists():
+        tmp = subset.with_name(subset.name + ".tmp")
+        for cls in sorted(os.listdir(train)):
+            (tmp / cls).mkdir(parents=True, exist_ok=True)
+            for name in sorted(os.listdir(train / cls))[:per_class]:
+                (tmp / cls / name).symlink_to(train / cls / name)
+        tmp.rename(subset)
+    return subset
 
 
 def probes(

@@ -9,34 +9,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from tests.conftest import write_stripe_classes
 
 from deepercluster.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _write_classes(root: Path, per_class: int, seed: int) -> Path:
-    """Two visibly different classes (horizontal vs vertical stripes), 32 px PNGs."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:32, 0:32]
-    for name, axis in (("horizontal", yy), ("vertical", xx)):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            img = (np.sin(axis * 2 * np.pi / rng.integers(4, 9)) > 0) * 200.0
-            img = img + rng.normal(0, 20, (32, 32))
-            rgb = np.stack([img, img * rng.uniform(0.5, 1), img], -1).clip(0, 255)
-            Image.fromarray(rgb.astype(np.uint8)).save(root / name / f"{i:03d}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     base = tmp_path_factory.mktemp("eval")
-    train = _write_classes(base / "train", 16, seed=0)
-    test = _write_classes(base / "test", 8, seed=1)
+    train = write_stripe_classes(base / "train", 16, seed=0)
+    test = write_stripe_classes(base / "test", 8, seed=1)
     run = base / "run"
     code = main(
         ["train", "--config", str(REPO / "configs/smoke.toml"), "--data", str(train),

@@ -46,15 +46,17 @@ SETTINGS = [
 ]
 
 
-def _args(data: Path, out: Path) -> list[str]:
-    sets = [a for s in SETTINGS for a in ("--set", s)]
+def _args(data: Path, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    sets = [a for s in (*SETTINGS, *extra) for a in ("--set", s)]
     return ["train", "--data", str(data), "--out", str(out), "--no-progress", *sets]
 
 
-def _start(data: Path, out: Path, fault: str) -> subprocess.Popen[bytes]:
+def _start(
+    data: Path, out: Path, fault: str, extra: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, FAULT_ENV: fault, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "deepercluster", *_args(data, out)],
+        [sys.executable, "-m", "deepercluster", *_args(data, out, extra)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -135,6 +137,20 @@ def test_kill_9_at_any_stage_then_resume_equals_uninterrupted(
         "train:3": "resuming from",
     }[fault]
     assert said in (out / "train.log").read_text()
+
+
+def test_kill_9_in_a_later_round_with_heads_started_from_the_clusters(tmp_path: Path) -> None:
+    """The second round starts its heads from the clusters and the previous round's super
+    head: killed inside that round's k-means, the resumed run starts them the same way."""
+    data = write_pattern_images(tmp_path / "images", n=24)
+    extra = ("train.epochs=2", "cluster.head_init=centroids", "cluster.super_carry=matched")
+    assert cli.main(_args(data, tmp_path / "straight", extra)) == 0
+    proc = _start(data, tmp_path / "run", "kmeans:5:kill", extra)  # round 2, second run
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    assert cli.main(_args(data, tmp_path / "run", extra)) == 0
+    _assert_same_run(tmp_path / "straight", tmp_path / "run")
+    assert "k-means: 2 of 3 runs already done" in (tmp_path / "run" / "train.log").read_text()
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,13 @@ def test_presets(preset: str, rotation: bool, m: int, k: int, n_super: int) -> N
 
 
 def test_every_preset_is_listed() -> None:
-    assert set(PRESETS) == {"deepercluster", "rotnet", "deepcluster"}
+    assert set(PRESETS) == {"deepercluster", "rotnet", "deepcluster", "paper"}
+
+
+def test_paper_preset_is_the_reference_behaviour() -> None:
+    c = load_config(preset="paper").cluster
+    assert (c.k, c.super_clusters, c.rotation, c.reassign) == (320_000, 4, True, 3)
+    assert (c.head_init, c.super_carry) == ("random", "none")
 
 
 def test_toml_then_overrides(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """The import arrows of the architecture (STYLE.md), checked on the source with ``ast``.
 
-    cli ─► {demo, inspect, evaluation.protocols, curate.pipeline} ─► engine
-        ─► {features, losses, evaluation, curate}
-        ─► {data, models, cluster} ─► {config, log, distributed}
+    cli ─► evaluation.compare ─► {demo, inspect, evaluation.protocols, curate.pipeline}
+        ─► engine ─► {features, losses, evaluation, curate} ─► {data, models, cluster}
+        ─► {config, log, distributed}
 
 A part may import its own subpackage and anything in a lower layer, never sideways or up.
 
@@ -11,7 +11,9 @@ code lives in ``evaluation/``, but its two halves sit on both sides of ``engine`
 algorithms (NMI, agreement, tags, probes, kNN: arrays in, numbers out) are used by the
 clustering rounds inside ``engine``, while the protocols read run folders through
 ``engine.run_folder`` and checkpoints. So ``evaluation.protocols`` is its own part, a layer
-above ``engine``, and ``evaluation/__init__.py`` must not import it.
+above ``engine``, and ``evaluation/__init__.py`` must not import it. ``evaluation.compare``
+(the ``compare`` command's driver) pre-trains runs and scores them with the protocols: a layer
+above both.
 """
 
 from __future__ import annotations
@@ -37,12 +39,13 @@ LAYER = {
     "evaluation.protocols": 4,
     "curate": 2,
     "curate.pipeline": 4,
+    "evaluation.compare": 5,
     "engine": 3,
     "demo": 4,
     "inspect": 4,
-    "cli": 5,
-    "__main__": 6,
-    "__init__": 6,
+    "cli": 6,
+    "__main__": 7,
+    "__init__": 7,
 }
 
 

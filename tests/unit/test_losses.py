@@ -155,6 +155,17 @@ def test_correct_counts() -> None:
     assert out.super_loss.item() > 10 and out.sub_loss.item() > 10
 
 
+def test_rotation_counts_ignore_the_super_cluster() -> None:
+    # m = 2: super-classes (rotation r, super-cluster s) = 2r + s; the heads predict y.
+    y, z = [0, 3, 2, 2, 1], [2, 0, 1, 1, 0]
+    heads, feats = _one_hot_setup(y, z)
+    # Sample 0: right rotation (0), wrong super-cluster; sample 1: wrong rotation (0 vs 1).
+    targets = torch.tensor([1, 0, 2, 2, 1])
+    out = hierarchical_loss(heads, feats, targets, torch.tensor(z), n_super_clusters=2)
+    assert out.super_correct == 3
+    assert out.rotation_correct == 4
+
+
 def test_rotnet_special_case_has_zero_sub_loss() -> None:
     # Rotation on, m = 1 super-cluster, k = 1 cluster: S = 4 rotations, n_sub = 1.
     rotations = torch.tensor([0, 1, 2, 3, 1])

@@ -19,7 +19,8 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        help="method preset: deepercluster (rotation x clusters), rotnet, deepcluster",
+        help="method preset: deepercluster (rotation x clusters), rotnet, deepcluster, paper "
+        "(the reference exactly)",
     )
     p.add_argument(
         "--config", metavar="FILE", help="TOML file with [data] [model] [cluster] [train]"
@@ -30,13 +31,20 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
         help="image folder, list file (.txt/.csv) or tar shards (quote globs and {000..099})",
     )
     p.add_argument("--out", metavar="DIR", help="run folder; an existing run there is resumed")
+    add_overrides(
+        p, "override one setting, e.g. --set cluster.k=1000 --set train.epochs=30 (repeatable)"
+    )
+
+
+def add_overrides(p: argparse.ArgumentParser, help: str) -> None:
+    """``--set SECTION.KEY=VALUE`` (repeatable) into ``args.overrides``."""
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override one setting, e.g. --set cluster.k=1000 --set train.epochs=30 (repeatable)",
+        help=help,
     )
 
 

@@ -78,6 +78,14 @@ def register(sub: Any) -> None:
     linear.add_argument(
         "--wds", type=_floats, default=(1e-4, 1e-3, 1e-2), help="weight decays to try"
     )
+    linear.add_argument(
+        "--widen",
+        type=int,
+        default=0,
+        metavar="N",
+        help="when the chosen lr or wd sits at an edge of the grid, add the next decade past "
+        "it and choose again, up to N times (0: report the edge only)",
+    )
     linear.add_argument("--epochs", type=int, default=30)
     linear.add_argument("--probe-batch-size", type=int, default=256)
     linear.add_argument("--seeds", default="0,1,2", help="seeds of the final probes (mean ± std)")
@@ -187,6 +195,7 @@ def _cmd_linear(args: argparse.Namespace) -> int:
         seeds=tuple(int(s) for s in args.seeds.split(",")),
         holdout=args.holdout,
         max_dim=args.max_dim,
+        widen=args.widen,
     )
     layers = None if args.layers == "all" else [n.strip() for n in args.layers.split(",")]
     table, _ = run_linear_task(_inputs(args), protocol, layers)

@@ -36,6 +36,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "deepercluster": {"cluster": {"rotation": True, "super_clusters": 4, "k": 10_000}},
     "rotnet": {"cluster": {"rotation": True, "super_clusters": 1, "k": 1}},
     "deepcluster": {"cluster": {"rotation": False, "super_clusters": 1, "k": 10_000}},
+    # The reference's behaviour exactly: k = 320,000 in m = 4 super-clusters, re-clustered
+    # every 3 epochs, every head but RotNet's drawn afresh at each clustering.
+    "paper": {
+        "cluster": {
+            "rotation": True,
+            "super_clusters": 4,
+            "k": 320_000,
+            "reassign": 3,
+            "head_init": "random",
+            "super_carry": "none",
+        }
+    },
 }
 
 _SECTIONS = {

@@ -19,6 +19,8 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 LAYOUTS = ("auto", "replicated", "grouped")
 FEATURE_STORES = ("memory", "disk")
+HEAD_INITS = ("random", "centroids")
+SUPER_CARRIES = ("none", "rotation", "matched")
 # Settings of earlier versions that no longer exist. Config files, config.json and checkpoints
 # written by those versions still hold them: they are ignored with a notice, not refused.
 REMOVED_SETTINGS = frozenset({"train.reuse_memory"})
@@ -139,6 +141,21 @@ class ClusterConfig:
     or kmeans++ (spread-out seeds; recovers well-separated groups that random may merge)."""
     warm_start: bool = False
     """Start k-means from the previous centroids (reference flag warm_restart)."""
+    head_init: str = "random"
+    """How the heads start after each clustering: random (N(0, 0.01), the paper's) or
+    centroids (each sub-head, and the super-cluster part of the super head, starts as a
+    linear classifier of the new clusters fitted on the features the heads read, so training
+    starts from heads that already agree with the targets on upright images). Costs one more
+    pass over the features and k x D floats per process."""
+    head_temperature: float = 2.0
+    """With head_init=centroids: the starting logits vary by 1 / T over the images. Training
+    sees crops, rotations and batch statistics that the clustering did not: at T = 1 the
+    first steps' loss was above the random start's, at T = 2 below it."""
+    super_carry: str = "none"
+    """What the super-class head keeps across clusterings when m > 1 (with m = 1 it is always
+    kept): none (the paper: reset), rotation (each row starts from the mean of the old rows
+    of its rotation, plus the new super-cluster part), or matched (each new super-cluster
+    takes the old rows of the old super-cluster it shares most images with)."""
     feature_store: str = "memory"
     """memory: PCA and k-means hold the features in RAM (fastest); disk: they stream them from
     the run folder in blocks, so RAM stays bounded whatever the collection size."""
@@ -181,6 +198,17 @@ class ClusterConfig:
             raise ValueError(
                 f"cluster.init ({self.init!r}) must be random or kmeans++; "
                 "set cluster.init=random (the paper's) or cluster.init=kmeans++"
+            )
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(
+                f"cluster.head_init ({self.head_init!r}) must be one of {', '.join(HEAD_INITS)}"
+            )
+        if self.head_temperature <= 0:
+            raise ValueError(f"cluster.head_temperature ({self.head_temperature}) must be > 0")
+        if self.super_carry not in SUPER_CARRIES:
+            raise ValueError(
+                f"cluster.super_carry ({self.super_carry!r}) must be one of "
+                f"{', '.join(SUPER_CARRIES)}"
             )
         if self.feature_store not in FEATURE_STORES:
             raise ValueError(

@@ -13,6 +13,10 @@ PICK_RULES = ("random", "nearest")
 KEEP_RULES = ("nearest", "largest")
 """Which member of a duplicate group is kept."""
 
+# Per image, besides its embedding: its cluster, probe lists, distance and decision, and the
+# sort keys of the inverted lists (measured by scripts/curate_scale.py at 10^6 images).
+BYTES_PER_IMAGE = 100
+
 
 @dataclass(frozen=True, kw_only=True)
 class CurateSettings:
@@ -67,6 +71,16 @@ class CurateSettings:
             raise ValueError(f"--max-memory must be at least 1 MiB, got {self.max_memory} bytes")
         if self.block_rows < 1:
             raise ValueError(f"block_rows must be at least 1, got {self.block_rows}")
+
+    def products(self, n: int, k: int) -> float:
+        """Similarities computed for ``n`` images in ``k`` clusters of about n / k: each image
+        against its own cluster and ``probe - 1`` others, about ``probe * n² / k``."""
+        return self.probe * n * n / max(k, 1)
+
+    def memory_bytes(self, n: int) -> int:
+        """Peak memory of a curation of ``n`` images: ``max_memory``, the similarity blocks
+        and their masks, the per-image bookkeeping."""
+        return self.max_memory + 5 * self.block_rows**2 + n * BYTES_PER_IMAGE
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for the summary file."""

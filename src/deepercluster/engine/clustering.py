@@ -6,6 +6,7 @@ DeeperCluster, Caron et al. 2019 (https://arxiv.org/abs/1905.01278), section 3.2
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from contextlib import ExitStack
@@ -18,18 +19,21 @@ import torch
 from torch import nn
 
 from deepercluster import distributed
-from deepercluster.cluster import HierarchicalResult, PCAWhitening
+from deepercluster.cluster import Blocks, HierarchicalResult, PCAWhitening
 from deepercluster.config import ClusterConfig, RunConfig
 from deepercluster.data import ClusterTransform, Collection
 from deepercluster.engine.extraction import extract_to_store
 from deepercluster.engine.failures import NoReadableImages
-from deepercluster.engine.outofcore import check_memory, extraction_chunk
+from deepercluster.engine.head_start import HeadInputs, head_inputs
+from deepercluster.engine.outofcore import block_rows, check_memory, extraction_chunk
 from deepercluster.engine.pca_kmeans import Features, Level2Groups, RoundResult, cluster_features
 from deepercluster.engine.stages import ClusteringStage, SafePoint, stage_root
 from deepercluster.evaluation.nmi import nmi
 from deepercluster.log import get_logger
 
 log = get_logger("cluster")
+
+_NOT_IN_STAGE_KEY = frozenset({"memory_limit", "head_init", "head_temperature", "super_carry"})
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,9 @@ class Clustering:
         result: the k-means result over the valid images (centroids, for warm starts).
         pca: the PCA-whitening fitted on this round's features.
         metrics: numbers for the log (objective, sizes, NMI with the previous round, speed).
+        head_inputs: statistics of the features as the heads read them, for
+            ``cluster.head_init = centroids``; kept only until the heads have started, never
+            saved.
     """
 
     labels: np.ndarray
@@ -53,6 +60,7 @@ class Clustering:
     result: HierarchicalResult | None
     pca: PCAWhitening | None
     metrics: dict[str, float]
+    head_inputs: HeadInputs | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain arrays and numbers for a checkpoint."""
@@ -150,11 +158,12 @@ def recluster(
             "world_size": distributed.world_size(),
             "resolution": cfg.data.resolution,
             "resize": cfg.data.resize,
-            # The default init leaves the key of stages saved before cluster.init existed.
+            # The default init leaves the key of stages saved before cluster.init existed;
+            # how the heads start does not change the clustering.
             "cluster": {
                 k: v
                 for k, v in asdict(c).items()
-                if k != "memory_limit" and not (k == "init" and v == "random")
+                if k not in _NOT_IN_STAGE_KEY and not (k == "init" and v == "random")
             },
         }
         stage = ClusteringStage(stage_root(work_dir, distributed.rank()), key)
@@ -213,7 +222,23 @@ def recluster(
             progress=progress,
             device=device,
         )
+        inputs = None
+        if c.head_init == "centroids":
+            offset = int(valid[:lo].sum())  # this rank's rows in the gathered assignments
+            mine = slice(offset, offset + int(valid_local.sum()))
+            inputs = head_inputs(
+                Blocks(
+                    store,
+                    members=np.flatnonzero(valid_local),
+                    block_rows=block_rows(c, feature_dim),
+                ),
+                rnd.result.super_assignments[mine],
+                rnd.result.sub_assignments[mine],
+                m=c.super_clusters,
+                n_sub=c.sub_per_super,
+            )
     clustering = _targets(rnd, valid, cfg, epoch=epoch, previous=previous)
+    clustering = dataclasses.replace(clustering, head_inputs=inputs)
     clustering.metrics["time/extract_s"] = t_extract
     clustering.metrics["speed/extract_images_per_s"] = speed
     return clustering, skipped

@@ -29,6 +29,7 @@ from deepercluster.engine.clustering import Clustering, recluster, trivial_clust
 from deepercluster.engine.epoch import epoch_loader, seeded_generator
 from deepercluster.engine.eta import RunClock
 from deepercluster.engine.failures import NoReadableImages
+from deepercluster.engine.head_start import start_heads
 from deepercluster.engine.network import (
     Network,
     StepCheckpoints,
@@ -44,7 +45,6 @@ from deepercluster.engine.train import (
     EpochStats,
     Targets,
     reduce_stats,
-    reset_heads,
     steps_left,
     train_one_epoch,
 )
@@ -211,6 +211,7 @@ def _fit(
             elif clustering is None or (
                 epoch % cfg.cluster.reassign == 0 and state.clustered_epoch != epoch
             ):
+                previous = clustering
                 try:
                     clustering, unread = recluster(
                         backbone,
@@ -219,7 +220,7 @@ def _fit(
                         cfg,
                         epoch=epoch,
                         device=env.device,
-                        previous=clustering,
+                        previous=previous,
                         level2_groups=level2_groups,
                         progress=progress,
                         work_dir=out_dir,
@@ -231,11 +232,14 @@ def _fit(
                 for index, reason in unread:
                     skip_log.record(collection.path(index), reason)
                 clock.clustered(clustering.metrics)
-                reset_heads(
+                start_heads(
                     heads,
                     net.optimizer,
                     seeded_generator(cfg.train.seed, epoch),
-                    keep_super=cfg.cluster.super_clusters == 1,
+                    cluster=cfg.cluster,
+                    clustering=clustering,
+                    previous=previous,
+                    trained=epoch > 0,
                 )
                 state = TrainingState(epoch=epoch, iteration=0, clustered_epoch=epoch)
                 stats = None
@@ -320,6 +324,7 @@ _SHOWN = [
     "train/loss",
     "train/super_acc",
     "train/sub_acc",
+    "train/rotation_acc",
     "cluster/objective",
     "cluster/nmi_previous",
     "train/images_per_s",

@@ -248,7 +248,9 @@ def make_plan(
                 if a.pca_s_per_row
                 else moments + 10 * dim**3 / (a.pca_gflops * 1e9),
                 f"{dim} -> {d}, from float64 moments"
-                + (" streamed from disk" if disk_store else ""),
+                + (" streamed from disk" if disk_store else "")
+                + "; PCA and k-means on "
+                + _clustering_place(on_cpu, disk_store, n_r * (2 * dim + 2 * d) * 4),
             )
         )
         # In memory, the round's features stay beside their whitened copy until it ends.
@@ -286,6 +288,19 @@ def make_plan(
                 + (", one clustering group per super-cluster" if plan.clustering_groups() else ""),
             )
         )
+        if c.head_init == "centroids":
+            classes = (m + c.k) * dim * 8
+            stages.append(
+                StageCost(
+                    "head start",
+                    in_ram + 2 * dim * dim * 8 + 2 * classes + block * dim * 8,
+                    0,
+                    0,
+                    moments + 4 * dim**3 / (a.pca_gflops * 1e9),
+                    f"cluster.head_init=centroids: one more pass over the features, "
+                    f"{c.k:,} + {m} class means of {dim} floats",
+                )
+            )
     # ============ training ============
     epoch_size = t.epoch_size or n
     steps = math.ceil(epoch_size / (t.batch_size * w))
@@ -339,8 +354,14 @@ def make_plan(
             f"peak RAM per process about {peak / 1e9:.1f} GB is over cluster.memory_limit "
             f"({c.memory_limit}); use {fix}"
         )
-    if c.needs_clustering:  # after the limit check: `curate` is a command of its own
-        stages.append(curation_cost(stages, n=n, d=d, k=c.k, per_super=per_super, assume=a))
+    if c.needs_clustering:  # after the limit check: `deepercluster curate` runs on its own
+        cur = CurateSettings(size=1)
+        pairs = cur.products(n, c.k)
+        per_pair = a.kmeans_level2_s_per_row / per_super or 2.0 * d / (a.kmeans_gflops * 1e9)
+        seconds = next(s.seconds for s in stages if s.stage == "extraction") + pairs * per_pair
+        note = f"`deepercluster curate` with its defaults: embeddings again, ~{pairs:.2g} products"
+        ram, disk = cur.memory_bytes(n), n * d * 4
+        stages.append(StageCost("curate (afterwards)", ram, 0, disk, seconds, note))
     round_s = sum(s.seconds for s in stages if s.stage.startswith(("extraction", "PCA", "k-means")))
     rounds = math.ceil(t.epochs / c.reassign) if c.needs_clustering else 0
     return Plan(
@@ -358,36 +379,10 @@ def make_plan(
     )
 
 
-# Per image, besides its embedding: its cluster, probe lists, distance and decision, and the
-# sort keys of the inverted lists (measured by scripts/curate_scale.py at 10^6 images).
-CURATE_BYTES_PER_IMAGE = 100
-
-
-def curation_cost(
-    stages: list[StageCost], *, n: int, d: int, k: int, per_super: int, assume: Assumptions
-) -> StageCost:
-    """``deepercluster curate`` with its defaults, after the run: embed every image again, then
-    compare each with its own cluster and its nearest other one (about 2 N² / k products).
-
-    Args:
-        stages: the run's stages so far (the extraction stage's time is the embedding's).
-        n, d, k, per_super: images, PCA dimension, clusters, clusters per super-cluster.
-        assume: throughputs (a measured level-2 k-means time per row prices a product).
-    """
-    settings = CurateSettings(size=1)
-    extraction = next(s for s in stages if s.stage == "extraction")
-    pairs = settings.probe * n * n / max(k, 1)
-    per_pair = (
-        assume.kmeans_level2_s_per_row / per_super
-        if assume.kmeans_level2_s_per_row
-        else 2.0 * d / (assume.kmeans_gflops * 1e9)
-    )
-    ram = settings.max_memory + 5 * settings.block_rows**2 + n * CURATE_BYTES_PER_IMAGE
-    return StageCost(
-        "curate (afterwards)",
-        ram,
-        0,
-        n * d * 4,
-        extraction.seconds + pairs * per_pair,
-        f"`deepercluster curate` with its defaults: embeddings again, ~{pairs:.2g} products",
-    )
+def _clustering_place(on_cpu: bool, disk_store: bool, need: int) -> str:
+    """Where PCA and k-means run (``outofcore.clustering_device`` decides at run time)."""
+    if on_cpu:
+        return "the CPU"
+    if disk_store:
+        return "the CPU (cluster.feature_store=disk)"
+    return f"the GPU if {need / 2**30:.1f} GiB fit in half its free memory, else the CPU"

@@ -66,6 +66,7 @@ class EpochStats:
     super_correct: int = 0
     sub_correct: int = 0
     seconds: float = 0.0
+    rotation_correct: int = 0
 
     def summary(self) -> dict[str, float]:
         n = max(self.images, 1)
@@ -75,6 +76,7 @@ class EpochStats:
             "train/sub_loss": self.sub_loss_sum / n,
             "train/super_acc": self.super_correct / n,
             "train/sub_acc": self.sub_correct / n,
+            "train/rotation_acc": self.rotation_correct / n,
             "train/images_per_s": self.images / max(self.seconds, 1e-9),
             "train/images": float(self.images),
             "time/train_s": self.seconds,
@@ -174,7 +176,13 @@ def train_one_epoch(
                         rotation=targets.rotation,
                     ).to(device)
                     sub_t = targets.sub_clusters[indices].to(device)
-                    out = hierarchical_loss(heads, features.float(), super_t, sub_t)
+                    out = hierarchical_loss(
+                        heads,
+                        features.float(),
+                        super_t,
+                        sub_t,
+                        n_super_clusters=targets.n_super_clusters,
+                    )
                     loss = out.loss * (n / n_step) if distributed_run else out.loss
                     # note: a CPU-GPU sync point; one transfer for the three losses, not three.
                     losses = torch.stack([out.loss.detach(), out.super_loss, out.sub_loss])
@@ -185,6 +193,7 @@ def train_one_epoch(
                     stats.sub_loss_sum += sub_value * n
                     stats.super_correct += out.super_correct
                     stats.sub_correct += out.sub_correct
+                    stats.rotation_correct += out.rotation_correct
                 else:
                     # An empty share: a zero loss that still runs the backward collectives.
                     loss = features.float().sum() * 0.0
@@ -241,29 +250,9 @@ def reduce_stats(stats: EpochStats) -> EpochStats:
             stats.super_correct,
             stats.sub_correct,
             stats.seconds,
+            stats.rotation_correct,
         ],
         dtype=torch.float64,
     )
     v = distributed.all_reduce_sum(values).tolist()
-    return EpochStats(int(v[0]), v[1], v[2], v[3], int(v[4]), int(v[5]), v[6] / world)
-
-
-def reset_heads(
-    heads: HierarchicalHeads,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    *,
-    keep_super: bool,
-) -> None:
-    """Re-initialise the heads after a re-clustering, and forget their momentum.
-
-    Cluster ids change meaning at every clustering, so the heads start again from scratch, and
-    so does the momentum that pushed them towards the old ids. With m = 1 the super-classes are
-    the rotations alone, whose meaning is stable: that head is kept (as in the reference).
-    """
-    heads.reset_parameters(generator, super_head=not keep_super)
-    reset = [heads.sub_weight, heads.sub_bias]
-    if not keep_super:
-        reset += list(heads.super_head.parameters())
-    for p in reset:
-        optimizer.state.pop(p, None)
+    return EpochStats(int(v[0]), v[1], v[2], v[3], int(v[4]), int(v[5]), v[6] / world, int(v[7]))

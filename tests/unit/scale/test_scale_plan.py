@@ -139,3 +139,23 @@ def test_a_cpu_run_counts_the_network_in_ram() -> None:
     # an accelerator's memory limit means nothing on the CPU
     assert any("per accelerator" in p for p in gpu.problems)
     assert not any("per accelerator" in p for p in cpu.problems)
+
+
+def test_plan_says_where_clustering_runs_and_what_the_head_start_costs() -> None:
+    cfg = load_config(overrides=["cluster.k=1000", "model.arch=small", "data.resolution=32"])
+    stages = {s.stage: s for s in make_plan(cfg, n_images=50_000, world_size=1).stages}
+    assert "on the GPU if" in stages["PCA + whitening"].note
+    assert "head start" not in stages
+    centroids = load_config(
+        overrides=[
+            "cluster.k=1000",
+            "model.arch=small",
+            "data.resolution=32",
+            "cluster.head_init=centroids",
+        ]
+    )
+    plan = make_plan(centroids, n_images=50_000, world_size=1, on_cpu=True)
+    stages = {s.stage: s for s in plan.stages}
+    assert "PCA and k-means on the CPU" in stages["PCA + whitening"].note
+    # 1,000 + 4 class means of 512 float64 sums, twice (sums and means), at least
+    assert stages["head start"].ram >= 2 * 1004 * 512 * 8

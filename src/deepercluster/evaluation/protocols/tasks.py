@@ -20,7 +20,7 @@ from deepercluster.engine.run_folder import Pretrained, load_pretrained
 from deepercluster.evaluation import knn_predict
 from deepercluster.evaluation.protocols.cluster_task import label_agreement
 from deepercluster.evaluation.protocols.features import FINAL, LayerFeatures, extract_layers
-from deepercluster.evaluation.protocols.labels import LabelledCollection, open_labelled
+from deepercluster.evaluation.protocols.labels import LabelledCollection, open_train_test
 from deepercluster.evaluation.protocols.linear import LinearProtocol, run_linear_probes
 from deepercluster.evaluation.protocols.report import (
     markdown_table,
@@ -120,13 +120,9 @@ def _features(
 
 def open_inputs(inputs: Inputs) -> tuple[Pretrained, LabelledCollection, LabelledCollection, Path]:
     pre = load_pretrained(inputs.checkpoint, device=inputs.device)
-    train = open_labelled(inputs.train_data, inputs.train_labels, flag="--train-labels")
-    test = open_labelled(inputs.test_data, inputs.test_labels, flag="--test-labels")
-    if train.class_names != test.class_names:
-        raise ValueError(
-            f"train and test classes differ ({len(train.class_names)} vs "
-            f"{len(test.class_names)} names); both must use the same class names"
-        )
+    train, test = open_train_test(
+        inputs.train_data, inputs.test_data, inputs.train_labels, inputs.test_labels
+    )
     return pre, train, test, output_dir(inputs.checkpoint, inputs.out)
 
 
@@ -153,12 +149,14 @@ def run_linear_task(
             f"{r.grid[0]}x{r.grid[1]}x{r.grid[1]}",
             f"{r.best_lr:g}",
             f"{r.best_weight_decay:g}",
+            ", ".join(r.edges) or "—",
             f"{r.mean:.2f} ± {r.std:.2f}",
         ]
         for r in results
     ]
     table = markdown_table(
-        ["layer", "dim", "pooled C×s×s", "lr", "wd", "test top-1 % (mean ± std)"], rows
+        ["layer", "dim", "pooled C×s×s", "lr", "wd", "grid edge", "test top-1 % (mean ± std)"],
+        rows,
     )
     header = (
         f"Linear probes of `{pre.source}` — {int(f_train.valid.sum())} train / "

@@ -112,3 +112,12 @@ def test_subsets_are_balanced_and_holdout_is_stratified() -> None:
     fit, held = stratified_holdout(labels[labels >= 0], 0.2, seed=0)
     assert np.intersect1d(fit, held).size == 0 and fit.size + held.size == 99
     assert np.bincount(labels[labels >= 0][held]).tolist() == [10, 6, 4]
+
+
+def test_labels_from_the_label_column_of_a_csv_list(tmp_path: Path) -> None:
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / name).write_bytes(_png((1, 2, 3)))
+    listing = tmp_path / "list.csv"
+    listing.write_text("path,label\na.png,dog\nb.png,cat\nc.png,\n")
+    labels, names = class_labels(open_collection(listing))
+    assert names == ["cat", "dog"] and labels.tolist() == [1, 0, -1]

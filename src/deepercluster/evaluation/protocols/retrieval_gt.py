@@ -44,6 +44,8 @@ class GroundTruth:
         boxes: Q query boxes ``(x1, y1, x2, y2)`` or None (the whole image).
         lists: Q dicts ``{list name: (k,) int64 indices into database}``.
         setups: protocol name -> (list names that are positives, list names that are junk).
+        whole_database: the database is every image of the searched collection, not only
+            ``database`` (the names the lists mention): a user's file names only the answers.
     """
 
     database: list[str]
@@ -51,6 +53,13 @@ class GroundTruth:
     boxes: list[tuple[float, float, float, float] | None]
     lists: list[dict[str, np.ndarray]]
     setups: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
+    whole_database: bool = False
+
+    def on_collection(self, positions: np.ndarray, paths: list[str]) -> GroundTruth:
+        """The same truth over a whole collection whose ``paths`` hold ``database[k]`` at
+        ``positions[k]``: the lists re-indexed into ``paths``."""
+        lists = [{k: positions[v] for k, v in q.items()} for q in self.lists]
+        return GroundTruth(list(paths), self.queries, self.boxes, lists, self.setups, False)
 
     def answers(self, setup: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Positive and junk database indices of every query under ``setup``."""
@@ -115,7 +124,7 @@ def _user(rows: list[dict[str, Any]], where: str) -> GroundTruth:
         lists.append({"positives": ids(row["positives"]), "junk": ids(row.get("junk"))})
     if not queries:
         raise ValueError(f"{where} lists no queries")
-    return GroundTruth(database, queries, boxes, lists, dict(USER_SETUPS))
+    return GroundTruth(database, queries, boxes, lists, dict(USER_SETUPS), whole_database=True)
 
 
 def read_ground_truth(path: str | Path) -> GroundTruth:
@@ -166,7 +175,12 @@ def locate(images: list[str], names: list[str], where: str) -> np.ndarray:
         ValueError: a name matches no image, or two images (the message names one).
     """
     wanted = [n if Path(n).suffix else n + ".jpg" for n in names]
-    row_of_image = match_paths(images, wanted)
+    try:
+        row_of_image = match_paths(images, wanted)
+    except ValueError as exc:
+        if not str(exc).startswith("no row"):  # two names for one image: its message says
+            raise
+        row_of_image = np.full(len(images), -1, dtype=np.int64)  # reported just below
     out = np.full(len(names), -1, dtype=np.int64)
     for image, row in enumerate(row_of_image):
         if row < 0:

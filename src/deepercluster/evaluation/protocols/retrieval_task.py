@@ -141,6 +141,9 @@ def run_retrieval_task(
     database = open_collection(inputs.database)
     queries = open_collection(inputs.queries) if inputs.queries else database
     d_idx = _unique_locate(database, gt.database, f"--database {inputs.database}")
+    if gt.whole_database:
+        gt = gt.on_collection(d_idx, display_paths(database))
+        d_idx = np.arange(len(database))
     q_idx = _unique_locate(queries, gt.queries, f"--queries {inputs.queries or inputs.database}")
     size = settings.image_size
     d_desc, d_ok = _describe(pre.backbone, RetrievalImages(database, d_idx, size), settings, inputs)

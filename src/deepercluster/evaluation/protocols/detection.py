@@ -29,6 +29,7 @@ from tqdm import tqdm
 from deepercluster.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from deepercluster.engine.schedules import lr_schedule
 from deepercluster.evaluation.average_precision import Detections
+from deepercluster.evaluation.protocols.finetune import epoch_loader
 from deepercluster.evaluation.protocols.voc import VocDataset
 from deepercluster.models import Backbone
 from deepercluster.models.backbone import reference_init
@@ -191,15 +192,8 @@ def train_detector(
     losses = []
     step = 0
     for epoch in range(settings.epochs):
-        train.epoch = epoch
-        order = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
-        loader = DataLoader(
-            train,
-            batch_size=settings.batch_size,
-            shuffle=True,
-            generator=order,
-            num_workers=workers,
-            collate_fn=_collate,
+        loader = epoch_loader(
+            train, epoch, settings.seed, settings.batch_size, workers, collate_fn=_collate
         )
         model.train()
         total, count = 0.0, 0

@@ -32,7 +32,7 @@ __all__ = ["RetrievalImages", "RetrievalSettings", "describe", "fit_whitening", 
 
 # Each scaled input keeps at least this many pixels on its short side: three or five 2x2
 # max-pools must leave a map to pool (upsampled when a small image would go below).
-_MIN_SIDE = 32
+_MIN_SIDE = 16
 
 
 @dataclass(frozen=True)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tests.conftest import save_random_backbone
 
 from deepercluster.cli import main
-from deepercluster.engine.checkpoint import save_checkpoint
 from deepercluster.evaluation.average_precision import voc_map
 from deepercluster.evaluation.protocols.detection import DetectionSettings, build_detector, detect
 from deepercluster.evaluation.protocols.detection_task import _truth
@@ -27,25 +26,6 @@ TINY = DetectionSettings(
     epochs=6, batch_size=2, lr=0.02, image_size=64, roi_size=4, representation=256,
     rois_per_image=64,
 )  # fmt: skip
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One torch thread: on a busy 2-core CI runner two threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _random_trunk(path: Path) -> Path:
-    net = build_backbone("small", sobel=True, resolution=32)
-    save_checkpoint(
-        path,
-        {"arch": "small", "sobel": True, "resolution": 32, "state_dict": net.state_dict(),
-         "config": {"data": {"resolution": 32}}},
-    )  # fmt: skip
-    return path
 
 
 def test_voc_reader_converts_boxes_and_flags_difficult(tmp_path: Path) -> None:
@@ -77,7 +57,7 @@ def test_malformed_annotation_and_missing_split_are_one_line_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = write_shapes_voc(tmp_path / "voc", n=4, n_test=1)
-    ckpt = _random_trunk(tmp_path / "backbone.pth")
+    ckpt = save_random_backbone(tmp_path / "backbone.pth")
     (root / "Annotations/0001.xml").write_text("<annotation><object><name>disc</name>")
     args = ["eval", "detection", "--checkpoint", str(ckpt), "--train-data", str(root),
             "--out", str(tmp_path / "out"), "--no-progress"]  # fmt: skip
@@ -93,7 +73,7 @@ def test_fine_tuned_detector_beats_the_bar_that_an_untrained_one_misses(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
 ) -> None:
     root = write_shapes_voc(tmp_path / "voc")
-    ckpt = _random_trunk(tmp_path / "backbone.pth")
+    ckpt = save_random_backbone(tmp_path / "backbone.pth")
     test = read_voc(root, "test")
     untrained = build_detector(build_backbone("small", sobel=True, resolution=32), 2, TINY)
     found = detect(untrained, VocDataset(test, list(CLASSES)), device=torch.device("cpu"))

@@ -130,6 +130,7 @@ def build_detector(
     With ``from_scratch`` the trunk is re-drawn with the reference init: the same detector
     without the pre-training, the baseline the paper compares to.
     """
+    torch.manual_seed(settings.seed)  # the random trunk (from scratch) and the new heads
     trunk = fold_sobel(backbone) if isinstance(backbone.sobel, Sobel) else copy.deepcopy(backbone)
     if from_scratch:
         reference_init(trunk)
@@ -138,7 +139,6 @@ def build_detector(
     )
     size = settings.image_size
     sizes = settings.anchor_sizes or tuple(max(4, round(size * f)) for f in (1 / 8, 1 / 4, 1 / 2))
-    torch.manual_seed(settings.seed)
     return FasterRCNN(
         body,
         num_classes=None,

@@ -116,3 +116,25 @@ def test_bad_ground_truth_gives_one_line_errors(
     (planted / "evil.pkl").write_bytes(pickle.dumps({"imlist": Path("x")}))
     assert main(_args(planted, tmp_path, "evil.pkl")) == 2
     assert "not a readable ground-truth file" in capsys.readouterr().err
+
+
+def test_search_builds_an_index_in_chunks_and_finds_the_copies(
+    planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
+    index = tmp_path / "index"
+    build = ["search", "--checkpoint", str(planted / "backbone.pth"), "--index", str(index),
+             "--data", str(planted / "db"), "--chunk-rows", "8", "--no-progress"]  # fmt: skip
+    assert main(build) == 0
+    assert json.loads((index / "descriptors/progress.json").read_text())["chunks_done"] == 4
+    query = str(planted / "queries/q3.png")
+    assert main(["search", "--index", str(index), "--query", query, "--top", "5"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln[:3].strip().isdigit()]
+    assert len(lines) == 5
+    assert {ln.split()[-1].rsplit("/", 1)[-1] for ln in lines[:2]} == {"dup3a.jpg", "dup3b.png"}
+    page = (index / "results/q3.html").read_text()
+    assert "dup3a.jpg" in page and page.count("data:image/jpeg;base64,") == 6
+    # the same build again finds the finished index; other settings are refused
+    assert main(build) == 0
+    assert main([*build, "--pooling", "gem"]) == 2
+    assert "holds an index of other images" in capsys.readouterr().err
+    assert main(["search", "--index", str(tmp_path / "none"), "--query", query]) == 2

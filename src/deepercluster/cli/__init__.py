@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from deepercluster.cli.cpu import set_wait_policy
 
-COMMANDS: tuple[str, ...] = ("train", "demo", "evaluate", "inspect", "plan")
+COMMANDS: tuple[str, ...] = ("train", "demo", "evaluate", "search", "inspect", "plan")
 """Modules of this package that define commands (``deepercluster.cli.<name>.register``)."""
 
 

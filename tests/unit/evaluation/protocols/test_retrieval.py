@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,14 @@ def test_locate_appends_jpg_and_refuses_ambiguous_names() -> None:
         locate(["/d/a/x.jpg", "/d/b/x.jpg"], ["x"], "--database")
     with pytest.raises(ValueError, match=r"1 of 2 names .* match no image"):
         locate(["/d/a/x.jpg"], ["x", "w"], "--database")
+
+
+def test_revisited_pickle_may_hold_numpy_arrays_but_no_code(tmp_path: Path) -> None:
+    gnd = {"bbx": np.array([1.0, 2.0, 3.0, 4.0]), "easy": np.array([1]), "hard": [], "junk": [0]}
+    data = {"imlist": ["a", "b"], "qimlist": ["q"], "gnd": [gnd]}
+    (tmp_path / "gnd.pkl").write_bytes(pickle.dumps(data))
+    gt = read_ground_truth(tmp_path / "gnd.pkl")
+    assert gt.lists[0]["easy"].tolist() == [1] and gt.boxes == [(1.0, 2.0, 3.0, 4.0)]
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"imlist": Path("x")}))
+    with pytest.raises(ValueError, match="refers to the Python object pathlib"):
+        read_ground_truth(tmp_path / "evil.pkl")

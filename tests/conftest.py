@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,31 @@ def write_stripe_classes(
             rgb = np.stack([img, img * rng.uniform(0.5, 1), img], -1).clip(0, 255)
             Image.fromarray(rgb.astype(np.uint8)).save(root / name / f"{i:03d}.png")
     return root
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for a test that trains: on a busy 2-core runner two threads wait on
+    each other far longer than one computes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def save_random_backbone(path: Path, resolution: int = 32) -> Path:
+    """A random-init ``small`` Sobel backbone as a ``backbone.pth`` that ``--checkpoint``
+    accepts, trained at ``resolution`` px."""
+    from deepercluster.engine.checkpoint import save_checkpoint
+    from deepercluster.models import build_backbone
+
+    net = build_backbone("small", sobel=True, resolution=resolution)
+    payload = {
+        "arch": "small",
+        "sobel": True,
+        "resolution": resolution,
+        "state_dict": net.state_dict(),
+        "config": {"data": {"resolution": resolution}},
+    }
+    save_checkpoint(path, payload)
+    return path

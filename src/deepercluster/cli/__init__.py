@@ -17,7 +17,16 @@ from collections.abc import Sequence
 
 from deepercluster.cli.cpu import set_wait_policy
 
-COMMANDS: tuple[str, ...] = ("train", "demo", "evaluate", "compare", "inspect", "curate", "plan")
+COMMANDS: tuple[str, ...] = (
+    "train",
+    "demo",
+    "evaluate",
+    "compare",
+    "inspect",
+    "curate",
+    "search",
+    "plan",
+)
 """Modules of this package that define commands (``deepercluster.cli.<name>.register``)."""
 
 

@@ -1,4 +1,5 @@
-"""``deepercluster eval {linear,knn,clusters,finetune}``: the paper's evaluation protocols.
+"""``deepercluster eval {linear,knn,clusters,finetune,retrieval,detection}``: the paper's
+evaluation protocols (the transfer tasks retrieval and detection in :mod:`.transfer`).
 
 Each sub-command writes ``<name>.json`` (for programs) and ``<name>.md`` (for people), plus a
 PNG where a curve helps, into ``--out`` (default ``<run>/eval``), and prints the table.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from deepercluster.cli.transfer import register_transfer
+
 EPILOG = """\
 Examples:
   deepercluster eval linear --checkpoint runs/x --train-data lab/train --test-data lab/test
@@ -17,6 +20,9 @@ Examples:
   deepercluster eval clusters --run runs/x --metadata metadata.csv --column tags
   deepercluster eval finetune --checkpoint runs/x --train-data lab/train --test-data lab/test \\
       --from-scratch-baseline
+  deepercluster eval retrieval --checkpoint runs/x --database roxford5k/jpg \\
+      --gt gnd_roxford5k.pkl --whiten-data rparis6k/jpg
+  deepercluster eval detection --checkpoint runs/x --train-data VOC2007 --from-scratch-baseline
 Labelled images: a folder with one sub-folder per class, tar shards whose members sit under
 <class>/ folders, or any collection plus --train-labels/--test-labels CSV (path,label).
 """
@@ -50,7 +56,8 @@ def _floats(text: str) -> tuple[float, ...]:
 def register(sub: Any) -> None:
     ev = sub.add_parser(
         "eval",
-        help="evaluate a run: linear probes, kNN, clusters vs labels/tags, fine-tuning",
+        help="evaluate a run: linear probes, kNN, clusters vs labels/tags, fine-tuning, retrieval, "
+        "detection",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -157,6 +164,8 @@ def register(sub: Any) -> None:
         help="also train the same network from random weights with the same schedule",
     )
     ft.set_defaults(func=_cmd_finetune)
+
+    register_transfer(protocols)
 
 
 def _inputs(args: argparse.Namespace) -> Any:

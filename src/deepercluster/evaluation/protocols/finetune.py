@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +34,14 @@ from deepercluster.models.backbone import reference_init
 from deepercluster.models.fold import fold_sobel
 from deepercluster.models.sobel import Sobel
 
-__all__ = ["FinetuneResult", "FinetuneSettings", "LabelledImages", "classifier", "finetune"]
+__all__ = [
+    "FinetuneResult",
+    "FinetuneSettings",
+    "LabelledImages",
+    "classifier",
+    "epoch_loader",
+    "finetune",
+]
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,28 @@ def reinitialise(model: nn.Sequential) -> nn.Sequential:
     return fresh
 
 
+def epoch_loader(
+    data: LabelledImages | Dataset[Any],
+    epoch: int,
+    seed: int,
+    batch_size: int,
+    workers: int,
+    collate_fn: Callable[[Any], Any] | None = None,
+) -> DataLoader[Any]:
+    """The shuffled loader of one training epoch: its order seeded by ``(seed, epoch)``, and
+    ``data.epoch`` set so the dataset seeds its augmentation by epoch too."""
+    data.epoch = epoch  # type: ignore[union-attr]
+    order = torch.Generator().manual_seed(seed * 1000 + epoch)
+    return DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=order,
+        num_workers=workers,
+        collate_fn=collate_fn,
+    )
+
+
 @dataclass(frozen=True)
 class FinetuneResult:
     """Per-epoch training loss and test top-1 (%), and the wall time."""
@@ -192,15 +223,7 @@ def finetune(
     losses, accs = [], []
     start = time.perf_counter()
     for epoch in range(settings.epochs):
-        train.epoch = epoch
-        order = torch.Generator().manual_seed(settings.seed * 1000 + epoch)
-        loader = DataLoader(
-            train,
-            batch_size=settings.batch_size,
-            shuffle=True,
-            generator=order,
-            num_workers=workers,
-        )
+        loader = epoch_loader(train, epoch, settings.seed, settings.batch_size, workers)
         model.train()
         total, count = 0.0, 0
         for x, y in tqdm(loader, desc=f"{label} {epoch + 1}", disable=not progress, leave=False):

@@ -4,11 +4,13 @@ says more than a table (accuracy per layer, NMI per epoch)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["markdown_table", "output_dir", "plot_curves", "write_result"]
+import numpy as np
+
+__all__ = ["markdown_table", "output_dir", "plot_curves", "plot_pr_curves", "write_result"]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -47,6 +49,31 @@ def plot_curves(
     ax.grid(alpha=0.3)
     if len(curves) > 1:
         ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_pr_curves(
+    path: Path,
+    curves: Mapping[str, tuple[Sequence[float] | np.ndarray, Sequence[float] | np.ndarray]],
+    *,
+    title: str,
+) -> None:
+    """Write precision-recall curves: ``{label: (recall (K,), precision (K,))}``, one line each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
+    for label, (recall, precision) in curves.items():
+        ax.plot(recall, precision, label=label)
+    ax.set(title=title, xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize="small")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

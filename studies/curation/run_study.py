@@ -6,11 +6,17 @@ Stages, each skipped when its output exists (run the same command again to resum
    (``build_pool.py``) under ``--scratch``.
 2. ``pretrain``: a short DeeperCluster pre-training on the pool (``pretrain.toml``): its network
    and clusters are what curation uses.
-3. ``curate``: ``deepercluster curate`` at each ``--thresholds`` value, ``--size`` images; and
-   random subsets of the same size (one per ``--seeds`` value).
+3. ``curate``: ``deepercluster curate`` at each ``--thresholds`` value with its default
+   near-duplicate descriptor (``--dedup-layer``, a conv layer; after the longest pre-training
+   also with each of ``--other-layers``, for the detection table only), and at each
+   ``--embedding-thresholds`` value with the clustering embedding (the descriptor it used
+   before), ``--size`` images; at ``--probe-threshold`` once more searching every cluster (how
+   many copies the cluster-restricted search loses); and random subsets of the same size (one
+   per ``--seeds`` value).
 4. ``measure`` (cheap): class entropy and KL divergence to uniform over the 10 classes, the
    share of noise, the planted pairs left with both members in the subset, and on the whole
-   pool the planted copies found (grouped with their original) and the false merges.
+   pool the planted copies found (grouped with their original) and the false merges (also
+   counted with the noise images left out: they resemble each other under any descriptor).
 5. ``probes`` (only with ``--probes``; hours on a CPU): pre-train from scratch on the curated
    subset (at ``--probe-threshold``) and on the random subset with the same settings, once per
    seed, then ``deepercluster eval linear`` and ``eval knn`` on CIFAR-10 (probe trained on
@@ -98,14 +104,19 @@ def measure_subset(pool: list[dict[str, str]], names: set[str]) -> dict[str, Any
 
 
 def measure_detection(pool: list[dict[str, str]], groups_csv: Path) -> dict[str, float]:
-    """Planted copies grouped with their original, and false merges, over the whole pool."""
+    """Planted copies grouped with their original, and false merges, over the whole pool;
+    ``false_merges_without_noise``: the false merges once the noise images are left out."""
     index = {r["file"]: i for i, r in enumerate(pool)}
     group = np.full(len(pool), -1, dtype=np.int64)
     with groups_csv.open(newline="") as fh:
         for r in csv.DictReader(fh):
             group[index[Path(r["path"]).name]] = int(r["group"])
     original = np.array([index[r["original"]] if r["original"] else -1 for r in pool])
-    return planted_duplicates(group, original)
+    noise = np.array([r["kind"] == "noise" for r in pool])
+    clean = planted_duplicates(np.where(noise, -1, group), original)
+    return planted_duplicates(group, original) | {
+        "false_merges_without_noise": clean["false_merges"]
+    }
 
 
 def prepare_probe_data(cifar: Path, scratch: Path, per_class: int) -> Path:
@@ -182,6 +193,14 @@ def write_markdown(record: dict[str, Any], path: Path) -> None:
         f"k = {record['k']}, m = {record['m']}), of each length below. Subsets of "
         f"{record['size']} images; `deepercluster curate` with its defaults (random pick "
         "inside clusters, seed 0, probe 2) at each threshold; random subsets drawn uniformly.",
+        "",
+        "Near-duplicates are compared with one of two descriptors (`curate --dedup-layer`): "
+        f"`{record['dedup_layer']}`, the network's conv layer GeM-pooled and PCA-whitened on "
+        "the pool (curate's default), or `embedding`, the run's clustering embedding (what "
+        "curate compared before; semantic, it also joins distinct images of one cluster). "
+        "Whitened cosines run lower, hence the lower thresholds. Both search the run's own "
+        f"clusters (probe 2); the `{record['dedup_layer']}, every cluster` row searches all of "
+        "them (`--probe k`), which shows the copies the cluster-restricted search misses.",
     ]
     for epochs, r in record["pretrains"].items():
         lines += [
@@ -207,13 +226,16 @@ def write_markdown(record: dict[str, Any], path: Path) -> None:
             "grouped with its original; a false merge is a group joining images of distinct "
             "origins, counted once per extra origin):",
             "",
-            "| threshold | planted copies found | recall | false merges | per grouped image |",
-            "|---|---|---|---|---|",
+            "| descriptor | threshold | planted copies found | recall | false merges | "
+            "per grouped image | false merges without noise images |",
+            "|---|---|---|---|---|---|---|",
         ]
-        for t, d in r["detection"].items():
+        for name, d in r["detection"].items():
+            layer, t = name.rsplit(" ", 1)
             lines.append(
-                f"| {t} | {int(d['found'])} of {int(d['planted'])} | {d['recall']:.3f} | "
-                f"{int(d['false_merges'])} | {d['false_merge_rate']:.3f} |"
+                f"| {layer} | {t} | {int(d['found'])} of {int(d['planted'])} | "
+                f"{d['recall']:.3f} | {int(d['false_merges'])} | {d['false_merge_rate']:.3f} | "
+                f"{int(d['false_merges_without_noise'])} |"
             )
         lines += ["", *verdict(r, record["probe_threshold"])]
     lines += ["", "## Pre-training on each subset (linear probe, kNN)", ""]
@@ -239,7 +261,7 @@ def write_markdown(record: dict[str, Any], path: Path) -> None:
 
 def verdict(r: dict[str, Any], threshold: str) -> list[str]:
     """Which of the measures curation wins, in words computed from the numbers."""
-    cur = r["subsets"][f"curated (dedup {threshold})"]
+    cur = r["subsets"][f"curated ({threshold})"]
     rand = [m for name, m in r["subsets"].items() if name.startswith("random")]
     entropies = [m["class_entropy"] for m in rand]
     pairs = float(np.mean([m["planted_pairs_left"] for m in rand]))
@@ -279,13 +301,28 @@ def curate_pool(
     folder = args.out / f"subsets-{epochs}ep"
     subsets: dict[str, Path] = {}
     detection: dict[str, dict[str, float]] = {}
-    for t in args.thresholds.split(","):
-        listing = folder / f"curated-{t}.csv"
+    k = json.loads((run / "config.json").read_text())["cluster"]["k"]
+    every = f"{args.dedup_layer}, every cluster"
+    # (descriptor, threshold, extra arguments, whether its subset is measured too)
+    runs: list[tuple[str, str, list[str], bool]] = []
+    runs += [(args.dedup_layer, t, [], True) for t in args.thresholds.split(",")]
+    runs += [("embedding", t, [], True) for t in args.embedding_thresholds.split(",")]
+    runs += [(every, args.probe_threshold, ["--probe", str(k)], False)]
+    if epochs == max(int(e) for e in args.pretrain_epochs.split(",")):
+        # the other layers, on the longest pre-training only: what chose the default layer
+        runs += [(layer, t, [], False) for layer in args.other_layers.split(",") if layer
+                 for t in args.thresholds.split(",")]  # fmt: skip
+    for layer, t, extra, with_subset in runs:
+        listing = folder / f"curated-{layer.replace(', ', '-').replace(' ', '-')}-{t}.csv"
         if not listing.exists():
             sh([*EXE, "curate", str(run), "--size", str(args.size), "--dedup", t,
-                "--out", str(listing), "--no-progress"], log)  # fmt: skip
-        subsets[f"curated (dedup {t})"] = listing
-        detection[t] = measure_detection(pool, listing.with_name(listing.stem + ".groups.csv"))
+                "--dedup-layer", layer.split(",")[0], *extra, "--out", str(listing),
+                "--no-progress"], log)  # fmt: skip
+        if with_subset:
+            subsets[f"curated ({layer} {t})"] = listing
+        detection[f"{layer} {t}"] = measure_detection(
+            pool, listing.with_name(listing.stem + ".groups.csv")
+        )
     listing = folder / "curated-nodedup.csv"
     if not listing.exists():
         sh([*EXE, "curate", str(run), "--size", str(args.size), "--no-dedup",
@@ -332,8 +369,12 @@ def main() -> int:
     p.add_argument("--tail", type=int, default=10)
     p.add_argument("--size", type=int, default=800, help="images in each subset")
     p.add_argument("--pretrain-epochs", default="3,12", help="pre-training lengths to compare")
-    p.add_argument("--thresholds", default="0.8,0.9,0.95")
-    p.add_argument("--probe-threshold", default="0.9")
+    p.add_argument("--dedup-layer", default="conv4", help="curate's near-duplicate descriptor")
+    p.add_argument("--thresholds", default="0.6,0.7,0.8", help="with --dedup-layer")
+    p.add_argument("--embedding-thresholds", default="0.8,0.9,0.95", help="with the embedding")
+    p.add_argument("--probe-threshold", default="0.7", help="with --dedup-layer")
+    p.add_argument("--other-layers", default="conv2,conv3,conv5",
+                   help="also measured at --thresholds after the longest pre-training")  # fmt: skip
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1])
     p.add_argument("--probes", action="store_true", help="also run stage 5 (hours on a CPU)")
     p.add_argument("--probe-per-class", type=int, default=500)
@@ -356,7 +397,7 @@ def main() -> int:
 
     probe_results: dict[str, Any] = {}
     if args.probes:  # with the longest pre-training's curation
-        chosen = {"curated": subsets[f"curated (dedup {args.probe_threshold})"],
+        chosen = {"curated": subsets[f"curated ({args.dedup_layer} {args.probe_threshold})"],
                   "random": subsets[f"random (seed {args.seeds[0]})"]}  # fmt: skip
         probe_results = probes(args, chosen, log)
 
@@ -375,7 +416,8 @@ def main() -> int:
         "k": cfg["cluster"]["k"],
         "m": cfg["cluster"]["super_clusters"],
         "size": args.size,
-        "probe_threshold": args.probe_threshold,
+        "probe_threshold": f"{args.dedup_layer} {args.probe_threshold}",
+        "dedup_layer": args.dedup_layer,
         "pretrains": pretrains,
         "probes": probe_results,
         "commands": log,

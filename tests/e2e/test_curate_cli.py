@@ -103,6 +103,7 @@ def test_curate_then_train_on_the_list_then_inspect(
         (["--size", "10", "--dedup", "1.5"], "--dedup 1.5 is outside (0, 1]"),
         (["--size", "10", "--dedup", "0"], "--dedup 0.0 is outside (0, 1]"),
         (["--size", "50", "--dedup", "1.0"], "ask for at most 48"),
+        (["--size", "10", "--dedup-layer", "fc7"], "--dedup-layer 'fc7' is not a layer"),
     ],
 )
 def test_bad_arguments_end_in_one_line_and_exit_2(

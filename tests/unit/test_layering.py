@@ -1,7 +1,8 @@
 """The import arrows of the architecture (STYLE.md), checked on the source with ``ast``.
 
     cli ─► evaluation.compare ─► {demo, inspect, evaluation.protocols, curate.pipeline}
-        ─► engine ─► {features, losses, evaluation, curate} ─► {data, models, cluster}
+        ─► {engine, curate.descriptors} ─► {features, losses, evaluation, curate}
+        ─► {data, models, cluster}
         ─► {config, log, distributed}
 
 A part may import its own subpackage and anything in a lower layer, never sideways or up.
@@ -38,6 +39,7 @@ LAYER = {
     "evaluation": 2,
     "evaluation.protocols": 4,
     "curate": 2,
+    "curate.descriptors": 3,
     "curate.pipeline": 4,
     "evaluation.compare": 5,
     "engine": 3,

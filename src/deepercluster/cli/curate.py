@@ -1,6 +1,6 @@
 """``deepercluster curate``: a balanced, de-duplicated subset of a run's images.
 
-deepercluster curate runs/photos --size 200000 --out curated.csv [--dedup 0.95]
+deepercluster curate runs/photos --size 200000 --out curated.csv [--dedup 0.7]
 deepercluster train --data curated.csv --out runs/photos-curated ...
 deepercluster inspect runs/photos --curation curated.csv
 """
@@ -11,12 +11,14 @@ import argparse
 from typing import Any
 
 EPILOG = """\
-The run's network embeds its images once (cached in RUN/curate/embeddings, resumable). Pairs at
-or above the --dedup cosine similarity are near-duplicates (compared inside clusters and their
---probe nearest neighbours); one per group stays. The --size budget is then split as evenly as
-possible across super-clusters, then across the sub-clusters of each (water-filling: small
-clusters give all they have). Writes OUT (path, super_cluster, sub_cluster, reason; it trains
-as `deepercluster train --data OUT`), OUT.dropped.csv, OUT.groups.csv and OUT.json beside it.
+The run's network embeds its images once (cached in RUN/curate/embeddings, resumable). Pairs
+whose --dedup-layer descriptors (a conv layer, GeM-pooled and PCA-whitened on the pool; cached in
+RUN/curate/LAYER) are at or above the --dedup cosine similarity are near-duplicates (compared
+inside clusters and their --probe nearest neighbours); one per group stays. The --size budget
+is then split as evenly as possible across super-clusters, then across the sub-clusters of each
+(water-filling: small clusters give all they have). Writes OUT (path, super_cluster,
+sub_cluster, reason; it trains as `deepercluster train --data OUT`), OUT.dropped.csv,
+OUT.groups.csv and OUT.json beside it.
 """
 
 
@@ -33,9 +35,17 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--dedup",
         type=float,
-        default=0.95,
-        help="cosine similarity in (0, 1] at or above which images are "
-        "near-duplicates (default 0.95; higher removes only closer copies)",
+        default=0.7,
+        help="cosine similarity in (0, 1] of the --dedup-layer descriptors at or above which "
+        "images are near-duplicates (default 0.7; higher removes only closer copies)",
+    )
+    p.add_argument(
+        "--dedup-layer",
+        default="conv4",
+        metavar="LAYER",
+        help="descriptor compared for near-duplicates: a conv layer of the run's network "
+        "(default conv4, measured best on CIFAR-10 copies) or 'embedding' (the clustering "
+        "embedding: semantic, it also joins distinct images of one cluster)",
     )
     p.add_argument("--no-dedup", action="store_true", help="skip de-duplication")
     p.add_argument(
@@ -85,6 +95,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     settings = CurateSettings(
         size=args.size,
         dedup=None if args.no_dedup else args.dedup,
+        dedup_layer=args.dedup_layer,
         per_cluster_cap=args.per_cluster_cap,
         pick=args.pick,
         keep=args.keep,

@@ -12,6 +12,10 @@ features: they all share one direction, and after a few epochs two unrelated ima
 sit at cosine 0.9, which would make every image a near-duplicate of every other. The rows are
 therefore centred on today's mean before the L2 normalisation (:class:`CentredRows`), and the
 run's clusters get centroids in that space: the mean of their members.
+
+Near-duplicates are searched inside those clusters but compared with other descriptors: a conv
+layer's (``settings.dedup_layer``, see :mod:`deepercluster.curate.descriptors`), stored beside
+the embeddings under ``RUN/curate/<layer>``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from torch.utils.data import DataLoader
 from deepercluster.cluster import HierarchicalResult, PCAWhitening
 from deepercluster.cluster.blocks import RowSource, row_blocks
 from deepercluster.cluster.store import FeatureStore
+from deepercluster.curate.descriptors import EMBEDDING, WhitenedRows, check_layer, layer_rows
 from deepercluster.curate.lists import write_curation
 from deepercluster.curate.select import Curation, select
 from deepercluster.curate.settings import CurateSettings
@@ -222,6 +227,8 @@ def curate_run(
             f"--size {settings.size} is larger than the pool: {run.path} has {readable} "
             f"readable images; ask for at most {readable}"
         )
+    layer = settings.dedup_layer if settings.dedup is not None else EMBEDDING
+    check_layer(run.backbone(), layer)
     collection = run.collection(data)
     tic = time.perf_counter()
     # Half the memory bound for a chunk of raw features (D floats per image, before the PCA).
@@ -237,9 +244,29 @@ def curate_run(
         device=device,
         progress=progress,
     )
+    descriptors = None
+    if layer != EMBEDDING:
+        pooled = layer_rows(
+            run.backbone(),
+            collection,
+            run.path / "curate" / layer,
+            layer=layer,
+            weights=_checkpoint_key(run),
+            resolution=run.config.data.resolution,
+            resize=run.config.data.resize or None,
+            chunk_rows=chunk_rows,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            progress=progress,
+        )
+        descriptors = WhitenedRows(pooled, block_rows=settings.block_rows)
     t_embed = time.perf_counter() - tic
     c = run.clustering
-    labels = np.where(c.valid & store.valid(), c.labels, -1).astype(np.int64)
+    ok = c.valid & store.valid()
+    if descriptors is not None:
+        ok &= descriptors.store.valid()
+    labels = np.where(ok, c.labels, -1).astype(np.int64)
     m, per_super, _ = result.sub_centroids.shape
     paths = display_paths(collection)
     tic = time.perf_counter()
@@ -254,6 +281,7 @@ def curate_run(
         np.arange(m * per_super) // per_super,
         settings,
         file_bytes=_file_bytes(paths) if settings.keep == "largest" else None,
+        descriptors=descriptors,
         device=device,
     )
     t_select = time.perf_counter() - tic

@@ -72,6 +72,7 @@ def select(
     settings: CurateSettings,
     *,
     file_bytes: np.ndarray | None = None,
+    descriptors: RowSource | None = None,
     device: str | torch.device = "cpu",
 ) -> Curation:
     """De-duplicate, then water-fill ``settings.size`` across super- and sub-clusters.
@@ -83,6 +84,8 @@ def select(
         super_of: (k,) int64 super-cluster of each sub-cluster.
         settings: size, threshold, cap, rules, seed and memory bound.
         file_bytes: (N,) file sizes, needed when ``settings.keep == "largest"``.
+        descriptors: (N, d') L2-normalised rows compared for near-duplicates (None: the
+            embeddings); the clusters they are searched in stay those of ``source``.
         device: where the similarity products run.
 
     Raises:
@@ -108,8 +111,9 @@ def select(
     similarity = np.full(n, np.nan, dtype=np.float32)
     compared = 0
     if s.dedup is not None:
+        compare = source if descriptors is None else descriptors
         found = find_duplicates(
-            source,
+            compare,
             labels,
             near,
             threshold=s.dedup,
@@ -124,7 +128,7 @@ def select(
             score = -np.asarray(file_bytes, dtype=np.float64)
         else:
             score = distance.astype(np.float64)
-        stars = survivors(source, found.group, score, threshold=s.dedup, max_memory=s.max_memory)
+        stars = survivors(compare, found.group, score, threshold=s.dedup, max_memory=s.max_memory)
         duplicate_of, group, similarity = stars.duplicate_of, stars.group, stars.similarity
 
     status = np.full(n, OVER_QUOTA, dtype=np.int8)

@@ -24,8 +24,12 @@ class CurateSettings:
 
     Attributes:
         size: images in the curated subset.
-        dedup: cosine similarity at or above which two images are near-duplicates, in (0, 1];
-            None skips de-duplication.
+        dedup: cosine similarity of the ``dedup_layer`` descriptors at or above which two
+            images are near-duplicates, in (0, 1]; None skips de-duplication.
+        dedup_layer: the descriptor compared for near-duplicates: a conv layer of the run's
+            network, GeM-pooled and PCA-whitened on the pool
+            (:mod:`deepercluster.curate.descriptors`), or ``embedding`` for the run's
+            clustering embedding (semantic: it also joins distinct images of one cluster).
         per_cluster_cap: at most this many images from one sub-cluster (None: no cap).
         pick: ``random`` (a seeded draw) or ``nearest`` (closest to the centroid first) inside
             a cluster.
@@ -42,7 +46,10 @@ class CurateSettings:
     """
 
     size: int
-    dedup: float | None = 0.95
+    # conv4 at 0.7: the layer and threshold measured best on the curation study's pool
+    # (docs/results/curation.md); whitened cosines run lower than the embedding's.
+    dedup: float | None = 0.7
+    dedup_layer: str = "conv4"
     per_cluster_cap: int | None = None
     pick: str = "random"
     keep: str = "nearest"
@@ -57,7 +64,7 @@ class CurateSettings:
         if self.dedup is not None and not 0.0 < self.dedup <= 1.0:
             raise ValueError(
                 f"--dedup {self.dedup} is outside (0, 1]: it is a cosine similarity threshold "
-                "such as 0.95 (higher removes only closer copies)"
+                "such as 0.7 (higher removes only closer copies)"
             )
         if self.per_cluster_cap is not None and self.per_cluster_cap < 1:
             raise ValueError(f"--per-cluster-cap must be at least 1, got {self.per_cluster_cap}")

@@ -358,8 +358,14 @@ def make_plan(
         cur = CurateSettings(size=1)
         pairs = cur.products(n, c.k)
         per_pair = a.kmeans_level2_s_per_row / per_super or 2.0 * d / (a.kmeans_gflops * 1e9)
-        seconds = next(s.seconds for s in stages if s.stage == "extraction") + pairs * per_pair
-        note = f"`deepercluster curate` with its defaults: embeddings again, ~{pairs:.2g} products"
+        # Two passes over the images: the embeddings, and the conv layer compared for
+        # near-duplicates (a partial forward, counted as a whole one).
+        extraction = next(s.seconds for s in stages if s.stage == "extraction")
+        seconds = 2 * extraction + pairs * per_pair
+        note = (
+            f"`deepercluster curate` with its defaults: embeddings and {cur.dedup_layer} "
+            f"descriptors again, ~{pairs:.2g} products"
+        )
         ram, disk = cur.memory_bytes(n), n * d * 4
         stages.append(StageCost("curate (afterwards)", ram, 0, disk, seconds, note))
     round_s = sum(s.seconds for s in stages if s.stage.startswith(("extraction", "PCA", "k-means")))

@@ -114,7 +114,7 @@ def test_select_nearest_and_cap(tmp_path: Path) -> None:
     ("settings", "message"),
     [
         (dict(size=299), "larger than the pool: the run has 298 readable images"),
-        (dict(size=290), "278 images remain after de-duplication"),
+        (dict(size=290, dedup=0.95), "278 images remain after de-duplication"),
         (dict(size=40, dedup=None, per_cluster_cap=6), "ask for at most 36"),
     ],
 )

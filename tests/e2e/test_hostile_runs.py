@@ -295,9 +295,15 @@ def test_signal_handlers_are_the_callers_again_after_every_command(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     data, straight = reference
     out = _copy(straight, tmp_path / "run")
+    # The caller here is Python with its own Ctrl-C handler. A test session started as a
+    # background job of a non-interactive shell inherits Ctrl-C ignored instead, and an
+    # ignored signal has nothing to pass on: give this test Python's handler.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
     before = [signal.getsignal(s) for s in sigs]
     assert _train(data, out) == 0  # a finished run: nothing to train

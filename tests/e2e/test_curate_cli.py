@@ -119,6 +119,18 @@ def test_bad_arguments_end_in_one_line_and_exit_2(
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_kept_list_that_is_not_csv_is_refused_before_any_work(
+    run_with_copies: tuple[Path, list[set[str]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run, _ = run_with_copies
+    out = tmp_path / "kept.json"  # its summary, kept.json, would overwrite it
+    assert cli.main(["curate", str(run), "--size", "10", "--out", str(out)]) == 2
+    assert "--out " + str(out) + " must be a .csv file" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_a_run_without_clustering_is_refused(
     tiny_image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -92,6 +92,10 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     from deepercluster.curate.pipeline import curate_run
     from deepercluster.curate.settings import CurateSettings
 
+    if not args.out.lower().endswith(".csv"):
+        # The kept list is a CSV that `train --data` reads; its summary is written beside it
+        # as OUT.json, which a .json name would overwrite.
+        raise ValueError(f"--out {args.out} must be a .csv file, e.g. curated.csv")
     settings = CurateSettings(
         size=args.size,
         dedup=None if args.no_dedup else args.dedup,

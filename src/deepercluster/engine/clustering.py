@@ -62,6 +62,10 @@ class Clustering:
     metrics: dict[str, float]
     head_inputs: HeadInputs | None = None
 
+    def without_head_inputs(self) -> Clustering:
+        """This clustering once the heads have started from it."""
+        return dataclasses.replace(self, head_inputs=None)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain arrays and numbers for a checkpoint."""
         out: dict[str, Any] = {

@@ -241,6 +241,7 @@ def _fit(
                     previous=previous,
                     trained=epoch > 0,
                 )
+                clustering = clustering.without_head_inputs()  # (k + D) x D floats, used up
                 state = TrainingState(epoch=epoch, iteration=0, clustered_epoch=epoch)
                 stats = None
                 # A restart never redoes a finished clustering.
@@ -298,7 +299,8 @@ def _fit(
 
             # ============ logging and checkpointing ============
             lr = float(schedule.lrs[(epoch + 1) * schedule.iters_per_epoch - 1])
-            record = _epoch_record(epoch, lr, stats, clustering, n_skipped=len(skip_log))
+            sums = stats.summary(rotation=cfg.cluster.rotation)
+            record = _epoch_record(epoch, lr, sums, clustering, n_skipped=len(skip_log))
             writer.write(record, step=epoch + 1)
             history.append(record)
             log.info("epoch %d/%d %s", epoch + 1, cfg.train.epochs, format_record(record, _SHOWN))
@@ -372,15 +374,15 @@ def _log_setup(cfg: RunConfig, env: DistEnv, net: Network, collection: Collectio
 
 
 def _epoch_record(
-    epoch: int, lr: float, stats: EpochStats, clustering: Clustering, *, n_skipped: int
+    epoch: int, lr: float, sums: dict[str, float], clustering: Clustering, *, n_skipped: int
 ) -> dict[str, Any]:
-    """One row of metrics.jsonl: the epoch's training sums and the current clusters.
+    """One row of metrics.jsonl: the epoch's training means and the current clusters.
 
     Every file a user reads numbers epochs from 1, as the console does; ``epoch`` (like the
     checkpoint's state) counts from 0.
     """
     record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
-    record.update(stats.summary())
+    record.update(sums)
     # Timings of the clustering stage only on the epoch that ran it; the clusters' own
     # numbers describe the current targets and are repeated every epoch.
     reclustered = clustering.metrics.get("cluster/epoch") == epoch + 1

@@ -68,19 +68,22 @@ class EpochStats:
     seconds: float = 0.0
     rotation_correct: int = 0
 
-    def summary(self) -> dict[str, float]:
+    def summary(self, *, rotation: bool = True) -> dict[str, float]:
+        """The epoch's means; the rotation accuracy only when rotations are predicted."""
         n = max(self.images, 1)
-        return {
+        out = {
             "train/loss": self.loss_sum / n,
             "train/super_loss": self.super_loss_sum / n,
             "train/sub_loss": self.sub_loss_sum / n,
             "train/super_acc": self.super_correct / n,
             "train/sub_acc": self.sub_correct / n,
-            "train/rotation_acc": self.rotation_correct / n,
             "train/images_per_s": self.images / max(self.seconds, 1e-9),
             "train/images": float(self.images),
             "time/train_s": self.seconds,
         }
+        if rotation:
+            out["train/rotation_acc"] = self.rotation_correct / n
+        return out
 
 
 def train_one_epoch(

@@ -111,15 +111,15 @@ def read_variants(path: str | Path) -> tuple[dict[str, Method], list[str]]:
         )
     variants: dict[str, Method] = {}
     for name, table in tree.get("variant", {}).items():
-        if name in _presets() and table.get("preset") != name:
-            raise ValueError(
-                f"{file}: variant {name!r} has the name of another preset; rename it so that "
-                "each row's name says what it ran"
-            )
         if not isinstance(table, dict) or set(table) - {"preset", "set", "description"}:
             raise ValueError(
                 f'{file}: [variant.{name}] takes preset = "...", set = ["section.key=value", '
                 '...] and description = "..."'
+            )
+        if name in _presets() and table.get("preset") != name:
+            raise ValueError(
+                f"{file}: variant {name!r} has the name of another preset; rename it so that "
+                "each row's name says what it ran"
             )
         preset = table.get("preset")
         if preset not in _presets():

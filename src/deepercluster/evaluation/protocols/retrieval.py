@@ -172,15 +172,24 @@ def fit_whitening(descriptors: np.ndarray, dim: int = 0) -> PCAWhitening:
     return fit_pca(descriptors, dim=min(dim or c, c, n - 1), power=0.5)
 
 
-def rank(queries: np.ndarray, database: np.ndarray, whitening: PCAWhitening | None) -> np.ndarray:
+def rank(
+    queries: np.ndarray,
+    database: np.ndarray,
+    whitening: PCAWhitening | None,
+    readable: np.ndarray | None = None,
+) -> np.ndarray:
     """Database indices for each query, most similar first: (Q, C), (N, C) -> (Q, N).
 
     Whitened (and re-normalised) when ``whitening`` is given; cosine similarity either way.
+    Unreadable database images (``readable`` (N,) False) rank last: their zero descriptor
+    would otherwise whiten into an ordinary vector and take a place among the answers.
     """
     if whitening is not None:
         queries, database = whitening.apply(queries), whitening.apply(database)
     else:
         queries, database = l2_normalize(queries), l2_normalize(database)
     scores = queries @ database.T
+    if readable is not None:
+        scores[:, ~readable] = -np.inf
     order: np.ndarray = np.argsort(-scores, axis=1, kind="stable")
     return order

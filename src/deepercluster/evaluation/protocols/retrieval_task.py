@@ -163,10 +163,17 @@ def run_retrieval_task(
             pre.backbone, RetrievalImages(w_coll, w_idx, size), settings, inputs
         )
         whitening = fit_whitening(w_desc[w_ok], settings.whiten_dim)
-    order = rank(q_desc, d_desc, whitening)
+    order = rank(q_desc, d_desc, whitening, d_ok)
     results: dict[str, Any] = {}
     for setup in gt.setups:
         positives, junk = gt.answers(setup)
+        if gt.whole_database and inputs.queries is None:
+            # Each query is an image of the database it searches: it finds itself first,
+            # which says nothing; it is junk unless listed among its own positives.
+            junk = [
+                np.union1d(j, np.setdiff1d([d], p))
+                for j, p, d in zip(junk, positives, q_idx, strict=True)
+            ]
         mean, aps = retrieval_map(order, positives, junk)
         results[setup] = {"map": mean, "ap": [None if np.isnan(a) else a for a in aps]}
     rows = [[name, f"{100 * r['map']:.2f}"] for name, r in results.items()]

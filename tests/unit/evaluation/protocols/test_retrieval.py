@@ -99,3 +99,15 @@ def test_revisited_pickle_may_hold_numpy_arrays_but_no_code(tmp_path: Path) -> N
     (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"imlist": Path("x")}))
     with pytest.raises(ValueError, match="refers to the Python object pathlib"):
         read_ground_truth(tmp_path / "evil.pkl")
+
+
+def test_unreadable_database_images_rank_last_even_when_whitened() -> None:
+    from deepercluster.evaluation.protocols.retrieval import fit_whitening, rank
+
+    rng = np.random.default_rng(0)
+    queries, database = rng.normal(size=(3, 8)), rng.normal(size=(5, 8))
+    database[1] = 0.0  # what an unreadable image's descriptor is
+    whitening = fit_whitening(rng.normal(size=(40, 8)), 4)
+    readable = np.array([True, False, True, True, True])
+    order = rank(queries, database, whitening, readable)
+    assert (order[:, -1] == 1).all()

@@ -9,6 +9,7 @@ descriptors, whitening, ranking, mAP), not the quality of a pre-training.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -137,4 +138,11 @@ def test_search_builds_an_index_in_chunks_and_finds_the_copies(
     assert main(build) == 0
     assert main([*build, "--pooling", "gem"]) == 2
     assert "holds an index of other images" in capsys.readouterr().err
+    # the same path with other weights (a run retrained in place) is refused too
+    weights = planted / "backbone.pth"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert main(build) == 2
+    assert "holds an index of other images, weights" in capsys.readouterr().err
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert main(["search", "--index", str(tmp_path / "none"), "--query", query]) == 2

@@ -44,7 +44,14 @@ from deepercluster.models import HierarchicalHeads
 if TYPE_CHECKING:
     from deepercluster.engine.clustering import Clustering
 
-__all__ = ["HeadInputs", "discriminant", "head_inputs", "match_super_clusters", "start_heads"]
+__all__ = [
+    "HeadInputs",
+    "covariance_factor",
+    "discriminant",
+    "head_inputs",
+    "match_super_clusters",
+    "start_heads",
+]
 
 # Ridge added to the covariance, as a multiple of its mean variance. Units that never fire
 # leave the covariance singular, and low-variance directions of the clustered images are where
@@ -118,22 +125,26 @@ def head_inputs(
     )
 
 
-def discriminant(means: Tensor, inputs: HeadInputs, *, temperature: float) -> tuple[Tensor, Tensor]:
-    """The linear discriminant of classes with these means and the shared covariance.
+def discriminant(
+    means: Tensor, inputs: HeadInputs, *, temperature: float, factor: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """The linear discriminant of classes with these means and a shared covariance.
+
+    The covariance of all the clustered images (within and between classes) stands for the
+    classes' shared one, with a ridge (see ``_RIDGE``).
 
     Args:
         means: (C, D) float64 class means of ``ReLU(features)``.
         inputs: the round's mean and covariance.
         temperature: T > 0; the logits' standard deviation over the images is 1 / T.
+        factor: (D, D) :func:`covariance_factor` of ``inputs``, when several heads share it.
 
     Returns:
         weight (C, D) and bias (C,), float32: ``logit_j = <x, weight_j> + bias_j``.
     """
-    covariance = inputs.covariance
-    ridge = _RIDGE * float(covariance.diagonal().mean().clamp(min=1e-12))
-    covariance = covariance + ridge * torch.eye(len(covariance), dtype=covariance.dtype)
+    factor = covariance_factor(inputs) if factor is None else factor
     centred = means - inputs.mean  # (C, D)
-    directions = torch.linalg.solve(covariance, centred.T)  # (D, C)
+    directions = torch.cholesky_solve(centred.T.contiguous(), factor)  # (D, C)
     bias = -(inputs.mean @ directions) - 0.5 * (centred * directions.T).sum(1)
     # Scaled so that the logits vary by 1 / T over the clustered images. Unscaled, the
     # discriminant's logits (and so the gradient it sends into the backbone) grow with how
@@ -142,6 +153,16 @@ def discriminant(means: Tensor, inputs: HeadInputs, *, temperature: float) -> tu
     spread = (directions * (inputs.covariance @ directions)).sum(0).mean().sqrt()
     scale = 1.0 / (temperature * float(spread.clamp(min=1e-12)))
     return (scale * directions.T).float(), (scale * bias).float()
+
+
+def covariance_factor(inputs: HeadInputs) -> Tensor:
+    """(D, D) lower Cholesky factor of the round's covariance plus the ridge: factored once
+    for all the heads of a round."""
+    covariance = inputs.covariance
+    ridge = _RIDGE * float(covariance.diagonal().mean().clamp(min=1e-12))
+    eye = torch.eye(len(covariance), dtype=covariance.dtype)
+    factor: Tensor = torch.linalg.cholesky(covariance + ridge * eye)
+    return factor
 
 
 def match_super_clusters(previous: np.ndarray, new: np.ndarray, m: int) -> np.ndarray:
@@ -200,12 +221,16 @@ def start_heads(
     heads.reset_parameters(generator, super_head=not keep_super)
     inputs = clustering.head_inputs
     if cluster.head_init == "centroids" and inputs is not None and trained:
-        t = cluster.head_temperature
+        t, factor = cluster.head_temperature, covariance_factor(inputs)
+        # Every rotation's sub-head of super-cluster s starts alike: one discriminant per s.
+        sub_heads = {
+            s: discriminant(inputs.sub_means[s], inputs, temperature=t, factor=factor)
+            for s in sorted({g % m for g in heads.owned})
+        }
         for g in heads.owned:
-            weight, bias = discriminant(inputs.sub_means[g % m], inputs, temperature=t)
-            heads.load_sub_head(g, weight, bias)
+            heads.load_sub_head(g, *sub_heads[g % m])
         if not keep_super:  # the super-cluster part of row (r, s) = r * m + s
-            weight, bias = discriminant(inputs.super_means, inputs, temperature=t)
+            weight, bias = discriminant(inputs.super_means, inputs, temperature=t, factor=factor)
             rotations = heads.n_super // m
             heads.super_head.weight.copy_(weight.repeat(rotations, 1))
             heads.super_head.bias.copy_(bias.repeat(rotations))

@@ -62,7 +62,11 @@ def build_index(
     pre = load_pretrained(checkpoint, device="cpu")
     collection = open_collection(data)
     layer = settings.layer or pre.backbone.conv_layer_names[-1]
+    # The weights file's size and time, not only its path: a run retrained or resumed in
+    # place would otherwise describe queries with other weights than the index.
+    stat = pre.source.stat()
     meta = {"checkpoint": str(Path(checkpoint).resolve()), "data": data,
+            "weights": f"{pre.source.name}:{stat.st_size}:{stat.st_mtime_ns}",
             "paths": display_paths(collection), "settings": asdict(settings)}  # fmt: skip
     meta_file = index / _META
     meta = json.loads(json.dumps(meta))  # tuples as lists, as they read back
@@ -92,10 +96,13 @@ def build_index(
         dim = min(settings.whiten_dim or store.dim, store.dim, members.size - 1)
         whitening = fit_pca(Blocks(store, members=members), dim=dim, power=0.5)
         state = whitening.to_dict()
-        np.savez(
-            index / _WHITENING, mean=state["mean"], projection=state["projection"],
-            eigenvalues=state["eigenvalues"], total_variance=state["total_variance"],
-        )  # fmt: skip
+        partial = index / (_WHITENING + ".partial")
+        with partial.open("wb") as fh:  # a file object: savez adds no suffix to it
+            np.savez(
+                fh, mean=state["mean"], projection=state["projection"],
+                eigenvalues=state["eigenvalues"], total_variance=state["total_variance"],
+            )  # fmt: skip
+        partial.replace(index / _WHITENING)  # a kill leaves no truncated whitening behind
     return len(collection)
 
 

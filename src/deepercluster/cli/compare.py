@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from deepercluster.cli.common import add_overrides
+from deepercluster.cli.cpu import set_torch_threads
 
 EPILOG = """\
 Methods: random (the network at its initialisation), the presets (rotnet, deepcluster,
@@ -99,15 +100,13 @@ def register(sub: Any) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    import torch
-
     from deepercluster.evaluation.compare import CompareSettings, run_compare
     from deepercluster.evaluation.protocols.linear import LinearProtocol
 
     overrides = list(args.overrides)
+    # The probes run in this process too: the setting must hold beyond the training.
+    set_torch_threads(args.threads)
     if args.threads > 0:
-        # The probes run in this process too: the setting must hold beyond the training.
-        torch.set_num_threads(args.threads)
         overrides.append(f"train.threads={args.threads}")
 
     protocol = LinearProtocol(

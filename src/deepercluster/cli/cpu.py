@@ -41,6 +41,14 @@ def set_wait_policy() -> str:
     return "PASSIVE"
 
 
+def set_torch_threads(threads: int) -> None:
+    """``--threads N`` of the evaluation commands: N torch threads, torch's default for 0."""
+    if threads > 0:
+        import torch  # not at import: the CLI sets OMP_WAIT_POLICY before torch loads
+
+        torch.set_num_threads(threads)
+
+
 def env_threads() -> int:
     """``OMP_NUM_THREADS`` as the user set it (0 when unset, or set by torchrun for its
     processes: training shares the cores among them instead)."""

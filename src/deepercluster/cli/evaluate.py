@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from deepercluster.cli.cpu import set_torch_threads
 from deepercluster.cli.transfer import register_transfer
 
 EPILOG = """\
@@ -169,12 +170,9 @@ def register(sub: Any) -> None:
 
 
 def _inputs(args: argparse.Namespace) -> Any:
-    import torch
-
     from deepercluster.evaluation.protocols.tasks import Inputs
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     return Inputs(
         checkpoint=args.checkpoint,
         train_data=args.train_data,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from deepercluster.cli.cpu import set_torch_threads
+
 RETRIEVAL_EPILOG = """\
 Ground truth (--gt), one of:
   revisited Oxford/Paris: gnd_roxford5k.pkl / gnd_rparis6k.pkl as distributed (or the same
@@ -117,13 +119,6 @@ def register_transfer(protocols: Any) -> None:
     det.set_defaults(func=_cmd_detection)
 
 
-def _threads(args: argparse.Namespace) -> None:
-    if args.threads > 0:
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-
 def _cmd_retrieval(args: argparse.Namespace) -> int:
     from deepercluster.evaluation.protocols.retrieval import RetrievalSettings
     from deepercluster.evaluation.protocols.retrieval_task import (
@@ -131,7 +126,7 @@ def _cmd_retrieval(args: argparse.Namespace) -> int:
         run_retrieval_task,
     )
 
-    _threads(args)
+    set_torch_threads(args.threads)
     settings = RetrievalSettings(
         pooling=args.pooling,
         levels=args.levels,
@@ -163,7 +158,7 @@ def _cmd_detection(args: argparse.Namespace) -> int:
     from deepercluster.evaluation.protocols.detection import DetectionSettings
     from deepercluster.evaluation.protocols.detection_task import run_detection_task
 
-    _threads(args)
+    set_torch_threads(args.threads)
     settings = DetectionSettings(
         epochs=args.epochs,
         batch_size=args.batch_size,

@@ -38,6 +38,7 @@ __all__ = [
     "load_pretrained",
     "open_run",
     "read_metrics",
+    "weights_id",
 ]
 
 BACKBONE_NAME = "backbone.pth"
@@ -210,6 +211,15 @@ def backbone_file(path: str | Path) -> Path:
             f"checkpoint {path} does not exist; pass a run folder or a .pth file"
         )
     return path
+
+
+def weights_id(path: str | Path) -> str:
+    """``name:size:mtime`` of the file :func:`backbone_file` finds: what results computed
+    from a network record, so that weights retrained in place are not taken for the old ones
+    (a run folder moved elsewhere keeps its id)."""
+    file = backbone_file(path)
+    stat = file.stat()
+    return f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def load_pretrained(path: str | Path, *, device: str | torch.device = "cpu") -> Pretrained:

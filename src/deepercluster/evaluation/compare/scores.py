@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from deepercluster.engine.run_folder import backbone_file, open_run
+from deepercluster.engine.run_folder import open_run, weights_id
 from deepercluster.evaluation.protocols.cluster_task import label_agreement
 from deepercluster.evaluation.protocols.linear import LinearProtocol
 from deepercluster.evaluation.protocols.tasks import Inputs, run_knn_task, run_linear_task
@@ -47,12 +47,6 @@ class ScoreSettings:
     knn_k: int = 20
     knn_temperature: float = 0.07
     kmeans_k: int = 10
-
-
-def _weights_id(run: Path) -> str:
-    file = backbone_file(run)
-    stat = file.stat()
-    return f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _inputs_key(inputs: Inputs) -> dict[str, Any]:
@@ -93,7 +87,7 @@ def _run_inputs(settings: ScoreSettings, run: Path, work: Path) -> Inputs:
 def linear_score(settings: ScoreSettings, run: Path, scores: Path) -> tuple[dict[str, Any], bool]:
     """Linear probes of every conv layer of ``run``, saved as ``scores/linear.json``."""
     key = {
-        "weights": _weights_id(run),
+        "weights": weights_id(run),
         "inputs": _inputs_key(settings.inputs),
         "protocol": asdict(settings.probe),
     }
@@ -110,7 +104,7 @@ def linear_score(settings: ScoreSettings, run: Path, scores: Path) -> tuple[dict
 def knn_score(settings: ScoreSettings, run: Path, scores: Path) -> tuple[dict[str, Any], bool]:
     """kNN top-1 and k-means NMI on the final features, saved as ``scores/knn.json``."""
     key = {
-        "weights": _weights_id(run),
+        "weights": weights_id(run),
         "inputs": _inputs_key(settings.inputs),
         "k": settings.knn_k,
         "temperature": settings.knn_temperature,
@@ -137,7 +131,7 @@ def clusters_score(run: Path, labels: np.ndarray, scores: Path) -> tuple[dict[st
         labels: (N,) class of each pre-training image, in the run's image order (-1: none).
         scores: where ``clusters.json`` goes.
     """
-    key = {"weights": _weights_id(run), "labels": _digest(labels)}
+    key = {"weights": weights_id(run), "labels": _digest(labels)}
 
     def compute() -> dict[str, Any]:
         opened = open_run(run)

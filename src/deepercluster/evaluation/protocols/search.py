@@ -25,7 +25,7 @@ from deepercluster.cluster.blocks import Blocks
 from deepercluster.cluster.store import FeatureStore, write_json_atomic
 from deepercluster.data import Collection, ImageCollection, open_collection
 from deepercluster.data.pathmatch import display_paths
-from deepercluster.engine.run_folder import load_pretrained
+from deepercluster.engine.run_folder import load_pretrained, weights_id
 from deepercluster.evaluation.protocols.retrieval import (
     RetrievalImages,
     RetrievalSettings,
@@ -64,9 +64,8 @@ def build_index(
     layer = settings.layer or pre.backbone.conv_layer_names[-1]
     # The weights file's size and time, not only its path: a run retrained or resumed in
     # place would otherwise describe queries with other weights than the index.
-    stat = pre.source.stat()
     meta = {"checkpoint": str(Path(checkpoint).resolve()), "data": data,
-            "weights": f"{pre.source.name}:{stat.st_size}:{stat.st_mtime_ns}",
+            "weights": weights_id(pre.source),
             "paths": display_paths(collection), "settings": asdict(settings)}  # fmt: skip
     meta_file = index / _META
     meta = json.loads(json.dumps(meta))  # tuples as lists, as they read back

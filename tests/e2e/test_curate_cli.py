@@ -48,7 +48,9 @@ def test_curate_then_train_on_the_list_then_inspect(
 ) -> None:
     run, planted = run_with_copies
     out = tmp_path / "curated.csv"
-    argv = ["curate", str(run), "--size", "24", "--dedup", "1.0", "--out", str(out)]
+    # exact copies only: the plain cosine at 1
+    argv = ["curate", str(run), "--size", "24", "--dedup", "1.0", "--dedup-neighbours", "0",
+            "--out", str(out)]  # fmt: skip
     assert cli.main([*argv, "--no-progress"]) == 0
     assert "kept 24, dropped 6 near-duplicates" in capsys.readouterr().out
     kept = _rows(out)
@@ -102,7 +104,8 @@ def test_curate_then_train_on_the_list_then_inspect(
         (["--size", "1000"], "--size 1000 is larger than the pool"),
         (["--size", "10", "--dedup", "1.5"], "--dedup 1.5 is outside (0, 1]"),
         (["--size", "10", "--dedup", "0"], "--dedup 0.0 is outside (0, 1]"),
-        (["--size", "50", "--dedup", "1.0"], "ask for at most 48"),
+        (["--size", "50", "--dedup", "1.0", "--dedup-neighbours", "0"], "ask for at most 48"),
+        (["--size", "10", "--dedup-neighbours", "-1"], "--dedup-neighbours must be 0"),
         (["--size", "10", "--dedup-layer", "fc7"], "--dedup-layer 'fc7' is not a layer"),
     ],
 )

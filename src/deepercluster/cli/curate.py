@@ -1,6 +1,6 @@
 """``deepercluster curate``: a balanced, de-duplicated subset of a run's images.
 
-deepercluster curate runs/photos --size 200000 --out curated.csv [--dedup 0.7]
+deepercluster curate runs/photos --size 200000 --out curated.csv [--dedup 0.4]
 deepercluster train --data curated.csv --out runs/photos-curated ...
 deepercluster inspect runs/photos --curation curated.csv
 """
@@ -8,13 +8,18 @@ deepercluster inspect runs/photos --curation curated.csv
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from typing import Any
 
 EPILOG = """\
 The run's network embeds its images once (cached in RUN/curate/embeddings, resumable). Pairs
 whose --dedup-layer descriptors (a conv layer, GeM-pooled and PCA-whitened on the pool; cached in
-RUN/curate/LAYER) are at or above the --dedup cosine similarity are near-duplicates (compared
-inside clusters and their --probe nearest neighbours); one per group stays. The --size budget
+RUN/curate/LAYER) are at or above the --dedup similarity are near-duplicates (compared inside
+clusters and their --probe nearest neighbours); one per group stays. The similarity is
+(cos(a, b) - m) / (1 - m), m being the two images' mean cosine to their --dedup-neighbours
+nearest images: 1 for identical images, 0 for a pair no closer than its neighbours. Where many
+images look alike (textures, one product shot a hundred ways) a pair must stand out from its
+neighbourhood to count as a copy; --dedup-neighbours 0 compares the plain cosine. The --size budget
 is then split as evenly as possible across super-clusters, then across the sub-clusters of each
 (water-filling: small clusters give all they have). Writes OUT (path, super_cluster,
 sub_cluster, reason; it trains as `deepercluster train --data OUT`), OUT.dropped.csv,
@@ -23,6 +28,9 @@ OUT.groups.csv and OUT.json beside it.
 
 
 def register(sub: Any) -> None:
+    from deepercluster.curate.settings import CurateSettings
+
+    default = {f.name: f.default for f in fields(CurateSettings)}
     p = sub.add_parser(
         "curate",
         help="choose a balanced, de-duplicated subset of a run's images by its clusters",
@@ -35,17 +43,26 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--dedup",
         type=float,
-        default=0.7,
-        help="cosine similarity in (0, 1] of the --dedup-layer descriptors at or above which "
-        "images are near-duplicates (default 0.7; higher removes only closer copies)",
+        default=default["dedup"],
+        help="similarity in (0, 1] of the --dedup-layer descriptors at or above which images "
+        f"are near-duplicates (default {default['dedup']}; higher removes only closer copies)",
+    )
+    p.add_argument(
+        "--dedup-neighbours",
+        type=int,
+        default=default["dedup_neighbours"],
+        metavar="K",
+        help="scale each similarity by the two images' mean cosine to their K nearest "
+        f"images (default {default['dedup_neighbours']}); 0 compares the plain cosine",
     )
     p.add_argument(
         "--dedup-layer",
-        default="conv4",
+        default=default["dedup_layer"],
         metavar="LAYER",
         help="descriptor compared for near-duplicates: a conv layer of the run's network "
-        "(default conv4, measured best on CIFAR-10 copies) or 'embedding' (the clustering "
-        "embedding: semantic, it also joins distinct images of one cluster)",
+        f"(default {default['dedup_layer']}, measured best on CIFAR-10 copies) or "
+        "'embedding' (the clustering embedding: semantic, it also joins distinct images of "
+        "one cluster)",
     )
     p.add_argument("--no-dedup", action="store_true", help="skip de-duplication")
     p.add_argument(
@@ -68,9 +85,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--probe",
         type=int,
-        default=2,
+        default=default["probe"],
         help="compare each image with its own cluster and its PROBE-1 nearest other "
-        "clusters (default 2; more finds pairs split by a border, at more cost)",
+        f"clusters (default {default['probe']}; more finds pairs split by a border, at more "
+        "cost)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random picks")
     p.add_argument(
@@ -100,6 +118,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
         size=args.size,
         dedup=None if args.no_dedup else args.dedup,
         dedup_layer=args.dedup_layer,
+        dedup_neighbours=args.dedup_neighbours,
         per_cluster_cap=args.per_cluster_cap,
         pick=args.pick,
         keep=args.keep,

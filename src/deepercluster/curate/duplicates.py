@@ -9,6 +9,17 @@ is still found. Every pair at or above the threshold is an edge of a graph; its 
 components are then split into stars (:func:`survivors`), so that every dropped image is at
 least as similar as the threshold to the one image of its group that stays.
 
+A single cosine threshold fails where images crowd: textures, noise, one product photographed
+a hundred ways all sit close to many others that are not copies of them. With ``density`` the
+graph thresholds a locally scaled similarity instead: r is an image's mean cosine to its K
+nearest neighbours, m = (r_a + r_b) / 2 the pair's typical neighbour similarity, and the
+score ``(cos(a, b) - m) / (1 - m)`` says how far the pair stands above its neighbourhood on
+the way to identity: 0 for a pair as alike as any neighbours there, 1 for identical images
+wherever they are. It corrects the hubness of crowded regions as CSLS does (Conneau et al.
+2018, https://arxiv.org/abs/1710.04087), which subtracts r alone, but CSLS also pushes exact
+copies below a threshold where the crowd is dense. It costs one more sweep
+(:func:`neighbour_density`).
+
 Memory: the rows of a batch of clusters are gathered from the :class:`RowSource` (a
 :class:`~deepercluster.cluster.store.FeatureStore` or an array) in one sequential sweep, at most
 ``max_memory`` bytes of them; similarities are computed ``block_rows`` x ``block_rows`` at a time
@@ -27,7 +38,14 @@ from scipy.sparse.csgraph import connected_components
 
 from deepercluster.cluster.blocks import RowSource, row_blocks
 
-__all__ = ["DuplicateGroups", "Survivors", "centroid_sweep", "find_duplicates", "survivors"]
+__all__ = [
+    "DuplicateGroups",
+    "Survivors",
+    "centroid_sweep",
+    "find_duplicates",
+    "neighbour_density",
+    "survivors",
+]
 
 # float32 dot products of two identical unit vectors can land a few ulps under 1.0.
 _TOLERANCE = 1e-6
@@ -167,6 +185,86 @@ def _fold(a: np.ndarray, b: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray,
     return root, root[members], members
 
 
+def _similarity_blocks(
+    source: RowSource,
+    labels: np.ndarray,
+    near: np.ndarray,
+    *,
+    max_memory: int,
+    block_rows: int,
+    device: torch.device,
+) -> Iterator[tuple[np.ndarray, np.ndarray, torch.Tensor]]:
+    """Every (query rows, database rows, their cosine similarities) block of the search.
+
+    A query row meets the members of its own cluster and of its ``near`` clusters once each.
+    """
+    dim = source.dim
+    # Half the budget holds the batch's gathered rows; the rest is left to the similarity
+    # blocks and their copies of rows, and to the per-image bookkeeping (labels, lists).
+    budget_rows = max(2, max_memory // (2 * 4 * dim))
+    for batch in _batches(_tasks(labels, near, max(1, budget_rows // 2)), budget_rows):
+        wanted = np.unique(np.concatenate([np.concatenate(t) for t in batch]))
+        rows = np.empty((len(wanted), dim), np.float32)
+        for first, block in row_blocks(source, block_rows, wanted):
+            rows[first : first + len(block)] = block
+        gathered = torch.from_numpy(rows).to(device)
+        for queries, database in batch:
+            qi = torch.from_numpy(np.searchsorted(wanted, queries)).to(device)
+            di = torch.from_numpy(np.searchsorted(wanted, database)).to(device)
+            for q0 in range(0, len(queries), block_rows):
+                xq = gathered[qi[q0 : q0 + block_rows]]
+                for d0 in range(0, len(database), block_rows):
+                    xd = gathered[di[d0 : d0 + block_rows]]
+                    yield queries[q0 : q0 + len(xq)], database[d0 : d0 + len(xd)], xq @ xd.T
+
+
+def neighbour_density(
+    source: RowSource,
+    labels: np.ndarray,
+    near: np.ndarray,
+    *,
+    neighbours: int,
+    max_memory: int,
+    block_rows: int,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """(N,) float32 mean cosine similarity of each row to its ``neighbours`` nearest others.
+
+    The neighbours are searched where :func:`find_duplicates` searches (own cluster and
+    ``near`` ones). Rows without a cluster, or with fewer candidates, average what they have
+    (0 when none).
+    """
+    n = len(labels)
+    dev = torch.device(device)
+    top = torch.full((n, neighbours), -torch.inf)
+    for queries, database, sims in _similarity_blocks(
+        source, labels, near, max_memory=max_memory, block_rows=block_rows, device=dev
+    ):
+        q = torch.from_numpy(queries)
+        # A row is not its own neighbour (both lists are ascending: find it by bisection).
+        itself = np.intersect1d(queries, database, assume_unique=True)
+        if len(itself):
+            sims = sims.clone()
+            qi = torch.from_numpy(np.searchsorted(queries, itself)).to(dev)
+            di = torch.from_numpy(np.searchsorted(database, itself)).to(dev)
+            sims[qi, di] = -torch.inf
+        best = sims.topk(min(neighbours, sims.shape[1]), dim=1).values.cpu()
+        top[q] = torch.cat([top[q], best], dim=1).topk(neighbours, dim=1).values
+    found = torch.isfinite(top)
+    mean = torch.where(found, top, 0.0).sum(1) / found.sum(1).clamp(min=1)
+    return mean.numpy().astype(np.float32)
+
+
+def _scaled(sims: torch.Tensor, rq: torch.Tensor | None, rd: torch.Tensor | None) -> torch.Tensor:
+    """Cosine similarities, or with neighbour densities r the locally scaled similarity
+    ``(cos - m) / (1 - m)``, m = (r_q + r_d) / 2: 0 at the neighbourhood's typical
+    similarity, 1 for identical rows."""
+    if rq is None or rd is None:
+        return sims
+    m = (rq[:, None] + rd[None, :]) / 2
+    return (sims - m) / (1 - m).clamp(min=_TOLERANCE)
+
+
 def find_duplicates(
     source: RowSource,
     labels: np.ndarray,
@@ -175,56 +273,48 @@ def find_duplicates(
     threshold: float,
     max_memory: int,
     block_rows: int,
+    density: np.ndarray | None = None,
     device: str | torch.device = "cpu",
 ) -> DuplicateGroups:
-    """Groups of rows whose cosine similarity is at least ``threshold`` (the threshold graph).
+    """Groups of rows whose similarity is at least ``threshold`` (the threshold graph).
 
     Args:
         source: (N, d) L2-normalised rows (cosine similarity = dot product).
         labels: (N,) int64 own cluster, -1 for rows to leave out (unreadable images).
         near: (N, p) other clusters each row is compared with (-1: none), from
             :func:`centroid_sweep`.
-        threshold: cosine similarity in (0, 1].
+        threshold: in (0, 1], on the cosine similarity, or with ``density`` on the locally
+            scaled similarity (module docstring).
         max_memory: bytes of rows gathered at once.
         block_rows: rows per similarity block (``block_rows``² floats on ``device``).
+        density: (N,) r per row (:func:`neighbour_density`), or None for plain cosine.
         device: where the products run.
 
     Returns:
         The :class:`DuplicateGroups`.
     """
-    n, dim = len(labels), source.dim
+    n = len(labels)
     dev = torch.device(device)
-    # Half the budget holds the batch's gathered rows; the rest is left to the similarity
-    # blocks and their copies of rows, and to the per-image bookkeeping (labels, lists).
-    budget_rows = max(2, max_memory // (2 * 4 * dim))
+    r = None if density is None else torch.from_numpy(np.asarray(density, np.float32)).to(dev)
     edges_a: list[np.ndarray] = []
     edges_b: list[np.ndarray] = []
     held, compared = 0, 0
-    for batch in _batches(_tasks(labels, near, max(1, budget_rows // 2)), budget_rows):
-        wanted = np.unique(np.concatenate([np.concatenate(t) for t in batch]))
-        rows = np.empty((len(wanted), dim), np.float32)
-        for first, block in row_blocks(source, block_rows, wanted):
-            rows[first : first + len(block)] = block
-        gathered = torch.from_numpy(rows).to(dev)
-        for queries, database in batch:
-            qi = torch.from_numpy(np.searchsorted(wanted, queries)).to(dev)
-            di = torch.from_numpy(np.searchsorted(wanted, database)).to(dev)
-            for q0 in range(0, len(queries), block_rows):
-                xq = gathered[qi[q0 : q0 + block_rows]]
-                for d0 in range(0, len(database), block_rows):
-                    xd = gathered[di[d0 : d0 + block_rows]]
-                    hit = ((xq @ xd.T) >= threshold - _TOLERANCE).nonzero().cpu().numpy()
-                    compared += len(xq) * len(xd)
-                    a = queries[q0 + hit[:, 0]]
-                    b = database[d0 + hit[:, 1]]
-                    keep = a != b
-                    if keep.any():
-                        edges_a.append(a[keep])
-                        edges_b.append(b[keep])
-                        held += int(keep.sum())
-            if held > _FOLD_EDGES:
-                _, a_, b_ = _fold(np.concatenate(edges_a), np.concatenate(edges_b), n)
-                edges_a, edges_b, held = [a_], [b_], len(a_)
+    for queries, database, sims in _similarity_blocks(
+        source, labels, near, max_memory=max_memory, block_rows=block_rows, device=dev
+    ):
+        rq = None if r is None else r[torch.from_numpy(queries).to(dev)]
+        rd = None if r is None else r[torch.from_numpy(database).to(dev)]
+        hit = (_scaled(sims, rq, rd) >= threshold - _TOLERANCE).nonzero().cpu().numpy()
+        compared += sims.numel()
+        a, b = queries[hit[:, 0]], database[hit[:, 1]]
+        keep = a != b
+        if keep.any():
+            edges_a.append(a[keep])
+            edges_b.append(b[keep])
+            held += int(keep.sum())
+        if held > _FOLD_EDGES:
+            _, a_, b_ = _fold(np.concatenate(edges_a), np.concatenate(edges_b), n)
+            edges_a, edges_b, held = [a_], [b_], len(a_)
     a = np.concatenate(edges_a) if edges_a else np.zeros(0, np.int64)
     b = np.concatenate(edges_b) if edges_b else np.zeros(0, np.int64)
     root, _, members = _fold(a, b, n)
@@ -258,6 +348,7 @@ def survivors(
     *,
     threshold: float,
     max_memory: int,
+    density: np.ndarray | None = None,
 ) -> Survivors:
     """Split each connected component of the threshold graph into stars around survivors.
 
@@ -271,13 +362,16 @@ def survivors(
         source: (N, d) L2-normalised rows.
         components: (N,) int64 component of each row (:attr:`DuplicateGroups.group`).
         score: (N,) float, lower is better (distance to the centroid, minus the file size).
-        threshold: cosine similarity in (0, 1].
+        threshold: in (0, 1], on the similarity :func:`find_duplicates` used.
         max_memory: bytes a component's rows may take.
+        density: (N,) r per row for the locally scaled similarity, as for
+            :func:`find_duplicates` (None: plain cosine).
 
     Raises:
         ValueError: a component too large for ``max_memory`` (the threshold is too low).
     """
     n = len(components)
+    r = None if density is None else np.asarray(density, dtype=np.float32)
     duplicate_of = np.full(n, -1, dtype=np.int64)
     group = np.full(n, -1, dtype=np.int64)
     similarity = np.full(n, np.nan, dtype=np.float32)
@@ -299,12 +393,17 @@ def survivors(
             open_[pos] = False
             rest = np.flatnonzero(open_)
             sims = x[rest] @ x[pos]
-            hit = rest[sims >= threshold - _TOLERANCE]
+            score = sims
+            if r is not None:
+                m = (r[members[pos]] + r[members[rest]]) / 2
+                score = (sims - m) / np.maximum(1 - m, _TOLERANCE)
+            close = score >= threshold - _TOLERANCE
+            hit = rest[close]
             if len(hit):
                 open_[hit] = False
                 keeper = members[pos]
                 duplicate_of[members[hit]] = keeper
                 group[members[hit]] = keeper
                 group[keeper] = keeper
-                similarity[members[hit]] = sims[sims >= threshold - _TOLERANCE]
+                similarity[members[hit]] = sims[close]
     return Survivors(duplicate_of, group, similarity)

@@ -32,28 +32,41 @@ def class_balance(counts: np.ndarray) -> dict[str, float]:
     }
 
 
-def planted_duplicates(group: np.ndarray, original: np.ndarray) -> dict[str, float]:
+def planted_duplicates(
+    group: np.ndarray, original: np.ndarray, *, same_as: np.ndarray | None = None
+) -> dict[str, float]:
     """How many planted copies a grouping found, and how many groups merged distinct images.
 
     Args:
         group: (N,) near-duplicate group per image (-1: in no group).
         original: (N,) the image each planted copy was made from, -1 for the others.
+        same_as: (N,) for false merges only, the image each image counts as (-1: itself):
+            duplicates the source data already held (found by inspection) are one origin.
 
     Returns:
         ``planted`` copies, ``found`` (in the same group as their original), ``recall``,
         ``false_merges`` (images grouped with an image of another origin: a group holding r
-        distinct origins counts r - 1) and ``false_merge_rate`` (per grouped image).
+        distinct origins counts r - 1), ``removed`` (grouped images that are not their
+        group's survivor) and the false merges per grouped image (``false_merge_rate``) and
+        per removed image (``false_merges_per_removed``).
     """
+    n = len(group)
     planted = np.flatnonzero(original >= 0)
     found = (group[planted] >= 0) & (group[planted] == group[original[planted]])
-    origin = np.where(original >= 0, original, np.arange(len(group)))
+    origin = np.where(original >= 0, original, np.arange(n))
+    if same_as is not None:
+        alias = np.where(same_as >= 0, same_as, np.arange(n))
+        origin = alias[origin]
     grouped = np.flatnonzero(group >= 0)
     pairs = np.unique(np.stack([group[grouped], origin[grouped]]), axis=1)
     false_merges = int(pairs.shape[1] - np.unique(pairs[0]).size)
+    removed = len(grouped) - int(np.unique(group[grouped]).size)
     return {
         "planted": float(len(planted)),
         "found": float(found.sum()),
         "recall": float(found.mean()) if len(planted) else 1.0,
         "false_merges": float(false_merges),
+        "removed": float(removed),
         "false_merge_rate": false_merges / max(len(grouped), 1),
+        "false_merges_per_removed": false_merges / max(removed, 1),
     }

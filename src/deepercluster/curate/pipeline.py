@@ -274,6 +274,11 @@ def curate_run(
     mean, _ = cluster_means(store, everything, 1, block_rows=settings.block_rows)
     rows = CentredRows(store, mean)
     _, centroids = cluster_means(rows, labels, m * per_super, block_rows=settings.block_rows)
+    descriptor_centroids = None
+    if descriptors is not None:
+        _, descriptor_centroids = cluster_means(
+            descriptors, labels, m * per_super, block_rows=settings.block_rows
+        )
     cur = select(
         rows,
         labels,
@@ -282,6 +287,7 @@ def curate_run(
         settings,
         file_bytes=_file_bytes(paths) if settings.keep == "largest" else None,
         descriptors=descriptors,
+        descriptor_centroids=descriptor_centroids,
         device=device,
     )
     t_select = time.perf_counter() - tic

@@ -12,7 +12,12 @@ import numpy as np
 import torch
 
 from deepercluster.cluster.blocks import RowSource
-from deepercluster.curate.duplicates import centroid_sweep, find_duplicates, survivors
+from deepercluster.curate.duplicates import (
+    centroid_sweep,
+    find_duplicates,
+    neighbour_density,
+    survivors,
+)
 from deepercluster.curate.sampling import allocate, pick_members
 from deepercluster.curate.settings import CurateSettings
 
@@ -73,6 +78,7 @@ def select(
     *,
     file_bytes: np.ndarray | None = None,
     descriptors: RowSource | None = None,
+    descriptor_centroids: np.ndarray | None = None,
     device: str | torch.device = "cpu",
 ) -> Curation:
     """De-duplicate, then water-fill ``settings.size`` across super- and sub-clusters.
@@ -86,6 +92,10 @@ def select(
         file_bytes: (N,) file sizes, needed when ``settings.keep == "largest"``.
         descriptors: (N, d') L2-normalised rows compared for near-duplicates (None: the
             embeddings); the clusters they are searched in stay those of ``source``.
+        descriptor_centroids: (k, d') the clusters' means in the descriptor space, which
+            choose the ``probe - 1`` other clusters each row is compared with: a copy sits
+            near its original in that space, not always in the embedding's. Needed with
+            ``descriptors``.
         device: where the similarity products run.
 
     Raises:
@@ -102,25 +112,34 @@ def select(
             f"--size {s.size} is larger than the pool: the run has {readable} readable images; "
             f"ask for at most {readable}"
         )
+    compare = source if descriptors is None else descriptors
     probe = s.probe if s.dedup is not None else 1
     near, distance = centroid_sweep(
-        source, labels, centroids, probe=probe, block_rows=s.block_rows, device=device
-    )
+        source, labels, centroids, probe=probe if compare is source else 1,
+        block_rows=s.block_rows, device=device,
+    )  # fmt: skip
+    if s.dedup is not None and compare is not source:
+        if descriptor_centroids is None:
+            raise ValueError("descriptors need their clusters' means (descriptor_centroids)")
+        near, _ = centroid_sweep(
+            compare, labels, descriptor_centroids, probe=probe, block_rows=s.block_rows,
+            device=device,
+        )  # fmt: skip
     group = np.full(n, -1, dtype=np.int64)
     duplicate_of = np.full(n, -1, dtype=np.int64)
     similarity = np.full(n, np.nan, dtype=np.float32)
     compared = 0
     if s.dedup is not None:
-        compare = source if descriptors is None else descriptors
+        density = None
+        if s.dedup_neighbours:
+            density = neighbour_density(
+                compare, labels, near, neighbours=s.dedup_neighbours, max_memory=s.max_memory,
+                block_rows=s.block_rows, device=device,
+            )  # fmt: skip
         found = find_duplicates(
-            compare,
-            labels,
-            near,
-            threshold=s.dedup,
-            max_memory=s.max_memory,
-            block_rows=s.block_rows,
-            device=device,
-        )
+            compare, labels, near, threshold=s.dedup, density=density, max_memory=s.max_memory,
+            block_rows=s.block_rows, device=device,
+        )  # fmt: skip
         compared = found.compared
         if s.keep == "largest":
             if file_bytes is None:
@@ -128,7 +147,10 @@ def select(
             score = -np.asarray(file_bytes, dtype=np.float64)
         else:
             score = distance.astype(np.float64)
-        stars = survivors(compare, found.group, score, threshold=s.dedup, max_memory=s.max_memory)
+        stars = survivors(
+            compare, found.group, score, threshold=s.dedup, max_memory=s.max_memory,
+            density=density,
+        )  # fmt: skip
         duplicate_of, group, similarity = stars.duplicate_of, stars.group, stars.similarity
 
     status = np.full(n, OVER_QUOTA, dtype=np.int8)

@@ -24,12 +24,16 @@ class CurateSettings:
 
     Attributes:
         size: images in the curated subset.
-        dedup: cosine similarity of the ``dedup_layer`` descriptors at or above which two
-            images are near-duplicates, in (0, 1]; None skips de-duplication.
+        dedup: similarity of the ``dedup_layer`` descriptors at or above which two images are
+            near-duplicates, in (0, 1]: the locally scaled similarity, 1 for identical images
+            (:mod:`deepercluster.curate.duplicates`), or the cosine when
+            ``dedup_neighbours`` is 0; None skips de-duplication.
         dedup_layer: the descriptor compared for near-duplicates: a conv layer of the run's
             network, GeM-pooled and PCA-whitened on the pool
             (:mod:`deepercluster.curate.descriptors`), or ``embedding`` for the run's
             clustering embedding (semantic: it also joins distinct images of one cluster).
+        dedup_neighbours: K of the local scaling, each image's r being its mean cosine to its
+            K nearest neighbours; 0 thresholds the plain cosine.
         per_cluster_cap: at most this many images from one sub-cluster (None: no cap).
         pick: ``random`` (a seeded draw) or ``nearest`` (closest to the centroid first) inside
             a cluster.
@@ -46,14 +50,16 @@ class CurateSettings:
     """
 
     size: int
-    # conv4 at 0.7: the layer and threshold measured best on the curation study's pool
-    # (docs/results/curation.md); whitened cosines run lower than the embedding's.
-    dedup: float | None = 0.7
+    # conv4, scaled over 5 neighbours, at 0.4: measured on the curation study's pool
+    # (docs/results/curation.md).
+    dedup: float | None = 0.4
     dedup_layer: str = "conv4"
+    dedup_neighbours: int = 5
     per_cluster_cap: int | None = None
     pick: str = "random"
     keep: str = "nearest"
-    probe: int = 2
+    # 3: on the curation study's pool, 2 lost 2 points of the planted copies to cluster borders.
+    probe: int = 3
     seed: int = 0
     max_memory: int = 512 * 2**20
     block_rows: int = 4096
@@ -63,8 +69,12 @@ class CurateSettings:
             raise ValueError(f"--size must be at least 1, got {self.size}")
         if self.dedup is not None and not 0.0 < self.dedup <= 1.0:
             raise ValueError(
-                f"--dedup {self.dedup} is outside (0, 1]: it is a cosine similarity threshold "
-                "such as 0.7 (higher removes only closer copies)"
+                f"--dedup {self.dedup} is outside (0, 1]: it is a similarity threshold "
+                "such as 0.4 (higher removes only closer copies)"
+            )
+        if self.dedup_neighbours < 0:
+            raise ValueError(
+                f"--dedup-neighbours must be 0 (plain cosine) or more, got {self.dedup_neighbours}"
             )
         if self.per_cluster_cap is not None and self.per_cluster_cap < 1:
             raise ValueError(f"--per-cluster-cap must be at least 1, got {self.per_cluster_cap}")
@@ -81,8 +91,10 @@ class CurateSettings:
 
     def products(self, n: int, k: int) -> float:
         """Similarities computed for ``n`` images in ``k`` clusters of about n / k: each image
-        against its own cluster and ``probe - 1`` others, about ``probe * n² / k``."""
-        return self.probe * n * n / max(k, 1)
+        against its own cluster and ``probe - 1`` others, about ``probe * n² / k``, once more
+        for the local scaling."""
+        sweeps = 2 if self.dedup_neighbours else 1
+        return sweeps * self.probe * n * n / max(k, 1)
 
     def memory_bytes(self, n: int) -> int:
         """Peak memory of a curation of ``n`` images: ``max_memory``, the similarity blocks

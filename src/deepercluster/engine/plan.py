@@ -119,13 +119,15 @@ class Plan:
 
 @dataclass(frozen=True)
 class ModelStats:
-    """Measured on the meta device: feature dim D, parameters, forward FLOPs and the bytes
-    of all layer outputs for one image (what training keeps for the backward pass)."""
+    """Measured on the meta device: feature dim D, parameters, forward FLOPs, the bytes
+    of all layer outputs for one image (what training keeps for the backward pass) and the
+    channels of each conv layer (what curate's descriptors store per image)."""
 
     feature_dim: int
     params: int
     flops: float
     activation_bytes: int
+    conv_channels: dict[str, int]
 
 
 @cache
@@ -145,10 +147,14 @@ def model_stats(arch: str, sobel: bool, resolution: int) -> ModelStats:
         ]
         with FlopCounterMode(display=False) as counter:
             model(torch.empty(1, 3, resolution, resolution))
-    for h in hooks:
-        h.remove()
+        for h in hooks:
+            h.remove()
+        maps = model.forward_conv(torch.empty(1, 3, resolution, resolution), model.conv_layer_names)
     params = sum(p.numel() for p in model.parameters())
-    return ModelStats(model.feature_dim, params, float(counter.get_total_flops()), 4 * total[0])
+    channels = {name: int(x.shape[1]) for name, x in maps.items()}
+    return ModelStats(
+        model.feature_dim, params, float(counter.get_total_flops()), 4 * total[0], channels
+    )
 
 
 def make_plan(
@@ -366,7 +372,9 @@ def make_plan(
             f"`deepercluster curate` with its defaults: embeddings and {cur.dedup_layer} "
             f"descriptors again, ~{pairs:.2g} products"
         )
-        ram, disk = cur.memory_bytes(n), n * d * 4
+        # The embeddings' store, and the GeM-pooled conv layer's (C floats per image).
+        layer_dim = stats.conv_channels.get(cur.dedup_layer, 0)
+        ram, disk = cur.memory_bytes(n), n * (d + layer_dim) * 4
         stages.append(StageCost("curate (afterwards)", ram, 0, disk, seconds, note))
     round_s = sum(s.seconds for s in stages if s.stage.startswith(("extraction", "PCA", "k-means")))
     rounds = math.ceil(t.epochs / c.reassign) if c.needs_clustering else 0

@@ -9,7 +9,12 @@ import pytest
 
 from deepercluster.cluster import kmeans
 from deepercluster.cluster.store import FeatureStore
-from deepercluster.curate.duplicates import centroid_sweep, find_duplicates, survivors
+from deepercluster.curate.duplicates import (
+    centroid_sweep,
+    find_duplicates,
+    neighbour_density,
+    survivors,
+)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -124,3 +129,51 @@ def test_survivors_split_a_chain_into_stars(tmp_path: Path) -> None:
     assert best_a.group.tolist() == [0, 0, -1, 3, 3]
     with pytest.raises(ValueError, match="chain of 3 near-duplicates does not fit"):
         survivors(store, components, np.zeros(5), threshold=0.99, max_memory=2 * 3 * 4)
+
+
+def test_neighbour_density_is_the_mean_of_the_nearest_cosines(tmp_path: Path) -> None:
+    x, _ = _planted(n=300)
+    km = kmeans(x, 4, niter=5, seed=0)
+    labels = km.assignments.astype(np.int64)
+    labels[7] = -1  # unreadable: no density
+    store = _store(tmp_path, x)
+    # probe = k: every row meets every other, so the search is the brute-force one
+    near, _ = centroid_sweep(store, labels, km.centroids, probe=4, block_rows=32)
+    r = neighbour_density(store, labels, near, neighbours=5, max_memory=40 * 32 * 8,
+                          block_rows=16)  # fmt: skip
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    sims[:, 7] = -np.inf
+    expected = np.sort(sims, axis=1)[:, -5:].mean(1)
+    expected[7] = 0.0
+    np.testing.assert_allclose(r, expected, atol=1e-5)
+
+
+def test_local_scaling_separates_a_pair_from_a_crowd_of_look_alikes(tmp_path: Path) -> None:
+    """A planted copy (cosine 0.8) among unrelated images is a near-duplicate; twelve images
+    that all look alike (pairwise cosine about 0.9: textures, noise) are not, once each
+    similarity is scaled by its neighbourhood, except an exact copy of one of them (row 53),
+    which scores 1 however crowded. The plain cosine merges the crowd."""
+    rng = np.random.default_rng(0)
+    d = 64
+    sparse = _unit(rng.standard_normal((40, d)))
+    copy = _unit(0.8 * sparse[:1] + 0.6 * _unit(rng.standard_normal((1, d))))
+    crowd = _unit(
+        3 * _unit(rng.standard_normal((1, d))) + rng.standard_normal((12, d)) / np.sqrt(d)
+    )
+    x = np.vstack([sparse, copy, crowd, crowd[:1]]).astype(np.float32)
+    assert 0.75 < x[0] @ x[40] < 0.85 and (x[41:] @ x[41:].T).min() > 0.8
+    labels = np.zeros(len(x), np.int64)
+    store = _store(tmp_path, x)
+    near = np.full((len(x), 0), -1, np.int64)
+    memory = {"max_memory": 2**20, "block_rows": 16}
+    plain = find_duplicates(store, labels, near, threshold=0.75, **memory)
+    assert (plain.group[41:53] >= 0).all()  # the cosine alone merges every look-alike
+    r = neighbour_density(store, labels, near, neighbours=3, **memory)
+    scaled = find_duplicates(store, labels, near, threshold=0.6, density=r, **memory)
+    assert _groups(scaled.group) == [{0, 40}, {41, 53}]
+    stars = survivors(store, scaled.group, np.zeros(len(x)), threshold=0.6,
+                      max_memory=2**20, density=r)  # fmt: skip
+    assert stars.duplicate_of[40] == 0 and stars.duplicate_of[53] == 41
+    assert (stars.duplicate_of[41:53] == -1).all()
+    assert stars.similarity[40] == pytest.approx(float(x[0] @ x[40]), abs=1e-5)  # the cosine

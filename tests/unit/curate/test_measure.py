@@ -29,5 +29,10 @@ def test_planted_duplicates() -> None:
     assert out["planted"] == 3 and out["found"] == 2
     assert out["recall"] == pytest.approx(2 / 3)
     assert out["false_merges"] == 1 and out["false_merge_rate"] == pytest.approx(1 / 5)
+    assert out["removed"] == 3 and out["false_merges_per_removed"] == pytest.approx(1 / 3)
+    # 6 turns out to be a duplicate of 2 that the data already held: no false merge left
+    same_as = np.array([-1, -1, -1, -1, -1, -1, 2, -1])
+    audited = planted_duplicates(group, original, same_as=same_as)
+    assert audited["false_merges"] == 0 and audited["found"] == 2
     none = planted_duplicates(np.full(8, -1), original)
     assert none["found"] == 0 and none["false_merges"] == 0

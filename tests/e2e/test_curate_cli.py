@@ -64,6 +64,10 @@ def test_curate_then_train_on_the_list_then_inspect(
     kept_paths = {r["path"] for r in kept}
     assert all(len(pair & kept_paths) <= 1 for pair in planted)
     assert sum(r["reason"].startswith("duplicate of ") for r in dropped) == 6
+    assert {r["outcome"] for r in dropped} == {"duplicate", "over_quota"}
+    # no --per-cluster-cap: a cluster's images left out are over its share of the budget
+    over = [r["reason"] for r in dropped if r["outcome"] == "over_quota"]
+    assert over and all(r.startswith("over its cluster's quota of the --size budget") for r in over)
     summary = json.loads((tmp_path / "curated.json").read_text())
     quota = summary["clusters"]["quota"]
     assert sum(quota) == 24 and summary["counts"]["kept"] == 24

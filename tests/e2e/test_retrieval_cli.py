@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,21 @@ def test_search_builds_an_index_in_chunks_and_finds_the_copies(
     assert "holds an index of other images, weights" in capsys.readouterr().err
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert main(["search", "--index", str(tmp_path / "none"), "--query", query]) == 2
+
+
+def test_search_after_an_indexed_image_was_deleted_still_answers(
+    planted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], one_thread: None
+) -> None:
+    db = shutil.copytree(planted / "db", tmp_path / "db")
+    index = tmp_path / "index"
+    assert main(["search", "--checkpoint", str(planted / "backbone.pth"), "--index", str(index),
+                 "--data", str(db), "--no-progress"]) == 0  # fmt: skip
+    (db / "dup3a.jpg").unlink()  # deleted after indexing: still a hit, without a thumbnail
+    query = str(planted / "queries/q3.png")
+    assert main(["search", "--index", str(index), "--query", query, "--top", "5"]) == 0
+    page = (index / "results/q3.html").read_text()
+    assert "dup3a.jpg" in page and page.count("data:image/jpeg;base64,") == 5
+    shutil.rmtree(db)  # the whole collection gone: the hits, and a page without thumbnails
+    assert main(["search", "--index", str(index), "--query", query, "--top", "5"]) == 0
+    assert "no thumbnails" in capsys.readouterr().out
+    assert (index / "results/q3.html").read_text().count("data:image/jpeg;base64,") == 1

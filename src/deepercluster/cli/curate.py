@@ -139,7 +139,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     counts = done.curation.counts()
     print(
         f"kept {counts['kept']}, dropped {counts['duplicate']} near-duplicates, "
-        f"{counts['over_quota']} over the cap, {counts['unreadable']} unreadable "
+        f"{counts['over_quota']} over quota, {counts['unreadable']} unreadable "
         f"({done.seconds[0]:.1f} s embedding, {done.seconds[1]:.1f} s selecting)"
     )
     for path in done.files:

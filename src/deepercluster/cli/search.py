@@ -68,6 +68,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
             print(f"{rank:3d}  {score:.3f}  {path}")
         data = json.loads((index / "index.json").read_text())["data"]
         page = Path(args.out) if args.out else index / "results" / f"{Path(args.query).stem}.html"
-        write_results_page(page, args.query, hits, open_collection(data))
+        try:
+            collection = open_collection(data)
+        except (OSError, ValueError) as err:  # the indexed images moved: paths, no thumbnails
+            print(f"the results page has no thumbnails: {err}")
+            collection = None
+        write_results_page(page, args.query, hits, collection)
         print(f"results page: {page}")
     return 0

@@ -5,8 +5,10 @@ For ``--out curated.csv``:
 - ``curated.csv``: ``path, super_cluster, sub_cluster, reason``, one row per kept image. The
   ``path`` column is what ``deepercluster train --data curated.csv`` reads (the other columns
   become metadata), so the file trains as it is.
-- ``curated.dropped.csv``: the same columns for every other image, the reason saying why
-  (``duplicate of <path> (cosine 0.987)``, ``over the cap: ...``, ``unreadable``).
+- ``curated.dropped.csv``: the same columns plus ``outcome`` (``duplicate``, ``over_quota`` or
+  ``unreadable``) for every other image, the reason saying why in words
+  (``duplicate of <path> (cosine 0.987)``, ``over the cap: ...`` or ``over its cluster's
+  quota: ...``, ``unreadable``).
 - ``curated.groups.csv``: ``group, path, survivor, cosine``, one row per member of every
   near-duplicate group (``survivor`` 1 for the member that stayed in the pool).
 - ``curated.json``: the settings, the counts and each cluster's pool and quota.
@@ -23,11 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from deepercluster.curate.select import DUPLICATE, KEPT, OVER_QUOTA, Curation
+from deepercluster.curate.select import DUPLICATE, KEPT, OVER_QUOTA, UNREADABLE, Curation
 
-__all__ = ["CurationFiles", "companion", "read_curation", "write_curation"]
+__all__ = ["OUTCOMES", "CurationFiles", "companion", "read_curation", "write_curation"]
 
 COLUMNS = ("path", "super_cluster", "sub_cluster", "reason")
+OUTCOMES = {DUPLICATE: "duplicate", OVER_QUOTA: "over_quota", UNREADABLE: "unreadable"}
+"""The ``outcome`` column of the dropped list."""
 
 
 def companion(out: str | Path, what: str) -> Path:
@@ -47,7 +51,7 @@ def _sub_index(super_of: np.ndarray) -> np.ndarray:
     return sub
 
 
-def _reason(cur: Curation, i: int, c: int, paths: Sequence[str], pick: str) -> str:
+def _reason(cur: Curation, i: int, c: int, paths: Sequence[str], pick: str, cap: int | None) -> str:
     status = int(cur.status[i])
     if status == DUPLICATE:
         return f"duplicate of {paths[int(cur.duplicate_of[i])]} (cosine {cur.similarity[i]:.3f})"
@@ -55,7 +59,9 @@ def _reason(cur: Curation, i: int, c: int, paths: Sequence[str], pick: str) -> s
         return "unreadable"
     share = f"cluster {c} gave {int(cur.quota[c])} of {int(cur.pool[c])}"
     if status == OVER_QUOTA:
-        return f"over the cap: {share}"
+        if cap is not None and int(cur.quota[c]) == cap < int(cur.pool[c]):
+            return f"over the cap of {cap} per cluster: {share}"
+        return f"over its cluster's quota of the --size budget: {share}"
     return f"{share} ({pick})"
 
 
@@ -65,6 +71,7 @@ def write_curation(
     out: str | Path,
     *,
     pick: str,
+    cap: int | None = None,
     summary: dict[str, Any],
 ) -> list[Path]:
     """Write the four files of a curation (see the module docstring).
@@ -74,6 +81,7 @@ def write_curation(
         paths: (N,) display path of every image.
         out: the kept list, e.g. ``curated.csv``.
         pick: the rule that chose inside clusters (for the reasons).
+        cap: the per-cluster cap, if any (for the reasons).
         summary: extra entries of the JSON file (settings, run, timings).
 
     Returns:
@@ -88,16 +96,16 @@ def write_curation(
     with out.open("w", newline="") as kept_fh, dropped_file.open("w", newline="") as drop_fh:
         kept, dropped = csv.writer(kept_fh), csv.writer(drop_fh)
         kept.writerow(COLUMNS)
-        dropped.writerow(COLUMNS)
+        dropped.writerow((*COLUMNS, "outcome"))
         for i, c in enumerate(cur.labels.tolist()):
             where = (int(cur.super_of[c]), int(sub_of[c])) if c >= 0 else (-1, -1)
-            reason = _reason(cur, i, c, paths, pick)
+            reason = _reason(cur, i, c, paths, pick, cap)
             if cur.status[i] == KEPT:
                 if survivors[i]:
                     reason += f"; stands for {survivors[i]} near-duplicate(s)"
                 kept.writerow((paths[i], *where, reason))
             else:
-                dropped.writerow((paths[i], *where, reason))
+                dropped.writerow((paths[i], *where, reason, OUTCOMES[int(cur.status[i])]))
     groups_file = companion(out, "groups")
     with groups_file.open("w", newline="") as fh:
         writer = csv.writer(fh)
@@ -135,7 +143,7 @@ class CurationFiles:
 
     Attributes:
         kept: paths of the kept images, in file order.
-        dropped: (path, reason) of the others.
+        dropped: (path, outcome) of the others, outcome one of :data:`OUTCOMES`' values.
         groups: near-duplicate groups, each a list of (path, survivor, cosine or NaN).
         summary: the JSON file ({} when it is missing).
     """
@@ -144,6 +152,16 @@ class CurationFiles:
     dropped: list[tuple[str, str]]
     groups: list[list[tuple[str, bool, float]]]
     summary: dict[str, Any]
+
+
+def _outcome(row: dict[str, str]) -> str:
+    """A dropped row's outcome; lists written before the column existed say it in words."""
+    if row.get("outcome"):
+        return row["outcome"]
+    reason = row["reason"]
+    if reason.startswith("duplicate of"):
+        return "duplicate"
+    return "unreadable" if reason == "unreadable" else "over_quota"
 
 
 def read_curation(out: str | Path) -> CurationFiles:
@@ -166,7 +184,7 @@ def read_curation(out: str | Path) -> CurationFiles:
     dropped: list[tuple[str, str]] = []
     if companion(out, "dropped").is_file():
         with companion(out, "dropped").open(newline="") as fh:
-            dropped = [(r["path"], r["reason"]) for r in csv.DictReader(fh)]
+            dropped = [(r["path"], _outcome(r)) for r in csv.DictReader(fh)]
     groups: dict[int, list[tuple[str, bool, float]]] = {}
     if companion(out, "groups").is_file():
         with companion(out, "groups").open(newline="") as fh:

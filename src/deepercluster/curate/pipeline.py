@@ -299,6 +299,8 @@ def curate_run(
         "settings": settings.to_dict(),
         "seconds": {"embed": round(t_embed, 3), "select": round(t_select, 3)},
     }
-    files = write_curation(cur, paths, out, pick=settings.pick, summary=summary)
+    files = write_curation(
+        cur, paths, out, pick=settings.pick, cap=settings.per_cluster_cap, summary=summary
+    )
     seconds = (t_embed, t_select, time.perf_counter() - tic)
     return CurateResult(cur, files, seconds, tar_members=any(".tar:" in p for p in paths[:1]))

@@ -26,8 +26,8 @@ class CurationSection:
 
     Attributes:
         source: the kept list.
-        counts: images per outcome (kept, duplicate, over the cap, unreadable).
-        clusters: per cluster (cluster, images, kept, near-duplicates dropped, over the cap).
+        counts: images per outcome (kept, duplicate, over quota, unreadable).
+        clusters: per cluster (cluster, images, kept, near-duplicates dropped, over quota).
         groups: the first near-duplicate groups, image ids with (survivor, cosine).
         n_groups: all groups.
         balance: (class or tag, images before, images after) rows, largest first.
@@ -78,11 +78,11 @@ def curation_section(
     kept = kept[kept >= 0]
     is_dup = np.zeros(len(paths), dtype=bool)
     over = np.zeros(len(paths), dtype=bool)
-    for p, reason in files.dropped:
+    for p, outcome in files.dropped:
         i = index.get(p, -1)
         if i >= 0:
-            is_dup[i] = reason.startswith("duplicate of")
-            over[i] = reason.startswith("over the cap")
+            is_dup[i] = outcome == "duplicate"
+            over[i] = outcome == "over_quota"
     k = int(labels.max(initial=-1)) + 1
     ok = labels >= 0
 
@@ -135,7 +135,8 @@ def curation_html(section: CurationSection, thumb: dict[int, str], paths: Sequen
     )
     table = (
         "<details><summary>kept and dropped per cluster</summary><table><tr><th>cluster</th>"
-        "<th>images</th><th>kept</th><th>near-duplicates dropped</th><th>over the cap</th></tr>"
+        "<th>images</th><th>kept</th><th>near-duplicates dropped</th>"
+        "<th>over quota (cap or budget)</th></tr>"
         f"{rows}</table></details>"
     )
     groups = []

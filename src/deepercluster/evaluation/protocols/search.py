@@ -169,12 +169,20 @@ def _thumbnail(collection: Collection, i: int, size: int = 160) -> str:
 
 
 def write_results_page(
-    path: Path, query: str, hits: list[tuple[str, float]], data: Collection
+    path: Path, query: str, hits: list[tuple[str, float]], data: Collection | None
 ) -> Path:
-    """A self-contained HTML page: the query, then each hit's thumbnail, path and score."""
-    lookup = {p: i for i, p in enumerate(display_paths(data))}
+    """A self-contained HTML page: the query, then each hit's thumbnail, path and score.
+
+    A hit whose image is no longer in ``data`` (moved or deleted since the index was built),
+    or every hit when ``data`` is None, shows as a broken thumbnail with its path.
+    """
+    lookup = {p: i for i, p in enumerate(display_paths(data))} if data is not None else {}
+
+    def thumb(p: str) -> str:
+        return "" if data is None or p not in lookup else _thumbnail(data, lookup[p])
+
     cells = [
-        f'<figure><img src="{_thumbnail(data, lookup[p])}"><figcaption>{n + 1}. '
+        f'<figure><img src="{thumb(p)}"><figcaption>{n + 1}. '
         f"{s:.3f}<br>{html.escape(p)}</figcaption></figure>"
         for n, (p, s) in enumerate(hits)
     ]

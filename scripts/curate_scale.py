@@ -83,7 +83,9 @@ def main() -> None:
     p.add_argument("--k", type=int, default=1000, help="sub-clusters (in --m super-clusters)")
     p.add_argument("--m", type=int, default=10)
     p.add_argument("--size", type=int, default=200_000, help="curated subset")
-    p.add_argument("--dedup", type=float, default=0.95)
+    default = CurateSettings(size=1)
+    p.add_argument("--dedup", type=float, default=default.dedup)
+    p.add_argument("--dedup-neighbours", type=int, default=default.dedup_neighbours)
     p.add_argument("--share", type=float, default=0.05, help="share of planted copies")
     p.add_argument("--noise", type=float, default=0.01, help="per-coordinate copy noise")
     p.add_argument("--max-memory", default="256MB")
@@ -111,8 +113,9 @@ def main() -> None:
         del sample
 
         settings = CurateSettings(
-            size=args.size, dedup=args.dedup, max_memory=parse_size(args.max_memory)
-        )
+            size=args.size, dedup=args.dedup, dedup_neighbours=args.dedup_neighbours,
+            max_memory=parse_size(args.max_memory),
+        )  # fmt: skip
         per_super = args.k // args.m
         _reset_peak()
         rss_before = _peak_bytes()

@@ -243,8 +243,7 @@ def neighbour_density(
         q = torch.from_numpy(queries)
         # A row is not its own neighbour (both lists are ascending: find it by bisection).
         itself = np.intersect1d(queries, database, assume_unique=True)
-        if len(itself):
-            sims = sims.clone()
+        if len(itself):  # in place: each block of similarities is fresh
             qi = torch.from_numpy(np.searchsorted(queries, itself)).to(dev)
             di = torch.from_numpy(np.searchsorted(database, itself)).to(dev)
             sims[qi, di] = -torch.inf
@@ -255,14 +254,18 @@ def neighbour_density(
     return mean.numpy().astype(np.float32)
 
 
-def _scaled(sims: torch.Tensor, rq: torch.Tensor | None, rd: torch.Tensor | None) -> torch.Tensor:
-    """Cosine similarities, or with neighbour densities r the locally scaled similarity
-    ``(cos - m) / (1 - m)``, m = (r_q + r_d) / 2: 0 at the neighbourhood's typical
-    similarity, 1 for identical rows."""
+def _hits(
+    sims: torch.Tensor, threshold: float, rq: torch.Tensor | None, rd: torch.Tensor | None
+) -> torch.Tensor:
+    """(q, d) bool: cosine at or above ``threshold``, or with neighbour densities r the scaled
+    similarity ``(cos - m) / (1 - m)``, m = (r_q + r_d) / 2, at or above it.
+
+    The scaled test is ``cos >= t + (1 - t) m`` (1 - m > 0): one (q, d) temporary, no division.
+    """
     if rq is None or rd is None:
-        return sims
-    m = (rq[:, None] + rd[None, :]) / 2
-    return (sims - m) / (1 - m).clamp(min=_TOLERANCE)
+        return sims >= threshold - _TOLERANCE
+    bar = torch.add(rq[:, None], rd[None, :]).mul_((1 - threshold) / 2).add_(threshold)
+    return sims >= bar.sub_(_TOLERANCE)
 
 
 def find_duplicates(
@@ -304,7 +307,7 @@ def find_duplicates(
     ):
         rq = None if r is None else r[torch.from_numpy(queries).to(dev)]
         rd = None if r is None else r[torch.from_numpy(database).to(dev)]
-        hit = (_scaled(sims, rq, rd) >= threshold - _TOLERANCE).nonzero().cpu().numpy()
+        hit = _hits(sims, threshold, rq, rd).nonzero().cpu().numpy()
         compared += sims.numel()
         a, b = queries[hit[:, 0]], database[hit[:, 1]]
         keep = a != b
@@ -393,11 +396,10 @@ def survivors(
             open_[pos] = False
             rest = np.flatnonzero(open_)
             sims = x[rest] @ x[pos]
-            score = sims
-            if r is not None:
-                m = (r[members[pos]] + r[members[rest]]) / 2
-                score = (sims - m) / np.maximum(1 - m, _TOLERANCE)
-            close = score >= threshold - _TOLERANCE
+            bar = np.float32(threshold)
+            if r is not None:  # the scaled test of :func:`_hits`
+                bar = threshold + (1 - threshold) * (r[members[pos]] + r[members[rest]]) / 2
+            close = sims >= bar - _TOLERANCE
             hit = rest[close]
             if len(hit):
                 open_[hit] = False

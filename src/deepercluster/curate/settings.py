@@ -98,8 +98,9 @@ class CurateSettings:
 
     def memory_bytes(self, n: int) -> int:
         """Peak memory of a curation of ``n`` images: ``max_memory``, the similarity blocks
-        and their masks, the per-image bookkeeping."""
-        return self.max_memory + 5 * self.block_rows**2 + n * BYTES_PER_IMAGE
+        and their masks, the per-image bookkeeping and neighbour similarities."""
+        per_image = BYTES_PER_IMAGE + 4 * self.dedup_neighbours
+        return self.max_memory + 5 * self.block_rows**2 + n * per_image
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for the summary file."""

@@ -9,6 +9,10 @@ from typing import Any
 import numpy as np
 from build_pool import CLASSES
 
+from deepercluster.curate.settings import CurateSettings
+
+DEFAULT = CurateSettings(size=1)
+
 
 def audit_montage(audit: list[dict[str, str]], images: Path, out: Path) -> None:
     """The audited pairs side by side at 3x (a number and the verdict above each pair)."""
@@ -44,13 +48,14 @@ def write_markdown(record: dict[str, Any], path: Path) -> None:
         f"on the pool (`studies/curation/pretrain.toml`: small network, Sobel, 32 px, "
         f"k = {record['k']}, m = {record['m']}), of each length below. Subsets of "
         f"{record['size']} images; `deepercluster curate` with its defaults (random pick "
-        "inside clusters, seed 0, probe 3) at each threshold; random subsets drawn uniformly.",
+        f"inside clusters, seed 0, probe {DEFAULT.probe}) at each threshold; random subsets "
+        "drawn uniformly.",
         "",
         "Near-duplicates are compared with a conv layer of the network, GeM-pooled and "
         f"PCA-whitened on the pool (`curate --dedup-layer`, default `{record['dedup_layer']}`; "
         "the run's clustering embedding, tried first, is semantic: it joined distinct images "
-        "of one cluster). The search runs inside the run's own clusters and the 2 others "
-        "whose descriptors lie nearest (probe 3); the "
+        "of one cluster). The search runs inside the run's own clusters and the "
+        f"{DEFAULT.probe - 1} others whose descriptors lie nearest (probe {DEFAULT.probe}); the "
         f"`{record['dedup_layer']}, every cluster` row searches all of them (`--probe k`), "
         "which shows the copies the cluster-restricted search misses.",
         "",
@@ -88,7 +93,9 @@ def write_markdown(record: dict[str, Any], path: Path) -> None:
             "origins, counted once per extra origin: as they are; without the noise images; "
             "and without noise, with the audited duplicates that CIFAR-10 itself holds as one "
             "origin (the last two columns). Similarity `scaled` is curate's default "
-            "((cos - m) / (1 - m), m the pair's mean cosine to its 5 nearest neighbours), "
+            "((cos - m) / (1 - m), m the pair's mean cosine to its "
+            f"{DEFAULT.dedup_neighbours} nearest neighbours, or a plain cosine of at least "
+            f"{DEFAULT.dedup_cosine}), "
             "`cosine` the plain one "
             "(`--dedup-neighbours 0`).",
             "",

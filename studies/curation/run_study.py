@@ -342,7 +342,7 @@ def main() -> int:
     images = table.parent / "images"
     pretrains: dict[str, Any] = {}
     subsets: dict[str, Path] = {}
-    for epochs in [int(e) for e in args.pretrain_epochs.split(",")]:
+    for epochs in sorted(int(e) for e in args.pretrain_epochs.split(",")):  # the longest last
         pretrains[str(epochs)], subsets = curate_pool(args, pool, images, epochs, log)
 
     probe_results: dict[str, Any] = {}

@@ -148,3 +148,15 @@ def test_a_run_without_clustering_is_refused(
     capsys.readouterr()
     assert cli.main(["curate", str(run), "--size", "8", "--out", str(tmp_path / "c.csv")]) == 2
     assert "no clustering to curate with (a RotNet run" in capsys.readouterr().err
+
+
+def test_the_default_scaled_test_groups_every_exact_copy(
+    run_with_copies: tuple[Path, list[set[str]]], tmp_path: Path
+) -> None:
+    run, planted = run_with_copies
+    out = tmp_path / "default.csv"
+    assert cli.main(["curate", str(run), "--size", "24", "--out", str(out), "--no-progress"]) == 0
+    groups: dict[str, set[str]] = {}
+    for row in _rows(tmp_path / "default.groups.csv"):
+        groups.setdefault(row["group"], set()).add(row["path"])
+    assert all(any(pair <= g for g in groups.values()) for pair in planted)

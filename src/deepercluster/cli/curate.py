@@ -13,14 +13,16 @@ from typing import Any
 
 EPILOG = """\
 The run's network embeds its images once (cached in RUN/curate/embeddings, resumable). Pairs
-whose --dedup-layer descriptors (a conv layer, GeM-pooled and PCA-whitened on the pool; cached in
-RUN/curate/LAYER) are at or above the --dedup similarity are near-duplicates (compared inside
-clusters and their --probe nearest neighbours); one per group stays. The similarity is
-(cos(a, b) - m) / (1 - m), m being the two images' mean cosine to their --dedup-neighbours
-nearest images: 1 for identical images, 0 for a pair no closer than its neighbours. Where many
-images look alike (textures, one product shot a hundred ways) a pair must stand out from its
-neighbourhood to count as a copy; --dedup-neighbours 0 compares the plain cosine. The --size budget
-is then split as evenly as possible across super-clusters, then across the sub-clusters of each
+whose --dedup-layer descriptors (a conv layer, GeM-pooled and PCA-whitened on the pool; cached
+in RUN/curate/LAYER) are at or above the --dedup similarity are near-duplicates (compared
+inside clusters and the --probe - 1 other clusters whose descriptors lie nearest); one per
+group stays. The similarity is (cos(a, b) - m) / (1 - m), m being the two images' mean cosine
+to their --dedup-neighbours nearest images: 1 for identical images, 0 for a pair no closer
+than its neighbours. Where many images look alike (textures, one product shot a hundred ways)
+a pair must stand out from its neighbourhood to count as a copy, unless its plain cosine
+reaches --dedup-cosine (a large group of copies of one image is a crowd of its own);
+--dedup-neighbours 0 compares the plain cosine alone. The --size budget is then split as
+evenly as possible across super-clusters, then across the sub-clusters of each
 (water-filling: small clusters give all they have). Writes OUT (path, super_cluster,
 sub_cluster, reason; it trains as `deepercluster train --data OUT`), OUT.dropped.csv,
 OUT.groups.csv and OUT.json beside it.
@@ -54,6 +56,15 @@ def register(sub: Any) -> None:
         metavar="K",
         help="scale each similarity by the two images' mean cosine to their K nearest "
         f"images (default {default['dedup_neighbours']}); 0 compares the plain cosine",
+    )
+    p.add_argument(
+        "--dedup-cosine",
+        type=float,
+        default=default["dedup_cosine"],
+        metavar="C",
+        help="with the scaling, a plain cosine at or above which images are near-duplicates "
+        f"whatever their neighbourhood (default {default['dedup_cosine']}: a large group of "
+        "copies of one image is a crowd of its own)",
     )
     p.add_argument(
         "--dedup-layer",
@@ -119,6 +130,7 @@ def _cmd_curate(args: argparse.Namespace) -> int:
         dedup=None if args.no_dedup else args.dedup,
         dedup_layer=args.dedup_layer,
         dedup_neighbours=args.dedup_neighbours,
+        dedup_cosine=args.dedup_cosine,
         per_cluster_cap=args.per_cluster_cap,
         pick=args.pick,
         keep=args.keep,

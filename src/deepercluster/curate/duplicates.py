@@ -1,4 +1,4 @@
-"""Near-duplicate groups in bounded memory: a cosine threshold graph built cluster by cluster.
+"""Near-duplicate groups in bounded memory: a similarity threshold graph built cluster by cluster.
 
 Comparing every pair of N images costs N² products (10^12 at a million images). Near-duplicates
 sit next to each other, so, as SemDeDup (Abbas et al. 2023, https://arxiv.org/abs/2303.09540)
@@ -6,8 +6,9 @@ and Vo et al. 2024 (https://arxiv.org/abs/2405.15613) do, pairs are compared ins
 an inverted file whose lists are the run's sub-clusters. Each image is also compared with the
 members of its ``probe - 1`` nearest other centroids, so that a pair split by a cluster border
 is still found. Every pair at or above the threshold is an edge of a graph; its connected
-components are then split into stars (:func:`survivors`), so that every dropped image is at
-least as similar as the threshold to the one image of its group that stays.
+components are then split into stars (:func:`deepercluster.curate.survivors.survivors`), so
+that every dropped image is at least as similar as the threshold to the one image of its
+group that stays.
 
 A single cosine threshold fails where images crowd: textures, noise, one product photographed
 a hundred ways all sit close to many others that are not copies of them. With ``density`` the
@@ -17,8 +18,10 @@ score ``(cos(a, b) - m) / (1 - m)`` says how far the pair stands above its neigh
 the way to identity: 0 for a pair as alike as any neighbours there, 1 for identical images
 wherever they are. It corrects the hubness of crowded regions as CSLS does (Conneau et al.
 2018, https://arxiv.org/abs/1710.04087), which subtracts r alone, but CSLS also pushes exact
-copies below a threshold where the crowd is dense. It costs one more sweep
-(:func:`neighbour_density`).
+copies below a threshold where the crowd is dense. A large group of copies of one image is a
+crowd of its own (its members fill each other's K nearest), so a pair whose plain cosine is at
+least ``floor`` is a near-duplicate whatever its neighbourhood. The scaling costs one more
+sweep (:func:`neighbour_density`).
 
 Memory: the rows of a batch of clusters are gathered from the :class:`RowSource` (a
 :class:`~deepercluster.cluster.store.FeatureStore` or an array) in one sequential sweep, at most
@@ -38,17 +41,10 @@ from scipy.sparse.csgraph import connected_components
 
 from deepercluster.cluster.blocks import RowSource, row_blocks
 
-__all__ = [
-    "DuplicateGroups",
-    "Survivors",
-    "centroid_sweep",
-    "find_duplicates",
-    "neighbour_density",
-    "survivors",
-]
+__all__ = ["TOLERANCE", "DuplicateGroups", "centroid_sweep", "find_duplicates", "neighbour_density"]
 
 # float32 dot products of two identical unit vectors can land a few ulps under 1.0.
-_TOLERANCE = 1e-6
+TOLERANCE = 1e-6
 # Edges kept before the graph is folded into one star per component (bounds edge memory).
 _FOLD_EDGES = 4_000_000
 
@@ -96,6 +92,8 @@ def centroid_sweep(
     dev = torch.device(device)
     cent = torch.from_numpy(np.ascontiguousarray(centroids, np.float32)).to(dev)
     half_norms = 0.5 * (cent * cent).sum(1)
+    # An empty cluster's mean is all zeros: never a nearest other cluster (nothing to search).
+    half_norms[(cent == 0).all(1)] = torch.inf
     extra = max(probe - 1, 0)
     near = np.full((len(labels), extra), -1, dtype=np.int64)
     distance = np.full(len(labels), np.nan, dtype=np.float32)
@@ -228,7 +226,8 @@ def neighbour_density(
     block_rows: int,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
-    """(N,) float32 mean cosine similarity of each row to its ``neighbours`` nearest others.
+    """(N,) float32 mean cosine similarity of each row to its ``neighbours`` nearest others,
+    at least 0.
 
     The neighbours are searched where :func:`find_duplicates` searches (own cluster and
     ``near`` ones). Rows without a cluster, or with fewer candidates, average what they have
@@ -249,23 +248,35 @@ def neighbour_density(
             sims[qi, di] = -torch.inf
         best = sims.topk(min(neighbours, sims.shape[1]), dim=1).values.cpu()
         top[q] = torch.cat([top[q], best], dim=1).topk(neighbours, dim=1).values
+        del sims
     found = torch.isfinite(top)
     mean = torch.where(found, top, 0.0).sum(1) / found.sum(1).clamp(min=1)
-    return mean.numpy().astype(np.float32)
+    # A neighbourhood of opposite rows is no sparser than an empty one: at 0 the scaled test
+    # asks as much as the plain cosine, never less.
+    return mean.clamp(min=0).numpy().astype(np.float32)
 
 
 def _hits(
-    sims: torch.Tensor, threshold: float, rq: torch.Tensor | None, rd: torch.Tensor | None
+    sims: torch.Tensor,
+    threshold: float,
+    rq: torch.Tensor | None,
+    rd: torch.Tensor | None,
+    floor: float | None,
 ) -> torch.Tensor:
-    """(q, d) bool: cosine at or above ``threshold``, or with neighbour densities r the scaled
-    similarity ``(cos - m) / (1 - m)``, m = (r_q + r_d) / 2, at or above it.
+    """(q, d) bool, in place on ``sims``: near-duplicate pairs by the scaled test (module
+    docstring) with neighbour densities r, else by the cosine; with ``floor``, a cosine at or
+    above it also makes a pair.
 
-    The scaled test is ``cos >= t + (1 - t) m`` (1 - m > 0): one (q, d) temporary, no division.
+    The scaled test ``(cos - m) / (1 - m) >= t``, m = (r_q + r_d) / 2, is
+    ``cos - (1 - t) m >= t`` (1 - m > 0): no division and no second (q, d) block.
     """
     if rq is None or rd is None:
-        return sims >= threshold - _TOLERANCE
-    bar = torch.add(rq[:, None], rd[None, :]).mul_((1 - threshold) / 2).add_(threshold)
-    return sims >= bar.sub_(_TOLERANCE)
+        return sims >= threshold - TOLERANCE
+    close = sims >= floor - TOLERANCE if floor is not None else None
+    half = (1 - threshold) / 2
+    sims.sub_(rq[:, None] * half).sub_(rd[None, :] * half)
+    hits = sims >= threshold - TOLERANCE
+    return hits if close is None else hits.logical_or_(close)
 
 
 def find_duplicates(
@@ -277,6 +288,7 @@ def find_duplicates(
     max_memory: int,
     block_rows: int,
     density: np.ndarray | None = None,
+    floor: float | None = None,
     device: str | torch.device = "cpu",
 ) -> DuplicateGroups:
     """Groups of rows whose similarity is at least ``threshold`` (the threshold graph).
@@ -291,6 +303,8 @@ def find_duplicates(
         max_memory: bytes of rows gathered at once.
         block_rows: rows per similarity block (``block_rows``² floats on ``device``).
         density: (N,) r per row (:func:`neighbour_density`), or None for plain cosine.
+        floor: with ``density``, a cosine at or above which a pair is a near-duplicate
+            whatever its neighbourhood (None: none).
         device: where the products run.
 
     Returns:
@@ -307,8 +321,9 @@ def find_duplicates(
     ):
         rq = None if r is None else r[torch.from_numpy(queries).to(dev)]
         rd = None if r is None else r[torch.from_numpy(database).to(dev)]
-        hit = _hits(sims, threshold, rq, rd).nonzero().cpu().numpy()
         compared += sims.numel()
+        hit = _hits(sims, threshold, rq, rd, floor).nonzero().cpu().numpy()
+        del sims  # before the generator makes the next block
         a, b = queries[hit[:, 0]], database[hit[:, 1]]
         keep = a != b
         if keep.any():
@@ -325,87 +340,3 @@ def find_duplicates(
     grouped = np.union1d(members, root[members])
     group[grouped] = root[grouped]
     return DuplicateGroups(group=group, compared=compared)
-
-
-@dataclass(frozen=True)
-class Survivors:
-    """Who stays of each near-duplicate group, and whom each dropped image resembles.
-
-    Attributes:
-        duplicate_of: (N,) int64 the survivor a dropped image is a near-duplicate of, else -1.
-        group: (N,) int64 the survivor of the row's group (itself for a survivor), -1 for a
-            row in no group.
-        similarity: (N,) float32 cosine similarity of a dropped image to its survivor (NaN
-            for the others).
-    """
-
-    duplicate_of: np.ndarray
-    group: np.ndarray
-    similarity: np.ndarray
-
-
-def survivors(
-    source: RowSource,
-    components: np.ndarray,
-    score: np.ndarray,
-    *,
-    threshold: float,
-    max_memory: int,
-    density: np.ndarray | None = None,
-) -> Survivors:
-    """Split each connected component of the threshold graph into stars around survivors.
-
-    A component can chain images that are far apart (a~b and b~c with a and c unlike). Inside
-    each, the best remaining image (lowest ``score``, then lowest row) survives and takes every
-    remaining image at or above ``threshold`` of it as its near-duplicates; then the next best
-    remaining one, and so on (the greedy rule of SemDeDup). So every dropped image is at least
-    ``threshold`` similar to the image that stays in its place.
-
-    Args:
-        source: (N, d) L2-normalised rows.
-        components: (N,) int64 component of each row (:attr:`DuplicateGroups.group`).
-        score: (N,) float, lower is better (distance to the centroid, minus the file size).
-        threshold: in (0, 1], on the similarity :func:`find_duplicates` used.
-        max_memory: bytes a component's rows may take.
-        density: (N,) r per row for the locally scaled similarity, as for
-            :func:`find_duplicates` (None: plain cosine).
-
-    Raises:
-        ValueError: a component too large for ``max_memory`` (the threshold is too low).
-    """
-    n = len(components)
-    r = None if density is None else np.asarray(density, dtype=np.float32)
-    duplicate_of = np.full(n, -1, dtype=np.int64)
-    group = np.full(n, -1, dtype=np.int64)
-    similarity = np.full(n, np.nan, dtype=np.float32)
-    ids = np.flatnonzero(components >= 0)
-    order = ids[np.lexsort((ids, np.nan_to_num(score[ids], nan=np.inf), components[ids]))]
-    bounds = np.flatnonzero(np.diff(components[order])) + 1
-    for members in np.split(order, bounds):
-        if len(members) * source.dim * 4 > max_memory:
-            raise ValueError(
-                f"a chain of {len(members)} near-duplicates does not fit in --max-memory "
-                f"({max_memory} bytes); raise --dedup or --max-memory"
-            )
-        sorted_rows = np.sort(members)
-        x = source.take(sorted_rows)[np.searchsorted(sorted_rows, members)]  # best first
-        open_ = np.ones(len(members), dtype=bool)
-        for pos in range(len(members)):
-            if not open_[pos]:
-                continue
-            open_[pos] = False
-            rest = np.flatnonzero(open_)
-            sims = x[rest] @ x[pos]
-            bar = np.float32(threshold)
-            if r is not None:  # the scaled test of :func:`_hits`
-                bar = threshold + (1 - threshold) * (r[members[pos]] + r[members[rest]]) / 2
-            close = sims >= bar - _TOLERANCE
-            hit = rest[close]
-            if len(hit):
-                open_[hit] = False
-                keeper = members[pos]
-                duplicate_of[members[hit]] = keeper
-                group[members[hit]] = keeper
-                group[keeper] = keeper
-                similarity[members[hit]] = sims[close]
-    return Survivors(duplicate_of, group, similarity)

@@ -56,6 +56,8 @@ def planted_duplicates(
     origin = np.where(original >= 0, original, np.arange(n))
     if same_as is not None:
         alias = np.where(same_as >= 0, same_as, np.arange(n))
+        while not np.array_equal(alias[alias], alias):  # chains c -> b -> a end at a
+            alias = alias[alias]
         origin = alias[origin]
     grouped = np.flatnonzero(group >= 0)
     pairs = np.unique(np.stack([group[grouped], origin[grouped]]), axis=1)

@@ -16,10 +16,10 @@ from deepercluster.curate.duplicates import (
     centroid_sweep,
     find_duplicates,
     neighbour_density,
-    survivors,
 )
 from deepercluster.curate.sampling import allocate, pick_members
 from deepercluster.curate.settings import CurateSettings
+from deepercluster.curate.survivors import survivors
 
 __all__ = ["DUPLICATE", "KEPT", "OVER_QUOTA", "UNREADABLE", "Curation", "select"]
 
@@ -136,9 +136,10 @@ def select(
                 compare, labels, near, neighbours=s.dedup_neighbours, max_memory=s.max_memory,
                 block_rows=s.block_rows, device=device,
             )  # fmt: skip
+        floor = s.dedup_cosine if density is not None else None
         found = find_duplicates(
-            compare, labels, near, threshold=s.dedup, density=density, max_memory=s.max_memory,
-            block_rows=s.block_rows, device=device,
+            compare, labels, near, threshold=s.dedup, density=density, floor=floor,
+            max_memory=s.max_memory, block_rows=s.block_rows, device=device,
         )  # fmt: skip
         compared = found.compared
         if s.keep == "largest":
@@ -149,7 +150,7 @@ def select(
             score = distance.astype(np.float64)
         stars = survivors(
             compare, found.group, score, threshold=s.dedup, max_memory=s.max_memory,
-            density=density,
+            density=density, floor=floor,
         )  # fmt: skip
         duplicate_of, group, similarity = stars.duplicate_of, stars.group, stars.similarity
 

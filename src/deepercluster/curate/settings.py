@@ -34,6 +34,9 @@ class CurateSettings:
             clustering embedding (semantic: it also joins distinct images of one cluster).
         dedup_neighbours: K of the local scaling, each image's r being its mean cosine to its
             K nearest neighbours; 0 thresholds the plain cosine.
+        dedup_cosine: with the scaling, a plain cosine at or above which two images are
+            near-duplicates whatever their neighbourhood (a group of more than K copies of one
+            image fills its members' K nearest and scales itself away); None: no floor.
         per_cluster_cap: at most this many images from one sub-cluster (None: no cap).
         pick: ``random`` (a seeded draw) or ``nearest`` (closest to the centroid first) inside
             a cluster.
@@ -55,6 +58,7 @@ class CurateSettings:
     dedup: float | None = 0.4
     dedup_layer: str = "conv4"
     dedup_neighbours: int = 5
+    dedup_cosine: float | None = 0.9
     per_cluster_cap: int | None = None
     pick: str = "random"
     keep: str = "nearest"
@@ -71,6 +75,11 @@ class CurateSettings:
             raise ValueError(
                 f"--dedup {self.dedup} is outside (0, 1]: it is a similarity threshold "
                 "such as 0.4 (higher removes only closer copies)"
+            )
+        if self.dedup_cosine is not None and not 0.0 < self.dedup_cosine <= 1.0:
+            raise ValueError(
+                f"--dedup-cosine {self.dedup_cosine} is outside (0, 1]: it is a cosine "
+                "similarity such as 0.9"
             )
         if self.dedup_neighbours < 0:
             raise ValueError(
@@ -92,15 +101,17 @@ class CurateSettings:
     def products(self, n: int, k: int) -> float:
         """Similarities computed for ``n`` images in ``k`` clusters of about n / k: each image
         against its own cluster and ``probe - 1`` others, about ``probe * n² / k``, once more
-        for the local scaling."""
+        for the local scaling; and each image against the k centroids, in the embedding and
+        in the descriptor space."""
         sweeps = 2 if self.dedup_neighbours else 1
-        return sweeps * self.probe * n * n / max(k, 1)
+        return sweeps * self.probe * n * n / max(k, 1) + 2 * n * k
 
     def memory_bytes(self, n: int) -> int:
         """Peak memory of a curation of ``n`` images: ``max_memory``, the similarity blocks
         and their masks, the per-image bookkeeping and neighbour similarities."""
         per_image = BYTES_PER_IMAGE + 4 * self.dedup_neighbours
-        return self.max_memory + 5 * self.block_rows**2 + n * per_image
+        # per block element: its float similarity, two masks and the hits' indices
+        return self.max_memory + 7 * self.block_rows**2 + n * per_image
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for the summary file."""

@@ -152,9 +152,7 @@ def model_stats(arch: str, sobel: bool, resolution: int) -> ModelStats:
         maps = model.forward_conv(torch.empty(1, 3, resolution, resolution), model.conv_layer_names)
     params = sum(p.numel() for p in model.parameters())
     channels = {name: int(x.shape[1]) for name, x in maps.items()}
-    return ModelStats(
-        model.feature_dim, params, float(counter.get_total_flops()), 4 * total[0], channels
-    )
+    return ModelStats(model.feature_dim, params, counter.get_total_flops(), 4 * total[0], channels)
 
 
 def make_plan(

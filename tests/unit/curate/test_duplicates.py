@@ -13,8 +13,8 @@ from deepercluster.curate.duplicates import (
     centroid_sweep,
     find_duplicates,
     neighbour_density,
-    survivors,
 )
+from deepercluster.curate.survivors import survivors
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -177,3 +177,47 @@ def test_local_scaling_separates_a_pair_from_a_crowd_of_look_alikes(tmp_path: Pa
     assert stars.duplicate_of[40] == 0 and stars.duplicate_of[53] == 41
     assert (stars.duplicate_of[41:53] == -1).all()
     assert stars.similarity[40] == pytest.approx(float(x[0] @ x[40]), abs=1e-5)  # the cosine
+
+
+def test_a_large_group_of_copies_is_held_by_the_cosine_floor(tmp_path: Path) -> None:
+    """Ten copies of one image (cosine about 0.94) fill each other's 5 nearest neighbours, so
+    the scaled similarity alone scales the group away; the cosine floor keeps it."""
+    rng = np.random.default_rng(0)
+    d = 64
+    sparse = _unit(rng.standard_normal((200, d)))
+    copies = _unit(sparse[:1] + 0.35 * rng.standard_normal((10, d)) / np.sqrt(d))
+    x = np.vstack([sparse, copies]).astype(np.float32)
+    store = _store(tmp_path, x)
+    labels = np.zeros(len(x), np.int64)
+    near = np.full((len(x), 0), -1, np.int64)
+    memory = {"max_memory": 2**22, "block_rows": 64}
+    r = neighbour_density(store, labels, near, neighbours=5, **memory)
+    alone = find_duplicates(store, labels, near, threshold=0.4, density=r, **memory)
+    assert (alone.group[[0, *range(200, 210)]] == -1).all()
+    held = find_duplicates(store, labels, near, threshold=0.4, density=r, floor=0.9, **memory)
+    assert _groups(held.group) == [{0, *range(200, 210)}]
+    stars = survivors(store, held.group, np.zeros(len(x)), threshold=0.4, max_memory=2**22,
+                      density=r, floor=0.9)  # fmt: skip
+    assert (stars.duplicate_of[200:] == 0).all()
+
+
+def test_opposite_neighbours_do_not_lower_the_bar(tmp_path: Path) -> None:
+    # a.b = 0.25 < 0.4; the third row is opposite to both, so their mean neighbour cosine is
+    # negative: clamped at 0, the scaled test asks as much as the plain cosine.
+    x = _unit(np.array([[1.0, 0.0], [0.25, 0.968], [-0.6, -0.8]], np.float32))
+    store = _store(tmp_path, x)
+    labels, near = np.zeros(3, np.int64), np.full((3, 0), -1, np.int64)
+    r = neighbour_density(store, labels, near, neighbours=2, max_memory=2**20, block_rows=8)
+    assert (r >= 0).all()
+    found = find_duplicates(store, labels, near, threshold=0.4, density=r, max_memory=2**20,
+                            block_rows=8)  # fmt: skip
+    assert (found.group == -1).all()
+
+
+def test_an_empty_cluster_is_never_a_nearest_other_cluster(tmp_path: Path) -> None:
+    # rows weakly aligned with cluster 1: a zero mean (cluster 2, empty) would be "nearer"
+    x = _unit(np.array([[1, 0.0, 0], [1, 0.1, 0], [0.1, -1, 0]], np.float32))
+    centroids = np.array([[1, 0, 0], [-0.5, 0.5, 0], [0, 0, 0]], np.float32)
+    near, _ = centroid_sweep(_store(tmp_path, x), np.array([0, 0, 1]), centroids, probe=2,
+                             block_rows=8)  # fmt: skip
+    assert near[:, 0].tolist() == [1, 1, 0]

@@ -34,5 +34,9 @@ def test_planted_duplicates() -> None:
     same_as = np.array([-1, -1, -1, -1, -1, -1, 2, -1])
     audited = planted_duplicates(group, original, same_as=same_as)
     assert audited["false_merges"] == 0 and audited["found"] == 2
+    # judged in a chain (7 -> 6 -> 2): all one origin
+    chain = planted_duplicates(np.array([0, 0, 2, 2, -1, -1, 2, 2]), original,
+                               same_as=np.array([-1, -1, -1, -1, -1, -1, 2, 6]))  # fmt: skip
+    assert chain["false_merges"] == 0
     none = planted_duplicates(np.full(8, -1), original)
     assert none["found"] == 0 and none["false_merges"] == 0

@@ -55,6 +55,14 @@ def test_pick_nearest_and_random() -> None:
     assert len(draws) > 1 and all(set(d) <= {3, 5, 8, 9} for d in draws)
 
 
+def _store(folder: Path, x: np.ndarray) -> FeatureStore:
+    store = FeatureStore(folder, rows=len(x), dim=x.shape[1], chunk_rows=128)
+    for c in range(store.n_chunks):
+        lo, hi = store.chunk_range(c)
+        store.write_chunk(c, x[lo:hi])
+    return store
+
+
 def _pool(tmp_path: Path) -> tuple[FeatureStore, np.ndarray, np.ndarray, np.ndarray]:
     """300 random 16-d points in 6 clusters of very different sizes, 20 planted copies,
     2 unreadable rows. Clusters are hand-labelled by the first coordinate's sign pattern."""
@@ -67,16 +75,12 @@ def _pool(tmp_path: Path) -> tuple[FeatureStore, np.ndarray, np.ndarray, np.ndar
         x[100 + j] = x[j] + 0.01 * rng.standard_normal(16)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     labels[[298, 299]] = -1
-    store = FeatureStore(tmp_path / "emb", rows=300, dim=16, chunk_rows=128)
-    for c in range(store.n_chunks):
-        lo, hi = store.chunk_range(c)
-        store.write_chunk(c, x[lo:hi])
-    return store, labels, centroids / 3, np.array([0, 0, 0, 1, 1, 1])
+    return _store(tmp_path / "emb", x), labels, centroids / 3, np.array([0, 0, 0, 1, 1, 1])
 
 
 def test_select_drops_copies_and_balances(tmp_path: Path) -> None:
     store, labels, centroids, super_of = _pool(tmp_path)
-    settings = CurateSettings(size=60, dedup=0.95, seed=3)
+    settings = CurateSettings(size=60, dedup=0.95, dedup_neighbours=0, seed=3)
     cur = select(store, labels, centroids, super_of, settings)
     counts = cur.counts()
     assert counts == {"kept": 60, "duplicate": 20, "over_quota": 218, "unreadable": 2}
@@ -114,7 +118,7 @@ def test_select_nearest_and_cap(tmp_path: Path) -> None:
     ("settings", "message"),
     [
         (dict(size=299), "larger than the pool: the run has 298 readable images"),
-        (dict(size=290, dedup=0.95), "278 images remain after de-duplication"),
+        (dict(size=290, dedup=0.95, dedup_neighbours=0), "278 images remain after de-duplication"),
         (dict(size=40, dedup=None, per_cluster_cap=6), "ask for at most 36"),
     ],
 )
@@ -130,3 +134,28 @@ def test_select_refuses_a_size_larger_than_the_pool(
 def test_a_threshold_outside_0_1_is_refused(dedup: float) -> None:
     with pytest.raises(ValueError, match=r"outside \(0, 1\]"):
         CurateSettings(size=10, dedup=dedup)
+
+
+def test_the_other_clusters_searched_are_the_nearest_in_descriptor_space(tmp_path: Path) -> None:
+    """Rows 0 and 1 are copies by their descriptors but sit in clusters 0 and 1; in the
+    embedding, cluster 2 is the nearest to cluster 0. Probing one other cluster finds the
+    pair only when the descriptors choose it."""
+    emb = np.array([[1, 0, 0], [0, 1, 0], [0.8, 0, 0.6]], np.float32)  # cluster centroids
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    desc = np.array([[1, 0, 0], [0.999, 0.04, 0], [0, 0, 1], [0.6, 0, 0.8], [0.6, 0.8, 0],
+                     [0, 0.6, 0.8]], np.float32)  # fmt: skip
+    desc /= np.linalg.norm(desc, axis=1, keepdims=True)
+    source = _store(tmp_path / "emb", emb[labels])
+    descriptors = _store(tmp_path / "desc", desc)
+    settings = CurateSettings(size=4, dedup=0.99, dedup_neighbours=0, probe=2)
+    means = np.stack([desc[labels == c].mean(0) for c in range(3)])
+    args = (source, labels, emb, np.zeros(3, np.int64), settings)
+    found = select(*args, descriptors=descriptors, descriptor_centroids=means)
+    assert found.duplicate_of.tolist() == [-1, 0, -1, -1, -1, -1]
+    # steered to cluster 2 from both sides, the same search misses the pair: the probe
+    # follows descriptor_centroids, not the embedding's centroids
+    steer = np.array([[0, 0, 1], [0, 0, -1], [1, 0.02, 0]], np.float32)
+    missed = select(*args, descriptors=descriptors, descriptor_centroids=steer)
+    assert (missed.duplicate_of == -1).all()
+    with pytest.raises(ValueError, match="descriptor_centroids"):
+        select(*args, descriptors=descriptors)

@@ -182,7 +182,7 @@ def write_results_page(
         return "" if data is None or p not in lookup else _thumbnail(data, lookup[p])
 
     cells = [
-        f'<figure><img src="{thumb(p)}"><figcaption>{n + 1}. '
+        f'<figure><img src="{thumb(p)}" alt="image not found"><figcaption>{n + 1}. '
         f"{s:.3f}<br>{html.escape(p)}</figcaption></figure>"
         for n, (p, s) in enumerate(hits)
     ]

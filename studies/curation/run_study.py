@@ -210,20 +210,12 @@ def probes(
 
 def initial_network(run: Path, seed: int) -> None:
     """The pre-training's network as its seed draws it, saved as a backbone to score."""
-    import torch
-
     from deepercluster.config import load_config
-    from deepercluster.engine.checkpoint import save_backbone
-    from deepercluster.models import build_backbone
+    from deepercluster.evaluation.compare.runs import save_initial_network
 
-    if (run / "backbone.pth").exists():
-        return
-    cfg = load_config(toml_path=HERE / "pretrain.toml", overrides=[f"train.seed={seed}"])
-    torch.manual_seed(seed)  # the first draw of `fit`: the start of the pre-trained rows
-    model = build_backbone(cfg.model.arch, sobel=cfg.model.sobel, resolution=cfg.data.resolution)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(cfg.to_json() + "\n")
-    save_backbone(run / "backbone.pth", model, cfg)
+    if not (run / "backbone.pth").exists():
+        cfg = load_config(toml_path=HERE / "pretrain.toml", overrides=[f"train.seed={seed}"])
+        save_initial_network(run, cfg)
 
 
 def curate_pool(

@@ -118,16 +118,22 @@ def pretrain(
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / RUN_RECORD, record)
     if random:
-        # The same draw as the first thing `fit` does, so the row is the other methods' start.
-        torch.manual_seed(cfg.train.seed)
-        model = build_backbone(
-            cfg.model.arch, sobel=cfg.model.sobel, resolution=cfg.data.resolution
-        )
-        (folder / "config.json").write_text(cfg.to_json() + "\n")
-        save_backbone(folder / BACKBONE_NAME, model, cfg)
+        save_initial_network(folder, cfg)
     else:
         fit(cfg, collection=collection, progress=progress)
     return False
+
+
+def save_initial_network(folder: Path, cfg: RunConfig) -> None:
+    """The network as ``cfg.train.seed`` draws it, saved in ``folder`` as a backbone to score.
+
+    The same draw as the first thing `fit` does, so it is the pre-trained runs' start.
+    """
+    torch.manual_seed(cfg.train.seed)
+    model = build_backbone(cfg.model.arch, sobel=cfg.model.sobel, resolution=cfg.data.resolution)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(cfg.to_json() + "\n")
+    save_backbone(folder / BACKBONE_NAME, model, cfg)
 
 
 def pretrain_seconds(folder: Path) -> float:

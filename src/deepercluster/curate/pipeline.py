@@ -117,11 +117,6 @@ def cluster_means(
     return overall.astype(np.float32), means.astype(np.float32)
 
 
-def _checkpoint_key(run: RunFolder) -> str:
-    stat = (run.path / "checkpoint.pth").stat()
-    return f"{stat.st_size}-{stat.st_mtime_ns}"
-
-
 def run_embeddings(
     run: RunFolder,
     collection: Collection,
@@ -144,7 +139,7 @@ def run_embeddings(
     """
     pca, _ = _clustering_space(run)
     key_file = folder / "key.json"
-    key = {"checkpoint": _checkpoint_key(run), "chunk_rows": chunk_rows, "rows": "projected"}
+    key = {"checkpoint": run.checkpoint_id, "chunk_rows": chunk_rows, "rows": "projected"}
     if folder.exists() and (not key_file.is_file() or json.loads(key_file.read_text()) != key):
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -251,7 +246,7 @@ def curate_run(
             collection,
             run.path / "curate" / layer,
             layer=layer,
-            weights=_checkpoint_key(run),
+            weights=run.checkpoint_id,
             resolution=run.config.data.resolution,
             resize=run.config.data.resize or None,
             chunk_rows=chunk_rows,

@@ -79,6 +79,13 @@ class RunFolder:
         """Number of super-clusters."""
         return self.config.cluster.super_clusters
 
+    @property
+    def checkpoint_id(self) -> str:
+        """``size-mtime`` of ``checkpoint.pth``: what a cache of this state's features records,
+        so that a run trained further in place is not taken for the old one."""
+        stat = (self.path / "checkpoint.pth").stat()
+        return f"{stat.st_size}-{stat.st_mtime_ns}"
+
     def backbone(self) -> Backbone:
         """The trained network in eval mode, (B, 3, R, R) -> (B, D)."""
         model = build_backbone(

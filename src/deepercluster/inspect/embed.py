@@ -9,7 +9,6 @@ Caron et al., ICCV 2019, arXiv 1905.01278, section 3.2).
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -162,7 +161,7 @@ def run_embedding(
     file is unchanged (its size and modification time are the key).
     """
     c = run.clustering
-    key = _checkpoint_key(run)
+    key = run.checkpoint_id
     cached = _read_cache(cache_dir, key) if cache_dir is not None else None
     if cached is None:
         emb = _embed_with_run(run, collection, batch_size, workers, device, progress)
@@ -225,12 +224,7 @@ def _embed_with_run(
 
 def has_cached_embedding(run: RunFolder, cache_dir: Path) -> bool:
     """Whether ``cache_dir`` holds this checkpoint's features (no extraction needed)."""
-    return _read_cache(cache_dir, _checkpoint_key(run)) is not None
-
-
-def _checkpoint_key(run: RunFolder) -> str:
-    stat = (run.path / "checkpoint.pth").stat()
-    return hashlib.sha1(f"{stat.st_size}-{stat.st_mtime_ns}".encode()).hexdigest()
+    return _read_cache(cache_dir, run.checkpoint_id) is not None
 
 
 def _read_cache(cache_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray] | None:

@@ -52,7 +52,7 @@ def _args(data: Path, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
 
 
 def _start(
-    data: Path, out: Path, fault: str, extra: tuple[str, ...] = ()
+    data: Path, out: Path, fault: str, extra: tuple[str, ...] = (), *, new_session: bool = False
 ) -> subprocess.Popen[bytes]:
     env = {**os.environ, FAULT_ENV: fault, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
@@ -60,6 +60,7 @@ def _start(
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        start_new_session=new_session,  # its own process group, for os.killpg
     )
 
 
@@ -153,29 +154,38 @@ def test_kill_9_in_a_later_round_with_heads_started_from_the_clusters(tmp_path: 
     assert "k-means: 2 of 3 runs already done" in (tmp_path / "run" / "train.log").read_text()
 
 
+# A scheduler (SLURM's scancel, `kill -- -PGID`) signals the whole process group, the data
+# loader's worker processes included: the ``group`` cases send it there, with one worker.
 @pytest.mark.parametrize(
-    ("fault", "sig", "state"),
+    ("fault", "sig", "state", "group"),
     [
-        ("train:1", signal.SIGTERM, {"epoch": 0, "iteration": 1, "clustered_epoch": 0}),
-        ("extract:1", signal.SIGUSR1, None),  # before any training checkpoint exists
+        ("train:1", signal.SIGTERM, {"epoch": 0, "iteration": 1, "clustered_epoch": 0}, False),
+        ("extract:1", signal.SIGUSR1, None, False),  # before any training checkpoint exists
+        ("train:1", signal.SIGTERM, {"epoch": 0, "iteration": 1, "clustered_epoch": 0}, True),
+        ("extract:1", signal.SIGUSR1, None, True),
     ],
 )
 def test_stop_signal_saves_at_the_next_safe_point_and_exits_75(
     fault: str,
     sig: signal.Signals,
     state: dict[str, int] | None,
+    group: bool,
     reference: tuple[Path, Path],
     tmp_path: Path,
 ) -> None:
     data, straight = reference
     out = tmp_path / "run"
-    proc = _start(data, out, f"{fault}:pause")
+    extra = ("data.workers=1",) if group else ()
+    proc = _start(data, out, f"{fault}:pause", extra, new_session=group)
     marker = out / f".paused-{fault.split(':')[0]}"
     deadline = time.monotonic() + 120
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert marker.exists(), proc.communicate()[1].decode()[-2000:]
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_PREEMPTED, err.decode()[-2000:]
     assert "run the same command to continue" in err.decode()
@@ -186,7 +196,7 @@ def test_stop_signal_saves_at_the_next_safe_point_and_exits_75(
     else:
         saved = load_checkpoint(out / "checkpoint.pth")["state"]
         assert {k: saved[k] for k in state} == state
-    assert cli.main(_args(data, out)) == 0
+    assert cli.main(_args(data, out, extra)) == 0
     _assert_same_run(straight, out)
 
 

@@ -17,6 +17,7 @@ from deepercluster.data import (
 )
 from deepercluster.engine.clustering import Clustering
 from deepercluster.engine.layout import TrainingLayout
+from deepercluster.engine.preemption import ignore_stop_signals
 from deepercluster.engine.train import rank_positions
 
 
@@ -88,4 +89,5 @@ def epoch_loader(
         # A DataLoader draws its worker seed from the global RNG unless given its own
         # generator; that draw would shift dropout masks after a mid-epoch resume.
         generator=seeded_generator(seed, epoch),
+        worker_init_fn=ignore_stop_signals,
     )

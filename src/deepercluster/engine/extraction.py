@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from deepercluster import distributed
 from deepercluster.cluster.store import FeatureStore
 from deepercluster.data import ClusterTransform, ClusterView, Collection
+from deepercluster.engine.preemption import ignore_stop_signals
 from deepercluster.engine.stages import SafePoint
 from deepercluster.features import extract_features
 
@@ -72,6 +73,7 @@ def extract_to_store(
                 # Its own generator: drawing worker seeds from the global RNG would shift the
                 # dropout masks of the training that follows (resume-equals-uninterrupted).
                 generator=torch.Generator().manual_seed(seed),
+                worker_init_fn=ignore_stop_signals,
             )
             out = extract_features(
                 model,

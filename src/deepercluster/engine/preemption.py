@@ -43,6 +43,18 @@ itself SIGKILL, pause writes ``<run>/.paused-<stage>`` (holding its pid) and wai
 minute) for a stop signal."""
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """``worker_init_fn`` of the run's data loaders: their workers ignore the stop signals.
+
+    A scheduler signals the whole process group (SLURM's scancel, ``kill -- -PGID``). A worker
+    killed by it makes the main process raise "DataLoader worker ... killed" (even halfway
+    through writing a checkpoint) instead of saving at its next safe point. Ignoring the signal
+    leaves the stop to the main process, which then closes its loader and its workers.
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class Preempted(Exception):
     """Raised at a safe point after a stop signal, once the work so far is saved.
 

@@ -47,13 +47,17 @@ def test_a_forked_worker_does_not_keep_the_lock_of_a_killed_run(tmp_path: Path) 
         "import os, sys, time; from pathlib import Path; "
         "from deepercluster.engine.lock import RunLock; RunLock(Path(sys.argv[1])).acquire(); "
         "pid = os.fork()\n"
-        "if pid == 0: time.sleep(30); os._exit(0)\n"
-        "print(pid, flush=True); os.kill(os.getpid(), 9)"
+        "if pid == 0: os.write(1, b'forked\\n'); time.sleep(30); os._exit(0)\n"
+        "os.write(1, b'%d\\n' % pid); os.kill(os.getpid(), 9)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)],
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert proc.stdout is not None
-    worker = int(proc.stdout.readline())  # the child keeps the pipe open: read one line
+    # Two lines, each one atomic write, in either order (the child keeps the pipe open: no read
+    # to the end). The child's line says its fork hook has run; until then it holds a copy.
+    lines = {proc.stdout.readline().strip() for _ in range(2)}
+    assert "forked" in lines, lines
+    worker = int((lines - {"forked"}).pop())
     assert proc.wait() == -9
     try:
         lock = RunLock(tmp_path)

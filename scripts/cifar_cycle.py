@@ -42,6 +42,8 @@ def main() -> None:
             "data.crop_scale_min=0.2",
             "cluster.k=1000",
             "cluster.super_clusters=4",
+            "cluster.head_init=random",  # the paper's heads, as in its recorded results
+            "cluster.super_carry=none",
             "cluster.reassign=1",
             "cluster.pca_dim=128",
             "train.epochs=1",

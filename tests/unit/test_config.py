@@ -20,7 +20,7 @@ def test_defaults_are_the_paper_settings() -> None:
 @pytest.mark.parametrize(
     ("preset", "rotation", "m", "k", "n_super"),
     [
-        ("deepercluster", True, 4, 10_000, 16),
+        ("deepercluster", True, 1, 10_000, 4),
         ("rotnet", True, 1, 1, 4),
         ("deepcluster", False, 1, 10_000, 1),
     ],
@@ -35,6 +35,12 @@ def test_presets(preset: str, rotation: bool, m: int, k: int, n_super: int) -> N
 
 def test_every_preset_is_listed() -> None:
     assert set(PRESETS) == {"deepercluster", "rotnet", "deepcluster", "paper"}
+
+
+def test_deepercluster_preset_takes_the_studys_heads() -> None:
+    c = load_config(preset="deepercluster").cluster
+    assert (c.head_init, c.super_carry) == ("centroids", "rotation")
+    assert load_config().cluster.head_init == "random"  # the defaults stay the paper's
 
 
 def test_paper_preset_is_the_reference_behaviour() -> None:

@@ -155,14 +155,13 @@ def test_kill_9_in_a_later_round_with_heads_started_from_the_clusters(tmp_path: 
 
 
 # A scheduler (SLURM's scancel, `kill -- -PGID`) signals the whole process group, the data
-# loader's worker processes included: the ``group`` cases send it there, with one worker.
+# loader's worker processes included: the ``group`` case sends it there while a worker runs.
 @pytest.mark.parametrize(
     ("fault", "sig", "state", "group"),
     [
         ("train:1", signal.SIGTERM, {"epoch": 0, "iteration": 1, "clustered_epoch": 0}, False),
         ("extract:1", signal.SIGUSR1, None, False),  # before any training checkpoint exists
         ("train:1", signal.SIGTERM, {"epoch": 0, "iteration": 1, "clustered_epoch": 0}, True),
-        ("extract:1", signal.SIGUSR1, None, True),
     ],
 )
 def test_stop_signal_saves_at_the_next_safe_point_and_exits_75(

@@ -147,5 +147,6 @@ def test_shipped_configs_load() -> None:
         16,
     )
     assert paper.model.arch == "vgg16" and paper.cluster.pca_dim == 4096
+    assert (paper.cluster.head_init, paper.cluster.super_carry) == ("random", "none")
     smoke = load_config(toml_path=root / "smoke.toml")
     assert smoke.model.arch == "small" and smoke.cluster.k == 8

@@ -13,10 +13,10 @@ from deepercluster.cli.cpu import set_torch_threads
 EPILOG = """\
 Methods: random (the network at its initialisation), the presets (rotnet, deepcluster,
 deepercluster, ...), or variants named in a --variants TOML file:
-  methods = ["random", "rotnet", "dc-centroids"]     # optional default for --methods
-  [variant.dc-centroids]
+  methods = ["random", "rotnet", "dc-m4"]            # optional default for --methods
+  [variant.dc-m4]
   preset = "deepercluster"
-  set = ["cluster.head_init=centroids"]
+  set = ["cluster.super_clusters=4"]
 Settings of each run: defaults < --config FILE < the method's preset < the variant's set <
 --set (shared by all methods: the budget) < the seed, --train-data and run folder.
 

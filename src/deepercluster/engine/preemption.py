@@ -44,15 +44,27 @@ minute) for a stop signal."""
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """``worker_init_fn`` of the run's data loaders: their workers ignore the stop signals.
+    """``worker_init_fn`` of the run's data loaders: their workers leave the stop to the run.
 
     A scheduler signals the whole process group (SLURM's scancel, ``kill -- -PGID``). A worker
     killed by it makes the main process raise "DataLoader worker ... killed" (even halfway
-    through writing a checkpoint) instead of saving at its next safe point. Ignoring the signal
-    leaves the stop to the main process, which then closes its loader and its workers.
+    through writing a checkpoint) instead of saving at its next safe point. So a worker ignores
+    SIGUSR1, and SIGTERM from anyone but its parent; the parent's SIGTERM (PyTorch ending a
+    worker that did not stop in time) still ends it, as PyTorch's own handler does.
     """
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # macOS: the sender cannot be told
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return
+    # Only sigwaitinfo names the sender: SIGTERM stays blocked and one thread waits for it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_end_on_parents_sigterm, args=(os.getppid(),), daemon=True).start()
+
+
+def _end_on_parents_sigterm(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)
 
 
 class Preempted(Exception):

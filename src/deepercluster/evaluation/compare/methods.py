@@ -4,11 +4,11 @@ A method is a preset (``random``: the network at its initialisation; ``rotnet``,
 ``deepcluster``, ``deepercluster`` and any other name of :data:`deepercluster.config.PRESETS`)
 or a named variant from a TOML file::
 
-    methods = ["random", "rotnet", "dc-centroids"]   # optional: the default --methods
+    methods = ["random", "rotnet", "dc-m4"]   # optional: the default --methods
 
-    [variant.dc-centroids]
+    [variant.dc-m4]
     preset = "deepercluster"
-    set = ["cluster.head_init=centroids"]
+    set = ["cluster.super_clusters=4"]
 
     [variant.deepcluster]          # a preset fitted to the data's scale keeps its name
     preset = "deepcluster"

@@ -156,8 +156,11 @@ def markdown(summaries: Sequence[MethodSummary], context: dict[str, Any]) -> str
     if curves:
         text += "\n## Training curves\n" + curves
     text += "\n## Setting\n\n" + "".join(f"- {line}\n" for line in context["setting"])
-    wall = context["wall_s"] / 60
-    text += f"- Machine: {context['machine']}; this command's wall time {wall:.1f} min.\n"
+    wall, steps = context["wall_s"] / 60, context["steps_s"] / 60
+    text += (
+        f"- Machine: {context['machine']}; pre-training and scoring, every step: {steps:.1f} min; "
+        f"this call's wall time {wall:.1f} min (a resumed call reuses the steps done before).\n"
+    )
     text += f"\n## Command\n\n    {context['command']}\n"
     return text
 

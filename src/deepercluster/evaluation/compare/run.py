@@ -158,6 +158,8 @@ def _write_outputs(
 ) -> None:
     seeds = [_seed_scores(m, r) for m, records in results.items() for r in records]
     summaries = summarize(seeds)
+    # A resumed call reuses steps earlier calls did; the steps' own times count them all.
+    steps = sum(s.pretrain_s + s.probe_s for s in seeds)
     title = f"Comparison on `{Path(settings.train_data).name}`: " + ", ".join(results)
     context = {
         "title": title,
@@ -165,6 +167,7 @@ def _write_outputs(
         "command": settings.command,
         "machine": _machine(),
         "wall_s": wall,
+        "steps_s": steps,
     }
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
@@ -174,6 +177,7 @@ def _write_outputs(
         "python": platform.python_version(),
         "torch": torch.__version__,
         "wall_seconds": wall,
+        "steps_seconds": steps,
         "settings": {
             **{k: v for k, v in asdict(settings).items() if k not in ("out", "probe")},
             "out": str(settings.out),

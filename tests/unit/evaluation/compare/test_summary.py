@@ -107,9 +107,10 @@ def test_tables_show_means_stds_edges_and_dashes(tmp_path: Path) -> None:
     assert "61.0 ± 1.4 (0.01/0.0001 ⚠ lowest lr)" in layers
     assert "51.0 ± 1.4 (0.1/0.001; grid widened ×1)" in layers
     context = {"title": "t", "setting": ["a line"], "command": "deepercluster compare x",
-               "machine": "m", "wall_s": 90.0}  # fmt: skip
+               "machine": "m", "wall_s": 90.0, "steps_s": 1500.0}  # fmt: skip
     md = markdown(rows, context)
-    assert "⚠ marks a choice still at an edge" in md and "- a line" in md and "1.5 min" in md
+    assert "⚠ marks a choice still at an edge" in md and "- a line" in md
+    assert "every step: 25.0 min; this call's wall time 1.5 min" in md
     plot_layers(tmp_path / "c.png", rows, title="t")
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -81,9 +81,9 @@ class RunFolder:
 
     @property
     def checkpoint_id(self) -> str:
-        """``size-mtime`` of ``checkpoint.pth``: what a cache of this state's features records,
+        """``size-mtime`` of the run's checkpoint: what a cache of this state's features records,
         so that a run trained further in place is not taken for the old one."""
-        stat = (self.path / "checkpoint.pth").stat()
+        stat = (self.path / CHECKPOINT_NAME).stat()
         return f"{stat.st_size}-{stat.st_mtime_ns}"
 
     def backbone(self) -> Backbone:

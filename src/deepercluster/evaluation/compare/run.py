@@ -177,7 +177,6 @@ def _write_outputs(
         "python": platform.python_version(),
         "torch": torch.__version__,
         "wall_seconds": wall,
-        "steps_seconds": steps,
         "settings": {
             **{k: v for k, v in asdict(settings).items() if k not in ("out", "probe")},
             "out": str(settings.out),
